@@ -1,0 +1,594 @@
+//! The configuration: a Rust builder and a JSON file with the same power.
+//!
+//! [`Config`] is both: build it with methods, or read it with
+//! [`Config::from_json`]. Either way [`Config::build`] checks it and compiles
+//! it into a [`Policy`]; a bad configuration is refused with a
+//! [`ConfigError`] naming the path and the problem, and unknown fields are
+//! errors.
+//!
+//! # The JSON file format
+//!
+//! ```json
+//! {
+//!   "identity": { "api_key_header": "x-api-key", "bearer": true,
+//!                 "trusted_proxies": ["10.0.0.0/8"], "max_key_len": 256 },
+//!   "tiers": {
+//!     "standard": { "limits": [
+//!       { "name": "per-minute", "capacity": 60, "window": "1m" },
+//!       { "name": "per-hour", "capacity": 1000, "window": "1h", "precision": 60 } ] },
+//!     "premium": { "limits": [ { "name": "per-minute", "capacity": 300, "window": "1m" } ] },
+//!     "daily": { "groups": [ { "combine": "all", "limits": [
+//!       { "name": "day", "capacity": 500, "window": "1d", "kind": "fixed",
+//!         "utc_offset": "+02:00", "scope": ["tenant", "user"], "cost": 1 } ] } ] }
+//!   },
+//!   "routes": [
+//!     { "methods": ["GET"], "path": "/health", "tier": "exempt" },
+//!     { "methods": ["POST"], "path": "/v2/publish/**", "tier": "daily" }
+//!   ],
+//!   "default_tier": null,
+//!   "plans": { "default": "standard", "assignments": { "key-123": "premium" } },
+//!   "global": null,
+//!   "headers": "x-ratelimit",
+//!   "errors": "qarion",
+//!   "store": { "max_keys": 1048576 }
+//! }
+//! ```
+//!
+//! | field | meaning | default |
+//! | --- | --- | --- |
+//! | `tiers.NAME.limits` | limits that must all have room (one `all` group) | `[]` |
+//! | `tiers.NAME.groups[].combine` | how a group combines its limits: `all` | `all` |
+//! | `limit.name` | unique within the tier | required |
+//! | `limit.capacity` | cost units per window, 1 ..= 4 294 967 295 | required |
+//! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, or whole seconds as a number | required |
+//! | `limit.kind` | `sliding` or `fixed` (clock-aligned) | `sliding` |
+//! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600 | 30 |
+//! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
+//! | `limit.scope` | identity parts keying the counter: `api_key`, `user`, `tenant`, `ip`, `caller`; `[]` is one global counter | `["caller"]` |
+//! | `limit.cost` | cost units charged per request (must fit the capacity) | 1 |
+//! | `routes[]` | `methods` (absent, `[]` or `["*"]`: any), `path` pattern, `tier` (a tier name or `exempt`); first match wins | `[]` |
+//! | `default_tier` | route tier of requests no route matches; `null`: none | `null` |
+//! | `plans.default` / `plans.assignments` | the plan (a tier) of callers without / with an assignment, by API key or user id | no plans |
+//! | `global` | a tier checked on every non-exempt request | `null` |
+//! | `headers` | `x-ratelimit` or `none` | `x-ratelimit` |
+//! | `errors` | 429 body: `qarion`, `qlik`, `problem` | `problem` |
+//! | `store.max_keys` | most counters the memory store tracks | 1 048 576 |
+//!
+//! A request is checked against its route tier, its plan and the global tier
+//! at once; each limit counts per (tier, limit, scope key), so tiers never
+//! share a budget. The name `exempt` is reserved for routes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::policy::Policy;
+
+/// How a sliding or fixed window counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WindowKind {
+    /// In every interval of the window's length, admitted cost ≤ capacity.
+    #[default]
+    Sliding,
+    /// Resets on clock boundaries (minute at :00, hour at :00, day at midnight).
+    Fixed,
+}
+
+/// One identity part of a counter's scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ScopePart {
+    /// The API key.
+    ApiKey,
+    /// The user id extension.
+    User,
+    /// The tenant id extension.
+    Tenant,
+    /// The client IP.
+    Ip,
+    /// First present of API key → user → IP.
+    Caller,
+}
+
+/// How a group combines its limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Combine {
+    /// Every limit must have room; an admitted request is charged to all.
+    #[default]
+    All,
+}
+
+/// Which rate-limit headers responses carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[non_exhaustive]
+pub enum HeaderStyle {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    #[default]
+    #[serde(rename = "x-ratelimit")]
+    XRateLimit,
+    /// No rate-limit headers (`Retry-After` is still sent on 429).
+    #[serde(rename = "none")]
+    None,
+}
+
+/// The body of a 429 response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorFormat {
+    /// RFC 9457 `application/problem+json`.
+    #[default]
+    Problem,
+    /// `{"detail":"Rate limit exceeded. Try again in N seconds."}`
+    Qarion,
+    /// `{"errors":[{"code":"HTTP-429","title":"API rate limit reached.",...}]}`
+    Qlik,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as \"30s\", \"5m\", \"1h\", \"1d\""))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"30s\", \"5m\", \"1h\", \"1d\", or whole seconds")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn default_scope() -> Vec<ScopePart> {
+    vec![ScopePart::Caller]
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// One limit: `capacity` cost units per `window`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::config::{Limit, ScopePart};
+///
+/// let per_minute = Limit::sliding("per-minute", 60, Duration::from_secs(60));
+/// let daily = Limit::fixed("day", 500, Duration::from_secs(86_400))
+///     .utc_offset("+02:00")
+///     .scope([ScopePart::Tenant, ScopePart::User]);
+/// # let _ = (per_minute, daily);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Name, unique within its tier; shown in 429 bodies and metrics.
+    pub name: String,
+    /// Cost units admitted per window.
+    pub capacity: u64,
+    /// Window length.
+    #[serde(deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// Sliding or fixed.
+    #[serde(default)]
+    pub kind: WindowKind,
+    /// Sub-buckets of a sliding window.
+    #[serde(default)]
+    pub precision: Option<u32>,
+    /// Fixed windows: the UTC offset whose clock they follow.
+    #[serde(default)]
+    pub utc_offset: Option<String>,
+    /// Identity parts keying the counter.
+    #[serde(default = "default_scope")]
+    pub scope: Vec<ScopePart>,
+    /// Cost units per request.
+    #[serde(default = "one")]
+    pub cost: u64,
+}
+
+impl Limit {
+    fn new(name: impl Into<String>, capacity: u64, window: Duration, kind: WindowKind) -> Self {
+        Limit {
+            name: name.into(),
+            capacity,
+            window,
+            kind,
+            precision: None,
+            utc_offset: None,
+            scope: default_scope(),
+            cost: 1,
+        }
+    }
+
+    /// A sliding-window limit scoped to the caller.
+    pub fn sliding(name: impl Into<String>, capacity: u64, window: Duration) -> Self {
+        Self::new(name, capacity, window, WindowKind::Sliding)
+    }
+
+    /// A clock-aligned (fixed) window limit scoped to the caller, in UTC.
+    pub fn fixed(name: impl Into<String>, capacity: u64, window: Duration) -> Self {
+        Self::new(name, capacity, window, WindowKind::Fixed)
+    }
+
+    /// Sets the sub-bucket count of a sliding window.
+    pub fn precision(mut self, precision: u32) -> Self {
+        self.precision = Some(precision);
+        self
+    }
+
+    /// Sets the UTC offset (`"+HH:MM"`) of a fixed window.
+    pub fn utc_offset(mut self, offset: impl Into<String>) -> Self {
+        self.utc_offset = Some(offset.into());
+        self
+    }
+
+    /// Sets the identity parts keying the counter (`[]`: one global counter).
+    pub fn scope(mut self, parts: impl IntoIterator<Item = ScopePart>) -> Self {
+        self.scope = parts.into_iter().collect();
+        self
+    }
+
+    /// Sets the cost units charged per request.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+}
+
+/// A group of limits combined one way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// How the limits combine.
+    #[serde(default)]
+    pub combine: Combine,
+    /// The limits.
+    pub limits: Vec<Limit>,
+}
+
+/// A named set of limit groups; a request must pass every group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Limits of an implicit `all` group.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    /// Further groups.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+}
+
+impl Tier {
+    /// An empty tier.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a limit to the tier's `all` group.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Adds a group.
+    pub fn group(mut self, group: Group) -> Self {
+        self.groups.push(group);
+        self
+    }
+}
+
+/// A route rule: methods + path pattern → tier, or `exempt`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Methods taken; empty or `*` means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path pattern (see [`crate::policy::PathPattern`]).
+    pub path: String,
+    /// A tier name, or `exempt`.
+    pub tier: String,
+}
+
+impl Route {
+    /// A rule sending `methods` + `path` to `tier` (or `"exempt"`).
+    pub fn new<I, M>(methods: I, path: impl Into<String>, tier: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<String>,
+    {
+        Route {
+            methods: methods.into_iter().map(Into::into).collect(),
+            path: path.into(),
+            tier: tier.into(),
+        }
+    }
+
+    /// A rule making `methods` + `path` exempt.
+    pub fn exempt<I, M>(methods: I, path: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<String>,
+    {
+        Self::new(methods, path, crate::policy::EXEMPT)
+    }
+}
+
+/// Callers' plans: each plan is a tier.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plans {
+    /// Plan of callers without an assignment.
+    pub default: String,
+    /// API key or user id → plan name.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, String>,
+}
+
+/// How identities are read (see [`crate::identity`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// Header carrying the API key; `null` disables it.
+    pub api_key_header: Option<String>,
+    /// Whether `Authorization: Bearer` carries an API key.
+    pub bearer: bool,
+    /// CIDR blocks of trusted proxies.
+    pub trusted_proxies: Vec<String>,
+    /// Longest identity value used, in bytes.
+    pub max_key_len: usize,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        IdentitySection {
+            api_key_header: Some("x-api-key".into()),
+            bearer: true,
+            trusted_proxies: Vec::new(),
+            max_key_len: 256,
+        }
+    }
+}
+
+/// Settings of the memory store.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Most counters tracked at once.
+    pub max_keys: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { max_keys: 1 << 20 }
+    }
+}
+
+/// A whole configuration; see the [module docs](self) for the file format.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::config::{Config, Limit, Route, Tier};
+///
+/// let policy = Config::new()
+///     .tier("standard", Tier::new()
+///         .limit(Limit::sliding("per-minute", 60, Duration::from_secs(60)))
+///         .limit(Limit::sliding("per-hour", 1000, Duration::from_secs(3600))))
+///     .tier("premium", Tier::new().limit(Limit::sliding("per-minute", 300, Duration::from_secs(60))))
+///     .plans("standard", [("key-123", "premium")])
+///     .route(Route::exempt(["GET"], "/health"))
+///     .build()
+///     .unwrap();
+/// # let _ = policy;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity settings.
+    #[serde(default)]
+    pub identity: IdentitySection,
+    /// Tiers by name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Tier>,
+    /// Route rules, first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Route tier of requests no rule matches.
+    #[serde(default)]
+    pub default_tier: Option<String>,
+    /// Callers' plans.
+    #[serde(default)]
+    pub plans: Option<Plans>,
+    /// A tier checked on every non-exempt request.
+    #[serde(default)]
+    pub global: Option<String>,
+    /// Response header style.
+    #[serde(default)]
+    pub headers: HeaderStyle,
+    /// 429 body format.
+    #[serde(default)]
+    pub errors: ErrorFormat,
+    /// Memory store settings.
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+impl Config {
+    /// An empty configuration (it limits nothing until tiers are added).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads and checks a JSON configuration.
+    ///
+    /// # Errors
+    ///
+    /// Syntax errors, unknown fields, wrong types and every check of
+    /// [`Config::build`], each naming the path of the offending value.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            // serde_json appends " at line L column C"; keep it, it helps.
+            ConfigError::new(if path == "." { String::new() } else { path }, msg)
+        })?;
+        config.build()?;
+        Ok(config)
+    }
+
+    /// Reads and checks a JSON configuration file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or [`Config::from_json`] refuses it.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+
+    /// Adds (or replaces) tier `name`.
+    pub fn tier(mut self, name: impl Into<String>, tier: Tier) -> Self {
+        self.tiers.insert(name.into(), tier);
+        self
+    }
+
+    /// Appends a route rule.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Sets the route tier of unmatched requests.
+    pub fn default_tier(mut self, name: impl Into<String>) -> Self {
+        self.default_tier = Some(name.into());
+        self
+    }
+
+    /// Sets the plans: a default plan and key → plan assignments.
+    pub fn plans<I, K, P>(mut self, default: impl Into<String>, assignments: I) -> Self
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: Into<String>,
+        P: Into<String>,
+    {
+        self.plans = Some(Plans {
+            default: default.into(),
+            assignments: assignments
+                .into_iter()
+                .map(|(k, p)| (k.into(), p.into()))
+                .collect(),
+        });
+        self
+    }
+
+    /// Sets the global tier.
+    pub fn global(mut self, name: impl Into<String>) -> Self {
+        self.global = Some(name.into());
+        self
+    }
+
+    /// Sets the response header style.
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.headers = style;
+        self
+    }
+
+    /// Sets the 429 body format.
+    pub fn errors(mut self, format: ErrorFormat) -> Self {
+        self.errors = format;
+        self
+    }
+
+    /// Trusts `X-Forwarded-For`/`Forwarded` from peers in these CIDR blocks.
+    pub fn trusted_proxies<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.identity.trusted_proxies = cidrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the API key header (`None` to read no header).
+    pub fn api_key_header(mut self, name: Option<&str>) -> Self {
+        self.identity.api_key_header = name.map(str::to_owned);
+        self
+    }
+
+    /// Sets the cap on counters tracked by the memory store.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.store.max_keys = max_keys;
+        self
+    }
+
+    /// Checks the configuration and compiles it.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, with its path: e.g.
+    /// `tiers.premium.limits[1].window: must be greater than zero`,
+    /// `routes[2].tier: unknown tier \`gold\``.
+    pub fn build(&self) -> Result<Policy, ConfigError> {
+        Policy::compile(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

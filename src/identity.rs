@@ -1,0 +1,403 @@
+//! Who the caller is: API key, user, tenant, client IP.
+//!
+//! * **API key**: the configured header (default `x-api-key`), else the token
+//!   of `Authorization: Bearer <token>` when enabled.
+//! * **User** and **tenant**: the [`UserId`] and [`TenantId`] request
+//!   extensions, which the application's own authentication layer inserts
+//!   before this layer runs.
+//! * **Client IP**: the peer address, from the [`ClientAddr`] extension (set it
+//!   in a plain hyper server) or, with the `axum` feature, axum's
+//!   `ConnectInfo<SocketAddr>`. `X-Forwarded-For` and `Forwarded` are used
+//!   only when the peer is a configured trusted proxy.
+//! * **Caller**: the first present of API key → user → IP.
+//!
+//! # Odd values
+//!
+//! Values are hashed (keyed SipHash) before they reach a store, so any bytes
+//! are safe to count. An API key or identity value that is **empty** (after
+//! trimming spaces) or **longer than `max_key_len`** bytes (default 256) is
+//! treated as absent, and the next identity in line is used: an oversized key
+//! cannot make the limiter hash megabytes, nor mint an unlimited supply of
+//! distinct counters cheaply. A **non-UTF-8** API key is counted by its bytes
+//! but never matches a plan assignment (those are UTF-8), so it gets the
+//! default plan. A request with none of the parts a scope needs shares one
+//! "anonymous" counter for that part.
+//!
+//! # Deployment caveat
+//!
+//! Forwarding headers are trivially forged. Configure `trusted_proxies` with
+//! the addresses of *your* load balancers only; with an empty list (the
+//! default) the peer address is always the client. Behind a proxy that is not
+//! listed, every client appears as the proxy's address and shares its budget.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{header, HeaderMap, HeaderName, Request};
+
+/// The authenticated user, inserted into request extensions by the
+/// application's authentication layer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UserId(pub String);
+
+/// The caller's tenant, inserted into request extensions by the application's
+/// authentication layer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TenantId(pub String);
+
+/// The TCP peer address; insert it in a plain hyper server (axum users get it
+/// from `ConnectInfo` with the `axum` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A CIDR block such as `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `v6::/n`, or a bare address (a /32 or /128).
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong with the text.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("`{s}` has a prefix length outside 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this block (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// How identities are read from requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdentityConfig {
+    /// Header carrying the API key; `None` disables it. Default `x-api-key`.
+    pub api_key_header: Option<HeaderName>,
+    /// Whether `Authorization: Bearer <token>` carries an API key. Default on.
+    pub bearer: bool,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Longest identity value used, in bytes; longer ones count as absent.
+    pub max_key_len: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            api_key_header: Some(HeaderName::from_static("x-api-key")),
+            bearer: true,
+            trusted_proxies: Vec::new(),
+            max_key_len: 256,
+        }
+    }
+}
+
+/// The identity parts of one request, borrowed from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// The API key's bytes.
+    pub api_key: Option<&'a [u8]>,
+    /// The user id.
+    pub user: Option<&'a str>,
+    /// The tenant id.
+    pub tenant: Option<&'a str>,
+    /// The client address.
+    pub ip: Option<IpAddr>,
+}
+
+/// The caller: first present of API key → user → IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Caller<'a> {
+    /// Identified by API key.
+    ApiKey(&'a [u8]),
+    /// Identified by user id.
+    User(&'a str),
+    /// Identified by client address.
+    Ip(IpAddr),
+    /// Nothing identifies the caller.
+    Anonymous,
+}
+
+impl<'a> Identity<'a> {
+    /// The caller of this request.
+    pub fn caller(&self) -> Caller<'a> {
+        if let Some(k) = self.api_key {
+            Caller::ApiKey(k)
+        } else if let Some(u) = self.user {
+            Caller::User(u)
+        } else if let Some(ip) = self.ip {
+            Caller::Ip(ip)
+        } else {
+            Caller::Anonymous
+        }
+    }
+
+    /// The caller as text for a plan lookup (API key or user id), if any.
+    pub fn plan_key(&self) -> Option<&'a str> {
+        match self.caller() {
+            Caller::ApiKey(k) => std::str::from_utf8(k).ok(),
+            Caller::User(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+fn usable<'a>(v: &'a [u8], max: usize) -> Option<&'a [u8]> {
+    let v = v.trim_ascii();
+    (!v.is_empty() && v.len() <= max).then_some(v)
+}
+
+fn usable_str(v: &str, max: usize) -> Option<&str> {
+    usable(v.as_bytes(), max).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+impl IdentityConfig {
+    /// Reads the identity of `req`.
+    pub fn extract<'a, B>(&self, req: &'a Request<B>) -> Identity<'a> {
+        let headers = req.headers();
+        let max = self.max_key_len;
+        let mut api_key = self
+            .api_key_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| usable(v.as_bytes(), max));
+        if api_key.is_none() && self.bearer {
+            api_key = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| bearer_token(v.as_bytes()))
+                .and_then(|t| usable(t, max));
+        }
+        let ext = req.extensions();
+        let user = ext.get::<UserId>().and_then(|u| usable_str(&u.0, max));
+        let tenant = ext.get::<TenantId>().and_then(|t| usable_str(&t.0, max));
+        let peer = peer_addr(req);
+        let ip = peer.map(|p| self.client_ip(canonical(p), headers));
+        Identity {
+            api_key,
+            user,
+            tenant,
+            ip,
+        }
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// The client address: the peer, or — when the peer is a trusted proxy —
+    /// the rightmost address in the forwarding chain that is not itself a
+    /// trusted proxy. `Forwarded` is preferred to `X-Forwarded-For`.
+    /// Unparseable entries stop the walk at the last address known good.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusted(peer) {
+            return peer;
+        }
+        let mut chain: Vec<Option<IpAddr>> = Vec::new();
+        let forwarded: Vec<_> = headers.get_all(header::FORWARDED).iter().collect();
+        if !forwarded.is_empty() {
+            for v in forwarded {
+                let Ok(v) = v.to_str() else {
+                    chain.push(None);
+                    continue;
+                };
+                for elem in v.split(',') {
+                    let for_ = elem.split(';').find_map(|pair| {
+                        let (k, val) = pair.split_once('=')?;
+                        k.trim().eq_ignore_ascii_case("for").then(|| val.trim())
+                    });
+                    chain.push(for_.and_then(parse_forwarded_for));
+                }
+            }
+        } else {
+            for v in headers.get_all("x-forwarded-for") {
+                let Ok(v) = v.to_str() else {
+                    chain.push(None);
+                    continue;
+                };
+                chain.extend(v.split(',').map(|s| parse_node(s.trim())));
+            }
+        }
+        let mut client = peer;
+        for hop in chain.into_iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = canonical(ip);
+                    if !self.trusted(client) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        client
+    }
+}
+
+fn bearer_token(v: &[u8]) -> Option<&[u8]> {
+    let v = v.trim_ascii();
+    if v.len() > 7 && v[..6].eq_ignore_ascii_case(b"bearer") && v[6] == b' ' {
+        Some(v[7..].trim_ascii())
+    } else {
+        None
+    }
+}
+
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    s.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+fn parse_forwarded_for(v: &str) -> Option<IpAddr> {
+    let v = v.trim_matches('"');
+    if let Some(rest) = v.strip_prefix('[') {
+        // "[2001:db8::1]:4711"
+        return rest.split(']').next()?.parse().ok();
+    }
+    parse_node(v)
+}
+
+fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
+    if let Some(a) = req.extensions().get::<ClientAddr>() {
+        return Some(a.0.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(a) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(a.0.ip());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.1.2.3")));
+        assert!(c.contains(ip("::ffff:10.1.2.3")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains(ip("2001:db8::1")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        assert_eq!(Cidr::parse("1.2.3.4").unwrap().prefix, 32);
+    }
+
+    fn cfg() -> IdentityConfig {
+        IdentityConfig {
+            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            ..IdentityConfig::default()
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 1.2.3.4, 10.0.0.7".parse().unwrap(),
+        );
+        assert_eq!(cfg().client_ip(ip("10.0.0.1"), &h), ip("1.2.3.4"));
+        assert_eq!(cfg().client_ip(ip("8.8.8.8"), &h), ip("8.8.8.8"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::FORWARDED,
+            "for=\"[2001:db8::1]:80\", for=10.0.0.9".parse().unwrap(),
+        );
+        assert_eq!(cfg().client_ip(ip("10.0.0.1"), &h), ip("2001:db8::1"));
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(cfg().client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn api_key_sources_and_odd_values() {
+        let c = IdentityConfig::default();
+        let req = Request::builder()
+            .header("x-api-key", "  k1 ")
+            .body(())
+            .unwrap();
+        assert_eq!(c.extract(&req).api_key, Some(&b"k1"[..]));
+        let req = Request::builder()
+            .header("authorization", "Bearer tok")
+            .body(())
+            .unwrap();
+        assert_eq!(c.extract(&req).api_key, Some(&b"tok"[..]));
+        let req = Request::builder().header("x-api-key", "").body(()).unwrap();
+        assert_eq!(c.extract(&req).api_key, None);
+        let long = "k".repeat(300);
+        let req = Request::builder()
+            .header("x-api-key", long)
+            .body(())
+            .unwrap();
+        assert_eq!(c.extract(&req).api_key, None);
+        let req = Request::builder()
+            .header(
+                "x-api-key",
+                http::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let id = c.extract(&req);
+        assert_eq!(id.api_key, Some(&b"\xff\xfe"[..]));
+        assert_eq!(id.plan_key(), None);
+    }
+}

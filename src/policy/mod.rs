@@ -1,0 +1,532 @@
+//! The policy table: limits, tiers, route rules and plans, compiled from a
+//! [`Config`] and looked up once per request.
+//!
+//! For each request the policy finds
+//!
+//! 1. the **route tier**: the first route rule matching method and path, else
+//!    the default tier (a rule may say `exempt`: no counting, no headers);
+//! 2. the **plan**: the caller's assigned plan, else the default plan;
+//! 3. the **global** tier, if configured;
+//!
+//! and turns every limit of those tiers into one store [`Slot`], keyed by a
+//! keyed 128-bit hash of (tier, limit definition, scope key). A tier reached
+//! twice (say, the route tier is also the plan) is checked once.
+//!
+//! Plans can change at runtime through [`Policy::set_plan`]; the change
+//! applies to the next request.
+
+mod route;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::ops::Range;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::{HeaderName, Request};
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+pub use route::PathPattern;
+use route::{normalise, parse_methods, RouteRule, RouteTarget};
+
+use crate::config::{Config, ErrorFormat, HeaderStyle, Limit, ScopePart, WindowKind};
+use crate::error::ConfigError;
+use crate::identity::{Caller, Cidr, Identity, IdentityConfig};
+use crate::store::{Batch, Slot};
+use crate::window::{WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
+
+/// The route target name that means "exempt".
+pub const EXEMPT: &str = "exempt";
+
+/// The process-wide secret of the counter-key hash. Random per process, so
+/// keys cannot be chosen to collide; stable across reloads, so unchanged
+/// limits keep their counters.
+fn hash_secret() -> (u64, u64) {
+    static SECRET: OnceLock<(u64, u64)> = OnceLock::new();
+    *SECRET.get_or_init(|| {
+        let a = std::collections::hash_map::RandomState::new();
+        let b = std::collections::hash_map::RandomState::new();
+        let mut ha = a.build_hasher();
+        ha.write_u64(0x7469_6572);
+        let mut hb = b.build_hasher();
+        hb.write_u64(0x6c69_6d69);
+        (ha.finish(), hb.finish())
+    })
+}
+
+fn sip() -> SipHasher13 {
+    let (k0, k1) = hash_secret();
+    SipHasher13::new_with_keys(k0, k1)
+}
+
+/// A compiled limit.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledLimit {
+    pub(crate) name: String,
+    pub(crate) tier: String,
+    pub(crate) capacity: u64,
+    pub(crate) window: Duration,
+    pub(crate) spec: WindowSpec,
+    pub(crate) cost: u64,
+    scope: Vec<ScopePart>,
+    /// Mixed into the scope hash to make the counter key of this limit.
+    mask: u128,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledTier {
+    limits: Range<usize>,
+}
+
+/// A compiled, checked configuration. Share it behind an `Arc`; plan
+/// assignments can change through a shared reference.
+#[derive(Debug)]
+pub struct Policy {
+    pub(crate) limits: Vec<CompiledLimit>,
+    tiers: Vec<CompiledTier>,
+    tier_index: HashMap<String, usize>,
+    routes: Vec<RouteRule>,
+    default_tier: Option<usize>,
+    default_plan: Option<usize>,
+    assignments: DashMap<Box<str>, usize>,
+    global: Option<usize>,
+    pub(crate) identity: IdentityConfig,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) errors: ErrorFormat,
+    pub(crate) max_keys: usize,
+}
+
+/// What the policy says about one request.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Exempt: forward untouched.
+    Exempt,
+    /// Check these limits.
+    Check(Batch),
+}
+
+fn parse_offset(s: &str) -> Result<i64, String> {
+    let bad = || format!("`{s}` is not a UTC offset such as \"+02:00\" or \"-05:30\"");
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1i64, &s[1..]),
+        Some(b'-') => (-1i64, &s[1..]),
+        _ if s == "Z" || s == "UTC" => return Ok(0),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if h > 18 || m > 59 || h.to_string().len() > 2 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60) * 1_000_000_000)
+}
+
+fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError::new(format!("{path}.{field}"), msg);
+    if l.name.trim().is_empty() {
+        return Err(err("name", "must not be empty".into()));
+    }
+    if l.capacity == 0 {
+        return Err(err("capacity", "must be greater than zero".into()));
+    }
+    if l.capacity > u64::from(u32::MAX) {
+        return Err(err("capacity", format!("must be at most {}", u32::MAX)));
+    }
+    if l.window.is_zero() {
+        return Err(err("window", "must be greater than zero".into()));
+    }
+    let window_nanos = u64::try_from(l.window.as_nanos())
+        .ok()
+        .filter(|&n| n <= 366 * 86_400 * 1_000_000_000)
+        .ok_or_else(|| err("window", "must be at most 366 days".into()))?;
+    if l.cost == 0 {
+        return Err(err("cost", "must be greater than zero".into()));
+    }
+    if l.cost > l.capacity {
+        return Err(err(
+            "cost",
+            format!(
+                "a request costing {} can never fit a capacity of {}",
+                l.cost, l.capacity
+            ),
+        ));
+    }
+    let spec = match l.kind {
+        WindowKind::Sliding => {
+            if l.utc_offset.is_some() {
+                return Err(err("utc_offset", "applies to fixed windows only".into()));
+            }
+            let p = l.precision.unwrap_or(DEFAULT_PRECISION);
+            if p == 0 || p > MAX_PRECISION {
+                return Err(err(
+                    "precision",
+                    format!("must be between 1 and {MAX_PRECISION}"),
+                ));
+            }
+            if window_nanos < u64::from(p) {
+                return Err(err(
+                    "precision",
+                    "is finer than one nanosecond per sub-bucket".into(),
+                ));
+            }
+            WindowSpec::sliding(window_nanos, p)
+        }
+        WindowKind::Fixed => {
+            if l.precision.is_some() {
+                return Err(err("precision", "applies to sliding windows only".into()));
+            }
+            let offset = match &l.utc_offset {
+                Some(o) => parse_offset(o).map_err(|m| err("utc_offset", m))?,
+                None => 0,
+            };
+            WindowSpec::fixed(window_nanos, offset)
+        }
+    };
+    let mut seen = Vec::new();
+    for (i, part) in l.scope.iter().enumerate() {
+        if seen.contains(part) {
+            return Err(err(
+                &format!("scope[{i}]"),
+                format!("`{part:?}` is listed twice"),
+            ));
+        }
+        seen.push(*part);
+    }
+    // The fingerprint covers everything that gives the counter its meaning,
+    // so a reload keeps counters exactly when the definition is unchanged.
+    let mut h = sip();
+    h.write(b"limit\0");
+    h.write(tier.as_bytes());
+    h.write(&[0]);
+    h.write(l.name.as_bytes());
+    h.write(&[0]);
+    h.write_u64(l.capacity);
+    h.write_u64(l.cost);
+    match spec {
+        WindowSpec::Sliding {
+            bucket_nanos,
+            precision,
+        } => {
+            h.write_u8(1);
+            h.write_u64(bucket_nanos);
+            h.write_u32(precision);
+        }
+        WindowSpec::Fixed {
+            len_nanos,
+            offset_nanos,
+        } => {
+            h.write_u8(2);
+            h.write_u64(len_nanos);
+            h.write_i64(offset_nanos);
+        }
+    }
+    for part in &l.scope {
+        h.write_u8(*part as u8);
+    }
+    Ok(CompiledLimit {
+        name: l.name.clone(),
+        tier: tier.to_owned(),
+        capacity: l.capacity,
+        window: l.window,
+        spec,
+        cost: l.cost,
+        scope: l.scope.clone(),
+        mask: h.finish128().as_u128(),
+    })
+}
+
+impl Policy {
+    pub(crate) fn compile(c: &Config) -> Result<Policy, ConfigError> {
+        let mut limits = Vec::new();
+        let mut tiers = Vec::new();
+        let mut tier_index = HashMap::new();
+        for (name, tier) in &c.tiers {
+            let base = format!("tiers.{name}");
+            if name.trim().is_empty() {
+                return Err(ConfigError::new("tiers", "a tier name must not be empty"));
+            }
+            if name == EXEMPT {
+                return Err(ConfigError::new(
+                    base,
+                    "`exempt` is reserved for routes and cannot name a tier",
+                ));
+            }
+            let start = limits.len();
+            let mut names: Vec<&str> = Vec::new();
+            let groups = std::iter::once((format!("{base}.limits"), &tier.limits)).chain(
+                tier.groups
+                    .iter()
+                    .enumerate()
+                    .map(|(g, grp)| (format!("{base}.groups[{g}].limits"), &grp.limits)),
+            );
+            for (gpath, group) in groups {
+                for (i, l) in group.iter().enumerate() {
+                    let path = format!("{gpath}[{i}]");
+                    if names.contains(&l.name.as_str()) {
+                        return Err(ConfigError::new(
+                            format!("{path}.name"),
+                            format!("`{}` is used twice in tier `{name}`", l.name),
+                        ));
+                    }
+                    names.push(&l.name);
+                    limits.push(compile_limit(name, l, &path)?);
+                }
+            }
+            tier_index.insert(name.clone(), tiers.len());
+            tiers.push(CompiledTier {
+                limits: start..limits.len(),
+            });
+        }
+        let find = |path: String, name: &str| {
+            tier_index
+                .get(name)
+                .copied()
+                .ok_or_else(|| ConfigError::new(path, format!("unknown tier `{name}`")))
+        };
+        let mut routes = Vec::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            let methods = parse_methods(&r.methods)
+                .map_err(|(j, m)| ConfigError::new(format!("routes[{i}].methods[{j}]"), m))?;
+            let pattern = PathPattern::parse(&r.path)
+                .map_err(|m| ConfigError::new(format!("routes[{i}].path"), m))?;
+            let target = if r.tier == EXEMPT {
+                RouteTarget::Exempt
+            } else {
+                RouteTarget::Tier(find(format!("routes[{i}].tier"), &r.tier)?)
+            };
+            routes.push(RouteRule {
+                methods,
+                pattern,
+                target,
+            });
+        }
+        let default_tier = match &c.default_tier {
+            Some(t) => Some(find("default_tier".into(), t)?),
+            None => None,
+        };
+        let global = match &c.global {
+            Some(t) => Some(find("global".into(), t)?),
+            None => None,
+        };
+        let assignments = DashMap::new();
+        let default_plan = match &c.plans {
+            Some(p) => {
+                let d = find("plans.default".into(), &p.default)?;
+                for (key, plan) in &p.assignments {
+                    if key.is_empty() {
+                        return Err(ConfigError::new(
+                            "plans.assignments",
+                            "an assignment key must not be empty",
+                        ));
+                    }
+                    let t = find(format!("plans.assignments.{key}"), plan)?;
+                    assignments.insert(key.clone().into_boxed_str(), t);
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let id = &c.identity;
+        let api_key_header = match &id.api_key_header {
+            Some(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    "identity.api_key_header",
+                    format!("`{h}` is not a valid header name"),
+                )
+            })?),
+            None => None,
+        };
+        let mut trusted_proxies = Vec::new();
+        for (i, s) in id.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(
+                Cidr::parse(s)
+                    .map_err(|m| ConfigError::new(format!("identity.trusted_proxies[{i}]"), m))?,
+            );
+        }
+        if id.max_key_len == 0 {
+            return Err(ConfigError::new(
+                "identity.max_key_len",
+                "must be greater than zero",
+            ));
+        }
+        if c.store.max_keys == 0 {
+            return Err(ConfigError::new(
+                "store.max_keys",
+                "must be greater than zero",
+            ));
+        }
+        let mut identity = IdentityConfig::default();
+        identity.api_key_header = api_key_header;
+        identity.bearer = id.bearer;
+        identity.trusted_proxies = trusted_proxies;
+        identity.max_key_len = id.max_key_len;
+        Ok(Policy {
+            limits,
+            tiers,
+            tier_index,
+            routes,
+            default_tier,
+            default_plan,
+            assignments,
+            global,
+            identity,
+            headers: c.headers,
+            errors: c.errors,
+            max_keys: c.store.max_keys,
+        })
+    }
+
+    /// Assigns plan `plan` to the caller with API key (or user id) `key`;
+    /// applies from the next request on.
+    ///
+    /// # Errors
+    ///
+    /// `plan` is not a tier of this policy, or no plans are configured.
+    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), ConfigError> {
+        if self.default_plan.is_none() {
+            return Err(ConfigError::new("plans", "no plans are configured"));
+        }
+        let t =
+            self.tier_index.get(plan).copied().ok_or_else(|| {
+                ConfigError::new("rate_limit_tier", format!("unknown plan `{plan}`"))
+            })?;
+        self.assignments.insert(key.into(), t);
+        Ok(())
+    }
+
+    /// The plan assigned to `key`, or the default plan.
+    pub fn plan_of(&self, key: &str) -> Option<&str> {
+        let idx = self
+            .assignments
+            .get(key)
+            .map(|r| *r)
+            .or(self.default_plan)?;
+        self.tier_index
+            .iter()
+            .find(|(_, &i)| i == idx)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The route tier (or `None` for exempt) of a request.
+    fn route_tier(&self, method: &http::Method, path: &str) -> Option<Option<usize>> {
+        if self.routes.is_empty() {
+            return Some(self.default_tier);
+        }
+        let segs: Vec<Cow<'_, str>> = normalise(path);
+        for r in &self.routes {
+            if r.matches(method, &segs) {
+                return match r.target {
+                    RouteTarget::Exempt => None,
+                    RouteTarget::Tier(t) => Some(Some(t)),
+                };
+            }
+        }
+        Some(self.default_tier)
+    }
+
+    /// Decides which limits a request is checked against.
+    pub(crate) fn lookup<B>(&self, req: &Request<B>) -> Lookup {
+        let Some(route_tier) = self.route_tier(req.method(), req.uri().path()) else {
+            return Lookup::Exempt;
+        };
+        let id = self.identity.extract(req);
+        let plan = self.default_plan.map(|d| {
+            id.plan_key()
+                .and_then(|k| self.assignments.get(k).map(|r| *r))
+                .unwrap_or(d)
+        });
+        let mut picked: [Option<usize>; 3] = [route_tier, plan, self.global];
+        // A tier reached twice is checked once.
+        if picked[1] == picked[0] {
+            picked[1] = None;
+        }
+        if picked[2] == picked[0] || picked[2] == picked[1] {
+            picked[2] = None;
+        }
+        let count: usize = picked
+            .iter()
+            .flatten()
+            .map(|&t| self.tiers[t].limits.len())
+            .sum();
+        let mut slots = Vec::with_capacity(count);
+        let mut memo: Vec<(&[ScopePart], u128)> = Vec::with_capacity(2);
+        for &t in picked.iter().flatten() {
+            for li in self.tiers[t].limits.clone() {
+                let l = &self.limits[li];
+                let scope_hash = match memo.iter().find(|(s, _)| *s == l.scope.as_slice()) {
+                    Some((_, h)) => *h,
+                    None => {
+                        let h = scope_hash(&l.scope, &id);
+                        memo.push((&l.scope, h));
+                        h
+                    }
+                };
+                slots.push(Slot::new(
+                    scope_hash ^ l.mask,
+                    l.spec,
+                    l.capacity,
+                    l.cost,
+                    li as u32,
+                ));
+            }
+        }
+        Lookup::Check(Batch {
+            slots,
+            admitted: false,
+        })
+    }
+}
+
+fn scope_hash(scope: &[ScopePart], id: &Identity<'_>) -> u128 {
+    let mut h = sip();
+    for part in scope {
+        // Each part: tag, presence, length, bytes: no two identities collide
+        // by concatenation.
+        let (tag, bytes): (u8, Option<Cow<'_, [u8]>>) = match part {
+            ScopePart::ApiKey => (1, id.api_key.map(Cow::Borrowed)),
+            ScopePart::User => (2, id.user.map(|u| Cow::Borrowed(u.as_bytes()))),
+            ScopePart::Tenant => (3, id.tenant.map(|t| Cow::Borrowed(t.as_bytes()))),
+            ScopePart::Ip => (4, id.ip.map(|ip| Cow::Owned(ip_bytes(ip)))),
+            ScopePart::Caller => match id.caller() {
+                Caller::ApiKey(k) => (5, Some(Cow::Borrowed(k))),
+                Caller::User(u) => (6, Some(Cow::Borrowed(u.as_bytes()))),
+                Caller::Ip(ip) => (7, Some(Cow::Owned(ip_bytes(ip)))),
+                _ => (8, None),
+            },
+        };
+        h.write_u8(tag);
+        match bytes {
+            Some(b) => {
+                h.write_u8(1);
+                h.write_usize(b.len());
+                h.write(&b);
+            }
+            None => h.write_u8(0),
+        }
+    }
+    h.finish128().as_u128()
+}
+
+fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_offset("+02:00").unwrap(), 7200 * 1_000_000_000);
+        assert_eq!(parse_offset("-05:30").unwrap(), -19800 * 1_000_000_000);
+        assert_eq!(parse_offset("Z").unwrap(), 0);
+        assert!(parse_offset("02:00").is_err());
+        assert!(parse_offset("+25:00").is_err());
+    }
+}

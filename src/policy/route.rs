@@ -1,0 +1,236 @@
+//! Route rules: method set + path pattern → tier or exempt.
+//!
+//! Patterns are matched segment by segment against the request path:
+//!
+//! | pattern segment | matches |
+//! | --- | --- |
+//! | `reloads` | exactly that segment |
+//! | `{id}` | any one segment |
+//! | `*` | any one segment |
+//! | `**` (last only) | the rest of the path, zero or more segments |
+//!
+//! Before matching, the request path is normalised so that spellings of one
+//! resource cannot dodge a rule: empty segments (`//`, a trailing `/`) are
+//! dropped, `.` and `..` segments are resolved, and percent-escapes are
+//! decoded (an invalid escape is kept as written). The query string is
+//! ignored. Matching is case-sensitive, like HTTP paths.
+
+use std::borrow::Cow;
+
+use http::Method;
+
+/// One segment of a compiled path pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    One,
+    Rest,
+}
+
+/// A compiled path pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPattern {
+    segs: Vec<Seg>,
+    source: String,
+}
+
+impl PathPattern {
+    /// Parses a pattern such as `/api/v1/{id}/items/**`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the problem: not starting with `/`, `**` not last,
+    /// an unclosed `{`, or a segment mixing `{param}` with text.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("path pattern `{pattern}` must start with `/`"));
+        }
+        let parts: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segs = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let seg = match *p {
+                "**" if i + 1 == parts.len() => Seg::Rest,
+                "**" => return Err(format!("`**` must be the last segment of `{pattern}`")),
+                "*" => Seg::One,
+                s if s.starts_with('{') => {
+                    if !s.ends_with('}') || s.len() < 3 || s[1..s.len() - 1].contains(['{', '}']) {
+                        return Err(format!(
+                            "segment `{s}` of `{pattern}` is not a `{{name}}` parameter"
+                        ));
+                    }
+                    Seg::One
+                }
+                s if s.contains(['{', '}', '*']) => {
+                    return Err(format!(
+                        "segment `{s}` of `{pattern}` mixes text with `{{}}` or `*`"
+                    ))
+                }
+                s => Seg::Lit(percent_decode(s).into_owned()),
+            };
+            segs.push(seg);
+        }
+        Ok(PathPattern {
+            segs,
+            source: pattern.to_owned(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the normalised segments of a request path match.
+    pub fn matches(&self, path: &[Cow<'_, str>]) -> bool {
+        let mut i = 0;
+        for seg in &self.segs {
+            match seg {
+                Seg::Rest => return true,
+                Seg::One => {
+                    if i >= path.len() {
+                        return false;
+                    }
+                }
+                Seg::Lit(l) => {
+                    if path.get(i).map(|s| s.as_ref()) != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+        i == path.len()
+    }
+}
+
+/// Splits a request path into normalised segments (see the module docs).
+pub fn normalise(path: &str) -> Vec<Cow<'_, str>> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    for raw in path.split('/') {
+        let seg = percent_decode(raw);
+        match seg.as_ref() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        // Escapes that decode to invalid UTF-8 are matched as written.
+        Err(_) => Cow::Borrowed(s),
+    }
+}
+
+/// What a matching route rule sends the request to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteTarget {
+    /// Check the tier with this index.
+    Tier(usize),
+    /// Neither counted nor given headers.
+    Exempt,
+}
+
+/// A compiled route rule.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteRule {
+    pub(crate) methods: Option<Vec<Method>>,
+    pub(crate) pattern: PathPattern,
+    pub(crate) target: RouteTarget,
+}
+
+/// Parses a method list: empty, or containing `*`, means any method.
+pub(crate) fn parse_methods(methods: &[String]) -> Result<Option<Vec<Method>>, (usize, String)> {
+    let mut set = Vec::new();
+    let mut any = methods.is_empty();
+    for (i, m) in methods.iter().enumerate() {
+        if m == "*" {
+            any = true;
+            continue;
+        }
+        let upper = m.to_ascii_uppercase();
+        let parsed = Method::from_bytes(upper.as_bytes())
+            .map_err(|_| (i, format!("`{m}` is not an HTTP method")))?;
+        set.push(parsed);
+    }
+    Ok(if any { None } else { Some(set) })
+}
+
+impl RouteRule {
+    /// Whether this rule takes a request with `method` and normalised `path`.
+    pub(crate) fn matches(&self, method: &Method, path: &[Cow<'_, str>]) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(method)) && self.pattern.matches(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, path: &str) -> bool {
+        PathPattern::parse(pattern)
+            .unwrap()
+            .matches(&normalise(path))
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(m("/api/v1/reloads", "/api/v1/reloads"));
+        assert!(m("/api/v1/reloads", "/api/v1/reloads/"));
+        assert!(m("/api/v1/reloads", "//api/./v1/x/../reloads?x=1"));
+        assert!(m("/api/v1/reloads", "/api/v1/%72eloads"));
+        assert!(!m("/api/v1/reloads", "/api/v1/reloads/1"));
+        assert!(m("/items/{id}", "/items/42"));
+        assert!(!m("/items/{id}", "/items"));
+        assert!(m("/items/*/x", "/items/42/x"));
+        assert!(m("/v2/publish/**", "/v2/publish"));
+        assert!(m("/v2/publish/**", "/v2/publish/a/b/c"));
+        assert!(!m("/v2/publish/**", "/v2/publishx"));
+        assert!(m("/**", "/anything/at/all"));
+        assert!(m("/", "/"));
+        assert!(m("/x", "/x/%zz/.."));
+        assert!(!m("/x", "/x/%ff"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(PathPattern::parse("api").is_err());
+        assert!(PathPattern::parse("/**/x").is_err());
+        assert!(PathPattern::parse("/{id").is_err());
+        assert!(PathPattern::parse("/a{id}").is_err());
+        assert!(parse_methods(&["GE T".into()]).is_err());
+        assert_eq!(parse_methods(&["get".into(), "*".into()]), Ok(None));
+    }
+}

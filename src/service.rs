@@ -1,0 +1,84 @@
+//! The [`RateLimit`] service: decide, then forward or answer 429.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::body::RateLimitBody;
+use crate::future::{Next, ResponseFuture};
+use crate::layer::Shared;
+use crate::policy::Lookup;
+use crate::store::{MemoryStore, Store};
+
+/// Middleware enforcing a rate-limit policy; made by
+/// [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// Clones share one budget. Over the limit is a 429 **response**, never an
+/// error and never `Pending`: `poll_ready` only asks the inner service, and
+/// the inner error type passes through unchanged.
+#[derive(Debug)]
+pub struct RateLimit<S, St = MemoryStore> {
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S: Clone, St> Clone for RateLimit<S, St> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S, St> RateLimit<S, St> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<St>>) -> Self {
+        RateLimit { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    St: Store,
+{
+    type Response = Response<RateLimitBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, St>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let batch = match shared.policy.lookup(&req) {
+            Lookup::Exempt => return ResponseFuture::calling(self.inner.call(req), None, None),
+            Lookup::Check(batch) => batch,
+        };
+        let now = shared.clock.now_nanos();
+        match shared.store.decide_now(now, batch) {
+            Ok(decided) => match shared.next(now, decided) {
+                Next::Forward(report) => {
+                    ResponseFuture::calling(self.inner.call(req), report, Some(Arc::clone(shared)))
+                }
+                Next::Answer(resp) => ResponseFuture::answer(resp),
+            },
+            Err(batch) => {
+                // The store must be awaited: the inner service that was made
+                // ready goes into the future, a clone stays here.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let fut = shared.store.decide(now, batch);
+                ResponseFuture::deciding(fut, inner, req, Arc::clone(shared), now)
+            }
+        }
+    }
+}

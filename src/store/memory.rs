@@ -1,0 +1,405 @@
+//! The embedded store: counters in a sharded [`DashMap`].
+//!
+//! # Memory
+//!
+//! Each counter is a 128-bit key and a 16-byte [`Cell`]; see
+//! `cargo bench --bench decide` for bytes per tracked key.
+//!
+//! # Eviction
+//!
+//! A counter whose windows are all empty is removed by a sweep. Sweeps run by
+//! themselves, with nothing for the user to spawn: a decision that finds a
+//! sweep due (a minute of clock time since the last one, or as many new keys
+//! as the map held after the last one, or the key cap reached) starts it.
+//! Small maps are swept inline; maps above 65 536 keys are swept on a
+//! short-lived background thread so no request pays for it. Tests and
+//! operators can sweep at a given time with [`MemoryStore::evict_idle`].
+//!
+//! # The key cap
+//!
+//! [`MemoryStoreConfig::max_keys`] bounds the number of tracked counters. When
+//! the cap is reached and a request needs a counter that does not exist yet,
+//! that request is counted in a **shared overflow counter** of the same limit
+//! (one per limit) instead of a counter of its own, and a sweep is started.
+//! So a flood of fresh keys (random API keys, spoofed addresses) cannot grow
+//! memory past the cap, and together it gets no more than one key's capacity
+//! while the cap holds; callers already tracked keep their own counters.
+//! Nothing is ever admitted beyond a limit's capacity for the counter that
+//! charged it. The drawback, by design: while the map is full, new legitimate
+//! callers share that overflow budget with the flood.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{Batch, CellKey, Store, StoreError};
+use crate::window::{Cell, Refusal};
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+const INLINE_SWEEP_MAX: usize = 65_536;
+const SWEEP_INTERVAL_S: u64 = 60;
+
+/// Settings of a [`MemoryStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStoreConfig {
+    /// Most counters tracked at once; see [the key cap](self#the-key-cap).
+    /// Default: 1 048 576.
+    pub max_keys: usize,
+    /// Number of DashMap shards (rounded up to a power of two by DashMap).
+    /// Default: DashMap's own choice (4 × cores).
+    pub shards: Option<usize>,
+}
+
+impl Default for MemoryStoreConfig {
+    fn default() -> Self {
+        MemoryStoreConfig {
+            max_keys: 1 << 20,
+            shards: None,
+        }
+    }
+}
+
+impl MemoryStoreConfig {
+    /// Sets the cap on tracked counters.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+}
+
+/// Keys are already uniformly random (keyed SipHash-1-3); hashing them again
+/// would only cost time.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyHasherBuilder;
+
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u128 input; fold bytes FNV-style.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+impl BuildHasher for KeyHasherBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: DashMap<CellKey, Cell, KeyHasherBuilder>,
+    tracked: AtomicUsize,
+    max_keys: usize,
+    last_sweep_s: AtomicU64,
+    size_after_sweep: AtomicUsize,
+    sweeping: AtomicBool,
+}
+
+/// The in-process store. Cloning is cheap and clones share the counters.
+///
+/// ```
+/// use tierlimit::store::{Batch, MemoryStore, Slot, Store};
+/// use tierlimit::window::WindowSpec;
+///
+/// let store = MemoryStore::default();
+/// let spec = WindowSpec::sliding(60_000_000_000, 30);
+/// let batch = Batch { slots: vec![Slot::new(7, spec, 1, 1, 0)], admitted: false };
+/// let first = store.decide_now(0, batch.clone()).unwrap().unwrap();
+/// let second = store.decide_now(0, batch).unwrap().unwrap();
+/// assert!(first.admitted && !second.admitted);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(MemoryStoreConfig::default())
+    }
+}
+
+/// Where a slot's charge went, to give it back on refusal.
+struct Charged {
+    key: CellKey,
+    idx: u64,
+    slot: usize,
+}
+
+impl MemoryStore {
+    /// A store with the given settings.
+    pub fn new(config: MemoryStoreConfig) -> Self {
+        let map = match config.shards {
+            Some(n) => DashMap::with_hasher_and_shard_amount(
+                KeyHasherBuilder,
+                n.max(2).next_power_of_two(),
+            ),
+            None => DashMap::with_hasher(KeyHasherBuilder),
+        };
+        MemoryStore {
+            inner: Arc::new(Inner {
+                map,
+                tracked: AtomicUsize::new(0),
+                max_keys: config.max_keys.max(1),
+                last_sweep_s: AtomicU64::new(0),
+                size_after_sweep: AtomicUsize::new(0),
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Number of counters tracked now (including idle ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.inner.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Whether no counter is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every counter that is empty at `now` (ns since the epoch) and
+    /// returns how many were removed. Runs on the calling thread.
+    pub fn evict_idle(&self, now: u64) -> usize {
+        self.inner.sweep(now)
+    }
+
+    fn overflow_key(slot: &super::Slot) -> CellKey {
+        // One shared counter per limit shape; the high bits mark it apart from
+        // every hashed key with overwhelming probability.
+        let w = slot.spec.window_nanos() as u128;
+        0x6f76_6572_666c_6f77_u128 << 64
+            ^ (w << 32)
+            ^ (u128::from(slot.meta) << 8)
+            ^ slot.capacity as u128
+    }
+
+    fn decide_sync(&self, now: u64, mut batch: Batch) -> Batch {
+        let inner = &*self.inner;
+        let mut charged: Vec<Charged> = Vec::new();
+        let mut ok = true;
+        let mut hit_cap = false;
+        for (i, slot) in batch.slots.iter_mut().enumerate() {
+            let mut key = slot.key;
+            let mut entry = inner.map.get_mut(&key);
+            if entry.is_none() {
+                if !ok {
+                    // Refused already: an absent counter is an empty one.
+                    let (view, fit) =
+                        Cell::default().peek(&slot.spec, slot.capacity, now, slot.cost);
+                    slot.view = Some(view);
+                    slot.refusal = fit.err();
+                    continue;
+                }
+                if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
+                    hit_cap = true;
+                    key = Self::overflow_key(slot);
+                }
+                let e = inner.map.entry(key).or_insert_with(|| {
+                    inner.tracked.fetch_add(1, Ordering::Relaxed);
+                    Cell::default()
+                });
+                entry = Some(e);
+            }
+            let Some(mut cell) = entry else { continue };
+            if ok {
+                match cell.try_charge(&slot.spec, slot.capacity, now, slot.cost) {
+                    Ok((view, idx)) => {
+                        slot.view = Some(view);
+                        charged.push(Charged { key, idx, slot: i });
+                    }
+                    Err((view, refusal)) => {
+                        slot.view = Some(view);
+                        slot.refusal = Some(refusal);
+                        ok = false;
+                    }
+                }
+            } else {
+                let (view, fit) = cell.peek(&slot.spec, slot.capacity, now, slot.cost);
+                slot.view = Some(view);
+                slot.refusal = fit.err();
+            }
+        }
+        if !ok {
+            for c in charged {
+                let slot = &mut batch.slots[c.slot];
+                if let Some(mut cell) = inner.map.get_mut(&c.key) {
+                    cell.refund(&slot.spec, now, c.idx, slot.cost);
+                }
+                // Report the counter as it stands after the refund.
+                if let Some(view) = slot.view.as_mut() {
+                    view.used = view.used.saturating_sub(slot.cost);
+                }
+            }
+        }
+        batch.admitted = ok;
+        self.maybe_sweep(now, hit_cap);
+        batch
+    }
+
+    fn maybe_sweep(&self, now: u64, hit_cap: bool) {
+        let inner = &self.inner;
+        let now_s = now / NANOS_PER_SEC;
+        let tracked = inner.tracked.load(Ordering::Relaxed);
+        let grown = tracked >= inner.size_after_sweep.load(Ordering::Relaxed).max(4096) * 2;
+        let stale = now_s >= inner.last_sweep_s.load(Ordering::Relaxed) + SWEEP_INTERVAL_S;
+        if !(hit_cap || grown || (stale && tracked > 0)) {
+            return;
+        }
+        if inner
+            .sweeping
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        inner.last_sweep_s.store(now_s, Ordering::Relaxed);
+        if tracked <= INLINE_SWEEP_MAX {
+            inner.sweep(now);
+            inner.sweeping.store(false, Ordering::Release);
+            return;
+        }
+        let bg = Arc::clone(inner);
+        let spawned = std::thread::Builder::new()
+            .name("tierlimit-sweep".into())
+            .spawn(move || {
+                bg.sweep(now);
+                bg.sweeping.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            inner.sweep(now);
+            inner.sweeping.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Inner {
+    fn sweep(&self, now: u64) -> usize {
+        let mut removed = 0usize;
+        self.map.retain(|_, cell| {
+            let keep = !cell.is_idle(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.tracked.fetch_sub(removed, Ordering::Relaxed);
+        let left = self.tracked.load(Ordering::Relaxed);
+        self.size_after_sweep.store(left, Ordering::Relaxed);
+        if removed > left {
+            self.map.shrink_to_fit();
+        }
+        removed
+    }
+}
+
+impl Store for MemoryStore {
+    type Future = std::future::Ready<Result<Batch, StoreError>>;
+
+    fn decide(&self, now: u64, batch: Batch) -> Self::Future {
+        std::future::ready(Ok(self.decide_sync(now, batch)))
+    }
+
+    fn decide_now(&self, now: u64, batch: Batch) -> Result<Result<Batch, StoreError>, Batch> {
+        Ok(Ok(self.decide_sync(now, batch)))
+    }
+}
+
+/// Compile-time check that refusals stay cheap to copy.
+const _: fn() = || {
+    fn copy<T: Copy>() {}
+    copy::<Refusal>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Slot;
+    use crate::window::WindowSpec;
+
+    const S: u64 = NANOS_PER_SEC;
+
+    fn slot(key: u128, cap: u64) -> Slot {
+        Slot::new(key, WindowSpec::sliding(60 * S, 60), cap, 1, 0)
+    }
+
+    fn decide(store: &MemoryStore, now: u64, slots: Vec<Slot>) -> Batch {
+        store
+            .decide_now(
+                now,
+                Batch {
+                    slots,
+                    admitted: false,
+                },
+            )
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_charges_nothing() {
+        let store = MemoryStore::default();
+        let b = decide(&store, S, vec![slot(1, 5), slot(2, 1)]);
+        assert!(b.admitted);
+        let b = decide(&store, S, vec![slot(1, 5), slot(2, 1)]);
+        assert!(!b.admitted);
+        assert_eq!(b.slots[0].view.unwrap().used, 1, "first limit refunded");
+        // Limit 1 alone still has 4 left.
+        for _ in 0..4 {
+            assert!(decide(&store, S, vec![slot(1, 5)]).admitted);
+        }
+        assert!(!decide(&store, S, vec![slot(1, 5)]).admitted);
+    }
+
+    #[test]
+    fn idle_counters_are_evicted() {
+        let store = MemoryStore::default();
+        for k in 0..100 {
+            decide(&store, S, vec![slot(k, 5)]);
+        }
+        assert_eq!(store.len(), 100);
+        assert_eq!(store.evict_idle(30 * S), 0);
+        assert_eq!(store.evict_idle(62 * S), 100);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn sweeps_start_by_themselves() {
+        let store = MemoryStore::default();
+        for k in 0..10 {
+            decide(&store, 1000 * S, vec![slot(k, 5)]);
+        }
+        // A decision more than a sweep interval later evicts the idle ones.
+        decide(&store, 1100 * S, vec![slot(99, 5)]);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn at_the_cap_new_keys_share_an_overflow_counter() {
+        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(10));
+        for k in 0..10 {
+            assert!(decide(&store, S, vec![slot(k, 3)]).admitted);
+        }
+        // Fresh keys now share one counter of capacity 3.
+        let admitted = (100..200)
+            .filter(|&k| decide(&store, S, vec![slot(k, 3)]).admitted)
+            .count();
+        assert_eq!(admitted, 3);
+        assert!(store.len() <= 11);
+        // Tracked keys keep their own budget.
+        assert!(decide(&store, S, vec![slot(0, 3)]).admitted);
+    }
+}
