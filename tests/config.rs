@@ -1,0 +1,200 @@
+//! Every kind of bad configuration is refused with its own precise error.
+
+use tierlimit::Config;
+
+fn err(json: &str) -> String {
+    Config::from_json(json).unwrap_err().to_string()
+}
+
+const GOOD_TIER: &str = r#""t": {"limits": [{"name": "m", "capacity": 5, "window": "1m"}]}"#;
+
+fn with(extra: &str) -> String {
+    format!(r#"{{"tiers": {{{GOOD_TIER}}}, "default_tier": "t"{extra}}}"#)
+}
+
+#[test]
+fn a_good_file_loads() {
+    let c = Config::from_json(&with(
+        r#", "routes": [{"methods": ["GET"], "path": "/health", "tier": "exempt"}]"#,
+    ))
+    .unwrap();
+    assert_eq!(c.tiers.len(), 1);
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let e = err("{\"tiers\": ");
+    assert!(e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let e = err(&with(r#", "defualt_plan": "x""#));
+    assert!(
+        e.starts_with("defualt_plan: unknown field `defualt_plan`, expected one of"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"tiers": {"t": {"limits": [{"name": "m", "capacity": 5, "window": "1m", "burst": 3}]}}}"#,
+    );
+    assert!(
+        e.starts_with("tiers.t.limits[0].burst: unknown field `burst`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn limit_fields_are_checked() {
+    let lim = |body: &str| {
+        err(&format!(
+            r#"{{"tiers": {{"premium": {{"limits": [{{"name": "a", "capacity": 1, "window": "1s"}}, {body}]}}}}}}"#
+        ))
+    };
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "0s"}"#),
+        "tiers.premium.limits[1].window: must be greater than zero"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 0, "window": "1m"}"#),
+        "tiers.premium.limits[1].capacity: must be greater than zero"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5000000000, "window": "1m"}"#),
+        "tiers.premium.limits[1].capacity: must be at most 4294967295"
+    );
+    assert_eq!(
+        lim(r#"{"name": "a", "capacity": 5, "window": "1m"}"#),
+        "tiers.premium.limits[1].name: `a` is used twice in tier `premium`"
+    );
+    assert_eq!(
+        lim(r#"{"name": "", "capacity": 5, "window": "1m"}"#),
+        "tiers.premium.limits[1].name: must not be empty"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "cost": 6}"#),
+        "tiers.premium.limits[1].cost: a request costing 6 can never fit a capacity of 5"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "precision": 0}"#),
+        "tiers.premium.limits[1].precision: must be between 1 and 3600"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "utc_offset": "+01:00"}"#),
+        "tiers.premium.limits[1].utc_offset: applies to fixed windows only"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1d", "kind": "fixed", "utc_offset": "1h"}"#),
+        "tiers.premium.limits[1].utc_offset: `1h` is not a UTC offset such as \"+02:00\" or \"-05:30\""
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "scope": ["user", "user"]}"#),
+        "tiers.premium.limits[1].scope[1]: `User` is listed twice"
+    );
+    assert!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "5 fortnights"}"#)
+            .starts_with("tiers.premium.limits[1].window: unknown duration unit `fortnights`")
+    );
+    assert!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "kind": "leaky"}"#)
+            .starts_with("tiers.premium.limits[1].kind: unknown variant `leaky`")
+    );
+    assert!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "scope": ["planet"]}"#)
+            .starts_with("tiers.premium.limits[1].scope[0]: unknown variant `planet`")
+    );
+    assert!(lim(r#"{"name": "m", "capacity": -1, "window": "1m"}"#)
+        .starts_with("tiers.premium.limits[1].capacity: invalid value: integer `-1`"));
+}
+
+#[test]
+fn dangling_tier_names_are_errors() {
+    assert_eq!(
+        err(r#"{"tiers": {}, "default_tier": "nope"}"#),
+        "default_tier: unknown tier `nope`"
+    );
+    assert_eq!(
+        err(&with(
+            r#", "routes": [{"path": "/a", "tier": "t"}, {"path": "/b", "tier": "gold"}]"#
+        )),
+        "routes[1].tier: unknown tier `gold`"
+    );
+    assert_eq!(
+        err(&with(r#", "plans": {"default": "basic"}"#)),
+        "plans.default: unknown tier `basic`"
+    );
+    assert_eq!(
+        err(&with(
+            r#", "plans": {"default": "t", "assignments": {"k1": "gold"}}"#
+        )),
+        "plans.assignments.k1: unknown tier `gold`"
+    );
+    assert_eq!(err(&with(r#", "global": "g""#)), "global: unknown tier `g`");
+}
+
+#[test]
+fn routes_are_checked() {
+    assert_eq!(
+        err(&with(
+            r#", "routes": [{"methods": ["GET", "G T"], "path": "/a", "tier": "t"}]"#
+        )),
+        "routes[0].methods[1]: `G T` is not an HTTP method"
+    );
+    assert_eq!(
+        err(&with(r#", "routes": [{"path": "a/b", "tier": "t"}]"#)),
+        "routes[0].path: path pattern `a/b` must start with `/`"
+    );
+    assert_eq!(
+        err(&with(r#", "routes": [{"path": "/**/b", "tier": "t"}]"#)),
+        "routes[0].path: `**` must be the last segment of `/**/b`"
+    );
+    assert_eq!(
+        err(r#"{"tiers": {"exempt": {}}}"#),
+        "tiers.exempt: `exempt` is reserved for routes and cannot name a tier"
+    );
+}
+
+#[test]
+fn identity_and_store_are_checked() {
+    assert_eq!(
+        err(&with(
+            r#", "identity": {"trusted_proxies": ["10.0.0.0/8", "10.0.0.0/40"]}"#
+        )),
+        "identity.trusted_proxies[1]: `10.0.0.0/40` has a prefix length outside 0..=32"
+    );
+    assert_eq!(
+        err(&with(
+            r#", "identity": {"trusted_proxies": ["proxy.local"]}"#
+        )),
+        "identity.trusted_proxies[0]: `proxy.local` is not an IP address or CIDR block"
+    );
+    assert_eq!(
+        err(&with(r#", "identity": {"api_key_header": "x api key"}"#)),
+        "identity.api_key_header: `x api key` is not a valid header name"
+    );
+    assert_eq!(
+        err(&with(r#", "store": {"max_keys": 0}"#)),
+        "store.max_keys: must be greater than zero"
+    );
+    assert!(
+        err(&with(r#", "headers": "ietf-99""#)).starts_with("headers: unknown variant `ietf-99`")
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let e = Config::from_file("/nonexistent/policy.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("cannot read /nonexistent/policy.json"), "{e}");
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<tierlimit::Policy>();
+    assert_send_sync::<tierlimit::Config>();
+    assert_send_sync::<tierlimit::ConfigError>();
+    assert_send_sync::<tierlimit::RateLimitLayer>();
+    assert_send_sync::<tierlimit::store::MemoryStore>();
+    assert_send_sync::<tierlimit::RateLimit<tower::util::BoxCloneSyncService<(), (), ()>>>();
+}
