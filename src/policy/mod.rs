@@ -433,6 +433,37 @@ impl Policy {
             return Lookup::Exempt;
         };
         let id = self.identity.extract(req);
+        Lookup::Check(self.batch(route_tier, &id))
+    }
+
+    /// The store batch for a request with `method`, `path` and identity
+    /// `id`, or `None` when the route is exempt. This is what the service
+    /// does before asking the store; use it to rate-limit work that is not
+    /// an HTTP request through the layer (a WebSocket message, a job).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierlimit::config::{Config, Limit, Tier};
+    /// use tierlimit::identity::Identity;
+    /// use tierlimit::store::{MemoryStore, Store};
+    ///
+    /// let policy = Config::new()
+    ///     .tier("t", Tier::new().limit(Limit::sliding("m", 1, Duration::from_secs(60))))
+    ///     .default_tier("t")
+    ///     .build()
+    ///     .unwrap();
+    /// let store = MemoryStore::default();
+    /// let id = Identity { api_key: Some(b"key-1"), ..Identity::default() };
+    /// let batch = policy.batch_for(&http::Method::GET, "/jobs", &id).unwrap();
+    /// assert!(store.decide_now(0, batch.clone()).unwrap().unwrap().admitted);
+    /// assert!(!store.decide_now(0, batch).unwrap().unwrap().admitted);
+    /// ```
+    pub fn batch_for(&self, method: &http::Method, path: &str, id: &Identity<'_>) -> Option<Batch> {
+        let route_tier = self.route_tier(method, path)?;
+        Some(self.batch(route_tier, id))
+    }
+
+    fn batch(&self, route_tier: Option<usize>, id: &Identity<'_>) -> Batch {
         let plan = self.default_plan.map(|d| {
             id.plan_key()
                 .and_then(|k| self.assignments.get(k).map(|r| *r))
@@ -459,7 +490,7 @@ impl Policy {
                 let scope_hash = match memo.iter().find(|(s, _)| *s == l.scope.as_slice()) {
                     Some((_, h)) => *h,
                     None => {
-                        let h = scope_hash(&l.scope, &id);
+                        let h = scope_hash(&l.scope, id);
                         memo.push((&l.scope, h));
                         h
                     }
@@ -473,10 +504,10 @@ impl Policy {
                 ));
             }
         }
-        Lookup::Check(Batch {
+        Batch {
             slots,
             admitted: false,
-        })
+        }
     }
 }
 
