@@ -17,7 +17,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::Method;
 use tierlimit::clock::{Clock, SystemClock};
@@ -237,7 +237,14 @@ fn measure_memory(which: &str) {
     println!("{which}: {per_key:.1} bytes per tracked key ({MANY} String keys)");
 }
 
-criterion_group!(benches, hot_key, many_keys, contended, distinct);
+/// All timed groups.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    hot_key(&mut c);
+    many_keys(&mut c);
+    contended(&mut c);
+    distinct(&mut c);
+}
 
 fn main() {
     if let Ok(which) = std::env::var("TIERLIMIT_BENCH_MEMORY") {

@@ -188,7 +188,7 @@ impl<'a> Identity<'a> {
     }
 }
 
-fn usable<'a>(v: &'a [u8], max: usize) -> Option<&'a [u8]> {
+fn usable(v: &[u8], max: usize) -> Option<&[u8]> {
     let v = v.trim_ascii();
     (!v.is_empty() && v.len() <= max).then_some(v)
 }

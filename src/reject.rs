@@ -158,6 +158,13 @@ pub(crate) fn never_fits(limit: &str, cost: u64, capacity: u64) -> Response<Byte
     resp
 }
 
+/// A bare 500 for states that cannot happen unless something panicked.
+pub(crate) fn internal_error() -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,11 +202,4 @@ mod tests {
             "Rate limit `per-minute` of 60 per minute exceeded; retry in 23 seconds."
         );
     }
-}
-
-/// A bare 500 for states that cannot happen unless something panicked.
-pub(crate) fn internal_error() -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::new());
-    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    resp
 }

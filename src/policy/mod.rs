@@ -358,11 +358,12 @@ impl Policy {
                 "must be greater than zero",
             ));
         }
-        let mut identity = IdentityConfig::default();
-        identity.api_key_header = api_key_header;
-        identity.bearer = id.bearer;
-        identity.trusted_proxies = trusted_proxies;
-        identity.max_key_len = id.max_key_len;
+        let identity = IdentityConfig {
+            api_key_header,
+            bearer: id.bearer,
+            trusted_proxies,
+            max_key_len: id.max_key_len,
+        };
         Ok(Policy {
             limits,
             tiers,
@@ -483,18 +484,23 @@ impl Policy {
             .map(|&t| self.tiers[t].limits.len())
             .sum();
         let mut slots = Vec::with_capacity(count);
-        let mut memo: Vec<(&[ScopePart], u128)> = Vec::with_capacity(2);
+        // Hash each distinct scope once (requests rarely have more than 4).
+        let mut memo: [Option<(&[ScopePart], u128)>; 4] = [None; 4];
         for &t in picked.iter().flatten() {
             for li in self.tiers[t].limits.clone() {
                 let l = &self.limits[li];
-                let scope_hash = match memo.iter().find(|(s, _)| *s == l.scope.as_slice()) {
-                    Some((_, h)) => *h,
-                    None => {
-                        let h = scope_hash(&l.scope, id);
-                        memo.push((&l.scope, h));
-                        h
+                let known = memo
+                    .iter()
+                    .flatten()
+                    .find(|(s, _)| *s == l.scope.as_slice())
+                    .map(|(_, h)| *h);
+                let scope_hash = known.unwrap_or_else(|| {
+                    let h = scope_hash(&l.scope, id);
+                    if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
+                        *free = Some((&l.scope, h));
                     }
-                };
+                    h
+                });
                 slots.push(Slot::new(
                     scope_hash ^ l.mask,
                     l.spec,

@@ -134,13 +134,6 @@ impl Default for MemoryStore {
     }
 }
 
-/// Where a slot's charge went, to give it back on refusal.
-struct Charged {
-    key: CellKey,
-    idx: u64,
-    slot: usize,
-}
-
 impl MemoryStore {
     /// A store with the given settings.
     pub fn new(config: MemoryStoreConfig) -> Self {
@@ -191,10 +184,9 @@ impl MemoryStore {
 
     fn decide_sync(&self, now: u64, mut batch: Batch) -> Batch {
         let inner = &*self.inner;
-        let mut charged: Vec<Charged> = Vec::new();
         let mut ok = true;
         let mut hit_cap = false;
-        for (i, slot) in batch.slots.iter_mut().enumerate() {
+        for slot in batch.slots.iter_mut() {
             let mut key = slot.key;
             let mut entry = inner.map.get_mut(&key);
             if entry.is_none() {
@@ -221,7 +213,7 @@ impl MemoryStore {
                 match cell.try_charge(&slot.spec, slot.capacity, now, slot.cost) {
                     Ok((view, idx)) => {
                         slot.view = Some(view);
-                        charged.push(Charged { key, idx, slot: i });
+                        slot.charged = Some((key, idx));
                     }
                     Err((view, refusal)) => {
                         slot.view = Some(view);
@@ -236,10 +228,12 @@ impl MemoryStore {
             }
         }
         if !ok {
-            for c in charged {
-                let slot = &mut batch.slots[c.slot];
-                if let Some(mut cell) = inner.map.get_mut(&c.key) {
-                    cell.refund(&slot.spec, now, c.idx, slot.cost);
+            for slot in batch.slots.iter_mut() {
+                let Some((key, idx)) = slot.charged.take() else {
+                    continue;
+                };
+                if let Some(mut cell) = inner.map.get_mut(&key) {
+                    cell.refund(&slot.spec, now, idx, slot.cost);
                 }
                 // Report the counter as it stands after the refund.
                 if let Some(view) = slot.view.as_mut() {

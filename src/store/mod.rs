@@ -39,6 +39,8 @@ pub struct Slot {
     pub view: Option<View>,
     /// Filled in by the store: why this limit refused, if it did.
     pub refusal: Option<Refusal>,
+    /// Store scratch: the counter and bucket charged, to undo on refusal.
+    pub(crate) charged: Option<(CellKey, u64)>,
 }
 
 impl Slot {
@@ -52,6 +54,7 @@ impl Slot {
             meta,
             view: None,
             refusal: None,
+            charged: None,
         }
     }
 }
