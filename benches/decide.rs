@@ -218,7 +218,7 @@ fn measure_memory(which: &str) {
             for k in &ks {
                 ours.decide(k);
             }
-            assert_eq!(ours.store.len(), 2 * MANY, "one counter per limit per key");
+            assert_eq!(ours.store.len(), MANY, "one entry per (tier, key)");
             let delta = rss_bytes() - before;
             black_box(&ours);
             delta as f64 / MANY as f64

@@ -37,6 +37,9 @@ use crate::identity::{Caller, Cidr, Identity, IdentityConfig};
 use crate::store::{Batch, Slot};
 use crate::window::{WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 
+/// Most limits in one tier (a request checks at most three tiers).
+pub const MAX_TIER_LIMITS: usize = 20;
+
 /// The route target name that means "exempt".
 pub const EXEMPT: &str = "exempt";
 
@@ -71,8 +74,14 @@ pub(crate) struct CompiledLimit {
     pub(crate) spec: WindowSpec,
     pub(crate) cost: u64,
     scope: Vec<ScopePart>,
-    /// Mixed into the scope hash to make the counter key of this limit.
-    mask: u128,
+    /// Mixed into the scope hash to make the key of the (tier, scope)
+    /// counters this limit lives in.
+    group_mask: u128,
+    /// Key of the shared overflow entry of that (tier, scope).
+    overflow_key: u128,
+    /// Which counter under the key: from the limit's definition, so a
+    /// reload keeps counters exactly when the definition is unchanged.
+    tag: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -226,6 +235,17 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     for part in &l.scope {
         h.write_u8(*part as u8);
     }
+    let group = |what: &[u8]| {
+        let mut g = sip();
+        g.write(what);
+        g.write(tier.as_bytes());
+        g.write(&[0]);
+        for part in &l.scope {
+            g.write_u8(*part as u8);
+        }
+        g.finish128().as_u128()
+    };
+    let tag = (h.finish128().as_u128() as u16).max(1);
     Ok(CompiledLimit {
         name: l.name.clone(),
         tier: tier.to_owned(),
@@ -234,7 +254,9 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         spec,
         cost: l.cost,
         scope: l.scope.clone(),
-        mask: h.finish128().as_u128(),
+        group_mask: group(b"group\0"),
+        overflow_key: group(b"overflow\0"),
+        tag,
     })
 }
 
@@ -273,6 +295,21 @@ impl Policy {
                     }
                     names.push(&l.name);
                     limits.push(compile_limit(name, l, &path)?);
+                }
+            }
+            if limits.len() - start > MAX_TIER_LIMITS {
+                return Err(ConfigError::new(
+                    base,
+                    format!("has more than {MAX_TIER_LIMITS} limits"),
+                ));
+            }
+            // Tags tell apart the limits of one tier that share a scope.
+            for i in start..limits.len() {
+                while limits[start..i]
+                    .iter()
+                    .any(|o| o.scope == limits[i].scope && o.tag == limits[i].tag)
+                {
+                    limits[i].tag = limits[i].tag.checked_add(1).unwrap_or(1);
                 }
             }
             tier_index.insert(name.clone(), tiers.len());
@@ -501,13 +538,17 @@ impl Policy {
                     }
                     h
                 });
-                slots.push(Slot::new(
-                    scope_hash ^ l.mask,
-                    l.spec,
-                    l.capacity,
-                    l.cost,
-                    li as u32,
-                ));
+                slots.push(
+                    Slot::new(
+                        scope_hash ^ l.group_mask,
+                        l.spec,
+                        l.capacity,
+                        l.cost,
+                        li as u32,
+                    )
+                    .with_tag(l.tag)
+                    .with_overflow_key(l.overflow_key),
+                );
             }
         }
         Batch {

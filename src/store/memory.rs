@@ -2,12 +2,14 @@
 //!
 //! # Memory
 //!
-//! Each counter is a 128-bit key and a 16-byte [`Cell`]; see
-//! `cargo bench --bench decide` for bytes per tracked key.
+//! One map entry holds the counters of one (tier, scope key): a 128-bit key
+//! and, in the common case of at most two single-bucket counters, 24 bytes
+//! inline (busier entries move to the heap). `cargo bench --bench decide`
+//! prints bytes per tracked key.
 //!
 //! # Eviction
 //!
-//! A counter whose windows are all empty is removed by a sweep. Sweeps run by
+//! An entry whose windows are all empty is removed by a sweep. Sweeps run by
 //! themselves, with nothing for the user to spawn: a decision that finds a
 //! sweep due (a minute of clock time since the last one, or as many new keys
 //! as the map held after the last one, or the key cap reached) starts it.
@@ -17,10 +19,11 @@
 //!
 //! # The key cap
 //!
-//! [`MemoryStoreConfig::max_keys`] bounds the number of tracked counters. When
-//! the cap is reached and a request needs a counter that does not exist yet,
-//! that request is counted in a **shared overflow counter** of the same limit
-//! (one per limit) instead of a counter of its own, and a sweep is started.
+//! [`MemoryStoreConfig::max_keys`] bounds the number of map entries (one per
+//! tier and scope key). When the cap is reached and a request needs an entry
+//! that does not exist yet, that request is counted in a **shared overflow
+//! entry** of the same tier and scope (the slot's `overflow_key`) instead of
+//! an entry of its own, and a sweep is started.
 //! So a flood of fresh keys (random API keys, spoofed addresses) cannot grow
 //! memory past the cap, and together it gets no more than one key's capacity
 //! while the cap holds; callers already tracked keep their own counters.
@@ -34,6 +37,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::entry::Entry;
 use super::{Batch, CellKey, Store, StoreError};
 use crate::window::{Cell, Refusal};
 
@@ -45,7 +49,8 @@ const SWEEP_INTERVAL_S: u64 = 60;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryStoreConfig {
-    /// Most counters tracked at once; see [the key cap](self#the-key-cap).
+    /// Most entries (tier × scope key) tracked at once; see
+    /// [the key cap](self#the-key-cap).
     /// Default: 1 048 576.
     pub max_keys: usize,
     /// Number of DashMap shards (rounded up to a power of two by DashMap).
@@ -82,6 +87,9 @@ impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
     fn write(&mut self, bytes: &[u8]) {
         // Only reached for non-u128 input; fold bytes FNV-style.
         for b in bytes {
@@ -100,9 +108,26 @@ impl BuildHasher for KeyHasherBuilder {
     }
 }
 
+/// A [`CellKey`] as two words: 8-byte aligned, so a map slot is 16 + 24
+/// bytes rather than the 48 a 16-aligned `u128` would need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapKey(u64, u64);
+
+impl From<CellKey> for MapKey {
+    fn from(k: CellKey) -> Self {
+        MapKey(k as u64, (k >> 64) as u64)
+    }
+}
+
+impl std::hash::Hash for MapKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0 ^ self.1);
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    map: DashMap<CellKey, Cell, KeyHasherBuilder>,
+    map: DashMap<MapKey, Entry, KeyHasherBuilder>,
     tracked: AtomicUsize,
     max_keys: usize,
     last_sweep_s: AtomicU64,
@@ -172,59 +197,69 @@ impl MemoryStore {
         self.inner.sweep(now)
     }
 
-    fn overflow_key(slot: &super::Slot) -> CellKey {
-        // One shared counter per limit shape; the high bits mark it apart from
-        // every hashed key with overwhelming probability.
-        let w = slot.spec.window_nanos() as u128;
-        0x6f76_6572_666c_6f77_u128 << 64
-            ^ (w << 32)
-            ^ (u128::from(slot.meta) << 8)
-            ^ slot.capacity as u128
-    }
-
     fn decide_sync(&self, now: u64, mut batch: Batch) -> Batch {
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;
-        for slot in batch.slots.iter_mut() {
-            let mut key = slot.key;
-            let mut entry = inner.map.get_mut(&key);
-            if entry.is_none() {
-                if !ok {
-                    // Refused already: an absent counter is an empty one.
+        // Slots sharing a key are decided under one lock. Bit i set: slot i
+        // decided. Batches over 64 slots (the policy never makes them) are
+        // decided one slot per lock.
+        let n = batch.slots.len();
+        let grouped = n <= super::MAX_SLOTS;
+        let mut done: u64 = 0;
+        for i in 0..n {
+            if grouped && done & (1 << i) != 0 {
+                continue;
+            }
+            let key = batch.slots[i].key;
+            let mut entry = inner.map.get_mut(&MapKey::from(key));
+            let mut stored_at = key;
+            if entry.is_none() && ok {
+                if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
+                    hit_cap = true;
+                    stored_at = batch.slots[i].overflow_key;
+                }
+                entry = Some(inner.map.entry(MapKey::from(stored_at)).or_insert_with(|| {
+                    inner.tracked.fetch_add(1, Ordering::Relaxed);
+                    Entry::default()
+                }));
+            }
+            // Every slot of this entry, under one lock.
+            let last = if grouped { n } else { i + 1 };
+            for j in i..last {
+                if grouped {
+                    if done & (1 << j) != 0 || batch.slots[j].key != key {
+                        continue;
+                    }
+                    done |= 1 << j;
+                }
+                let slot = &mut batch.slots[j];
+                let Some(e) = entry.as_mut() else {
+                    // Refused already and no entry: an absent counter is empty.
                     let (view, fit) =
                         Cell::default().peek(&slot.spec, slot.capacity, now, slot.cost);
                     slot.view = Some(view);
                     slot.refusal = fit.err();
                     continue;
-                }
-                if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
-                    hit_cap = true;
-                    key = Self::overflow_key(slot);
-                }
-                let e = inner.map.entry(key).or_insert_with(|| {
-                    inner.tracked.fetch_add(1, Ordering::Relaxed);
-                    Cell::default()
-                });
-                entry = Some(e);
-            }
-            let Some(mut cell) = entry else { continue };
-            if ok {
-                match cell.try_charge(&slot.spec, slot.capacity, now, slot.cost) {
-                    Ok((view, idx)) => {
-                        slot.view = Some(view);
-                        slot.charged = Some((key, idx));
+                };
+                let (spec, cap, cost) = (slot.spec, slot.capacity, slot.cost);
+                if ok {
+                    match e.with_cell(slot.tag, |c| c.try_charge(&spec, cap, now, cost)) {
+                        Ok((view, idx)) => {
+                            slot.view = Some(view);
+                            slot.charged = Some((stored_at, idx));
+                        }
+                        Err((view, refusal)) => {
+                            slot.view = Some(view);
+                            slot.refusal = Some(refusal);
+                            ok = false;
+                        }
                     }
-                    Err((view, refusal)) => {
-                        slot.view = Some(view);
-                        slot.refusal = Some(refusal);
-                        ok = false;
-                    }
+                } else {
+                    let (view, fit) = e.with_cell(slot.tag, |c| c.peek(&spec, cap, now, cost));
+                    slot.view = Some(view);
+                    slot.refusal = fit.err();
                 }
-            } else {
-                let (view, fit) = cell.peek(&slot.spec, slot.capacity, now, slot.cost);
-                slot.view = Some(view);
-                slot.refusal = fit.err();
             }
         }
         if !ok {
@@ -232,12 +267,13 @@ impl MemoryStore {
                 let Some((key, idx)) = slot.charged.take() else {
                     continue;
                 };
-                if let Some(mut cell) = inner.map.get_mut(&key) {
-                    cell.refund(&slot.spec, now, idx, slot.cost);
+                let (spec, cost) = (slot.spec, slot.cost);
+                if let Some(mut e) = inner.map.get_mut(&MapKey::from(key)) {
+                    e.with_cell(slot.tag, |c| c.refund(&spec, now, idx, cost));
                 }
                 // Report the counter as it stands after the refund.
                 if let Some(view) = slot.view.as_mut() {
-                    view.used = view.used.saturating_sub(slot.cost);
+                    view.used = view.used.saturating_sub(cost);
                 }
             }
         }
@@ -285,8 +321,8 @@ impl MemoryStore {
 impl Inner {
     fn sweep(&self, now: u64) -> usize {
         let mut removed = 0usize;
-        self.map.retain(|_, cell| {
-            let keep = !cell.is_idle(now);
+        self.map.retain(|_, entry| {
+            let keep = !entry.is_idle(now);
             removed += usize::from(!keep);
             keep
         });

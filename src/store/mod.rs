@@ -7,9 +7,12 @@
 //! possible: when one limit refuses, none is charged.
 //!
 //! The store knows nothing about tiers, routes or identities: each [`Slot`]
-//! names a counter by an opaque 128-bit key and carries the window shape,
-//! capacity and cost. [`memory::MemoryStore`] is the embedded default.
+//! names its counter by an opaque 128-bit key (one per tier and scope key,
+//! shared by that tier's limits with that scope) and a 16-bit tag (which
+//! limit), and carries the window shape, capacity and cost.
+//! [`memory::MemoryStore`] is the embedded default.
 
+mod entry;
 pub mod memory;
 
 use std::fmt;
@@ -19,14 +22,19 @@ use crate::window::{Refusal, View, WindowSpec};
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
-/// The key of one counter: a keyed 128-bit hash of (limit, scope key).
+/// The key of the counters of one (tier, scope key): a keyed 128-bit hash.
 pub type CellKey = u128;
 
 /// One limit to check for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {
-    /// Which counter.
+    /// Which counters: one (tier, scope key).
     pub key: CellKey,
+    /// Which limit among the counters under `key` (never 0).
+    pub tag: u16,
+    /// Where to count when the store is full and `key` is new: one counter
+    /// shared by every new scope key of the same tier and scope.
+    pub overflow_key: CellKey,
     /// Shape of the limit's window.
     pub spec: WindowSpec,
     /// Capacity in cost units.
@@ -44,10 +52,16 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A slot for counter `key`, not yet decided.
+    /// A slot for counter `key` (tag 1), not yet decided. Its overflow key
+    /// is shared by every slot of the same window, capacity and `meta`.
     pub fn new(key: CellKey, spec: WindowSpec, capacity: u64, cost: u64, meta: u32) -> Self {
+        let shape = (u128::from(spec.window_nanos()) << 32)
+            ^ (u128::from(meta) << 8)
+            ^ u128::from(capacity);
         Slot {
             key,
+            tag: 1,
+            overflow_key: OVERFLOW_MARK ^ shape,
             spec,
             capacity,
             cost,
@@ -56,6 +70,27 @@ impl Slot {
             refusal: None,
             charged: None,
         }
+    }
+}
+
+/// Batches up to this many slots are decided with one lock per key; the
+/// policy never makes larger ones (three tiers of at most 20 limits each).
+pub const MAX_SLOTS: usize = 64;
+
+/// Mixed into keys to make a default overflow key.
+const OVERFLOW_MARK: u128 = 0x6f76_6572_666c_6f77_u128 << 64;
+
+impl Slot {
+    /// Sets the tag (which limit under the key); 0 is raised to 1.
+    pub fn with_tag(mut self, tag: u16) -> Self {
+        self.tag = tag.max(1);
+        self
+    }
+
+    /// Sets the overflow key.
+    pub fn with_overflow_key(mut self, key: CellKey) -> Self {
+        self.overflow_key = key;
+        self
     }
 }
 
