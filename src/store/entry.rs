@@ -23,7 +23,7 @@ pub(crate) enum Entry {
         cells: [u64; 2],
     },
     /// Any number of counters, any shape.
-    Heap(Box<Vec<(u16, Cell)>>),
+    Heap(Box<[(u16, Cell)]>),
 }
 
 impl Default for Entry {
@@ -66,7 +66,9 @@ impl Entry {
                 let pos = match cells.iter().position(|(t, _)| *t == tag) {
                     Some(p) => p,
                     None => {
-                        cells.push((tag, Cell::default()));
+                        let mut grown = std::mem::take(cells).into_vec();
+                        grown.push((tag, Cell::default()));
+                        *cells = grown.into_boxed_slice();
                         cells.len() - 1
                     }
                 };
@@ -120,7 +122,7 @@ impl Entry {
             .map(|i| (tags[i], unpack(cells[i], idle)))
             .collect();
         heap.push((tag, cell));
-        *self = Entry::Heap(Box::new(heap));
+        *self = Entry::Heap(heap.into_boxed_slice());
     }
 }
 
