@@ -558,41 +558,46 @@ impl Policy {
     }
 }
 
+/// An IP address as bytes, without allocating.
+fn ip_octets(ip: std::net::IpAddr) -> ([u8; 16], usize) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), 16),
+    }
+}
+
 fn scope_hash(scope: &[ScopePart], id: &Identity<'_>) -> u128 {
     let mut h = sip();
+    let ip = id.ip.map(ip_octets);
+    let ip = ip.as_ref().map(|(b, n)| &b[..*n]);
     for part in scope {
-        // Each part: tag, presence, length, bytes: no two identities collide
-        // by concatenation.
-        let (tag, bytes): (u8, Option<Cow<'_, [u8]>>) = match part {
-            ScopePart::ApiKey => (1, id.api_key.map(Cow::Borrowed)),
-            ScopePart::User => (2, id.user.map(|u| Cow::Borrowed(u.as_bytes()))),
-            ScopePart::Tenant => (3, id.tenant.map(|t| Cow::Borrowed(t.as_bytes()))),
-            ScopePart::Ip => (4, id.ip.map(|ip| Cow::Owned(ip_bytes(ip)))),
+        let (tag, bytes): (u64, Option<&[u8]>) = match part {
+            ScopePart::ApiKey => (1, id.api_key),
+            ScopePart::User => (2, id.user.map(str::as_bytes)),
+            ScopePart::Tenant => (3, id.tenant.map(str::as_bytes)),
+            ScopePart::Ip => (4, ip),
             ScopePart::Caller => match id.caller() {
-                Caller::ApiKey(k) => (5, Some(Cow::Borrowed(k))),
-                Caller::User(u) => (6, Some(Cow::Borrowed(u.as_bytes()))),
-                Caller::Ip(ip) => (7, Some(Cow::Owned(ip_bytes(ip)))),
+                Caller::ApiKey(k) => (5, Some(k)),
+                Caller::User(u) => (6, Some(u.as_bytes())),
+                Caller::Ip(_) => (7, ip),
                 _ => (8, None),
             },
         };
-        h.write_u8(tag);
+        // One word of tag, presence and length, then the bytes: no two
+        // identities collide by concatenation.
         match bytes {
             Some(b) => {
-                h.write_u8(1);
-                h.write_usize(b.len());
-                h.write(&b);
+                h.write_u64(tag | 1 << 8 | (b.len() as u64) << 16);
+                h.write(b);
             }
-            None => h.write_u8(0),
+            None => h.write_u64(tag),
         }
     }
     h.finish128().as_u128()
-}
-
-fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
 }
 
 #[cfg(test)]
