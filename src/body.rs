@@ -8,12 +8,19 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::post::PostGuard;
+
 pin_project! {
     /// Body of responses passing through [`RateLimit`](crate::RateLimit).
+    ///
+    /// When the request has costs measured after the response (latency,
+    /// tokens, error responses), the body carries their charge and makes it
+    /// exactly once: when the body ends, or when it is dropped.
     #[derive(Debug)]
     pub struct RateLimitBody<B> {
         #[pin]
         kind: Kind<B>,
+        guard: Option<PostGuard>,
     }
 }
 
@@ -27,9 +34,10 @@ pin_project! {
 }
 
 impl<B> RateLimitBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
+    pub(crate) fn inner(body: B, guard: Option<PostGuard>) -> Self {
         RateLimitBody {
             kind: Kind::Inner { body },
+            guard,
         }
     }
 
@@ -37,6 +45,7 @@ impl<B> RateLimitBody<B> {
         let data = (!data.is_empty()).then_some(data);
         RateLimitBody {
             kind: Kind::Full { data },
+            guard: None,
         }
     }
 }
@@ -52,10 +61,16 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let polled = match this.kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(None) = polled {
+            // The body ended: charge now rather than whenever it is dropped.
+            drop(this.guard.take());
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

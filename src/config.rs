@@ -105,6 +105,149 @@ pub enum Combine {
     /// Every limit must have room; an admitted request is charged to all.
     #[default]
     All,
+    /// Limits are taken shortest window first: the request is charged to the
+    /// first with room and refused only when all are full.
+    Cascade,
+}
+
+/// Whether the layer rejects, or only reports what it would reject.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// Over the limit is a 429.
+    #[default]
+    Enforce,
+    /// Count and add headers, never reject; would-be rejections are marked
+    /// on the response ([`crate::ShadowRejection`]) and logged.
+    Shadow,
+}
+
+/// The header family a limit reports in, for the `qstash` header style.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Family {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    Daily,
+    /// `Burst-RateLimit-Limit`, `Burst-RateLimit-Remaining`, `Burst-RateLimit-Reset`.
+    Burst,
+    /// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`.
+    ChatRequests,
+    /// `x-ratelimit-limit-tokens`, `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-tokens`.
+    ChatTokens,
+}
+
+impl Family {
+    /// How the family is named in `qstash` 429 bodies.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Daily => "daily",
+            Family::Burst => "burst",
+            Family::ChatRequests => "chat-requests",
+            Family::ChatTokens => "chat-tokens",
+        }
+    }
+}
+
+/// What one request costs a limit.
+///
+/// In JSON: a number (that many units per request), `"requests"` (1),
+/// `"latency"`, `{"tokens": "x-usage-tokens"}`, or
+/// `{"error_responses": "500-599"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cost {
+    /// This many units per request, charged at admission.
+    Requests(u64),
+    /// Milliseconds (rounded up) from admission until the response body
+    /// ends or is dropped, charged then.
+    Latency,
+    /// The amount the response reports in this header (0 when absent or not
+    /// a number), charged when the body ends or is dropped.
+    Tokens(String),
+    /// 1 per response whose status is in this inclusive range (an inner
+    /// service error counts as 500), charged when the body ends or is dropped.
+    ErrorResponses(u16, u16),
+}
+
+impl Cost {
+    /// Whether the cost is known only after the response.
+    pub fn is_post(&self) -> bool {
+        !matches!(self, Cost::Requests(_))
+    }
+
+    /// The IETF quota unit of this cost.
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Cost::Requests(_) | Cost::ErrorResponses(..) => "request",
+            Cost::Latency => "latency-ms",
+            Cost::Tokens(_) => "tokens",
+        }
+    }
+}
+
+fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("`{s}` is not a status or status range such as \"500-599\"");
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let lo: u16 = lo.parse().map_err(|_| bad())?;
+    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    if !(100..=999).contains(&lo) || !(100..=999).contains(&hi) || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+impl<'de> Deserialize<'de> for Cost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Word(String),
+            Map(std::collections::BTreeMap<String, String>),
+        }
+        let expected = "a number, \"requests\", \"latency\", {\"tokens\": \"header\"} or {\"error_responses\": \"500-599\"}";
+        match Raw::deserialize(d).map_err(|_| de::Error::custom(format!("expected {expected}")))? {
+            Raw::Num(n) => Ok(Cost::Requests(n)),
+            Raw::Word(w) => match w.as_str() {
+                "requests" => Ok(Cost::Requests(1)),
+                "latency" => Ok(Cost::Latency),
+                other => Err(de::Error::custom(format!(
+                    "unknown cost `{other}`, expected {expected}"
+                ))),
+            },
+            Raw::Map(m) if m.len() == 1 => {
+                let (k, v) = m.into_iter().next().unwrap_or_default();
+                match k.as_str() {
+                    "tokens" => Ok(Cost::Tokens(v)),
+                    "error_responses" => parse_status_range(&v)
+                        .map(|(lo, hi)| Cost::ErrorResponses(lo, hi))
+                        .map_err(de::Error::custom),
+                    other => Err(de::Error::custom(format!(
+                        "unknown cost `{other}`, expected {expected}"
+                    ))),
+                }
+            }
+            Raw::Map(_) => Err(de::Error::custom(format!("expected {expected}"))),
+        }
+    }
+}
+
+/// A capacity multiplier for requests carrying a header value, e.g. sandbox
+/// apps at half capacity. Matching requests count in counters of their own.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modifier {
+    /// Request header to look at.
+    pub header: String,
+    /// Value it must have (compared exactly, after trimming spaces).
+    pub equals: String,
+    /// Multiplier of every capacity, greater than zero.
+    pub factor: f64,
 }
 
 /// Which rate-limit headers responses carry.
@@ -115,6 +258,13 @@ pub enum HeaderStyle {
     #[default]
     #[serde(rename = "x-ratelimit")]
     XRateLimit,
+    /// `RateLimit-Policy` and `RateLimit`, as Structured Fields per
+    /// draft-ietf-httpapi-ratelimit-headers.
+    #[serde(rename = "ietf")]
+    Ietf,
+    /// One header family per limit, as each limit's `family` says.
+    #[serde(rename = "qstash")]
+    Qstash,
     /// No rate-limit headers (`Retry-After` is still sent on 429).
     #[serde(rename = "none")]
     None,
@@ -132,6 +282,10 @@ pub enum ErrorFormat {
     Qarion,
     /// `{"errors":[{"code":"HTTP-429","title":"API rate limit reached.",...}]}`
     Qlik,
+    /// `{"error":{"code":"RATE_LIMIT_EXCEEDED",...},"meta":{"requestId":...}}`
+    Gather,
+    /// A JSON error naming the limit family that was hit.
+    Qstash,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -184,8 +338,8 @@ fn default_scope() -> Vec<ScopePart> {
     vec![ScopePart::Caller]
 }
 
-fn one() -> u64 {
-    1
+fn one_request() -> Cost {
+    Cost::Requests(1)
 }
 
 /// One limit: `capacity` cost units per `window`.
@@ -200,7 +354,7 @@ fn one() -> u64 {
 ///     .scope([ScopePart::Tenant, ScopePart::User]);
 /// # let _ = (per_minute, daily);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     /// Name, unique within its tier; shown in 429 bodies and metrics.
@@ -222,9 +376,16 @@ pub struct Limit {
     /// Identity parts keying the counter.
     #[serde(default = "default_scope")]
     pub scope: Vec<ScopePart>,
-    /// Cost units per request.
-    #[serde(default = "one")]
-    pub cost: u64,
+    /// What a request costs.
+    #[serde(default = "one_request")]
+    pub cost: Cost,
+    /// Header family for the `qstash` header style.
+    #[serde(default)]
+    pub family: Option<Family>,
+    /// Also count per tenant, with capacity × users in the tenant × this
+    /// factor (the tenant's aggregate limit).
+    #[serde(default)]
+    pub tenant_aggregate: Option<f64>,
 }
 
 impl Limit {
@@ -237,7 +398,9 @@ impl Limit {
             precision: None,
             utc_offset: None,
             scope: default_scope(),
-            cost: 1,
+            cost: Cost::Requests(1),
+            family: None,
+            tenant_aggregate: None,
         }
     }
 
@@ -271,13 +434,31 @@ impl Limit {
 
     /// Sets the cost units charged per request.
     pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = Cost::Requests(cost);
+        self
+    }
+
+    /// Sets what a request costs (latency, tokens, error responses...).
+    pub fn cost_kind(mut self, cost: Cost) -> Self {
         self.cost = cost;
+        self
+    }
+
+    /// Sets the header family (for the `qstash` header style).
+    pub fn family(mut self, family: Family) -> Self {
+        self.family = Some(family);
+        self
+    }
+
+    /// Adds the tenant aggregate: capacity × users in the tenant × `factor`.
+    pub fn tenant_aggregate(mut self, factor: f64) -> Self {
+        self.tenant_aggregate = Some(factor);
         self
     }
 }
 
 /// A group of limits combined one way.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
     /// How the limits combine.
@@ -288,7 +469,7 @@ pub struct Group {
 }
 
 /// A named set of limit groups; a request must pass every group.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Limits of an implicit `all` group.
@@ -422,7 +603,7 @@ impl Default for StoreSection {
 ///     .unwrap();
 /// # let _ = policy;
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Identity settings.
@@ -452,6 +633,17 @@ pub struct Config {
     /// Memory store settings.
     #[serde(default)]
     pub store: StoreSection,
+    /// Enforce, or shadow (never reject).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Capacity multipliers chosen per request.
+    #[serde(default)]
+    pub modifiers: Vec<Modifier>,
+    /// Users per tenant, for tenant aggregates (a tenant not listed counts as
+    /// one user). Applications can supply their own resolver instead with
+    /// [`Policy::with_tenant_users`].
+    #[serde(default)]
+    pub tenant_users: BTreeMap<String, u64>,
 }
 
 impl Config {
@@ -557,6 +749,29 @@ impl Config {
     /// Sets the API key header (`None` to read no header).
     pub fn api_key_header(mut self, name: Option<&str>) -> Self {
         self.identity.api_key_header = name.map(str::to_owned);
+        self
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Adds a capacity modifier: requests whose `header` equals `value`
+    /// get every capacity multiplied by `factor`, in counters of their own.
+    pub fn modifier(mut self, header: &str, value: &str, factor: f64) -> Self {
+        self.modifiers.push(Modifier {
+            header: header.into(),
+            equals: value.into(),
+            factor,
+        });
+        self
+    }
+
+    /// Sets the number of users of a tenant (for tenant aggregates).
+    pub fn tenant_users(mut self, tenant: &str, users: u64) -> Self {
+        self.tenant_users.insert(tenant.into(), users);
         self
     }
 

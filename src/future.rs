@@ -12,8 +12,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::headers::{self, Report};
-use crate::layer::Shared;
+use crate::headers::{self, Rendered};
+use crate::layer::{ShadowRejection, Shared};
+use crate::post::PostGuard;
+use crate::reject::Rejection;
 use crate::store::{Batch, Store, StoreError};
 
 pin_project! {
@@ -38,8 +40,7 @@ pin_project! {
         Calling {
             #[pin]
             fut: S::Future,
-            report: Option<Report>,
-            shared: Option<Arc<Shared<St>>>,
+            forwarding: Forwarding,
         },
         Deciding {
             #[pin]
@@ -55,10 +56,21 @@ pin_project! {
     }
 }
 
+/// What goes with a forwarded request to its response.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarding {
+    /// Rate-limit headers to add.
+    pub(crate) rendered: Rendered,
+    /// Post-response charges.
+    pub(crate) guard: Option<PostGuard>,
+    /// Shadow mode: the rejection that was not enforced.
+    pub(crate) shadow: Option<Rejection>,
+}
+
 /// What to do with a request once its batch is decided.
 pub(crate) enum Next {
-    /// Call the inner service, then add headers for this report.
-    Forward(Option<Report>),
+    /// Call the inner service, then finish the response with this.
+    Forward(Forwarding),
     /// Answer with this response; the inner service is not called.
     Answer(Response<Bytes>),
 }
@@ -78,17 +90,9 @@ where
     S: Service<Request<ReqB>>,
     St: Store,
 {
-    pub(crate) fn calling(
-        fut: S::Future,
-        report: Option<Report>,
-        shared: Option<Arc<Shared<St>>>,
-    ) -> Self {
+    pub(crate) fn calling(fut: S::Future, forwarding: Forwarding) -> Self {
         ResponseFuture {
-            state: State::Calling {
-                fut,
-                report,
-                shared,
-            },
+            state: State::Calling { fut, forwarding },
         }
     }
 
@@ -128,15 +132,26 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling {
-                    fut,
-                    report,
-                    shared,
-                } => {
-                    let resp = ready!(fut.poll(cx))?;
-                    let mut resp = resp.map(RateLimitBody::inner);
-                    if let (Some(report), Some(shared)) = (report.take(), shared.take()) {
-                        headers::apply(shared.policy.headers, &report, resp.headers_mut());
+                StateProj::Calling { fut, forwarding } => {
+                    let resp = match ready!(fut.poll(cx)) {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            if let Some(g) = forwarding.guard.as_mut() {
+                                g.on_error();
+                            }
+                            // Dropping the guard charges.
+                            drop(forwarding.guard.take());
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    let mut guard = forwarding.guard.take();
+                    if let Some(g) = guard.as_mut() {
+                        g.on_response(resp.status(), resp.headers());
+                    }
+                    let mut resp = resp.map(|b| RateLimitBody::inner(b, guard));
+                    headers::apply(&forwarding.rendered, resp.headers_mut());
+                    if let Some(r) = forwarding.shadow.take() {
+                        resp.extensions_mut().insert(ShadowRejection(r));
                     }
                     return Poll::Ready(Ok(resp));
                 }
@@ -151,10 +166,9 @@ where
                     let shared = Arc::clone(shared);
                     let new_state = match (inner.take(), req.take()) {
                         (Some(mut inner), Some(req)) => match shared.next(*now, decided) {
-                            Next::Forward(report) => State::Calling {
+                            Next::Forward(forwarding) => State::Calling {
                                 fut: inner.call(req),
-                                report,
-                                shared: Some(shared),
+                                forwarding,
                             },
                             Next::Answer(resp) => State::Done { resp: Some(resp) },
                         },

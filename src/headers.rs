@@ -9,6 +9,24 @@
 //! rejected request it is the refusing limit that frees up **last** (the one
 //! `Retry-After` waits for).
 //!
+//! # Other styles
+//!
+//! * `ietf`: `RateLimit-Policy` lists every limit the request was checked
+//!   against as `"name";q=<capacity>;w=<window seconds>` (plus
+//!   `qu="latency-ms"` or `qu="tokens"` for those costs), and `RateLimit`
+//!   gives each one's `"name";r=<remaining>;t=<seconds until full capacity>`.
+//! * `qstash`: each limit with a `family` fills that family's headers
+//!   (`RateLimit-*`, `Burst-RateLimit-*`, `x-ratelimit-*-requests`,
+//!   `x-ratelimit-*-tokens`); a family appears only when one of its limits
+//!   applied to the request. Resets are Unix seconds.
+//!
+//! # Cascades
+//!
+//! A cascade group reports the limit the request was charged to (the one
+//! being drawn from); when every member is full, the one that frees up
+//! first. The other members are left out of `X-RateLimit-*` and `qstash`
+//! headers, and listed in `ietf` ones.
+//!
 //! # `X-RateLimit-Reset`
 //!
 //! Unix seconds (rounded up) at which the reported limit is back to its full
@@ -19,9 +37,9 @@
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::HeaderStyle;
+use crate::config::{Family, HeaderStyle};
 use crate::store::Batch;
-use crate::window::{Refusal, View};
+use crate::window::View;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -61,21 +79,19 @@ fn report_of(slot: usize, v: &View) -> Report {
 
 /// Picks the limit to report (see the [module docs](self)).
 pub fn pick(batch: &Batch) -> Option<Report> {
-    let mut best: Option<(usize, View, u64)> = None;
+    if !batch.admitted {
+        let i = batch.blocking_slot()?;
+        return batch.slots[i].view.map(|v| report_of(i, &v));
+    }
+    let mut best: Option<(usize, View)> = None;
     for (i, s) in batch.slots.iter().enumerate() {
         let Some(v) = s.view else { continue };
-        if !batch.admitted {
-            let Some(Refusal::Full { retry_at }) = s.refusal else {
-                continue;
-            };
-            if best.is_none_or(|(_, _, r)| retry_at > r) {
-                best = Some((i, v, retry_at));
-            }
+        if !batch.reports(i) {
             continue;
         }
         let better = match best {
             None => true,
-            Some((_, b, _)) => {
+            Some((_, b)) => {
                 // v.remaining / v.capacity < b.remaining / b.capacity, exactly.
                 let lhs = u128::from(v.remaining()) * u128::from(b.capacity);
                 let rhs = u128::from(b.remaining()) * u128::from(v.capacity);
@@ -83,16 +99,29 @@ pub fn pick(batch: &Batch) -> Option<Report> {
             }
         };
         if better {
-            best = Some((i, v, 0));
+            best = Some((i, v));
         }
     }
-    best.map(|(i, v, _)| report_of(i, &v))
+    best.map(|(i, v)| report_of(i, &v))
 }
 
-/// Writes the headers of `style` for `report` into `headers`.
-pub fn apply(style: HeaderStyle, report: &Report, headers: &mut HeaderMap) {
-    match style {
-        HeaderStyle::XRateLimit => {
+/// Headers computed at decision time, written onto the response later.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Rendered {
+    /// No headers.
+    #[default]
+    Nothing,
+    /// The `X-RateLimit-*` trio.
+    XRateLimit(Report),
+    /// Any other list of headers.
+    List(Vec<(HeaderName, HeaderValue)>),
+}
+
+/// Writes `rendered` into `headers`.
+pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
+    match rendered {
+        Rendered::Nothing => {}
+        Rendered::XRateLimit(report) => {
             headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(report.limit));
             headers.insert(
                 X_RATELIMIT_REMAINING.clone(),
@@ -100,6 +129,133 @@ pub fn apply(style: HeaderStyle, report: &Report, headers: &mut HeaderMap) {
             );
             headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(report.reset));
         }
-        HeaderStyle::None => {}
+        Rendered::List(list) => {
+            for (name, value) in list {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// What a limit is called in headers, and what it counts.
+pub(crate) struct LimitInfo<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) window_secs: u64,
+    pub(crate) unit: &'static str,
+    pub(crate) family: Option<Family>,
+}
+
+/// An sf-string: printable ASCII, with `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `RateLimit-Policy`
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+fn family_names(f: Family) -> [&'static str; 3] {
+    match f {
+        Family::Daily => ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"],
+        Family::Burst => [
+            "burst-ratelimit-limit",
+            "burst-ratelimit-remaining",
+            "burst-ratelimit-reset",
+        ],
+        Family::ChatRequests => [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        Family::ChatTokens => [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    }
+}
+
+/// Computes the headers of `style` for a decided batch; `info(i)` describes
+/// the limit of slot `i`; `now` is ns since the epoch.
+pub(crate) fn render<'a>(
+    style: HeaderStyle,
+    batch: &Batch,
+    now: u64,
+    info: impl Fn(usize) -> LimitInfo<'a>,
+) -> Rendered {
+    match style {
+        HeaderStyle::None => Rendered::Nothing,
+        HeaderStyle::XRateLimit => pick(batch).map_or(Rendered::Nothing, Rendered::XRateLimit),
+        HeaderStyle::Ietf => {
+            let mut policy = Vec::new();
+            let mut current = Vec::new();
+            for (i, s) in batch.slots.iter().enumerate() {
+                let Some(v) = s.view else { continue };
+                let li = info(i);
+                let name = sf_string(li.name);
+                let mut p = format!("{name};q={};w={}", v.capacity, li.window_secs);
+                if li.unit != "request" {
+                    p.push_str(&format!(";qu=\"{}\"", li.unit));
+                }
+                policy.push(p);
+                let t = ceil_secs(v.reset_at.saturating_sub(now));
+                current.push(format!("{name};r={};t={t}", v.remaining()));
+            }
+            let mut list = Vec::new();
+            for (h, items) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, current)] {
+                if let Ok(v) = HeaderValue::from_str(&items.join(", ")) {
+                    if !items.is_empty() {
+                        list.push((h.clone(), v));
+                    }
+                }
+            }
+            Rendered::List(list)
+        }
+        HeaderStyle::Qstash => {
+            let mut best: Vec<(Family, View)> = Vec::new();
+            for (i, s) in batch.slots.iter().enumerate() {
+                let (Some(v), Some(f)) = (s.view, info(i).family) else {
+                    continue;
+                };
+                if batch.admitted && !batch.reports(i) {
+                    continue;
+                }
+                match best.iter_mut().find(|(g, _)| *g == f) {
+                    Some((_, b)) => {
+                        let lhs = u128::from(v.remaining()) * u128::from(b.capacity);
+                        let rhs = u128::from(b.remaining()) * u128::from(v.capacity);
+                        if lhs < rhs {
+                            *b = v;
+                        }
+                    }
+                    None => best.push((f, v)),
+                }
+            }
+            let mut list = Vec::new();
+            for (f, v) in best {
+                let [l, r, t] = family_names(f);
+                list.push((HeaderName::from_static(l), HeaderValue::from(v.capacity)));
+                list.push((HeaderName::from_static(r), HeaderValue::from(v.remaining())));
+                list.push((
+                    HeaderName::from_static(t),
+                    HeaderValue::from(ceil_secs(v.reset_at)),
+                ));
+            }
+            Rendered::List(list)
+        }
     }
 }

@@ -9,12 +9,14 @@ use http::Response;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::future::Next;
-use crate::headers;
+use crate::config::Mode;
+use crate::future::{Forwarding, Next};
+use crate::headers::{self, LimitInfo, Rendered};
 use crate::policy::Policy;
+use crate::post::{PostGuard, PostSink};
 use crate::reject::{self, Hook, OnReject, Rejection};
 use crate::service::RateLimit;
-use crate::store::{Batch, MemoryStore, MemoryStoreConfig, Store, StoreError};
+use crate::store::{Batch, MemoryStore, MemoryStoreConfig, PostCharge, Store, StoreError};
 use crate::window::Refusal;
 
 /// State shared by every clone of the layer and its services.
@@ -26,51 +28,159 @@ pub(crate) struct Shared<St> {
     pub(crate) hook: Option<Hook>,
 }
 
+/// A request was over a limit while the layer ran in shadow mode: it was
+/// forwarded anyway. Found in the response's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowRejection(pub Rejection);
+
+impl<St: Store> PostSink for Shared<St> {
+    fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    fn charge(&self, now: u64, charges: Vec<PostCharge>) {
+        self.store.charge_after(now, charges);
+    }
+}
+
 impl<St: Store> Shared<St> {
+    fn rejection(&self, batch: &Batch, now: u64) -> Option<Rejection> {
+        let policy = &*self.policy;
+        let i = batch.blocking_slot()?;
+        let slot = &batch.slots[i];
+        let view = slot.view?;
+        let limit = &policy.limits[slot.meta as usize];
+        let retry_at = batch.retry_at().unwrap_or(now);
+        Some(Rejection {
+            tier: limit.tier.clone(),
+            limit: limit.name.clone(),
+            capacity: view.capacity,
+            remaining: view.remaining(),
+            window: limit.window,
+            retry_after: headers::ceil_secs(retry_at.saturating_sub(now)).max(1),
+            reset: headers::ceil_secs(view.reset_at),
+            family: limit.family,
+            at_ms: now / 1_000_000,
+        })
+    }
+
+    fn render(&self, batch: &Batch, now: u64) -> Rendered {
+        let limits = &self.policy.limits;
+        headers::render(self.policy.headers, batch, now, |i| {
+            let l = &limits[batch.slots[i].meta as usize];
+            LimitInfo {
+                name: &l.name,
+                window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
+                unit: l.cost.unit(),
+                family: l.family,
+            }
+        })
+    }
+
     /// Turns a store's answer into what the service does next.
     ///
     /// A store error fails open: the request is forwarded without rate-limit
     /// headers (the memory store never fails; remote stores get a configurable
     /// behaviour with their own issue).
-    pub(crate) fn next(&self, now: u64, decided: Result<Batch, StoreError>) -> Next {
+    pub(crate) fn next(self: &Arc<Self>, now: u64, decided: Result<Batch, StoreError>) -> Next {
         let Ok(batch) = decided else {
-            return Next::Forward(None);
+            return Next::Forward(Forwarding::default());
         };
-        let report = headers::pick(&batch);
-        if batch.admitted {
-            return Next::Forward(report);
-        }
         let policy = &*self.policy;
+        let rendered = self.render(&batch, now);
+        if batch.admitted {
+            trace_admitted(policy, &batch);
+            let post: Vec<_> = batch
+                .slots
+                .iter()
+                .filter(|s| s.post)
+                .filter_map(|s| {
+                    let key = s.charged_key()?;
+                    let limit = &policy.limits[s.meta as usize];
+                    let charge = PostCharge {
+                        key,
+                        tag: s.tag,
+                        spec: s.spec,
+                        cost: 0,
+                    };
+                    Some((charge, limit.cost.clone()))
+                })
+                .collect();
+            let guard = (!post.is_empty()).then(|| {
+                let sink: Arc<dyn PostSink> = self.clone();
+                PostGuard::new(sink, now, post)
+            });
+            return Next::Forward(Forwarding {
+                rendered,
+                guard,
+                shadow: None,
+            });
+        }
         if let Some(slot) = batch
             .slots
             .iter()
-            .find(|s| s.refusal == Some(Refusal::NeverFits))
+            .find(|s| s.refusal == Some(Refusal::NeverFits) && batch.blocking_slot().is_some())
+            .filter(|_| batch.retry_at().is_none())
         {
             let limit = &policy.limits[slot.meta as usize];
             return Next::Answer(reject::never_fits(&limit.name, slot.cost, slot.capacity));
         }
-        let retry_at = batch.retry_at().unwrap_or(now);
-        let retry_after = headers::ceil_secs(retry_at.saturating_sub(now)).max(1);
-        let Some(report) = report else {
+        let Some(rejection) = self.rejection(&batch, now) else {
             return Next::Answer(reject::internal_error());
         };
-        let slot = &batch.slots[report.slot];
-        let limit = &policy.limits[slot.meta as usize];
-        let rejection = Rejection {
-            tier: limit.tier.clone(),
-            limit: limit.name.clone(),
-            capacity: report.limit,
-            remaining: report.remaining,
-            window: limit.window,
-            retry_after,
-            reset: report.reset,
-        };
+        trace_rejected(&rejection, policy.mode == Mode::Shadow);
+        if policy.mode == Mode::Shadow {
+            return Next::Forward(Forwarding {
+                rendered,
+                guard: None,
+                shadow: Some(rejection),
+            });
+        }
         let mut resp: Response<Bytes> =
             reject::response(policy.errors, self.hook.as_ref(), &rejection);
-        headers::apply(policy.headers, &report, resp.headers_mut());
+        headers::apply(&rendered, resp.headers_mut());
         Next::Answer(resp)
     }
 }
+
+#[cfg(feature = "tracing")]
+fn trace_rejected(r: &Rejection, shadow: bool) {
+    tracing::info!(
+        target: "tierlimit",
+        tier = %r.tier,
+        limit = %r.limit,
+        capacity = r.capacity,
+        remaining = r.remaining,
+        retry_after = r.retry_after,
+        shadow,
+        "rate limit exceeded"
+    );
+}
+
+#[cfg(not(feature = "tracing"))]
+fn trace_rejected(_: &Rejection, _: bool) {}
+
+#[cfg(feature = "tracing")]
+fn trace_admitted(policy: &Policy, batch: &Batch) {
+    if tracing::enabled!(target: "tierlimit", tracing::Level::DEBUG) {
+        for s in &batch.slots {
+            let (Some(v), l) = (s.view, &policy.limits[s.meta as usize]) else {
+                continue;
+            };
+            tracing::debug!(
+                target: "tierlimit",
+                tier = %l.tier,
+                limit = %l.name,
+                capacity = v.capacity,
+                remaining = v.remaining(),
+                "rate limit remaining"
+            );
+        }
+    }
+}
+
+#[cfg(not(feature = "tracing"))]
+fn trace_admitted(_: &Policy, _: &Batch) {}
 
 /// Applies a rate-limit [`Policy`] to a service.
 ///

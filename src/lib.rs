@@ -94,12 +94,13 @@ pub mod window;
 mod body;
 mod future;
 mod layer;
+mod post;
 mod service;
 
 pub use body::RateLimitBody;
 pub use config::Config;
 pub use error::ConfigError;
 pub use future::ResponseFuture;
-pub use layer::RateLimitLayer;
+pub use layer::{RateLimitLayer, ShadowRejection};
 pub use policy::Policy;
 pub use service::RateLimit;

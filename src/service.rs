@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::future::{Next, ResponseFuture};
+use crate::future::{Forwarding, Next, ResponseFuture};
 use crate::layer::Shared;
 use crate::policy::Lookup;
 use crate::store::{MemoryStore, Store};
@@ -60,14 +60,16 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
         let batch = match shared.policy.lookup(&req) {
-            Lookup::Exempt => return ResponseFuture::calling(self.inner.call(req), None, None),
+            Lookup::Exempt => {
+                return ResponseFuture::calling(self.inner.call(req), Forwarding::default())
+            }
             Lookup::Check(batch) => batch,
         };
         let now = shared.clock.now_nanos();
         match shared.store.decide_now(now, batch) {
             Ok(decided) => match shared.next(now, decided) {
-                Next::Forward(report) => {
-                    ResponseFuture::calling(self.inner.call(req), report, Some(Arc::clone(shared)))
+                Next::Forward(forwarding) => {
+                    ResponseFuture::calling(self.inner.call(req), forwarding)
                 }
                 Next::Answer(resp) => ResponseFuture::answer(resp),
             },

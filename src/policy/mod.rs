@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -31,7 +31,9 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 pub use route::PathPattern;
 use route::{normalise, parse_methods, RouteRule, RouteTarget};
 
-use crate::config::{Config, ErrorFormat, HeaderStyle, Limit, ScopePart, WindowKind};
+use crate::config::{
+    Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, ScopePart, WindowKind,
+};
 use crate::error::ConfigError;
 use crate::identity::{Caller, Cidr, Identity, IdentityConfig};
 use crate::store::{Batch, Slot};
@@ -72,7 +74,11 @@ pub(crate) struct CompiledLimit {
     pub(crate) capacity: u64,
     pub(crate) window: Duration,
     pub(crate) spec: WindowSpec,
-    pub(crate) cost: u64,
+    pub(crate) cost: Cost,
+    pub(crate) family: Option<Family>,
+    /// Set on the tenant-aggregate companion of a limit: capacity is
+    /// multiplied by users in the tenant × this factor.
+    pub(crate) aggregate: Option<f64>,
     scope: Vec<ScopePart>,
     /// Mixed into the scope hash to make the key of the (tier, scope)
     /// counters this limit lives in.
@@ -86,7 +92,20 @@ pub(crate) struct CompiledLimit {
 
 #[derive(Clone, Debug)]
 struct CompiledTier {
-    limits: Range<usize>,
+    /// Groups of limits (indices into `Policy::limits`) and whether each is
+    /// a cascade (then ordered shortest window first).
+    groups: Vec<(Range<usize>, bool)>,
+    limit_count: usize,
+}
+
+/// Users per tenant, for tenant aggregates.
+pub type TenantUsers = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
+#[derive(Clone, Debug)]
+struct CompiledModifier {
+    header: HeaderName,
+    equals: String,
+    factor: f64,
 }
 
 /// A compiled, checked configuration. Share it behind an `Arc`; plan
@@ -104,7 +123,19 @@ pub struct Policy {
     pub(crate) identity: IdentityConfig,
     pub(crate) headers: HeaderStyle,
     pub(crate) errors: ErrorFormat,
+    pub(crate) mode: Mode,
     pub(crate) max_keys: usize,
+    modifiers: Vec<CompiledModifier>,
+    tenant_users: TenantUsersFn,
+}
+
+#[derive(Clone)]
+struct TenantUsersFn(TenantUsers);
+
+impl std::fmt::Debug for TenantUsersFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantUsers(..)")
+    }
 }
 
 /// What the policy says about one request.
@@ -151,17 +182,35 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         .ok()
         .filter(|&n| n <= 366 * 86_400 * 1_000_000_000)
         .ok_or_else(|| err("window", "must be at most 366 days".into()))?;
-    if l.cost == 0 {
-        return Err(err("cost", "must be greater than zero".into()));
+    match &l.cost {
+        Cost::Requests(0) => return Err(err("cost", "must be greater than zero".into())),
+        Cost::Requests(n) if *n > l.capacity => {
+            return Err(err(
+                "cost",
+                format!(
+                    "a request costing {n} can never fit a capacity of {}",
+                    l.capacity
+                ),
+            ))
+        }
+        Cost::Tokens(h) if HeaderName::from_bytes(h.as_bytes()).is_err() => {
+            return Err(err("cost", format!("`{h}` is not a valid header name")))
+        }
+        _ => {}
     }
-    if l.cost > l.capacity {
-        return Err(err(
-            "cost",
-            format!(
-                "a request costing {} can never fit a capacity of {}",
-                l.cost, l.capacity
-            ),
-        ));
+    if let Some(f) = l.tenant_aggregate {
+        if !(f.is_finite() && f > 0.0) {
+            return Err(err(
+                "tenant_aggregate",
+                "must be a factor greater than zero".into(),
+            ));
+        }
+        if l.scope.contains(&ScopePart::Tenant) && l.scope.len() == 1 {
+            return Err(err(
+                "tenant_aggregate",
+                "needs a per-user scope (the aggregate is the per-tenant one)".into(),
+            ));
+        }
     }
     let spec = match l.kind {
         WindowKind::Sliding => {
@@ -213,7 +262,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     h.write(l.name.as_bytes());
     h.write(&[0]);
     h.write_u64(l.capacity);
-    h.write_u64(l.cost);
+    h.write(format!("{:?}", l.cost).as_bytes());
     match spec {
         WindowSpec::Sliding {
             bucket_nanos,
@@ -252,7 +301,9 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         capacity: l.capacity,
         window: l.window,
         spec,
-        cost: l.cost,
+        cost: l.cost.clone(),
+        family: l.family,
+        aggregate: None,
         scope: l.scope.clone(),
         group_mask: group(b"group\0"),
         overflow_key: group(b"overflow\0"),
@@ -278,13 +329,27 @@ impl Policy {
             }
             let start = limits.len();
             let mut names: Vec<&str> = Vec::new();
-            let groups = std::iter::once((format!("{base}.limits"), &tier.limits)).chain(
-                tier.groups
-                    .iter()
-                    .enumerate()
-                    .map(|(g, grp)| (format!("{base}.groups[{g}].limits"), &grp.limits)),
+            let mut groups = Vec::new();
+            let listed = std::iter::once((format!("{base}.limits"), &tier.limits, false)).chain(
+                tier.groups.iter().enumerate().map(|(g, grp)| {
+                    (
+                        format!("{base}.groups[{g}].limits"),
+                        &grp.limits,
+                        grp.combine == Combine::Cascade,
+                    )
+                }),
             );
-            for (gpath, group) in groups {
+            for (gpath, group, cascade) in listed {
+                if group.is_empty() {
+                    if cascade {
+                        return Err(ConfigError::new(
+                            gpath,
+                            "a cascade needs at least one limit",
+                        ));
+                    }
+                    continue;
+                }
+                let gstart = limits.len();
                 for (i, l) in group.iter().enumerate() {
                     let path = format!("{gpath}[{i}]");
                     if names.contains(&l.name.as_str()) {
@@ -294,8 +359,49 @@ impl Policy {
                         ));
                     }
                     names.push(&l.name);
+                    if cascade && l.tenant_aggregate.is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.tenant_aggregate"),
+                            "is not supported inside a cascade",
+                        ));
+                    }
                     limits.push(compile_limit(name, l, &path)?);
                 }
+                if cascade {
+                    // Shortest window first (stable: ties keep their order).
+                    limits[gstart..].sort_by_key(|l| l.spec.window_nanos());
+                }
+                groups.push((gstart..limits.len(), cascade));
+            }
+            // Tenant aggregates: a per-tenant companion of each such limit,
+            // in a group of their own.
+            let astart = limits.len();
+            for l in tier
+                .limits
+                .iter()
+                .chain(tier.groups.iter().flat_map(|g| g.limits.iter()))
+            {
+                let Some(factor) = l.tenant_aggregate else {
+                    continue;
+                };
+                let Some(base_limit) = limits[start..astart].iter().find(|c| c.name == l.name)
+                else {
+                    continue;
+                };
+                let mut agg = base_limit.clone();
+                agg.name = format!("{} (tenant)", l.name);
+                agg.scope = vec![ScopePart::Tenant];
+                agg.aggregate = Some(factor);
+                let mut g = sip();
+                g.write(b"aggregate\0");
+                g.write(name.as_bytes());
+                g.write(&[0]);
+                agg.group_mask = g.finish128().as_u128();
+                agg.overflow_key = agg.group_mask ^ 1;
+                limits.push(agg);
+            }
+            if limits.len() > astart {
+                groups.push((astart..limits.len(), false));
             }
             if limits.len() - start > MAX_TIER_LIMITS {
                 return Err(ConfigError::new(
@@ -303,18 +409,20 @@ impl Policy {
                     format!("has more than {MAX_TIER_LIMITS} limits"),
                 ));
             }
-            // Tags tell apart the limits of one tier that share a scope.
+            // Tags tell apart the limits of one tier that share a key.
             for i in start..limits.len() {
-                while limits[start..i]
-                    .iter()
-                    .any(|o| o.scope == limits[i].scope && o.tag == limits[i].tag)
-                {
+                while limits[start..i].iter().any(|o| {
+                    o.group_mask == limits[i].group_mask
+                        && o.scope == limits[i].scope
+                        && o.tag == limits[i].tag
+                }) {
                     limits[i].tag = limits[i].tag.checked_add(1).unwrap_or(1);
                 }
             }
             tier_index.insert(name.clone(), tiers.len());
             tiers.push(CompiledTier {
-                limits: start..limits.len(),
+                groups,
+                limit_count: limits.len() - start,
             });
         }
         let find = |path: String, name: &str| {
@@ -395,6 +503,32 @@ impl Policy {
                 "must be greater than zero",
             ));
         }
+        let mut modifiers = Vec::new();
+        for (i, m) in c.modifiers.iter().enumerate() {
+            let header = HeaderName::from_bytes(m.header.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("modifiers[{i}].header"),
+                    format!("`{}` is not a valid header name", m.header),
+                )
+            })?;
+            if !(m.factor.is_finite() && m.factor > 0.0) {
+                return Err(ConfigError::new(
+                    format!("modifiers[{i}].factor"),
+                    "must be a number greater than zero",
+                ));
+            }
+            modifiers.push(CompiledModifier {
+                header,
+                equals: m.equals.trim().to_owned(),
+                factor: m.factor,
+            });
+        }
+        if modifiers.len() > 16 {
+            return Err(ConfigError::new("modifiers", "at most 16 modifiers"));
+        }
+        let users: HashMap<String, u64> = c.tenant_users.clone().into_iter().collect();
+        let tenant_users: TenantUsers =
+            Arc::new(move |t: &str| users.get(t).copied().unwrap_or(1).max(1));
         let identity = IdentityConfig {
             api_key_header,
             bearer: id.bearer,
@@ -413,8 +547,21 @@ impl Policy {
             identity,
             headers: c.headers,
             errors: c.errors,
+            mode: c.mode,
             max_keys: c.store.max_keys,
+            modifiers,
+            tenant_users: TenantUsersFn(tenant_users),
         })
+    }
+
+    /// Uses `users` to count the users of a tenant for tenant aggregates
+    /// (instead of the configuration's `tenant_users` map).
+    pub fn with_tenant_users(
+        mut self,
+        users: impl Fn(&str) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.tenant_users = TenantUsersFn(Arc::new(users));
+        self
     }
 
     /// Assigns plan `plan` to the caller with API key (or user id) `key`;
@@ -471,13 +618,32 @@ impl Policy {
             return Lookup::Exempt;
         };
         let id = self.identity.extract(req);
-        Lookup::Check(self.batch(route_tier, &id))
+        let modifier = self.modifier_of(req.headers());
+        Lookup::Check(self.batch(route_tier, &id, modifier))
+    }
+
+    /// The capacity factor and the set of matched modifiers of a request.
+    fn modifier_of(&self, headers: &http::HeaderMap) -> (f64, u32) {
+        let mut factor = 1.0;
+        let mut bits = 0u32;
+        for (i, m) in self.modifiers.iter().enumerate() {
+            let hit = headers
+                .get(&m.header)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() == m.equals);
+            if hit {
+                factor *= m.factor;
+                bits |= 1 << i;
+            }
+        }
+        (factor, bits)
     }
 
     /// The store batch for a request with `method`, `path` and identity
     /// `id`, or `None` when the route is exempt. This is what the service
     /// does before asking the store; use it to rate-limit work that is not
     /// an HTTP request through the layer (a WebSocket message, a job).
+    /// Header-based capacity modifiers do not apply here.
     ///
     /// ```
     /// use std::time::Duration;
@@ -498,10 +664,13 @@ impl Policy {
     /// ```
     pub fn batch_for(&self, method: &http::Method, path: &str, id: &Identity<'_>) -> Option<Batch> {
         let route_tier = self.route_tier(method, path)?;
-        Some(self.batch(route_tier, id))
+        Some(self.batch(route_tier, id, (1.0, 0)))
     }
 
-    fn batch(&self, route_tier: Option<usize>, id: &Identity<'_>) -> Batch {
+    fn batch(&self, route_tier: Option<usize>, id: &Identity<'_>, modifier: (f64, u32)) -> Batch {
+        let (factor, bits) = modifier;
+        // Requests under a modifier count apart from the others.
+        let mod_mask = u128::from(bits).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         let plan = self.default_plan.map(|d| {
             id.plan_key()
                 .and_then(|k| self.assignments.get(k).map(|r| *r))
@@ -518,37 +687,56 @@ impl Policy {
         let count: usize = picked
             .iter()
             .flatten()
-            .map(|&t| self.tiers[t].limits.len())
+            .map(|&t| self.tiers[t].limit_count)
             .sum();
         let mut slots = Vec::with_capacity(count);
         // Hash each distinct scope once (requests rarely have more than 4).
         let mut memo: [Option<(&[ScopePart], u128)>; 4] = [None; 4];
+        let mut cascade_id = 0u16;
         for &t in picked.iter().flatten() {
-            for li in self.tiers[t].limits.clone() {
-                let l = &self.limits[li];
-                let known = memo
-                    .iter()
-                    .flatten()
-                    .find(|(s, _)| *s == l.scope.as_slice())
-                    .map(|(_, h)| *h);
-                let scope_hash = known.unwrap_or_else(|| {
-                    let h = scope_hash(&l.scope, id);
-                    if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
-                        *free = Some((&l.scope, h));
-                    }
-                    h
+            for (range, cascade) in &self.tiers[t].groups {
+                let group = cascade.then(|| {
+                    cascade_id += 1;
+                    cascade_id
                 });
-                slots.push(
-                    Slot::new(
-                        scope_hash ^ l.group_mask,
-                        l.spec,
-                        l.capacity,
-                        l.cost,
-                        li as u32,
-                    )
-                    .with_tag(l.tag)
-                    .with_overflow_key(l.overflow_key),
-                );
+                for li in range.clone() {
+                    let l = &self.limits[li];
+                    let known = memo
+                        .iter()
+                        .flatten()
+                        .find(|(s, _)| *s == l.scope.as_slice())
+                        .map(|(_, h)| *h);
+                    let scope_hash = known.unwrap_or_else(|| {
+                        let h = scope_hash(&l.scope, id);
+                        if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
+                            *free = Some((&l.scope, h));
+                        }
+                        h
+                    });
+                    let mut capacity = l.capacity as f64 * factor;
+                    if let Some(agg) = l.aggregate {
+                        let users = id.tenant.map_or(1, |t| (self.tenant_users.0)(t).max(1));
+                        capacity *= users as f64 * agg;
+                    }
+                    let capacity = (capacity.floor() as u64).clamp(1, u64::from(u32::MAX));
+                    let cost = match l.cost {
+                        Cost::Requests(n) => n,
+                        _ => 1,
+                    };
+                    slots.push(
+                        Slot::new(
+                            scope_hash ^ l.group_mask ^ mod_mask,
+                            l.spec,
+                            capacity,
+                            cost,
+                            li as u32,
+                        )
+                        .with_tag(l.tag)
+                        .with_overflow_key(l.overflow_key ^ mod_mask)
+                        .post_charged(l.cost.is_post())
+                        .in_cascade(group),
+                    );
+                }
             }
         }
         Batch {
@@ -558,7 +746,6 @@ impl Policy {
     }
 }
 
-/// An IP address as bytes, without allocating.
 fn ip_octets(ip: std::net::IpAddr) -> ([u8; 16], usize) {
     match ip {
         std::net::IpAddr::V4(v4) => {

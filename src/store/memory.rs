@@ -38,7 +38,9 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::entry::Entry;
-use super::{Batch, CellKey, Store, StoreError};
+use dashmap::mapref::one::RefMut;
+
+use super::{Batch, CellKey, PostCharge, Store, StoreError};
 use crate::window::{Cell, Refusal};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -125,6 +127,9 @@ impl std::hash::Hash for MapKey {
     }
 }
 
+/// The entry locked for the current slot: (slot key, key stored at, guard).
+type Held<'a> = (CellKey, CellKey, Option<RefMut<'a, MapKey, Entry>>);
+
 #[derive(Debug)]
 struct Inner {
     map: DashMap<MapKey, Entry, KeyHasherBuilder>,
@@ -201,73 +206,88 @@ impl MemoryStore {
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;
-        // Slots sharing a key are decided under one lock. Bit i set: slot i
-        // decided. Batches over 64 slots (the policy never makes them) are
-        // decided one slot per lock.
-        let n = batch.slots.len();
-        let grouped = n <= super::MAX_SLOTS;
-        let mut done: u64 = 0;
-        for i in 0..n {
-            if grouped && done & (1 << i) != 0 {
-                continue;
-            }
-            let key = batch.slots[i].key;
-            let mut entry = inner.map.get_mut(&MapKey::from(key));
-            let mut stored_at = key;
-            if entry.is_none() && ok {
-                if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
-                    hit_cap = true;
-                    stored_at = batch.slots[i].overflow_key;
+        // The entry of the previous slot stays locked while the next slot
+        // uses the same key (the policy lists a tier's limits together).
+        let mut held: Option<Held<'_>> = None;
+        let mut group: Option<u16> = None;
+        let mut group_chosen = false;
+        for slot in batch.slots.iter_mut() {
+            if slot.cascade != group {
+                if group.is_some() && !group_chosen {
+                    ok = false;
                 }
-                entry = Some(inner.map.entry(MapKey::from(stored_at)).or_insert_with(|| {
-                    inner.tracked.fetch_add(1, Ordering::Relaxed);
-                    Entry::default()
-                }));
+                group = slot.cascade;
+                group_chosen = false;
             }
-            // Every slot of this entry, under one lock.
-            let last = if grouped { n } else { i + 1 };
-            for j in i..last {
-                if grouped {
-                    if done & (1 << j) != 0 || batch.slots[j].key != key {
-                        continue;
+            if held.as_ref().is_none_or(|(k, _, _)| *k != slot.key) {
+                // Unlock before locking another entry (it may share a shard).
+                drop(held.take());
+                let key = slot.key;
+                let mut stored_at = key;
+                let mut entry = inner.map.get_mut(&MapKey::from(key));
+                if entry.is_none() && ok {
+                    if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
+                        hit_cap = true;
+                        stored_at = slot.overflow_key;
                     }
-                    done |= 1 << j;
+                    entry = Some(inner.map.entry(MapKey::from(stored_at)).or_insert_with(|| {
+                        inner.tracked.fetch_add(1, Ordering::Relaxed);
+                        Entry::default()
+                    }));
                 }
-                let slot = &mut batch.slots[j];
-                let Some(e) = entry.as_mut() else {
-                    // Refused already and no entry: an absent counter is empty.
-                    let (view, fit) =
-                        Cell::default().peek(&slot.spec, slot.capacity, now, slot.cost);
-                    slot.view = Some(view);
-                    slot.refusal = fit.err();
-                    continue;
-                };
-                let (spec, cap, cost) = (slot.spec, slot.capacity, slot.cost);
-                if ok {
-                    match e.with_cell(slot.tag, |c| c.try_charge(&spec, cap, now, cost)) {
+                held = Some((key, stored_at, entry));
+            }
+            let Some((_, stored_at, entry)) = held.as_mut() else {
+                continue;
+            };
+            let (spec, cap) = (slot.spec, slot.capacity);
+            let (check, charge) = (slot.check_cost(), slot.charge_cost());
+            let taken = group.is_some() && group_chosen;
+            match entry.as_mut() {
+                Some(e) if ok && !taken => {
+                    match e.with_cell(slot.tag, |c| {
+                        c.try_charge_with(&spec, cap, now, check, charge)
+                    }) {
                         Ok((view, idx)) => {
                             slot.view = Some(view);
-                            slot.charged = Some((stored_at, idx));
+                            slot.chosen = true;
+                            slot.charged = Some((*stored_at, idx));
+                            group_chosen |= group.is_some();
                         }
                         Err((view, refusal)) => {
                             slot.view = Some(view);
                             slot.refusal = Some(refusal);
-                            ok = false;
+                            ok &= group.is_some();
                         }
                     }
-                } else {
-                    let (view, fit) = e.with_cell(slot.tag, |c| c.peek(&spec, cap, now, cost));
+                }
+                other => {
+                    // Only reading: refused already, or a cascade member
+                    // behind the one that took the charge.
+                    let (view, fit) = match other {
+                        Some(e) => e.with_cell(slot.tag, |c| c.peek(&spec, cap, now, check)),
+                        None => Cell::default().peek(&spec, cap, now, check),
+                    };
                     slot.view = Some(view);
                     slot.refusal = fit.err();
+                    slot.chosen = fit.is_ok() && !taken;
+                    group_chosen |= group.is_some() && slot.chosen;
                 }
             }
         }
+        if group.is_some() && !group_chosen {
+            ok = false;
+        }
+        drop(held);
         if !ok {
             for slot in batch.slots.iter_mut() {
                 let Some((key, idx)) = slot.charged.take() else {
                     continue;
                 };
-                let (spec, cost) = (slot.spec, slot.cost);
+                let (spec, cost) = (slot.spec, slot.charge_cost());
+                if cost == 0 {
+                    continue;
+                }
                 if let Some(mut e) = inner.map.get_mut(&MapKey::from(key)) {
                     e.with_cell(slot.tag, |c| c.refund(&spec, now, idx, cost));
                 }
@@ -280,6 +300,20 @@ impl MemoryStore {
         batch.admitted = ok;
         self.maybe_sweep(now, hit_cap);
         batch
+    }
+
+    fn charge_after_sync(&self, now: u64, charges: Vec<PostCharge>) {
+        let inner = &*self.inner;
+        for c in charges {
+            if c.cost == 0 {
+                continue;
+            }
+            let mut entry = inner.map.entry(MapKey::from(c.key)).or_insert_with(|| {
+                inner.tracked.fetch_add(1, Ordering::Relaxed);
+                Entry::default()
+            });
+            entry.with_cell(c.tag, |cell| cell.charge_unchecked(&c.spec, now, c.cost));
+        }
     }
 
     fn maybe_sweep(&self, now: u64, hit_cap: bool) {
@@ -345,6 +379,10 @@ impl Store for MemoryStore {
 
     fn decide_now(&self, now: u64, batch: Batch) -> Result<Result<Batch, StoreError>, Batch> {
         Ok(Ok(self.decide_sync(now, batch)))
+    }
+
+    fn charge_after(&self, now: u64, charges: Vec<PostCharge>) {
+        self.charge_after_sync(now, charges);
     }
 }
 

@@ -41,12 +41,24 @@ pub struct Slot {
     pub capacity: u64,
     /// Cost this request would charge.
     pub cost: u64,
+    /// The cost is known only after the response (latency, tokens, error
+    /// responses): admit while used < capacity, charge nothing now, and
+    /// charge later with [`Store::charge_after`].
+    pub post: bool,
+    /// Member of this cascade group: the group's slots are contiguous,
+    /// shortest window first; the first with room takes the charge and the
+    /// group refuses only when all are full. `None`: the slot must have room.
+    pub cascade: Option<u16>,
     /// Opaque to the store: the caller's index of the limit.
     pub meta: u32,
     /// Filled in by the store: the counter's state after the decision.
     pub view: Option<View>,
-    /// Filled in by the store: why this limit refused, if it did.
+    /// Filled in by the store: why this limit had no room, if it had none.
     pub refusal: Option<Refusal>,
+    /// Filled in by the store: this limit had room and took (or, in a
+    /// refused batch, would have taken) the charge. In a cascade group at
+    /// most one slot is chosen.
+    pub chosen: bool,
     /// Store scratch: the counter and bucket charged, to undo on refusal.
     pub(crate) charged: Option<(CellKey, u64)>,
 }
@@ -65,9 +77,12 @@ impl Slot {
             spec,
             capacity,
             cost,
+            post: false,
+            cascade: None,
             meta,
             view: None,
             refusal: None,
+            chosen: false,
             charged: None,
         }
     }
@@ -92,6 +107,55 @@ impl Slot {
         self.overflow_key = key;
         self
     }
+
+    /// Marks the cost as charged after the response.
+    pub fn post_charged(mut self, post: bool) -> Self {
+        self.post = post;
+        self
+    }
+
+    /// Puts the slot in cascade group `group`.
+    pub fn in_cascade(mut self, group: Option<u16>) -> Self {
+        self.cascade = group;
+        self
+    }
+
+    /// Units whose room is checked at admission.
+    pub fn check_cost(&self) -> u64 {
+        if self.post {
+            1
+        } else {
+            self.cost
+        }
+    }
+
+    /// Units charged at admission.
+    pub fn charge_cost(&self) -> u64 {
+        if self.post {
+            0
+        } else {
+            self.cost
+        }
+    }
+
+    /// The counter key the store charged (the overflow key when the store
+    /// was full), once admitted.
+    pub fn charged_key(&self) -> Option<CellKey> {
+        self.charged.map(|(k, _)| k)
+    }
+}
+
+/// A cost measured after the response, to charge without a capacity check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostCharge {
+    /// The counters (as charged at admission: [`Slot::charged_key`]).
+    pub key: CellKey,
+    /// Which limit.
+    pub tag: u16,
+    /// Its window.
+    pub spec: WindowSpec,
+    /// Units to charge.
+    pub cost: u64,
 }
 
 /// All limits of one request, decided together.
@@ -104,21 +168,88 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The earliest instant (ns since the epoch) at which every refusing limit
-    /// has room for this request; `None` when admitted or when a limit can
-    /// never fit the cost.
-    pub fn retry_at(&self) -> Option<u64> {
-        let mut at = None;
-        for slot in &self.slots {
-            match slot.refusal {
-                Some(Refusal::Full { retry_at }) => {
-                    at = Some(at.map_or(retry_at, |a: u64| a.max(retry_at)))
+    /// Which slots block the request, and until when: for every group that
+    /// has no room, `(instant it has room, slot that frees it)`. A plain slot
+    /// is its own group; a cascade group frees when its first member does.
+    fn blockers(&self) -> impl Iterator<Item = (Option<u64>, usize)> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            while i < self.slots.len() {
+                let start = i;
+                let group = self.slots[i].cascade;
+                i += 1;
+                if group.is_some() {
+                    while i < self.slots.len() && self.slots[i].cascade == group {
+                        i += 1;
+                    }
                 }
-                Some(Refusal::NeverFits) => return None,
-                None => {}
+                let members = &self.slots[start..i];
+                if members.iter().any(|s| s.chosen) || members.iter().all(|s| s.refusal.is_none()) {
+                    continue;
+                }
+                // Earliest member to free up (a member that can never fit
+                // does not count while another can).
+                let best = members
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, s)| match s.refusal {
+                        Some(Refusal::Full { retry_at }) => Some((retry_at, start + k)),
+                        _ => None,
+                    })
+                    .min();
+                return Some(match best {
+                    Some((at, k)) => (Some(at), k),
+                    None => (None, start),
+                });
             }
+            None
+        })
+    }
+
+    /// The earliest instant (ns since the epoch) at which every blocking
+    /// group has room for this request; `None` when admitted or when some
+    /// limit can never fit the cost.
+    pub fn retry_at(&self) -> Option<u64> {
+        let mut at: Option<u64> = None;
+        for (when, _) in self.blockers() {
+            let when = when?;
+            at = Some(at.map_or(when, |a| a.max(when)));
         }
         at
+    }
+
+    /// The slot `Retry-After` waits for: the blocking group that frees up
+    /// last, through its member that frees first. `None` when admitted.
+    pub fn blocking_slot(&self) -> Option<usize> {
+        self.blockers()
+            .max_by_key(|(when, _)| when.unwrap_or(u64::MAX))
+            .map(|(_, slot)| slot)
+    }
+
+    /// Whether slot `i` reports in headers: plain slots always; in a cascade
+    /// group, the member that took the charge, or when none could, the one
+    /// that frees up first.
+    pub fn reports(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        let Some(g) = s.cascade else { return true };
+        if s.chosen {
+            return true;
+        }
+        let members = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.cascade == Some(g));
+        if members.clone().any(|(_, o)| o.chosen) {
+            return false;
+        }
+        let first = members
+            .filter_map(|(k, o)| match o.refusal {
+                Some(Refusal::Full { retry_at }) => Some((retry_at, k)),
+                _ => None,
+            })
+            .min();
+        first.is_none_or(|(_, k)| k == i)
     }
 }
 
@@ -140,6 +271,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// `view` (and `refusal` where a limit has no room) and sets `admitted`.
     /// When admitted every slot has been charged; otherwise none has.
     fn decide(&self, now: u64, batch: Batch) -> Self::Future;
+
+    /// Charges costs measured after responses (latency, tokens, error
+    /// responses), without a capacity check. Must not block for long: a
+    /// remote store sends them in the background.
+    fn charge_after(&self, now: u64, charges: Vec<PostCharge>);
 
     /// A store that can decide without waiting answers here, which spares the
     /// service a state machine; the default hands the batch back.

@@ -413,12 +413,43 @@ impl Cell {
         now: u64,
         cost: u64,
     ) -> Result<(View, u64), (View, Refusal)> {
+        self.try_charge_with(spec, capacity, now, cost, cost)
+    }
+
+    /// Like [`Cell::try_charge`], but checks room for `check` units and
+    /// charges `charge` units. A cost known only after the response
+    /// (latency, tokens) is admitted with `check = 1, charge = 0` — "while
+    /// used < capacity" — and charged later with [`Cell::charge_unchecked`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Cell::try_charge`], for `check`.
+    pub fn try_charge_with(
+        &mut self,
+        spec: &WindowSpec,
+        capacity: u64,
+        now: u64,
+        check: u64,
+        charge: u64,
+    ) -> Result<(View, u64), (View, Refusal)> {
         let cur = self.slide(spec, now);
-        if let Err(refusal) = self.fits(spec, capacity, cur, cost) {
+        if let Err(refusal) = self.fits(spec, capacity, cur, check) {
             return Err((self.view(spec, capacity, now, cur), refusal));
         }
-        self.add(spec, cur, cost);
+        if charge > 0 {
+            self.add(spec, cur, charge);
+        }
         Ok((self.view(spec, capacity, now, cur), cur))
+    }
+
+    /// Charges `cost` at `now` whatever the capacity: for costs measured
+    /// after the response, which cannot be refused any more.
+    pub fn charge_unchecked(&mut self, spec: &WindowSpec, now: u64, cost: u64) {
+        if cost == 0 {
+            return;
+        }
+        let cur = self.slide(spec, now);
+        self.add(spec, cur, cost);
     }
 
     /// Adds `cost` to bucket `cur` (the effective current bucket) without any
