@@ -29,7 +29,7 @@ proptest! {
         bucket in 1u64..50,
         precision in 1u32..12,
         capacity in 1u64..20,
-        start in 0u64..1_000_000,
+        start in prop_oneof![0u64..1_000_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
         evs in events(120, 6),
     ) {
         let spec = WindowSpec::sliding(bucket * u64::from(precision), precision);
@@ -77,7 +77,7 @@ proptest! {
         len in 1u64..100,
         offset in -50i64..50,
         capacity in 1u64..10,
-        start in 0u64..10_000,
+        start in prop_oneof![0u64..10_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
         evs in events(40, 4),
     ) {
         let spec = WindowSpec::fixed(len, offset);

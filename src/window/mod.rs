@@ -271,6 +271,11 @@ impl Cell {
         };
         match self {
             Cell::One { idx, count, .. } => {
+                if *count == 0 {
+                    // Empty: whatever index is stored means nothing.
+                    *idx = now_idx as u32;
+                    return now_idx;
+                }
                 let age = age_of(*idx, now_idx);
                 if age < 0 {
                     // Clock went back: stay in the stored bucket.
