@@ -198,3 +198,39 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<tierlimit::store::MemoryStore>();
     assert_send_sync::<tierlimit::RateLimit<tower::util::BoxCloneSyncService<(), (), ()>>>();
 }
+
+#[test]
+fn costs_cascades_modifiers_and_aggregates_are_checked() {
+    let lim = |body: &str| err(&format!(r#"{{"tiers": {{"t": {{"limits": [{body}]}}}}}}"#));
+    assert!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "cost": "parsecs"}"#)
+            .starts_with("tiers.t.limits[0].cost: unknown cost `parsecs`")
+    );
+    assert!(lim(
+        r#"{"name": "m", "capacity": 5, "window": "1m", "cost": {"error_responses": "600-500"}}"#
+    )
+    .starts_with("tiers.t.limits[0].cost: `600-500` is not a status or status range"));
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "cost": {"tokens": "bad header"}}"#),
+        "tiers.t.limits[0].cost: `bad header` is not a valid header name"
+    );
+    assert_eq!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "tenant_aggregate": 0}"#),
+        "tiers.t.limits[0].tenant_aggregate: must be a factor greater than zero"
+    );
+    assert!(
+        lim(r#"{"name": "m", "capacity": 5, "window": "1m", "family": "weekly"}"#)
+            .starts_with("tiers.t.limits[0].family: unknown variant `weekly`")
+    );
+    assert_eq!(
+        err(r#"{"tiers": {"t": {"groups": [{"combine": "cascade", "limits": []}]}}}"#),
+        "tiers.t.groups[0].limits: a cascade needs at least one limit"
+    );
+    assert_eq!(
+        err(&with(
+            r#", "modifiers": [{"header": "x-app-env", "equals": "sandbox", "factor": -1}]"#
+        )),
+        "modifiers[0].factor: must be a number greater than zero"
+    );
+    assert!(err(&with(r#", "mode": "dry-run""#)).starts_with("mode: unknown variant `dry-run`"));
+}

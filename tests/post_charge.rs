@@ -1,0 +1,236 @@
+//! Costs measured after the response are charged exactly once, whatever
+//! happens to the body: read to the end, dropped half way, trailers, an
+//! inner service error, or the response future dropped (client gone).
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tierlimit::clock::ManualClock;
+use tierlimit::config::{Config, Cost, HeaderStyle, Limit, Tier};
+use tierlimit::RateLimitLayer;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// A body of a few chunks and optional trailers.
+#[derive(Debug)]
+struct Chunks(Vec<Bytes>, Option<HeaderMap>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if !self.0.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(self.0.remove(0)))));
+        }
+        Poll::Ready(self.1.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+fn chunks() -> Chunks {
+    Chunks(
+        vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")],
+        None,
+    )
+}
+
+fn config() -> Config {
+    Config::new()
+        .tier(
+            "t",
+            Tier::new()
+                .limit(
+                    Limit::sliding("latency", 100_000, Duration::from_secs(3600))
+                        .cost_kind(Cost::Latency),
+                )
+                .limit(
+                    Limit::sliding("errors", 100, Duration::from_secs(3600))
+                        .cost_kind(Cost::ErrorResponses(500, 599)),
+                ),
+        )
+        .default_tier("t")
+        .headers(HeaderStyle::Ietf)
+}
+
+type Svc = tierlimit::RateLimit<
+    tower::util::BoxCloneSyncService<Request<String>, Response<Chunks>, &'static str>,
+>;
+
+fn service(clock: &ManualClock) -> Svc {
+    let layer = RateLimitLayer::new(config().build().unwrap()).with_clock(clock.clone());
+    let inner_clock = clock.clone();
+    let inner = service_fn(move |req: Request<String>| {
+        let clock = inner_clock.clone();
+        async move {
+            match req.uri().path() {
+                "/fail" => {
+                    clock.advance(Duration::from_secs(1));
+                    Err("inner service failed")
+                }
+                "/503" => {
+                    let mut r = Response::new(chunks());
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    Ok(r)
+                }
+                "/hang" => std::future::pending().await,
+                "/trailers" => {
+                    let mut t = HeaderMap::new();
+                    t.insert("x-checksum", "1".parse().unwrap());
+                    Ok(Response::new(Chunks(vec![Bytes::from("x")], Some(t))))
+                }
+                _ => Ok(Response::new(chunks())),
+            }
+        }
+    });
+    layer.layer(tower::util::BoxCloneSyncService::new(inner))
+}
+
+async fn call(
+    svc: &Svc,
+    path: &str,
+) -> Result<Response<tierlimit::RateLimitBody<Chunks>>, &'static str> {
+    svc.clone()
+        .oneshot(Request::get(path).body(String::new()).unwrap())
+        .await
+}
+
+/// (latency remaining, errors remaining) as the next response reports them.
+async fn remaining(svc: &Svc) -> (u64, u64) {
+    let resp = call(svc, "/probe").await.unwrap();
+    let v = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    let r = |name: &str| -> u64 {
+        v.split(", ")
+            .find(|i| i.starts_with(&format!("\"{name}\"")))
+            .and_then(|i| i.split(';').find_map(|p| p.strip_prefix("r=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let out = (r("latency"), r("errors"));
+    drop(resp); // the probe's own latency is 0 ms: no charge
+    out
+}
+
+#[tokio::test]
+async fn a_body_read_to_the_end_is_charged_once() {
+    let clock = clock();
+    let svc = service(&clock);
+    let resp = call(&svc, "/ok").await.unwrap();
+    clock.advance(Duration::from_millis(2_000));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "abc");
+    // Charged when the body ended; time passing afterwards changes nothing.
+    clock.advance(Duration::from_millis(5_000));
+    assert_eq!(remaining(&svc).await, (98_000, 100));
+}
+
+#[tokio::test]
+async fn a_body_dropped_half_way_is_charged_once() {
+    let clock = clock();
+    let svc = service(&clock);
+    let mut body = call(&svc, "/ok").await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "a");
+    clock.advance(Duration::from_millis(3_000));
+    drop(body);
+    assert_eq!(remaining(&svc).await, (97_000, 100));
+}
+
+#[tokio::test]
+async fn trailers_then_end_are_charged_once() {
+    let clock = clock();
+    let svc = service(&clock);
+    let resp = call(&svc, "/trailers").await.unwrap();
+    clock.advance(Duration::from_millis(1_500));
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "1");
+    assert_eq!(remaining(&svc).await, (98_500, 100));
+}
+
+#[tokio::test]
+async fn an_inner_error_is_charged_once_and_counts_as_a_500() {
+    let clock = clock();
+    let svc = service(&clock);
+    assert_eq!(
+        call(&svc, "/fail").await.unwrap_err(),
+        "inner service failed"
+    );
+    assert_eq!(remaining(&svc).await, (99_000, 99));
+}
+
+#[tokio::test]
+async fn error_statuses_in_range_are_counted() {
+    let clock = clock();
+    let svc = service(&clock);
+    for _ in 0..3 {
+        let resp = call(&svc, "/503").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(resp);
+    }
+    drop(call(&svc, "/ok").await.unwrap());
+    assert_eq!(remaining(&svc).await, (100_000, 97));
+}
+
+#[tokio::test]
+async fn a_dropped_response_future_is_charged_once() {
+    let clock = clock();
+    let mut svc = service(&clock);
+    let req = Request::get("/hang").body(String::new()).unwrap();
+    let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+    // Poll once: the inner service is waiting forever.
+    let waker = futures_noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    clock.advance(Duration::from_millis(4_000));
+    drop(fut); // the client went away
+    assert_eq!(remaining(&svc).await, (96_000, 100));
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
+
+#[tokio::test]
+async fn a_limit_with_post_costs_admits_while_used_is_below_capacity() {
+    let clock = clock();
+    let layer = RateLimitLayer::new(
+        Config::new()
+            .tier(
+                "t",
+                Tier::new().limit(
+                    Limit::sliding("latency", 1_000, Duration::from_secs(60))
+                        .cost_kind(Cost::Latency),
+                ),
+            )
+            .default_tier("t")
+            .build()
+            .unwrap(),
+    )
+    .with_clock(clock.clone());
+    let c = clock.clone();
+    let svc = layer.layer(service_fn(move |_req: Request<()>| {
+        let c = c.clone();
+        async move {
+            c.advance(Duration::from_millis(900));
+            Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        }
+    }));
+    let status = |svc: &_| {
+        let svc: tierlimit::RateLimit<_> = Clone::clone(svc);
+        async move { svc.oneshot(Request::new(())).await.unwrap().status() }
+    };
+    assert_eq!(status(&svc).await, StatusCode::OK); // used 0 → 900
+    assert_eq!(status(&svc).await, StatusCode::OK); // used 900 < 1000 → 1800
+    assert_eq!(status(&svc).await, StatusCode::TOO_MANY_REQUESTS);
+}
