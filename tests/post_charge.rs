@@ -189,16 +189,14 @@ async fn a_dropped_response_future_is_charged_once() {
     let req = Request::get("/hang").body(String::new()).unwrap();
     let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
     // Poll once: the inner service is waiting forever.
-    let waker = futures_noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    std::future::poll_fn(|cx| {
+        assert!(fut.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
     clock.advance(Duration::from_millis(4_000));
     drop(fut); // the client went away
     assert_eq!(remaining(&svc).await, (96_000, 100));
-}
-
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }
 
 #[tokio::test]
