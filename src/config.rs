@@ -37,7 +37,7 @@
 //! | field | meaning | default |
 //! | --- | --- | --- |
 //! | `tiers.NAME.limits` | limits that must all have room (one `all` group) | `[]` |
-//! | `tiers.NAME.groups[].combine` | how a group combines its limits: `all` | `all` |
+//! | `tiers.NAME.groups[].combine` | `all` (every limit must have room) or `cascade` (shortest window first, the first with room is charged) | `all` |
 //! | `limit.name` | unique within the tier | required |
 //! | `limit.capacity` | cost units per window, 1 ..= 4 294 967 295 | required |
 //! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, or whole seconds as a number | required |
@@ -45,14 +45,43 @@
 //! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600 | 30 |
 //! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
 //! | `limit.scope` | identity parts keying the counter: `api_key`, `user`, `tenant`, `ip`, `caller`; `[]` is one global counter | `["caller"]` |
-//! | `limit.cost` | cost units charged per request (must fit the capacity) | 1 |
+//! | `limit.cost` | a number (units per request, must fit the capacity), `"requests"`, `"latency"` (ms until the body ends), `{"tokens": "<response header>"}`, `{"error_responses": "500-599"}` | 1 |
+//! | `limit.family` | `qstash` header family: `daily`, `burst`, `chat-requests`, `chat-tokens` | none |
+//! | `limit.tenant_aggregate` | also count per tenant with capacity × users in the tenant × this factor | none |
 //! | `routes[]` | `methods` (absent, `[]` or `["*"]`: any), `path` pattern, `tier` (a tier name or `exempt`); first match wins | `[]` |
 //! | `default_tier` | route tier of requests no route matches; `null`: none | `null` |
 //! | `plans.default` / `plans.assignments` | the plan (a tier) of callers without / with an assignment, by API key or user id | no plans |
 //! | `global` | a tier checked on every non-exempt request | `null` |
-//! | `headers` | `x-ratelimit` or `none` | `x-ratelimit` |
-//! | `errors` | 429 body: `qarion`, `qlik`, `problem` | `problem` |
-//! | `store.max_keys` | most counters the memory store tracks | 1 048 576 |
+//! | `headers` | `x-ratelimit`, `ietf`, `qstash` or `none` | `x-ratelimit` |
+//! | `errors` | 429 body: `qarion`, `qlik`, `gather`, `qstash`, `problem` | `problem` |
+//! | `mode` | `enforce`, or `shadow` (count, add headers, never reject) | `enforce` |
+//! | `modifiers[]` | `{"header", "equals", "factor"}`: matching requests get every capacity × factor, in counters of their own | `[]` |
+//! | `tenant_users` | users per tenant for tenant aggregates (absent tenant: 1) | `{}` |
+//! | `store.max_keys` | most entries (tier × scope key) the memory store tracks | 1 048 576 |
+//!
+//! # Costs measured after the response
+//!
+//! A limit whose cost is `latency`, `tokens` or `error_responses` cannot know
+//! the cost at admission. It **admits while its used amount is below its
+//! capacity**, and the cost is charged exactly once when the response body
+//! ends or is dropped (client gone), or when the inner service fails (which
+//! counts as a 500 for `error_responses`). The hard "never above capacity"
+//! guarantee therefore holds for request costs only; a post-charged limit
+//! can overshoot by the cost of the requests in flight when it fills up.
+//!
+//! # Cascades
+//!
+//! A `cascade` group takes its limits shortest window first: a request is
+//! charged to the first with room and refused only when all are full; its
+//! `Retry-After` is when the first of them has room again. Post-charged
+//! costs go to the limit chosen at admission. See [`crate::headers`] for what
+//! the headers report.
+//!
+//! # Fixed windows and time zones
+//!
+//! Fixed windows follow a fixed UTC offset (`utc_offset`). Zones with
+//! daylight saving time (IANA names) are not supported: pick the offset in
+//! force, or UTC.
 //!
 //! A request is checked against its route tier, its plan and the global tier
 //! at once; each limit counts per (tier, limit, scope key), so tiers never

@@ -59,6 +59,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `axum` | no | reads the client IP from axum's `ConnectInfo<SocketAddr>` |
+//! | `tracing` | no | `tracing` events: rejections (info), remaining figures (debug) |
 //!
 //! Without `axum`, insert [`identity::ClientAddr`] into request extensions
 //! (a plain hyper server knows the peer address when it accepts).
