@@ -93,3 +93,113 @@ proptest! {
         }
     }
 }
+
+/// A request: groups of (key, tag, cost, post); a group of several slots
+/// is a cascade.
+#[derive(Clone, Debug)]
+struct Req {
+    gap_ms: u64,
+    groups: Vec<Vec<(u128, u16, u64, bool)>>,
+}
+
+fn reqs() -> impl Strategy<Value = Vec<Req>> {
+    let slot = (1u128..3, 1u64..4, any::<bool>());
+    let group = prop::collection::vec(slot, 1..4);
+    let req = (0u64..600, prop::collection::vec(group, 1..3)).prop_map(|(gap_ms, groups)| {
+        // Tags are unique per key within a request, as a policy makes them.
+        let mut next_tag = 1u16;
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .map(|(key, cost, post)| {
+                        next_tag += 1;
+                        (key, next_tag, cost, post)
+                    })
+                    .collect()
+            })
+            .collect();
+        Req { gap_ms, groups }
+    });
+    prop::collection::vec(req, 1..80)
+}
+
+fn spec_of(tag: u16) -> (WindowSpec, u64) {
+    limit(tag % 3 + 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cascades_and_post_costs_match_the_model(reqs in reqs()) {
+        let store = MemoryStore::default();
+        let mut model: HashMap<(u128, u16), Cell> = HashMap::new();
+        let mut now = 1_700_000_000_000 * MS;
+        for req in &reqs {
+            now += req.gap_ms * MS;
+            let mut slots = Vec::new();
+            for (g, group) in req.groups.iter().enumerate() {
+                let cascade = (group.len() > 1).then_some(g as u16 + 1);
+                for &(key, tag, cost, post) in group {
+                    let (spec, cap) = spec_of(tag);
+                    slots.push(
+                        Slot::new(key, spec, cap, cost.min(cap), 0)
+                            .with_tag(tag)
+                            .post_charged(post)
+                            .in_cascade(cascade),
+                    );
+                }
+            }
+            let out = store.decide_now(now, Batch { slots: slots.clone(), admitted: false }).unwrap().unwrap();
+
+            let mut trial = model.clone();
+            let mut ok = true;
+            let mut chosen = vec![false; slots.len()];
+            let mut i = 0;
+            for group in &req.groups {
+                let mut any = false;
+                for _ in group {
+                    let s = &slots[i];
+                    if !(group.len() > 1 && any) {
+                        let cell = trial.entry((s.key, s.tag)).or_default();
+                        if cell.try_charge_with(&s.spec, s.capacity, now, s.check_cost(), s.charge_cost()).is_ok() {
+                            chosen[i] = true;
+                            any = true;
+                        } else if group.len() == 1 {
+                            ok = false;
+                        }
+                    }
+                    i += 1;
+                }
+                if group.len() > 1 && !any {
+                    ok = false;
+                }
+            }
+            prop_assert_eq!(out.admitted, ok);
+            if ok {
+                model = trial;
+                let got: Vec<bool> = out.slots.iter().map(|s| s.chosen).collect();
+                prop_assert_eq!(got, chosen);
+                // Post-charge the admitted post slots, in the store and the model.
+                let mut charges = Vec::new();
+                for s in out.slots.iter().filter(|s| s.post && s.chosen) {
+                    let cost = 1 + (now / MS) % 5;
+                    charges.push(tierlimit::store::PostCharge { key: s.charged_key().unwrap(), tag: s.tag, spec: s.spec, cost });
+                    model.entry((s.key, s.tag)).or_default().charge_unchecked(&s.spec, now, cost);
+                }
+                store.charge_after(now, charges);
+            }
+            // Every counter reads the same in the store and the model.
+            for s in &slots {
+                let mut m = model.get(&(s.key, s.tag)).cloned().unwrap_or_default();
+                let (want, _) = m.peek(&s.spec, s.capacity, now, 1);
+                let probe = store.decide_now(now, Batch {
+                    slots: vec![Slot::new(s.key, s.spec, s.capacity, 1, 0).with_tag(s.tag).post_charged(true)],
+                    admitted: false,
+                }).unwrap().unwrap();
+                prop_assert_eq!(probe.slots[0].view.unwrap().used, want.used);
+            }
+        }
+    }
+}
