@@ -14,6 +14,7 @@ use tower_service::Service;
 use crate::body::RateLimitBody;
 use crate::headers::{self, Rendered};
 use crate::layer::{ShadowRejection, Shared};
+use crate::policy::Policy;
 use crate::post::PostGuard;
 use crate::reject::Rejection;
 use crate::store::{Batch, Store, StoreError};
@@ -48,6 +49,7 @@ pin_project! {
             inner: Option<S>,
             req: Option<Request<ReqB>>,
             shared: Arc<Shared<St>>,
+            policy: Arc<Policy>,
             now: u64,
         },
         Done {
@@ -107,6 +109,7 @@ where
         inner: S,
         req: Request<ReqB>,
         shared: Arc<Shared<St>>,
+        policy: Arc<Policy>,
         now: u64,
     ) -> Self {
         ResponseFuture {
@@ -115,6 +118,7 @@ where
                 inner: Some(inner),
                 req: Some(req),
                 shared,
+                policy,
                 now,
             },
         }
@@ -160,18 +164,21 @@ where
                     inner,
                     req,
                     shared,
+                    policy,
                     now,
                 } => {
                     let decided: Result<Batch, StoreError> = ready!(fut.poll(cx));
                     let shared = Arc::clone(shared);
                     let new_state = match (inner.take(), req.take()) {
-                        (Some(mut inner), Some(req)) => match shared.next(*now, decided) {
-                            Next::Forward(forwarding) => State::Calling {
-                                fut: inner.call(req),
-                                forwarding,
-                            },
-                            Next::Answer(resp) => State::Done { resp: Some(resp) },
-                        },
+                        (Some(mut inner), Some(req)) => {
+                            match shared.next(policy, *now, decided, || policy.caller_tag(&req)) {
+                                Next::Forward(forwarding) => State::Calling {
+                                    fut: inner.call(req),
+                                    forwarding,
+                                },
+                                Next::Answer(resp) => State::Done { resp: Some(resp) },
+                            }
+                        }
                         // Only reachable when polled again after `call` of the
                         // inner service panicked: answer rather than hang.
                         _ => State::Done {

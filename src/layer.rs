@@ -1,8 +1,23 @@
 //! The [`RateLimitLayer`]: holds the shared state (policy, store, clock,
 //! rejection hook) behind one `Arc`, so every service it makes — and every
 //! clone of those — shares one budget.
+//!
+//! # Runtime reconfiguration
+//!
+//! [`RateLimitLayer::reload`] swaps the whole policy atomically (an
+//! `ArcSwap`: requests read it without a lock, and a request in flight
+//! finishes with the policy it started with). Counters live in the store,
+//! keyed by tier, scope and each limit's definition, so a limit whose
+//! definition did not change keeps its counters across the swap; a changed
+//! limit starts from zero. Plan assignments made at runtime with
+//! [`RateLimitLayer::set_plan`] carry over to the new policy when their plan
+//! still exists there (they take precedence over the file's assignments).
+//! The memory store's key cap is set when the layer is made and does not
+//! change on reload.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::Response;
@@ -22,7 +37,7 @@ use crate::window::Refusal;
 /// State shared by every clone of the layer and its services.
 #[derive(Debug)]
 pub(crate) struct Shared<St> {
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) policy: ArcSwap<Policy>,
     pub(crate) store: St,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<Hook>,
@@ -44,8 +59,7 @@ impl<St: Store> PostSink for Shared<St> {
 }
 
 impl<St: Store> Shared<St> {
-    fn rejection(&self, batch: &Batch, now: u64) -> Option<Rejection> {
-        let policy = &*self.policy;
+    fn rejection(policy: &Policy, batch: &Batch, now: u64) -> Option<Rejection> {
         let i = batch.blocking_slot()?;
         let slot = &batch.slots[i];
         let view = slot.view?;
@@ -64,9 +78,9 @@ impl<St: Store> Shared<St> {
         })
     }
 
-    fn render(&self, batch: &Batch, now: u64) -> Rendered {
-        let limits = &self.policy.limits;
-        headers::render(self.policy.headers, batch, now, |i| {
+    fn render(policy: &Policy, batch: &Batch, now: u64) -> Rendered {
+        let limits = &policy.limits;
+        headers::render(policy.headers, batch, now, |i| {
             let l = &limits[batch.slots[i].meta as usize];
             LimitInfo {
                 name: &l.name,
@@ -82,14 +96,23 @@ impl<St: Store> Shared<St> {
     /// A store error fails open: the request is forwarded without rate-limit
     /// headers (the memory store never fails; remote stores get a configurable
     /// behaviour with their own issue).
-    pub(crate) fn next(self: &Arc<Self>, now: u64, decided: Result<Batch, StoreError>) -> Next {
+    ///
+    /// `caller` gives a short keyed hash of the caller for logs (never the
+    /// raw key); it is only called on rejections.
+    pub(crate) fn next(
+        self: &Arc<Self>,
+        policy: &Policy,
+        now: u64,
+        decided: Result<Batch, StoreError>,
+        caller: impl FnOnce() -> String,
+    ) -> Next {
         let Ok(batch) = decided else {
             return Next::Forward(Forwarding::default());
         };
-        let policy = &*self.policy;
-        let rendered = self.render(&batch, now);
+        let rendered = Self::render(policy, &batch, now);
         if batch.admitted {
             trace_admitted(policy, &batch);
+            crate::observe::admitted(policy, &batch);
             let post: Vec<_> = batch
                 .slots
                 .iter()
@@ -125,10 +148,14 @@ impl<St: Store> Shared<St> {
             let limit = &policy.limits[slot.meta as usize];
             return Next::Answer(reject::never_fits(&limit.name, slot.cost, slot.capacity));
         }
-        let Some(rejection) = self.rejection(&batch, now) else {
+        let Some(rejection) = Self::rejection(policy, &batch, now) else {
             return Next::Answer(reject::internal_error());
         };
-        trace_rejected(&rejection, policy.mode == Mode::Shadow);
+        let shadow = policy.mode == Mode::Shadow;
+        if let Some(i) = batch.blocking_slot() {
+            crate::observe::rejected(policy, batch.slots[i].meta, shadow);
+        }
+        trace_rejected(&rejection, shadow, caller);
         if policy.mode == Mode::Shadow {
             return Next::Forward(Forwarding {
                 rendered,
@@ -144,9 +171,10 @@ impl<St: Store> Shared<St> {
 }
 
 #[cfg(feature = "tracing")]
-fn trace_rejected(r: &Rejection, shadow: bool) {
+fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) {
     tracing::info!(
         target: "tierlimit",
+        caller = %caller(),
         tier = %r.tier,
         limit = %r.limit,
         capacity = r.capacity,
@@ -158,7 +186,7 @@ fn trace_rejected(r: &Rejection, shadow: bool) {
 }
 
 #[cfg(not(feature = "tracing"))]
-fn trace_rejected(_: &Rejection, _: bool) {}
+fn trace_rejected(_: &Rejection, _: bool, _: impl FnOnce() -> String) {}
 
 #[cfg(feature = "tracing")]
 fn trace_admitted(policy: &Policy, batch: &Batch) {
@@ -217,7 +245,7 @@ impl RateLimitLayer<MemoryStore> {
         let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
         RateLimitLayer {
             shared: Arc::new(Shared {
-                policy: Arc::new(policy),
+                policy: ArcSwap::from_pointee(policy),
                 store,
                 clock: Arc::new(SystemClock),
                 hook: None,
@@ -231,7 +259,7 @@ impl<St: Store + Clone> RateLimitLayer<St> {
         let shared = match Arc::try_unwrap(self.shared) {
             Ok(s) => s,
             Err(arc) => Shared {
-                policy: Arc::clone(&arc.policy),
+                policy: ArcSwap::new(arc.policy.load_full()),
                 store: arc.store.clone(),
                 clock: Arc::clone(&arc.clock),
                 hook: arc.hook.clone(),
@@ -272,10 +300,28 @@ impl<St: Store + Clone> RateLimitLayer<St> {
         })
     }
 
-    /// The policy, e.g. to change a caller's plan with
-    /// [`Policy::set_plan`].
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.shared.policy
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.shared.policy.load_full()
+    }
+
+    /// Assigns plan `plan` to the caller with API key (or user id) `key`,
+    /// from the next request on; the assignment survives reloads while the
+    /// plan exists.
+    ///
+    /// # Errors
+    ///
+    /// `plan` is not a plan of the current policy, or it has no plans.
+    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), crate::ConfigError> {
+        self.shared.policy.load().set_plan(key, plan)
+    }
+
+    /// Swaps in a new policy atomically; see
+    /// [runtime reconfiguration](self#runtime-reconfiguration).
+    pub fn reload(&self, policy: Policy) {
+        let old = self.shared.policy.load();
+        policy.adopt_runtime_plans(&old);
+        self.shared.policy.store(Arc::new(policy));
     }
 
     /// The store.

@@ -59,7 +59,15 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `axum` | no | reads the client IP from axum's `ConnectInfo<SocketAddr>` |
-//! | `tracing` | no | `tracing` events: rejections (info), remaining figures (debug) |
+//! | `tracing` | no | `tracing` events: rejections (info, with a short keyed hash of the caller, never the key), remaining figures (debug) |
+//! | `metrics` | no | counters by tier and limit, a decision-latency histogram (see below) |
+//!
+//! ## Metrics
+//!
+//! With the `metrics` feature, through the `metrics` facade:
+//! `tierlimit_admitted_total`, `tierlimit_rejected_total`,
+//! `tierlimit_shadow_rejected_total` (labels `tier`, `limit`),
+//! `tierlimit_exempt_total`, and the histogram `tierlimit_decision_seconds`.
 //!
 //! Without `axum`, insert [`identity::ClientAddr`] into request extensions
 //! (a plain hyper server knows the peer address when it accepts).
@@ -95,6 +103,7 @@ pub mod window;
 mod body;
 mod future;
 mod layer;
+mod observe;
 mod post;
 mod service;
 

@@ -59,27 +59,35 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        let batch = match shared.policy.lookup(&req) {
+        let started = crate::observe::start();
+        let policy = shared.policy.load();
+        let batch = match policy.lookup(&req) {
             Lookup::Exempt => {
-                return ResponseFuture::calling(self.inner.call(req), Forwarding::default())
+                crate::observe::exempt();
+                return ResponseFuture::calling(self.inner.call(req), Forwarding::default());
             }
             Lookup::Check(batch) => batch,
         };
         let now = shared.clock.now_nanos();
         match shared.store.decide_now(now, batch) {
-            Ok(decided) => match shared.next(now, decided) {
-                Next::Forward(forwarding) => {
-                    ResponseFuture::calling(self.inner.call(req), forwarding)
+            Ok(decided) => {
+                let next = shared.next(&policy, now, decided, || policy.caller_tag(&req));
+                crate::observe::decided(started);
+                match next {
+                    Next::Forward(forwarding) => {
+                        ResponseFuture::calling(self.inner.call(req), forwarding)
+                    }
+                    Next::Answer(resp) => ResponseFuture::answer(resp),
                 }
-                Next::Answer(resp) => ResponseFuture::answer(resp),
-            },
+            }
             Err(batch) => {
                 // The store must be awaited: the inner service that was made
                 // ready goes into the future, a clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let fut = shared.store.decide(now, batch);
-                ResponseFuture::deciding(fut, inner, req, Arc::clone(shared), now)
+                let policy = arc_swap::Guard::into_inner(policy);
+                ResponseFuture::deciding(fut, inner, req, Arc::clone(shared), policy, now)
             }
         }
     }

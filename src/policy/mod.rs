@@ -88,6 +88,8 @@ pub(crate) struct CompiledLimit {
     /// Which counter under the key: from the limit's definition, so a
     /// reload keeps counters exactly when the definition is unchanged.
     tag: u16,
+    /// Metric handles, registered on first use.
+    pub(crate) counters: OnceLock<crate::observe::LimitCounters>,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +121,8 @@ pub struct Policy {
     default_tier: Option<usize>,
     default_plan: Option<usize>,
     assignments: DashMap<Box<str>, usize>,
+    /// Assignments made at runtime (key → plan name), carried over reloads.
+    runtime_plans: DashMap<Box<str>, Box<str>>,
     global: Option<usize>,
     pub(crate) identity: IdentityConfig,
     pub(crate) headers: HeaderStyle,
@@ -308,6 +312,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         group_mask: group(b"group\0"),
         overflow_key: group(b"overflow\0"),
         tag,
+        counters: OnceLock::new(),
     })
 }
 
@@ -389,6 +394,7 @@ impl Policy {
                     continue;
                 };
                 let mut agg = base_limit.clone();
+                agg.counters = OnceLock::new();
                 agg.name = format!("{} (tenant)", l.name);
                 agg.scope = vec![ScopePart::Tenant];
                 agg.aggregate = Some(factor);
@@ -543,6 +549,7 @@ impl Policy {
             default_tier,
             default_plan,
             assignments,
+            runtime_plans: DashMap::new(),
             global,
             identity,
             headers: c.headers,
@@ -579,7 +586,23 @@ impl Policy {
                 ConfigError::new("rate_limit_tier", format!("unknown plan `{plan}`"))
             })?;
         self.assignments.insert(key.into(), t);
+        self.runtime_plans.insert(key.into(), plan.into());
         Ok(())
+    }
+
+    /// Takes over the runtime plan assignments of `old` whose plan exists
+    /// here.
+    pub(crate) fn adopt_runtime_plans(&self, old: &Policy) {
+        for entry in old.runtime_plans.iter() {
+            let _ = self.set_plan(entry.key(), entry.value());
+        }
+    }
+
+    /// A short keyed hash of the caller, for logs: never the raw key.
+    pub(crate) fn caller_tag<B>(&self, req: &Request<B>) -> String {
+        let id = self.identity.extract(req);
+        let h = scope_hash(&[ScopePart::Caller], &id);
+        format!("{:08x}", (h >> 96) as u32)
     }
 
     /// The plan assigned to `key`, or the default plan.
