@@ -1,0 +1,392 @@
+//! The example gateway: a demo API behind `tierlimit`, with an admin API,
+//! Prometheus metrics and structured logs.
+//!
+//! Run it with one of the shipped vendor policies:
+//!
+//! ```sh
+//! cargo run --release --example gateway -- --config examples/policies/qarion.json
+//! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
+//! ```
+//!
+//! Then try:
+//!
+//! ```sh
+//! # The demo API answers any path and method with a small JSON body.
+//! curl -si -H 'x-api-key: k1' localhost:3000/api/datasets        # X-RateLimit-* headers
+//! for i in $(seq 1 61); do curl -s -o /dev/null -w '%{http_code} ' -H 'x-api-key: k1' localhost:3000/x; done
+//! # query parameters: sleep_ms=N (answer later), status=N (answer with that
+//! # status), tokens=N (report N tokens in the policy's token header)
+//! curl -si 'localhost:3000/llm/v1/chat/completions?tokens=500' -X POST -H 'authorization: Bearer k2'
+//! # identity: x-api-key or Authorization: Bearer (API key), x-user-id, x-tenant-id
+//! curl -si -H 'x-tenant-id: acme' -H 'x-user-id: alice' localhost:3000/api/v1/items
+//!
+//! # Exempt: health and Prometheus metrics.
+//! curl -s localhost:3000/health; curl -s localhost:3000/metrics | grep tierlimit
+//!
+//! # Admin (set TIERLIMIT_ADMIN_TOKEN before starting; unset, admin routes are 404):
+//! curl -si -X PATCH localhost:3000/admin/api-keys/k1 -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
+//!      -H 'content-type: application/json' -d '{"rate_limit_tier": "premium"}'
+//! curl -si -X POST localhost:3000/admin/reload -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN"
+//! ```
+//!
+//! Logs go to stderr (`RUST_LOG=tierlimit=debug` shows remaining figures);
+//! API keys never appear in them, only a short keyed hash of the caller.
+
+// Also compiled into tests/gateway.rs as a module, where main is unused.
+#![allow(dead_code, missing_docs, missing_debug_implementations)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tierlimit::config::{Config, Cost};
+use tierlimit::identity::{TenantId, UserId};
+use tierlimit::{ConfigError, RateLimitLayer};
+
+/// Command-line options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub config: PathBuf,
+    pub listen: SocketAddr,
+    pub no_limit: bool,
+}
+
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut config = None;
+    let mut listen: SocketAddr = ([127, 0, 0, 1], 3000).into();
+    let mut no_limit = false;
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" => config = Some(PathBuf::from(args.next().ok_or("--config needs a file")?)),
+            "--listen" => {
+                let v = args.next().ok_or("--listen needs an address")?;
+                listen = v.parse().map_err(|_| {
+                    format!("--listen: `{v}` is not an address such as 127.0.0.1:3000")
+                })?;
+            }
+            "--no-limit" => no_limit = true,
+            "-h" | "--help" => {
+                return Err("usage: gateway --config FILE [--listen ADDR] [--no-limit]".into())
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    let config = config.ok_or("missing --config FILE (e.g. examples/policies/qarion.json)")?;
+    Ok(Options {
+        config,
+        listen,
+        no_limit,
+    })
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct Gateway {
+    pub layer: RateLimitLayer,
+    pub config_path: PathBuf,
+    pub admin_token: Option<Arc<str>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub tokens_header: HeaderName,
+}
+
+/// Reads and checks the configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::from_file(path)
+}
+
+/// The header the demo API reports tokens in: the first `tokens` cost
+/// header of the policy, else `x-usage-tokens`.
+fn tokens_header(config: &Config) -> HeaderName {
+    config
+        .tiers
+        .values()
+        .flat_map(|t| {
+            t.limits
+                .iter()
+                .chain(t.groups.iter().flat_map(|g| g.limits.iter()))
+        })
+        .find_map(|l| match &l.cost {
+            Cost::Tokens(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
+            _ => None,
+        })
+        .unwrap_or(HeaderName::from_static("x-usage-tokens"))
+}
+
+/// Builds the gateway's router.
+///
+/// # Errors
+///
+/// The configuration file is missing or invalid.
+pub fn build(
+    config_path: &Path,
+    admin_token: Option<String>,
+    metrics: Option<PrometheusHandle>,
+    no_limit: bool,
+) -> Result<(Router, Gateway), ConfigError> {
+    let config = load(config_path)?;
+    let tokens_header = tokens_header(&config);
+    let layer = RateLimitLayer::new(config.build()?);
+    let gw = Gateway {
+        layer: layer.clone(),
+        config_path: config_path.to_owned(),
+        admin_token: admin_token.filter(|t| !t.is_empty()).map(Into::into),
+        metrics,
+        tokens_header,
+    };
+    let demo = Router::new().fallback(demo).with_state(gw.clone());
+    let demo = if no_limit { demo } else { demo.layer(layer) };
+    let router = Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics_text))
+        .route("/admin/api-keys/{api_key}", patch(set_tier))
+        .route("/admin/reload", post(reload))
+        .with_state(gw.clone())
+        .merge(demo)
+        .layer(middleware::from_fn(stand_in_auth));
+    Ok((router, gw))
+}
+
+/// Moves the demo identity headers into the extensions tierlimit reads.
+async fn stand_in_auth(mut req: Request, next: Next) -> Response {
+    let text = |req: &Request, name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(u) = text(&req, "x-user-id") {
+        req.extensions_mut().insert(UserId(u));
+    }
+    if let Some(t) = text(&req, "x-tenant-id") {
+        req.extensions_mut().insert(TenantId(t));
+    }
+    next.run(req).await
+}
+
+/// The demo API: any path, any method.
+async fn demo(
+    State(gw): State<Gateway>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let num = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = num("sleep_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+    }
+    let status = num("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let body = serde_json::json!({
+        "ok": status.is_success(),
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+    });
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(t) = num("tokens") {
+        resp.headers_mut()
+            .insert(gw.tokens_header.clone(), HeaderValue::from(t));
+    }
+    resp
+}
+
+async fn metrics_text(State(gw): State<Gateway>) -> Response {
+    match &gw.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+/// Compares in time that depends only on the lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+}
+
+/// `None` when authorised; else the response to send (404 without a token
+/// configured, 401 for a wrong or missing one).
+fn admin_denied(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &gw.admin_token else {
+        return Some(error(StatusCode::NOT_FOUND, "not found"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same_secret(given.trim().as_bytes(), expected.as_bytes()) {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token",
+        ))
+    }
+}
+
+async fn set_tier(
+    State(gw): State<Gateway>,
+    UrlPath(api_key): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(denied) = admin_denied(&gw, &headers) {
+        return denied;
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return error(StatusCode::BAD_REQUEST, "body too large");
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Patch {
+        rate_limit_tier: String,
+    }
+    let patch: Patch = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"rate_limit_tier\": \"...\"}}: {e}"),
+            )
+        }
+    };
+    match gw.layer.set_plan(&api_key, &patch.rate_limit_tier) {
+        Ok(()) => {
+            tracing::info!(target: "gateway", plan = %patch.rate_limit_tier, "api key plan changed");
+            Json(serde_json::json!({"rate_limit_tier": patch.rate_limit_tier})).into_response()
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.message()),
+    }
+}
+
+async fn reload(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    if let Some(denied) = admin_denied(&gw, &headers) {
+        return denied;
+    }
+    match load(&gw.config_path).and_then(|c| c.build()) {
+        Ok(policy) => {
+            gw.layer.reload(policy);
+            tracing::info!(target: "gateway", file = %gw.config_path.display(), "configuration reloaded");
+            Json(serde_json::json!({"reloaded": true})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(target: "gateway", error = %e, "reload refused; the old configuration stays");
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("gateway: metrics disabled: {e}");
+            None
+        }
+    };
+    if let Some(h) = metrics.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                h.run_upkeep();
+            }
+        });
+    }
+    let token = std::env::var("TIERLIMIT_ADMIN_TOKEN").ok();
+    let (router, _) = match build(&opts.config, token, metrics, opts.no_limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway: {}: {e}", opts.config.display());
+            std::process::exit(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gateway: cannot listen on {}: {e}", opts.listen);
+            std::process::exit(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(opts.listen);
+    tracing::info!(
+        target: "gateway",
+        %addr,
+        config = %opts.config.display(),
+        limiting = !opts.no_limit,
+        "listening"
+    );
+    println!("listening on http://{addr}");
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
+    if let Err(e) = served {
+        eprintln!("gateway: server error: {e}");
+        std::process::exit(1);
+    }
+}
