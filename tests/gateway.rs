@@ -1,0 +1,345 @@
+//! The example gateway end to end: admin flows, reload under load, metrics,
+//! logs without raw keys, a bad configuration refused.
+
+#[path = "../examples/gateway.rs"]
+mod gateway;
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::Router;
+use common::{send, Reply};
+use http::{Request, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+fn policy_path(name: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "{}/examples/policies/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+}
+
+fn app(path: &Path, token: Option<&str>) -> (Router, gateway::Gateway) {
+    gateway::build(path, token.map(str::to_owned), Some(metrics()), false).unwrap()
+}
+
+fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+        .clone()
+}
+
+fn get(path: &str, key: &str) -> Request<Body> {
+    Request::get(path)
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn admin(method: &str, path: &str, token: Option<&str>, body: &str) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+const PREMIUM: &str = r#"{"rate_limit_tier": "premium"}"#;
+
+#[tokio::test]
+async fn admin_routes_are_404_without_a_configured_token() {
+    let (router, gw) = app(&policy_path("qarion"), None);
+    let r = send(
+        &router,
+        admin("PATCH", "/admin/api-keys/k1", Some("x"), PREMIUM),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&router, admin("POST", "/admin/reload", None, "")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(gw.layer.policy().plan_of("k1"), Some("standard"));
+}
+
+#[tokio::test]
+async fn admin_changes_a_plan_only_with_the_right_token() {
+    let (router, gw) = app(&policy_path("qarion"), Some("s3cret"));
+    for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret-and-more")] {
+        let r = send(
+            &router,
+            admin("PATCH", "/admin/api-keys/k1", token, PREMIUM),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(gw.layer.policy().plan_of("k1"), Some("standard"));
+    }
+    let r = send(&router, admin("POST", "/admin/reload", Some("wrong"), "")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let r = send(
+        &router,
+        admin("PATCH", "/admin/api-keys/k1", Some("s3cret"), PREMIUM),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, r#"{"rate_limit_tier":"premium"}"#);
+    let r = send(&router, get("/api/datasets", "k1")).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 300);
+
+    let r = send(
+        &router,
+        admin(
+            "PATCH",
+            "/admin/api-keys/k1",
+            Some("s3cret"),
+            r#"{"rate_limit_tier": "gold"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body, r#"{"error":"unknown plan `gold`"}"#);
+    let r = send(
+        &router,
+        admin("PATCH", "/admin/api-keys/k1", Some("s3cret"), "{not json"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(gw.layer.policy().plan_of("k1"), Some("premium"));
+    // Admin routes are not rate limited.
+    for _ in 0..100 {
+        let r = send(
+            &router,
+            admin("PATCH", "/admin/api-keys/k2", Some("s3cret"), PREMIUM),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.header("x-ratelimit-limit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn the_demo_api_answers_sleep_status_and_tokens() {
+    let (router, _) = app(&policy_path("qstash"), None);
+    let r = send(
+        &router,
+        Request::post("/llm/v1/chat/completions?tokens=42&status=201")
+            .header("x-api-key", "t")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.num("x-usage-tokens"), 42);
+    assert_eq!(r.num("x-ratelimit-limit-tokens"), 100_000);
+    let started = std::time::Instant::now();
+    let r = send(&router, get("/anything/at/all?sleep_ms=30", "t")).await;
+    assert!(started.elapsed().as_millis() >= 30);
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains(r#""path":"/anything/at/all""#));
+    for p in ["/health", "/metrics"] {
+        let r = send(&router, get(p, "t")).await;
+        assert_eq!(r.status, StatusCode::OK, "{p}");
+        assert!(r.header("burst-ratelimit-limit").is_none(), "{p} is exempt");
+    }
+}
+
+fn temp_policy(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tierlimit-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.json");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_no_request_and_keeps_counters() {
+    let original = std::fs::read_to_string(policy_path("qarion")).unwrap();
+    let path = temp_policy("reload", &original);
+    let (router, _) = app(&path, Some("tok"));
+    for _ in 0..10 {
+        send(&router, get("/x", "kept")).await;
+    }
+    // Load from 4 tasks (distinct keys, never over the limit) while reloading.
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let router = router.clone();
+        load.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..200 {
+                let key = format!("load-{t}-{}", i % 50);
+                statuses.push(send(&router, get("/x", &key)).await.status);
+            }
+            statuses
+        }));
+    }
+    for _ in 0..25 {
+        let r = send(&router, admin("POST", "/admin/reload", Some("tok"), "")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokio::task::yield_now().await;
+    }
+    for task in load {
+        let statuses = task.await.unwrap();
+        assert_eq!(statuses.len(), 200);
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+    }
+    // Counters survived 25 reloads.
+    let r = send(&router, get("/x", "kept")).await;
+    assert_eq!(r.num("x-ratelimit-remaining"), 49);
+
+    // A changed limit starts over; an unchanged one keeps counting.
+    let changed = original
+        .replacen(
+            r#""per-minute", "capacity": 60"#,
+            r#""per-minute", "capacity": 70"#,
+            1,
+        )
+        .replace(r#""headers": "x-ratelimit""#, r#""headers": "ietf""#);
+    assert_ne!(changed, original);
+    std::fs::write(&path, changed).unwrap();
+    let r = send(&router, admin("POST", "/admin/reload", Some("tok"), "")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&router, get("/x", "kept")).await;
+    // (The gateway runs on the wall clock: only the remaining figures are fixed.)
+    let h = r.header("ratelimit").unwrap();
+    assert!(h.starts_with(r#""per-minute";r=69;"#), "{h}");
+    assert!(h.contains(r#""per-hour";r=988;"#), "{h}");
+
+    // A broken file is refused and the running policy stays.
+    std::fs::write(&path, "{\"tiers\": 5}").unwrap();
+    let r = send(&router, admin("POST", "/admin/reload", Some("tok"), "")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("tiers"), "{}", r.body);
+    let r = send(&router, get("/x", "kept")).await;
+    assert!(r
+        .header("ratelimit")
+        .unwrap()
+        .starts_with(r#""per-minute";r=68"#));
+}
+
+#[tokio::test]
+async fn metrics_show_admitted_rejected_and_decision_times() {
+    let (router, _) = app(&policy_path("gather"), None);
+    for _ in 0..101 {
+        send(&router, get("/q", "metrics-key")).await;
+    }
+    send(&router, get("/health", "metrics-key")).await;
+    metrics().run_upkeep();
+    let r: Reply = send(&router, get("/metrics", "x")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body;
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value(r#"tierlimit_admitted_total{tier="api",limit="burst"}"#) >= 100.0);
+    assert!(value(r#"tierlimit_rejected_total{tier="api",limit="burst"}"#) >= 1.0);
+    assert!(text.contains("tierlimit_decision_seconds"), "{text}");
+    assert!(!text.contains("metrics-key"));
+}
+
+#[test]
+fn a_bad_configuration_is_refused_before_listening() {
+    assert!(gateway::build(Path::new("/nonexistent/x.json"), None, None, false).is_err());
+    let bad = temp_policy(
+        "bad",
+        r#"{"tiers": {"a": {"limits": [{"name": "m", "capacity": 1, "window": "0s"}]}}}"#,
+    );
+    let err = gateway::build(&bad, None, None, false).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "tiers.a.limits[0].window: must be greater than zero"
+    );
+    // The binary exits non-zero with the message, and never listens.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("gateway");
+    assert!(
+        bin.exists(),
+        "cargo test builds the examples: {}",
+        bin.display()
+    );
+    let out = std::process::Command::new(&bin)
+        .args(["--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tiers.a.limits[0].window: must be greater than zero"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    let out = std::process::Command::new(&bin).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing --config"));
+}
+
+#[test]
+fn arguments_are_parsed_strictly() {
+    let args = |a: &[&str]| gateway::parse_args(a.iter().map(|s| s.to_string()));
+    let o = args(&["--config", "p.json"]).unwrap();
+    assert_eq!(o.listen.to_string(), "127.0.0.1:3000");
+    assert!(!o.no_limit);
+    let o = args(&[
+        "--config",
+        "p.json",
+        "--listen",
+        "127.0.0.1:9",
+        "--no-limit",
+    ])
+    .unwrap();
+    assert_eq!(o.listen.to_string(), "127.0.0.1:9");
+    assert!(o.no_limit);
+    assert!(args(&["--listen", "nope", "--config", "p"]).is_err());
+    assert!(args(&["--frobnicate"]).is_err());
+}
+
+#[tokio::test]
+async fn served_over_tcp_the_client_ip_is_the_caller() {
+    let (router, _) = app(&policy_path("gather"), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let mut remaining = Vec::new();
+    for _ in 0..2 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /q HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let line = buf
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("x-ratelimit-remaining:"))
+            .unwrap()
+            .to_owned();
+        remaining.push(line.split(':').nth(1).unwrap().trim().to_owned());
+    }
+    server.abort();
+    assert_eq!(remaining, ["99", "98"]);
+}
