@@ -170,19 +170,32 @@ impl<St: Store> Shared<St> {
     }
 }
 
+/// Rejections are logged at DEBUG: under abuse an INFO line per 429 would
+/// turn every rejected request into a log write (the metrics count them
+/// all). Would-be rejections in shadow mode are logged at INFO, since seeing
+/// them is the point of shadow mode.
 #[cfg(feature = "tracing")]
 fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) {
-    tracing::info!(
-        target: "tierlimit",
-        caller = %caller(),
-        tier = %r.tier,
-        limit = %r.limit,
-        capacity = r.capacity,
-        remaining = r.remaining,
-        retry_after = r.retry_after,
-        shadow,
-        "rate limit exceeded"
-    );
+    macro_rules! event {
+        ($level:expr, $msg:literal) => {
+            tracing::event!(
+                target: "tierlimit",
+                $level,
+                caller = %caller(),
+                tier = %r.tier,
+                limit = %r.limit,
+                capacity = r.capacity,
+                remaining = r.remaining,
+                retry_after = r.retry_after,
+                $msg
+            )
+        };
+    }
+    if shadow {
+        event!(tracing::Level::INFO, "rate limit exceeded (shadow mode: not enforced)");
+    } else {
+        event!(tracing::Level::DEBUG, "rate limit exceeded");
+    }
 }
 
 #[cfg(not(feature = "tracing"))]

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Load test of the example gateway with oha, on loopback only, bounded in time.
+#
+#   bash benches/load.sh            # DURATION=8s ROUNDS=2 CONNS=32 by default
+#
+# Three scenarios, each measured ROUNDS times, interleaved, on one gateway
+# binary built in release mode:
+#   bare      the demo API without limiting (--no-limit): the baseline
+#   open      qarion.json's policy shape (two sliding limits per request) with
+#             capacities raised so that nothing is rejected
+#   rejecting qarion.json as shipped, one API key: after 60 requests every
+#             request is answered 429 by the layer
+# It prints requests/s, p50/p99 latency, server CPU per request (utime+stime
+# of the gateway process over the run / requests) and the ratios to `bare`
+# measured in the same invocation (best round of each scenario).
+# oha and the gateway share this machine's cores: expect a few % of noise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8s}
+ROUNDS=${ROUNDS:-2}
+CONNS=${CONNS:-32}
+
+if ! command -v oha >/dev/null 2>&1; then
+  echo "oha not found: installing it (cargo install oha --locked)" >&2
+  cargo install oha --locked
+fi
+cargo build --release --example gateway >&2
+BIN=target/release/examples/gateway
+
+work=$(mktemp -d)
+trap '[ -n "${GW:-}" ] && kill "$GW" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+
+# qarion.json with every capacity raised to 4e9: same limits, nothing rejected.
+python3 - "$work/open-policy.json" <<'PY'
+import json, sys
+cfg = json.load(open("examples/policies/qarion.json"))
+for tier in cfg["tiers"].values():
+    for lim in tier.get("limits", []):
+        lim["capacity"] = 4_000_000_000
+json.dump(cfg, open(sys.argv[1], "w"))
+PY
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+cpu_ticks() { # utime + stime of a process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run() { # name config extra-args...
+  local name=$1 config=$2; shift 2
+  local port; port=$(free_port)
+  "$BIN" --config "$config" --listen "127.0.0.1:$port" "$@" >"$work/$name.log" 2>&1 &
+  GW=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  if ! kill -0 "$GW" 2>/dev/null; then
+    echo "the gateway did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+  fi
+  local before; before=$(cpu_ticks "$GW")
+  oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json \
+    -H "x-api-key: load-test-key" "http://127.0.0.1:$port/api/items" >"$work/$name.json"
+  local after; after=$(cpu_ticks "$GW")
+  kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=
+  python3 - "$work/$name.json" "$name" "$((after - before))" "$(getconf CLK_TCK)" >>"$work/results.tsv" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+name, ticks, hz = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+codes = d["statusCodeDistribution"]
+total = sum(codes.values())
+rps = d["summary"]["requestsPerSec"]
+p50 = d["latencyPercentiles"]["p50"] * 1e6
+p99 = d["latencyPercentiles"]["p99"] * 1e6
+cpu_us = ticks / hz / max(total, 1) * 1e6
+print(f"{name}\t{rps:.0f}\t{p50:.0f}\t{p99:.0f}\t{cpu_us:.2f}\t{codes.get('200', 0)}\t{codes.get('429', 0)}\t{total - codes.get('200', 0) - codes.get('429', 0)}")
+PY
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  run bare examples/policies/qarion.json --no-limit
+  run open "$work/open-policy.json"
+  run rejecting examples/policies/qarion.json
+done
+
+python3 - "$work/results.tsv" "$DURATION" "$CONNS" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+best = {}
+for name, rps, p50, p99, cpu, ok, rej, other in rows:
+    r = dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), ok=int(ok), rej=int(rej), other=int(other))
+    if name not in best or r["rps"] > best[name]["rps"]:
+        best[name] = r
+print(f"oha -z {sys.argv[2]} -c {sys.argv[3]}, best of {len(rows)//3} rounds per scenario (all rounds below)")
+print(f"{'scenario':<10} {'rps':>9} {'p50 us':>8} {'p99 us':>8} {'cpu us/req':>10} {'200':>9} {'429':>9} {'other':>6}   rps/bare  cpu/bare")
+base = best["bare"]
+for name in ["bare", "open", "rejecting"]:
+    r = best[name]
+    print(f"{name:<10} {r['rps']:>9.0f} {r['p50']:>8.0f} {r['p99']:>8.0f} {r['cpu']:>10.2f} {r['ok']:>9} {r['rej']:>9} {r['other']:>6}   {r['rps']/base['rps']:>8.3f}  {r['cpu']/base['cpu']:>8.3f}")
+print("all rounds:")
+for row in rows:
+    print("  " + "  ".join(row))
+if best["open"]["rej"] != 0:
+    print("WARNING: the open scenario rejected requests")
+if best["rejecting"]["rej"] < 0.9 * (best["rejecting"]["ok"] + best["rejecting"]["rej"]):
+    print("WARNING: the rejecting scenario admitted more than 10%")
+PY
