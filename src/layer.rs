@@ -192,7 +192,10 @@ fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) 
         };
     }
     if shadow {
-        event!(tracing::Level::INFO, "rate limit exceeded (shadow mode: not enforced)");
+        event!(
+            tracing::Level::INFO,
+            "rate limit exceeded (shadow mode: not enforced)"
+        );
     } else {
         event!(tracing::Level::DEBUG, "rate limit exceeded");
     }
