@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test of the example gateway with oha, on loopback only, bounded in time.
 #
-#   bash benches/load.sh            # DURATION=8s ROUNDS=2 CONNS=32 by default
+#   bash benches/load.sh            # DURATION=8s ROUNDS=3 CONNS=32 by default
 #
 # Three scenarios, each measured ROUNDS times, interleaved, on one gateway
 # binary built in release mode:
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-8s}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 
 if ! command -v oha >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example gateway -- --config examples/policies/qarion.json
 //! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
+//! #          --no-metrics (no Prometheus recorder; /metrics answers 404)
 //! ```
 //!
 //! Then try:
@@ -59,12 +60,14 @@ pub struct Options {
     pub config: PathBuf,
     pub listen: SocketAddr,
     pub no_limit: bool,
+    pub no_metrics: bool,
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut config = None;
     let mut listen: SocketAddr = ([127, 0, 0, 1], 3000).into();
     let mut no_limit = false;
+    let mut no_metrics = false;
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -76,8 +79,12 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
                 })?;
             }
             "--no-limit" => no_limit = true,
+            "--no-metrics" => no_metrics = true,
             "-h" | "--help" => {
-                return Err("usage: gateway --config FILE [--listen ADDR] [--no-limit]".into())
+                return Err(
+                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
@@ -87,6 +94,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
         config,
         listen,
         no_limit,
+        no_metrics,
     })
 }
 
@@ -340,11 +348,15 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let metrics = match PrometheusBuilder::new().install_recorder() {
-        Ok(h) => Some(h),
-        Err(e) => {
-            eprintln!("gateway: metrics disabled: {e}");
-            None
+    let metrics = if opts.no_metrics {
+        None
+    } else {
+        match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("gateway: metrics disabled: {e}");
+                None
+            }
         }
     };
     if let Some(h) = metrics.clone() {
