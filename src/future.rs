@@ -65,8 +65,9 @@ pub(crate) struct Forwarding {
     pub(crate) rendered: Rendered,
     /// Post-response charges.
     pub(crate) guard: Option<PostGuard>,
-    /// Shadow mode: the rejection that was not enforced.
-    pub(crate) shadow: Option<Rejection>,
+    /// Shadow mode: the rejection that was not enforced (boxed: rare, and
+    /// it would make every response future larger).
+    pub(crate) shadow: Option<Box<Rejection>>,
 }
 
 /// What to do with a request once its batch is decided.
@@ -155,7 +156,7 @@ where
                     let mut resp = resp.map(|b| RateLimitBody::inner(b, guard));
                     headers::apply(&forwarding.rendered, resp.headers_mut());
                     if let Some(r) = forwarding.shadow.take() {
-                        resp.extensions_mut().insert(ShadowRejection(r));
+                        resp.extensions_mut().insert(ShadowRejection(*r));
                     }
                     return Poll::Ready(Ok(resp));
                 }

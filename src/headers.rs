@@ -122,6 +122,7 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
     match rendered {
         Rendered::Nothing => {}
         Rendered::XRateLimit(report) => {
+            headers.reserve(3);
             headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(report.limit));
             headers.insert(
                 X_RATELIMIT_REMAINING.clone(),
@@ -130,6 +131,7 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
             headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(report.reset));
         }
         Rendered::List(list) => {
+            headers.reserve(list.len());
             for (name, value) in list {
                 headers.insert(name.clone(), value.clone());
             }

@@ -160,7 +160,7 @@ impl<St: Store> Shared<St> {
             return Next::Forward(Forwarding {
                 rendered,
                 guard: None,
-                shadow: Some(rejection),
+                shadow: Some(Box::new(rejection)),
             });
         }
         let mut resp: Response<Bytes> =

@@ -17,7 +17,6 @@
 
 mod route;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
@@ -29,7 +28,7 @@ use http::{HeaderName, Request};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 pub use route::PathPattern;
-use route::{normalise, parse_methods, RouteRule, RouteTarget};
+use route::{parse_methods, with_segments, RouteRule, RouteTarget};
 
 use crate::config::{
     Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, ScopePart, WindowKind,
@@ -623,16 +622,17 @@ impl Policy {
         if self.routes.is_empty() {
             return Some(self.default_tier);
         }
-        let segs: Vec<Cow<'_, str>> = normalise(path);
-        for r in &self.routes {
-            if r.matches(method, &segs) {
-                return match r.target {
-                    RouteTarget::Exempt => None,
-                    RouteTarget::Tier(t) => Some(Some(t)),
-                };
+        with_segments(path, |segs| {
+            for r in &self.routes {
+                if r.matches(method, segs) {
+                    return match r.target {
+                        RouteTarget::Exempt => None,
+                        RouteTarget::Tier(t) => Some(Some(t)),
+                    };
+                }
             }
-        }
-        Some(self.default_tier)
+            Some(self.default_tier)
+        })
     }
 
     /// Decides which limits a request is checked against.

@@ -81,7 +81,7 @@ impl PathPattern {
     }
 
     /// Whether the normalised segments of a request path match.
-    pub fn matches(&self, path: &[Cow<'_, str>]) -> bool {
+    pub fn matches<S: AsRef<str>>(&self, path: &[S]) -> bool {
         let mut i = 0;
         for seg in &self.segs {
             match seg {
@@ -101,6 +101,40 @@ impl PathPattern {
         }
         i == path.len()
     }
+}
+
+/// Most segments the allocation-free fast path of [`with_segments`] takes.
+const FAST_SEGMENTS: usize = 16;
+
+/// Calls `f` with the normalised segments of `path`. A path with nothing
+/// to normalise (no `%`, no `.` or empty segments, at most 16 segments) is
+/// split on the stack; any other goes through [`normalise`].
+pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let clean = !path.contains('%');
+    if clean {
+        let mut buf = [""; FAST_SEGMENTS];
+        let mut n = 0;
+        let mut ok = true;
+        for seg in path.split('/').skip(usize::from(path.starts_with('/'))) {
+            if seg.is_empty() || seg == "." || seg == ".." || n == FAST_SEGMENTS {
+                ok = false;
+                break;
+            }
+            buf[n] = seg;
+            n += 1;
+        }
+        // "/" alone splits into one empty segment: zero segments.
+        if path == "/" || path.is_empty() {
+            return f(&[]);
+        }
+        if ok {
+            return f(&buf[..n]);
+        }
+    }
+    let owned = normalise(path);
+    let segs: Vec<&str> = owned.iter().map(|c| c.as_ref()).collect();
+    f(&segs)
 }
 
 /// Splits a request path into normalised segments (see the module docs).
@@ -190,7 +224,7 @@ pub(crate) fn parse_methods(methods: &[String]) -> Result<Option<Vec<Method>>, (
 
 impl RouteRule {
     /// Whether this rule takes a request with `method` and normalised `path`.
-    pub(crate) fn matches(&self, method: &Method, path: &[Cow<'_, str>]) -> bool {
+    pub(crate) fn matches<S: AsRef<str>>(&self, method: &Method, path: &[S]) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method)) && self.pattern.matches(path)
     }
 }
@@ -222,6 +256,23 @@ mod tests {
         assert!(m("/", "/"));
         assert!(m("/x", "/x/%zz/.."));
         assert!(!m("/x", "/x/%ff"));
+        assert!(m("/a/**", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t"));
+        assert!(!m("/a/*", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t"));
+        assert!(m("/a/{x}", "/a/b/"));
+        assert!(!m("/a", ""));
+        assert!(m("/", ""));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_normalising(path in "[/a-c.%2fF?]{0,40}") {
+            for pattern in ["/", "/a", "/a/b", "/a/*", "/a/{x}/c", "/**", "/a/**", "/*/b/**"] {
+                let p = PathPattern::parse(pattern).unwrap();
+                let slow = p.matches(&normalise(&path));
+                let fast = with_segments(&path, |segs| p.matches(segs));
+                proptest::prop_assert_eq!(slow, fast, "{} on {}", pattern, path);
+            }
+        }
     }
 
     #[test]
