@@ -110,27 +110,37 @@ const FAST_SEGMENTS: usize = 16;
 /// to normalise (no `%`, no `.` or empty segments, at most 16 segments) is
 /// split on the stack; any other goes through [`normalise`].
 pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let clean = !path.contains('%');
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    let path = &path[..end];
+    let mut buf = [""; FAST_SEGMENTS];
+    let mut n = 0;
+    let mut clean = true;
+    let mut start = usize::from(path.starts_with('/'));
+    let bytes = path.as_bytes();
+    while start <= bytes.len() && clean {
+        let stop = bytes[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(bytes.len(), |p| start + p);
+        let seg = &path[start..stop];
+        if seg.is_empty() {
+            // Only a path that is empty or "/" may end here cleanly.
+            clean = stop == bytes.len() && n == 0;
+            break;
+        }
+        if n == FAST_SEGMENTS || seg == "." || seg == ".." || seg.contains('%') {
+            clean = false;
+            break;
+        }
+        buf[n] = seg;
+        n += 1;
+        start = stop + 1;
+    }
     if clean {
-        let mut buf = [""; FAST_SEGMENTS];
-        let mut n = 0;
-        let mut ok = true;
-        for seg in path.split('/').skip(usize::from(path.starts_with('/'))) {
-            if seg.is_empty() || seg == "." || seg == ".." || n == FAST_SEGMENTS {
-                ok = false;
-                break;
-            }
-            buf[n] = seg;
-            n += 1;
-        }
-        // "/" alone splits into one empty segment: zero segments.
-        if path == "/" || path.is_empty() {
-            return f(&[]);
-        }
-        if ok {
-            return f(&buf[..n]);
-        }
+        return f(&buf[..n]);
     }
     let owned = normalise(path);
     let segs: Vec<&str> = owned.iter().map(|c| c.as_ref()).collect();
