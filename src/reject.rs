@@ -192,20 +192,12 @@ pub fn rfc3339(secs: i64, millis: Option<u32>) -> String {
 /// unpredictable enough for request ids; not for secrets.
 pub fn uuid_v4() -> String {
     use siphasher::sip128::{Hasher128, SipHasher13};
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::Hasher;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static KEY: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let (k0, k1) = *KEY.get_or_init(|| {
-        let s = std::collections::hash_map::RandomState::new();
-        let mut a = s.build_hasher();
-        a.write_u8(1);
-        let mut b = s.build_hasher();
-        b.write_u8(2);
-        (a.finish(), b.finish())
-    });
+    let (k0, k1) = crate::policy::hash_secret();
     let mut h = SipHasher13::new_with_keys(k0, k1);
+    h.write(b"request-id\0");
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.write_u128(
         std::time::SystemTime::now()

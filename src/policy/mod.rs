@@ -47,7 +47,7 @@ pub const EXEMPT: &str = "exempt";
 /// The process-wide secret of the counter-key hash. Random per process, so
 /// keys cannot be chosen to collide; stable across reloads, so unchanged
 /// limits keep their counters.
-fn hash_secret() -> (u64, u64) {
+pub(crate) fn hash_secret() -> (u64, u64) {
     static SECRET: OnceLock<(u64, u64)> = OnceLock::new();
     *SECRET.get_or_init(|| {
         let a = std::collections::hash_map::RandomState::new();
