@@ -23,7 +23,8 @@
 //! tier and scope key). When the cap is reached and a request needs an entry
 //! that does not exist yet, that request is counted in a **shared overflow
 //! entry** of the same tier and scope (the slot's `overflow_key`) instead of
-//! an entry of its own, and a sweep is started.
+//! an entry of its own, and a sweep is started (at most one a second while
+//! the cap holds).
 //! So a flood of fresh keys (random API keys, spoofed addresses) cannot grow
 //! memory past the cap, and together it gets no more than one key's capacity
 //! while the cap holds; callers already tracked keep their own counters.
@@ -138,6 +139,7 @@ struct Inner {
     last_sweep_s: AtomicU64,
     size_after_sweep: AtomicUsize,
     sweeping: AtomicBool,
+    sweeps: AtomicU64,
 }
 
 /// The in-process store. Cloning is cheap and clones share the counters.
@@ -182,6 +184,7 @@ impl MemoryStore {
                 last_sweep_s: AtomicU64::new(0),
                 size_after_sweep: AtomicUsize::new(0),
                 sweeping: AtomicBool::new(false),
+                sweeps: AtomicU64::new(0),
             }),
         }
     }
@@ -194,6 +197,12 @@ impl MemoryStore {
     /// Whether no counter is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many sweeps have run (automatic and [`MemoryStore::evict_idle`]),
+    /// for monitoring.
+    pub fn sweeps(&self) -> u64 {
+        self.inner.sweeps.load(Ordering::Relaxed)
     }
 
     /// Removes every counter that is empty at `now` (ns since the epoch) and
@@ -320,9 +329,13 @@ impl MemoryStore {
         let inner = &self.inner;
         let now_s = now / NANOS_PER_SEC;
         let tracked = inner.tracked.load(Ordering::Relaxed);
+        let last = inner.last_sweep_s.load(Ordering::Relaxed);
         let grown = tracked >= inner.size_after_sweep.load(Ordering::Relaxed).max(4096) * 2;
-        let stale = now_s >= inner.last_sweep_s.load(Ordering::Relaxed) + SWEEP_INTERVAL_S;
-        if !(hit_cap || grown || (stale && tracked > 0)) {
+        let stale = now_s >= last + SWEEP_INTERVAL_S;
+        // At the cap, sweep at most once a second: under a flood of fresh
+        // keys a full sweep after every decision would only burn CPU.
+        let capped = hit_cap && now_s > last;
+        if !(capped || grown || (stale && tracked > 0)) {
             return;
         }
         if inner
@@ -354,6 +367,7 @@ impl MemoryStore {
 
 impl Inner {
     fn sweep(&self, now: u64) -> usize {
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
         let mut removed = 0usize;
         self.map.retain(|_, entry| {
             let keep = !entry.is_idle(now);
@@ -467,6 +481,8 @@ mod tests {
             .count();
         assert_eq!(admitted, 3);
         assert!(store.len() <= 11);
+        // At the cap, sweeps are rate limited: not one per decision.
+        assert!(store.sweeps() <= 2, "{} sweeps", store.sweeps());
         // Tracked keys keep their own budget.
         assert!(decide(&store, S, vec![slot(0, 3)]).admitted);
     }
