@@ -41,7 +41,11 @@
 //!     .layer(layer.clone());
 //!
 //! // Later, without a restart: move a key to another plan.
-//! layer.policy().set_plan("key-123", "premium").unwrap();
+//! layer.set_plan("key-123", "premium").unwrap();
+//!
+//! // Or swap the whole policy, keeping the counters of unchanged limits.
+//! # let new_policy = tierlimit::Config::new().build().unwrap();
+//! layer.reload(new_policy);
 //! # let _ = app;
 //! ```
 //!
