@@ -1,19 +1,6 @@
 //! The [`RateLimitLayer`]: holds the shared state (policy, store, clock,
 //! rejection hook) behind one `Arc`, so every service it makes — and every
 //! clone of those — shares one budget.
-//!
-//! # Runtime reconfiguration
-//!
-//! [`RateLimitLayer::reload`] swaps the whole policy atomically (an
-//! `ArcSwap`: requests read it without a lock, and a request in flight
-//! finishes with the policy it started with). Counters live in the store,
-//! keyed by tier, scope and each limit's definition, so a limit whose
-//! definition did not change keeps its counters across the swap; a changed
-//! limit starts from zero. Plan assignments made at runtime with
-//! [`RateLimitLayer::set_plan`] carry over to the new policy when their plan
-//! still exists there (they take precedence over the file's assignments).
-//! The memory store's key cap is set when the layer is made and does not
-//! change on reload.
 
 use std::sync::Arc;
 
@@ -241,6 +228,19 @@ fn trace_admitted(_: &Policy, _: &Batch) {}
 /// let layer = RateLimitLayer::new(policy);
 /// # let _ = layer;
 /// ```
+///
+/// # Runtime reconfiguration
+///
+/// [`RateLimitLayer::reload`] swaps the whole policy atomically (an
+/// `ArcSwap`: requests read it without a lock, and a request in flight
+/// finishes with the policy it started with). Counters live in the store,
+/// keyed by tier, scope and each limit's definition, so a limit whose
+/// definition did not change keeps its counters across the swap; a changed
+/// limit starts from zero. Plan assignments made at runtime with
+/// [`RateLimitLayer::set_plan`] carry over to the new policy when their plan
+/// still exists there (they take precedence over the file's assignments).
+/// The memory store's key cap is set when the layer is made and does not
+/// change on reload.
 #[derive(Debug)]
 pub struct RateLimitLayer<St = MemoryStore> {
     shared: Arc<Shared<St>>,
@@ -333,7 +333,7 @@ impl<St: Store + Clone> RateLimitLayer<St> {
     }
 
     /// Swaps in a new policy atomically; see
-    /// [runtime reconfiguration](self#runtime-reconfiguration).
+    /// [runtime reconfiguration](RateLimitLayer#runtime-reconfiguration).
     pub fn reload(&self, policy: Policy) {
         let old = self.shared.policy.load();
         policy.adopt_runtime_plans(&old);
