@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Load test of the example gateway with oha, on loopback only, bounded in time.
 #
-#   bash benches/load.sh            # DURATION=5s ROUNDS=5 CONNS=32 by default
+#   bash benches/load.sh            # DURATION=4s ROUNDS=5 CONNS=32 by default
+#
+# About 70 s of load plus the release build of the gateway (about 90 s from
+# cold); installing oha the first time takes a few minutes more.
 #
 # Three scenarios, each measured ROUNDS times, interleaved, on one gateway
 # binary built in release mode:
@@ -18,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-4s}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-32}
 
