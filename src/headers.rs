@@ -105,6 +105,33 @@ pub fn pick(batch: &Batch) -> Option<Report> {
     best.map(|(i, v)| report_of(i, &v))
 }
 
+/// A header value for a number, without allocating in the common cases:
+/// small numbers come from a per-thread table, and the last few large ones
+/// (reset times repeat for a whole second, capacities for ever) from a
+/// per-thread cache. Per thread, so that clones never share a reference
+/// count across cores.
+fn number(v: u64) -> HeaderValue {
+    use std::cell::RefCell;
+    const SMALL: u64 = 1024;
+    thread_local! {
+        static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
+        static RECENT: RefCell<[(u64, Option<HeaderValue>); 4]> = const { RefCell::new([(0, None), (0, None), (0, None), (0, None)]) };
+    }
+    if v < SMALL {
+        return TABLE.with(|t| t[v as usize].clone());
+    }
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((_, Some(hv))) = r.iter().find(|(k, hv)| *k == v && hv.is_some()) {
+            return hv.clone();
+        }
+        let hv = HeaderValue::from(v);
+        r.rotate_right(1);
+        r[0] = (v, Some(hv.clone()));
+        hv
+    })
+}
+
 /// Headers computed at decision time, written onto the response later.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Rendered {
@@ -123,12 +150,9 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
         Rendered::Nothing => {}
         Rendered::XRateLimit(report) => {
             headers.reserve(3);
-            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(report.limit));
-            headers.insert(
-                X_RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(report.remaining),
-            );
-            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(report.reset));
+            headers.insert(X_RATELIMIT_LIMIT.clone(), number(report.limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), number(report.remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), number(report.reset));
         }
         Rendered::List(list) => {
             headers.reserve(list.len());
@@ -258,6 +282,32 @@ pub(crate) fn render<'a>(
                 ));
             }
             Rendered::List(list)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_render_the_same_from_every_cache() {
+        for v in [
+            0,
+            1,
+            59,
+            1023,
+            1024,
+            1_708_200_062,
+            1_708_200_062,
+            1_708_200_063,
+            u64::MAX,
+        ] {
+            assert_eq!(number(v), HeaderValue::from(v), "{v}");
+        }
+        for v in 5000..5010 {
+            assert_eq!(number(v), HeaderValue::from(v));
+            assert_eq!(number(v), HeaderValue::from(v));
         }
     }
 }
