@@ -112,7 +112,7 @@ pub fn pick(batch: &Batch) -> Option<Report> {
 /// count across cores.
 fn number(v: u64) -> HeaderValue {
     use std::cell::RefCell;
-    const SMALL: u64 = 1024;
+    const SMALL: u64 = 256;
     thread_local! {
         static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
         static RECENT: RefCell<[(u64, Option<HeaderValue>); 4]> = const { RefCell::new([(0, None), (0, None), (0, None), (0, None)]) };
