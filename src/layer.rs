@@ -46,12 +46,18 @@ impl<St: Store> PostSink for Shared<St> {
 }
 
 impl<St: Store> Shared<St> {
-    fn rejection(policy: &Policy, batch: &Batch, now: u64) -> Option<Rejection> {
-        let i = batch.blocking_slot()?;
-        let slot = &batch.slots[i];
+    /// The rejection of a refused batch, given the slot `Retry-After` waits
+    /// for and the instant it has room.
+    fn rejection(
+        policy: &Policy,
+        batch: &Batch,
+        blocking: usize,
+        retry_at: u64,
+        now: u64,
+    ) -> Option<Rejection> {
+        let slot = &batch.slots[blocking];
         let view = slot.view?;
         let limit = &policy.limits[slot.meta as usize];
-        let retry_at = batch.retry_at().unwrap_or(now);
         Some(Rejection {
             tier: limit.tier.clone(),
             limit: limit.name.clone(),
@@ -126,22 +132,25 @@ impl<St: Store> Shared<St> {
                 shadow: None,
             });
         }
-        if let Some(slot) = batch
-            .slots
-            .iter()
-            .find(|s| s.refusal == Some(Refusal::NeverFits) && batch.blocking_slot().is_some())
-            .filter(|_| batch.retry_at().is_none())
-        {
+        let Some(blocking) = batch.blocking_slot() else {
+            return Next::Answer(reject::internal_error());
+        };
+        // No instant at which every blocking group has room: a cost that can
+        // never fit (a modifier shrank a capacity below it).
+        let Some(retry_at) = batch.retry_at() else {
+            let slot = batch
+                .slots
+                .iter()
+                .find(|s| s.refusal == Some(Refusal::NeverFits))
+                .unwrap_or(&batch.slots[blocking]);
             let limit = &policy.limits[slot.meta as usize];
             return Next::Answer(reject::never_fits(&limit.name, slot.cost, slot.capacity));
-        }
-        let Some(rejection) = Self::rejection(policy, &batch, now) else {
+        };
+        let Some(rejection) = Self::rejection(policy, &batch, blocking, retry_at, now) else {
             return Next::Answer(reject::internal_error());
         };
         let shadow = policy.mode == Mode::Shadow;
-        if let Some(i) = batch.blocking_slot() {
-            crate::observe::rejected(policy, batch.slots[i].meta, shadow);
-        }
+        crate::observe::rejected(policy, batch.slots[blocking].meta, shadow);
         trace_rejected(&rejection, shadow, caller);
         if policy.mode == Mode::Shadow {
             return Next::Forward(Forwarding {

@@ -473,3 +473,36 @@ async fn served_over_tcp_with_connect_info() {
     server.abort();
     assert_eq!(statuses, ["200", "200", "429"]);
 }
+
+#[tokio::test]
+async fn a_cost_that_can_never_fit_is_a_clear_500_not_an_endless_429() {
+    let clock = clock();
+    // Cost 2 fits the capacity 3, but the sandbox modifier halves it to 1.
+    let config = Config::new()
+        .tier(
+            "t",
+            Tier::new().limit(Limit::sliding("heavy", 3, minutes(1)).cost(2)),
+        )
+        .default_tier("t")
+        .modifier("x-app-env", "sandbox", 0.5);
+    let (app, _) = app(config, &clock);
+    let r = get_as(&app, "k", "/x").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(
+        &app,
+        req("GET", "/x")
+            .header("x-api-key", "k")
+            .header("x-app-env", "sandbox")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.header("retry-after").is_none());
+    assert!(
+        r.body
+            .contains("request cost 2 exceeds the capacity 1 of rate limit `heavy`"),
+        "{}",
+        r.body
+    );
+}
