@@ -34,6 +34,8 @@
 //! window, the moment the newest counted sub-bucket leaves the window. A
 //! limit with nothing counted reports the current second.
 
+use std::cmp::Ordering;
+
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
@@ -77,6 +79,14 @@ fn report_of(slot: usize, v: &View) -> Report {
     }
 }
 
+/// Compares `a.remaining / a.capacity` with `b.remaining / b.capacity`,
+/// exactly (cross-multiplied, no floats).
+fn remaining_share(a: &View, b: &View) -> Ordering {
+    let lhs = u128::from(a.remaining()) * u128::from(b.capacity);
+    let rhs = u128::from(b.remaining()) * u128::from(a.capacity);
+    lhs.cmp(&rhs)
+}
+
 /// Picks the limit to report (see the [module docs](self)).
 pub fn pick(batch: &Batch) -> Option<Report> {
     if !batch.admitted {
@@ -91,12 +101,11 @@ pub fn pick(batch: &Batch) -> Option<Report> {
         }
         let better = match best {
             None => true,
-            Some((_, b)) => {
-                // v.remaining / v.capacity < b.remaining / b.capacity, exactly.
-                let lhs = u128::from(v.remaining()) * u128::from(b.capacity);
-                let rhs = u128::from(b.remaining()) * u128::from(v.capacity);
-                lhs < rhs || (lhs == rhs && v.reset_at < b.reset_at)
-            }
+            Some((_, b)) => match remaining_share(&v, &b) {
+                Ordering::Less => true,
+                Ordering::Equal => v.reset_at < b.reset_at,
+                Ordering::Greater => false,
+            },
         };
         if better {
             best = Some((i, v));
@@ -262,9 +271,7 @@ pub(crate) fn render<'a>(
                 }
                 match best.iter_mut().find(|(g, _)| *g == f) {
                     Some((_, b)) => {
-                        let lhs = u128::from(v.remaining()) * u128::from(b.capacity);
-                        let rhs = u128::from(b.remaining()) * u128::from(v.capacity);
-                        if lhs < rhs {
+                        if remaining_share(&v, b) == Ordering::Less {
                             *b = v;
                         }
                     }
