@@ -23,7 +23,7 @@ use http::Method;
 use tierlimit::clock::{Clock, SystemClock};
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::identity::Identity;
-use tierlimit::store::{MemoryStore, MemoryStoreConfig, Store};
+use tierlimit::store::{MemoryStore, MemoryStoreConfig};
 use tierlimit::Policy;
 
 const MANY: usize = 1_000_000;
@@ -56,8 +56,8 @@ impl Ours {
             ..Identity::default()
         };
         let batch = self.policy.batch_for(&Method::GET, "/items", &id).unwrap();
-        let now = SystemClock.now_nanos();
-        self.store.decide_now(now, batch).unwrap().unwrap().admitted
+        let now = SystemClock.now();
+        self.store.decide_now(now, batch).admitted()
     }
 }
 

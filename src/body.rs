@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::post::PostGuard;
+use crate::engine::PostGuard;
 
 pin_project! {
     /// Body of responses passing through [`RateLimit`](crate::RateLimit).

@@ -1,26 +1,112 @@
 //! Where time comes from.
 //!
-//! Every decision takes "now" from a [`Clock`]: the counting maths in
-//! [`crate::window`] never reads a clock itself. Times are nanoseconds since the
-//! Unix epoch, so that clock-aligned (`fixed`) windows can be computed from them
-//! and a future remote store can agree with local figures.
+//! Every decision takes "now" from a [`Clock`]: the counting maths never reads
+//! a clock itself. An instant is a [`Timestamp`] (nanoseconds since the Unix
+//! epoch, so that clock-aligned windows can be computed from it and a remote
+//! store can agree with local figures); a length of time is a
+//! [`std::time::Duration`].
 //!
 //! Use [`SystemClock`] in production and [`ManualClock`] in tests.
 
 use std::fmt;
+use std::ops::{Add, Sub};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A source of the current time, in nanoseconds since the Unix epoch.
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// An instant: nanoseconds since 1970-01-01T00:00:00Z (until the year 2554).
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::clock::Timestamp;
+///
+/// let t = Timestamp::from_secs(1_700_000_000);
+/// assert_eq!((t + Duration::from_millis(1500)).as_nanos(), 1_700_000_001_500_000_000);
+/// assert_eq!((t + Duration::from_millis(1500)).as_secs_ceil(), 1_700_000_002);
+/// assert_eq!(t + Duration::from_secs(2) - t, Duration::from_secs(2));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// The instant `nanos` nanoseconds after the epoch.
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Timestamp(nanos)
+    }
+
+    /// The instant `secs` seconds after the epoch (saturating).
+    pub const fn from_secs(secs: u64) -> Self {
+        Timestamp(secs.saturating_mul(NANOS_PER_SEC))
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the epoch, rounded up.
+    pub const fn as_secs_ceil(self) -> u64 {
+        self.0.div_ceil(NANOS_PER_SEC)
+    }
+
+    /// Whole milliseconds since the epoch, rounded down.
+    pub const fn as_millis(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
+    /// The time from `earlier` to `self`; zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// As a [`SystemTime`].
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0)
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturates at the largest instant.
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration_nanos(d)))
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturates at the epoch.
+    fn sub(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(duration_nanos(d)))
+    }
+}
+
+impl Sub<Timestamp> for Timestamp {
+    type Output = Duration;
+    /// Saturates at zero.
+    fn sub(self, earlier: Timestamp) -> Duration {
+        self.saturating_since(earlier)
+    }
+}
+
+/// A source of the current time.
 ///
 /// Implementations must be cheap: the clock is read once per decision.
 /// A clock may go backwards (NTP steps); the stores tolerate that by treating a
 /// time before a counter's newest bucket as that bucket, so a step back never
 /// refunds or double-counts anything.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
-    /// The current time, in nanoseconds since 1970-01-01T00:00:00Z.
-    fn now_nanos(&self) -> u64;
+    /// The current time.
+    fn now(&self) -> Timestamp;
 }
 
 /// The wall clock, read cheaply.
@@ -58,7 +144,7 @@ fn wall_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-const RESYNC_NANOS: u64 = 1_000_000_000;
+const RESYNC_NANOS: u64 = NANOS_PER_SEC;
 
 fn anchored() -> &'static Anchored {
     static CLOCK: std::sync::OnceLock<Anchored> = std::sync::OnceLock::new();
@@ -75,6 +161,12 @@ fn anchored() -> &'static Anchored {
 }
 
 impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_nanos())
+    }
+}
+
+impl SystemClock {
     fn now_nanos(&self) -> u64 {
         let a = anchored();
         let mono = a.tsc.delta_as_nanos(a.base_raw, a.tsc.raw());
@@ -96,7 +188,7 @@ impl Clock for SystemClock {
 /// let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
 /// let other = clock.clone();
 /// clock.advance(Duration::from_millis(1500));
-/// assert_eq!(other.now_nanos(), 1_700_000_001_500_000_000);
+/// assert_eq!(other.now().as_nanos(), 1_700_000_001_500_000_000);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {
@@ -125,14 +217,14 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
-    fn now_nanos(&self) -> u64 {
-        self.nanos.load(Ordering::SeqCst)
+    fn now(&self) -> Timestamp {
+        Timestamp(self.nanos.load(Ordering::SeqCst))
     }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now_nanos(&self) -> u64 {
-        (**self).now_nanos()
+    fn now(&self) -> Timestamp {
+        (**self).now()
     }
 }
 

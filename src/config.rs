@@ -1,10 +1,15 @@
 //! The configuration: a Rust builder and a JSON file with the same power.
 //!
 //! [`Config`] is both: build it with methods, or read it with
-//! [`Config::from_json`]. Either way [`Config::build`] checks it and compiles
-//! it into a [`Policy`]; a bad configuration is refused with a
-//! [`ConfigError`] naming the path and the problem, and unknown fields are
-//! errors.
+//! [`Config::from_json`] (which refuses malformed JSON, wrong types and
+//! unknown fields). Either way [`Config::build`] (or
+//! `Policy::try_from(config)`) checks every value and compiles it into an
+//! immutable [`Policy`](crate::Policy); a bad configuration is refused with
+//! a [`ConfigError`] naming the path, the problem and its
+//! [kind](crate::ConfigErrorKind).
+//!
+//! The configuration types are `#[non_exhaustive]`: make them with their
+//! constructors and builder methods, or from JSON.
 //!
 //! # The JSON file format
 //!
@@ -40,7 +45,7 @@
 //! | `tiers.NAME.groups[].combine` | `all` (every limit must have room) or `cascade` (shortest window first, the first with room is charged) | `all` |
 //! | `limit.name` | unique within the tier | required |
 //! | `limit.capacity` | cost units per window, 1 ..= 4 294 967 295 | required |
-//! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, or whole seconds as a number | required |
+//! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1h 30m"` (read by `humantime`), or whole seconds as a number | required |
 //! | `limit.kind` | `sliding` or `fixed` (clock-aligned) | `sliding` |
 //! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600 | 30 |
 //! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
@@ -94,8 +99,11 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::error::ConfigError;
-use crate::policy::Policy;
+use crate::error::{ConfigError, ConfigErrorKind};
+
+/// The route target that means "exempt": neither counted nor given headers.
+/// Reserved: no tier may have this name.
+pub const EXEMPT: &str = "exempt";
 
 /// How a sliding or fixed window counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -270,6 +278,7 @@ impl<'de> Deserialize<'de> for Cost {
 /// apps at half capacity. Matching requests count in counters of their own.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Modifier {
     /// Request header to look at.
     pub header: String,
@@ -277,6 +286,17 @@ pub struct Modifier {
     pub equals: String,
     /// Multiplier of every capacity, greater than zero.
     pub factor: f64,
+}
+
+impl Modifier {
+    /// Requests whose `header` equals `equals` get every capacity × `factor`.
+    pub fn new(header: impl Into<String>, equals: impl Into<String>, factor: f64) -> Self {
+        Modifier {
+            header: header.into(),
+            equals: equals.into(),
+            factor,
+        }
+    }
 }
 
 /// Which rate-limit headers responses carry.
@@ -319,26 +339,9 @@ pub enum ErrorFormat {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as \"30s\", \"5m\", \"1h\", \"1d\""))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration such as \"30s\", \"5m\", \"1h\", \"1d\": {e}")
+    })
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -385,6 +388,7 @@ fn one_request() -> Cost {
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Limit {
     /// Name, unique within its tier; shown in 429 bodies and metrics.
     pub name: String,
@@ -487,8 +491,21 @@ impl Limit {
 }
 
 /// A group of limits combined one way.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::config::{Group, Limit, Tier};
+///
+/// let buckets = Group::cascade([
+///     Limit::fixed("minute", 100, Duration::from_secs(60)),
+///     Limit::fixed("hour", 2600, Duration::from_secs(3600)),
+/// ]);
+/// let tier = Tier::new().group(buckets);
+/// # let _ = tier;
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Group {
     /// How the limits combine.
     #[serde(default)]
@@ -497,9 +514,28 @@ pub struct Group {
     pub limits: Vec<Limit>,
 }
 
+impl Group {
+    /// A group whose limits must all have room.
+    pub fn all(limits: impl IntoIterator<Item = Limit>) -> Self {
+        Group {
+            combine: Combine::All,
+            limits: limits.into_iter().collect(),
+        }
+    }
+
+    /// A cascade: shortest window first, the first with room is charged.
+    pub fn cascade(limits: impl IntoIterator<Item = Limit>) -> Self {
+        Group {
+            combine: Combine::Cascade,
+            limits: limits.into_iter().collect(),
+        }
+    }
+}
+
 /// A named set of limit groups; a request must pass every group.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Tier {
     /// Limits of an implicit `all` group.
     #[serde(default)]
@@ -531,6 +567,7 @@ impl Tier {
 /// A route rule: methods + path pattern → tier, or `exempt`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Route {
     /// Methods taken; empty or `*` means any.
     #[serde(default)]
@@ -561,13 +598,14 @@ impl Route {
         I: IntoIterator<Item = M>,
         M: Into<String>,
     {
-        Self::new(methods, path, crate::policy::EXEMPT)
+        Self::new(methods, path, EXEMPT)
     }
 }
 
 /// Callers' plans: each plan is a tier.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Plans {
     /// Plan of callers without an assignment.
     pub default: String,
@@ -579,6 +617,7 @@ pub struct Plans {
 /// How identities are read (see [`crate::identity`]).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct IdentitySection {
     /// Header carrying the API key; `null` disables it.
     pub api_key_header: Option<String>,
@@ -601,9 +640,10 @@ impl Default for IdentitySection {
     }
 }
 
-/// Settings of the memory store.
+/// Settings of the store.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct StoreSection {
     /// Most counters tracked at once.
     pub max_keys: usize,
@@ -634,6 +674,7 @@ impl Default for StoreSection {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Identity settings.
     #[serde(default)]
@@ -670,7 +711,7 @@ pub struct Config {
     pub modifiers: Vec<Modifier>,
     /// Users per tenant, for tenant aggregates (a tenant not listed counts as
     /// one user). Applications can supply their own resolver instead with
-    /// [`Policy::with_tenant_users`].
+    /// [`Policy::with_tenant_users`](crate::Policy::with_tenant_users).
     #[serde(default)]
     pub tenant_users: BTreeMap<String, u64>,
 }
@@ -681,34 +722,37 @@ impl Config {
         Self::default()
     }
 
-    /// Reads and checks a JSON configuration.
+    /// Reads a JSON configuration. This checks the syntax, the types and
+    /// the field names; [`Config::build`] checks the values.
     ///
     /// # Errors
     ///
-    /// Syntax errors, unknown fields, wrong types and every check of
-    /// [`Config::build`], each naming the path of the offending value.
+    /// Malformed JSON, unknown fields and wrong types
+    /// ([`ConfigErrorKind::Syntax`]), naming the path of the offending value.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let msg = inner.to_string();
             // serde_json appends " at line L column C"; keep it, it helps.
-            ConfigError::new(if path == "." { String::new() } else { path }, msg)
-        })?;
-        config.build()?;
-        Ok(config)
+            let msg = inner.to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(ConfigErrorKind::Syntax, path, msg).with_source(inner)
+        })
     }
 
-    /// Reads and checks a JSON configuration file.
+    /// Reads a JSON configuration file (see [`Config::from_json`]).
     ///
     /// # Errors
     ///
-    /// The file cannot be read, or [`Config::from_json`] refuses it.
+    /// The file cannot be read ([`ConfigErrorKind::Io`]), or
+    /// [`Config::from_json`] refuses it.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let msg = format!("cannot read {}: {e}", path.display());
+            ConfigError::new(ConfigErrorKind::Io, "", msg).with_source(e)
+        })?;
         Self::from_json(&text)
     }
 
@@ -781,6 +825,18 @@ impl Config {
         self
     }
 
+    /// Whether `Authorization: Bearer <token>` carries an API key.
+    pub fn bearer(mut self, on: bool) -> Self {
+        self.identity.bearer = on;
+        self
+    }
+
+    /// Sets the longest identity value used, in bytes.
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.identity.max_key_len = bytes;
+        self
+    }
+
     /// Sets the mode.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -790,11 +846,7 @@ impl Config {
     /// Adds a capacity modifier: requests whose `header` equals `value`
     /// get every capacity multiplied by `factor`, in counters of their own.
     pub fn modifier(mut self, header: &str, value: &str, factor: f64) -> Self {
-        self.modifiers.push(Modifier {
-            header: header.into(),
-            equals: value.into(),
-            factor,
-        });
+        self.modifiers.push(Modifier::new(header, value, factor));
         self
     }
 
@@ -809,17 +861,6 @@ impl Config {
         self.store.max_keys = max_keys;
         self
     }
-
-    /// Checks the configuration and compiles it.
-    ///
-    /// # Errors
-    ///
-    /// The first problem found, with its path: e.g.
-    /// `tiers.premium.limits[1].window: must be greater than zero`,
-    /// `routes[2].tier: unknown tier \`gold\``.
-    pub fn build(&self) -> Result<Policy, ConfigError> {
-        Policy::compile(self)
-    }
 }
 
 #[cfg(test)]
@@ -831,7 +872,7 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -1,28 +1,79 @@
 //! The configuration error.
 
+use std::error::Error as StdError;
 use std::fmt;
 
+/// What kind of problem a [`ConfigError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The configuration file could not be read.
+    Io,
+    /// The JSON is malformed, has a value of the wrong type, or an unknown
+    /// field.
+    Syntax,
+    /// A value fails a check (zero window, bad header name, ...).
+    Invalid,
+    /// A name refers to nothing: an unknown tier or plan.
+    Unknown,
+}
+
 /// A configuration was refused: says where (a dotted path into the
-/// configuration, as in the JSON file) and what is wrong.
+/// configuration, as in the JSON file), what is wrong, and what kind of
+/// problem it is; the underlying error (I/O, JSON) is kept as the
+/// [`source`](StdError::source).
 ///
 /// ```
-/// let err = tierlimit::Config::from_json(r#"{"tiers": {"a": {"limits": [
+/// use tierlimit::{Config, ConfigErrorKind};
+///
+/// let err = Config::from_json(r#"{"tiers": {"a": {"limits": [
 ///     {"name": "m", "capacity": 5, "window": "0s"}]}}, "default_tier": "a"}"#)
+///     .and_then(|c| c.build())
 ///     .unwrap_err();
 /// assert_eq!(err.to_string(), "tiers.a.limits[0].window: must be greater than zero");
+/// assert_eq!(err.kind(), ConfigErrorKind::Invalid);
+/// assert_eq!(err.path(), "tiers.a.limits[0].window");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ConfigError {
+    kind: ConfigErrorKind,
     path: String,
     message: String,
+    source: Option<Box<dyn StdError + Send + Sync>>,
 }
 
 impl ConfigError {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        kind: ConfigErrorKind,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
+            kind,
             path: path.into(),
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// An [`Invalid`](ConfigErrorKind::Invalid) value at `path`.
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ConfigErrorKind::Invalid, path, message)
+    }
+
+    /// An [`Unknown`](ConfigErrorKind::Unknown) name at `path`.
+    pub(crate) fn unknown(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ConfigErrorKind::Unknown, path, message)
+    }
+
+    pub(crate) fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What kind of problem this is.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.kind
     }
 
     /// Where the problem is, e.g. `tiers.premium.limits[1].window`; empty for
@@ -47,4 +98,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl StdError for ConfigError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}

@@ -1,5 +1,5 @@
-//! The response future: waits for a remote store's decision when there is
-//! one, then for the inner service, and adds the rate-limit headers.
+//! The response future: waits for a store's decision when it must be
+//! awaited, then for the inner service, and adds the rate-limit headers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,50 +7,42 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::headers::{self, Rendered};
-use crate::layer::{ShadowRejection, Shared};
-use crate::policy::Policy;
-use crate::post::PostGuard;
-use crate::reject::Rejection;
-use crate::store::{Batch, Store, StoreError};
+use crate::engine::{Decided, Finish, Forwarding, Next, Pending, ShadowRejection};
+use crate::headers;
+use crate::store::{Batch, StoreError};
 
 pin_project! {
-    /// Response future of [`RateLimit`](crate::RateLimit).
-    pub struct ResponseFuture<S, ReqB, St>
-    where
-        S: Service<Request<ReqB>>,
-        St: Store,
-    {
+    /// Response future of [`RateLimit`](crate::RateLimit): `F` is the inner
+    /// service's future, `S` the inner service and `B` the request body
+    /// (kept while a store decision `D` is awaited).
+    pub struct ResponseFuture<F, S, B, D> {
         #[pin]
-        state: State<S, ReqB, St>,
+        state: State<F, S, B, D>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, ReqB, St>
-    where
-        S: Service<Request<ReqB>>,
-        St: Store,
-    {
+    enum State<F, S, B, D> {
         Calling {
             #[pin]
-            fut: S::Future,
+            fut: F,
             forwarding: Forwarding,
         },
         Deciding {
             #[pin]
-            fut: St::Future,
+            fut: D,
+            ctx: Option<Decided>,
+            finish: Arc<dyn Finish>,
             inner: Option<S>,
-            req: Option<Request<ReqB>>,
-            shared: Arc<Shared<St>>,
-            policy: Arc<Policy>,
-            now: u64,
+            parts: Option<Parts>,
+            body: Option<B>,
         },
         Done {
             resp: Option<Response<Bytes>>,
@@ -58,42 +50,14 @@ pin_project! {
     }
 }
 
-/// What goes with a forwarded request to its response.
-#[derive(Debug, Default)]
-pub(crate) struct Forwarding {
-    /// Rate-limit headers to add.
-    pub(crate) rendered: Rendered,
-    /// Post-response charges.
-    pub(crate) guard: Option<PostGuard>,
-    /// Shadow mode: the rejection that was not enforced (boxed: rare, and
-    /// it would make every response future larger).
-    pub(crate) shadow: Option<Box<Rejection>>,
-}
-
-/// What to do with a request once its batch is decided.
-pub(crate) enum Next {
-    /// Call the inner service, then finish the response with this.
-    Forward(Forwarding),
-    /// Answer with this response; the inner service is not called.
-    Answer(Response<Bytes>),
-}
-
-impl<S, ReqB, St> std::fmt::Debug for ResponseFuture<S, ReqB, St>
-where
-    S: Service<Request<ReqB>>,
-    St: Store,
-{
+impl<F, S, B, D> std::fmt::Debug for ResponseFuture<F, S, B, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<S, ReqB, St> ResponseFuture<S, ReqB, St>
-where
-    S: Service<Request<ReqB>>,
-    St: Store,
-{
-    pub(crate) fn calling(fut: S::Future, forwarding: Forwarding) -> Self {
+impl<F, S, B, D> ResponseFuture<F, S, B, D> {
+    pub(crate) fn calling(fut: F, forwarding: Forwarding) -> Self {
         ResponseFuture {
             state: State::Calling { fut, forwarding },
         }
@@ -106,32 +70,32 @@ where
     }
 
     pub(crate) fn deciding(
-        fut: St::Future,
+        pending: Pending<D>,
+        finish: Arc<dyn Finish>,
         inner: S,
-        req: Request<ReqB>,
-        shared: Arc<Shared<St>>,
-        policy: Arc<Policy>,
-        now: u64,
+        parts: Parts,
+        body: B,
     ) -> Self {
         ResponseFuture {
             state: State::Deciding {
-                fut,
+                fut: pending.fut,
+                ctx: Some(pending.ctx),
+                finish,
                 inner: Some(inner),
-                req: Some(req),
-                shared,
-                policy,
-                now,
+                parts: Some(parts),
+                body: Some(body),
             },
         }
     }
 }
 
-impl<S, ReqB, ResB, St> Future for ResponseFuture<S, ReqB, St>
+impl<F, S, B, D, ResB, E> Future for ResponseFuture<F, S, B, D>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    St: Store,
+    F: Future<Output = Result<Response<ResB>, E>>,
+    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
+    D: Future<Output = Result<Batch, StoreError>>,
 {
-    type Output = Result<Response<RateLimitBody<ResB>>, S::Error>;
+    type Output = Result<Response<RateLimitBody<ResB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -162,19 +126,18 @@ where
                 }
                 StateProj::Deciding {
                     fut,
+                    ctx,
+                    finish,
                     inner,
-                    req,
-                    shared,
-                    policy,
-                    now,
+                    parts,
+                    body,
                 } => {
-                    let decided: Result<Batch, StoreError> = ready!(fut.poll(cx));
-                    let shared = Arc::clone(shared);
-                    let new_state = match (inner.take(), req.take()) {
-                        (Some(mut inner), Some(req)) => {
-                            match shared.next(policy, *now, decided, || policy.caller_tag(&req)) {
+                    let decided = ready!(fut.poll(cx));
+                    let new_state = match (ctx.take(), inner.take(), parts.take(), body.take()) {
+                        (Some(ctx), Some(mut inner), Some(parts), Some(body)) => {
+                            match Arc::clone(finish).finish(ctx, &parts, decided) {
                                 Next::Forward(forwarding) => State::Calling {
-                                    fut: inner.call(req),
+                                    fut: inner.call(Request::from_parts(parts, body)),
                                     forwarding,
                                 },
                                 Next::Answer(resp) => State::Done { resp: Some(resp) },

@@ -39,43 +39,30 @@ use std::cmp::Ordering;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
+use crate::clock::Timestamp;
 use crate::config::{Family, HeaderStyle};
-use crate::store::Batch;
-use crate::window::View;
+use crate::store::{Batch, View};
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
-
-/// `X-RateLimit-Limit`
-pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-/// `X-RateLimit-Remaining`
-pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset`
-pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// The figures of the one limit a response reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Report {
-    /// Index of the slot (in the decided batch) that is reported.
-    pub slot: usize,
+pub(crate) struct Report {
     /// The limit's capacity.
-    pub limit: u64,
+    limit: u64,
     /// What is left in the current window.
-    pub remaining: u64,
+    remaining: u64,
     /// Unix seconds at which the limit is back to full capacity.
-    pub reset: u64,
+    reset: u64,
 }
 
-/// Rounds nanoseconds since the epoch up to whole seconds.
-pub(crate) fn ceil_secs(nanos: u64) -> u64 {
-    nanos.div_ceil(NANOS_PER_SEC)
-}
-
-fn report_of(slot: usize, v: &View) -> Report {
+fn report_of(v: &View) -> Report {
     Report {
-        slot,
         limit: v.capacity,
         remaining: v.remaining(),
-        reset: ceil_secs(v.reset_at),
+        reset: v.reset_at.as_secs_ceil(),
     }
 }
 
@@ -88,14 +75,16 @@ fn remaining_share(a: &View, b: &View) -> Ordering {
 }
 
 /// Picks the limit to report (see the [module docs](self)).
-pub fn pick(batch: &Batch) -> Option<Report> {
-    if !batch.admitted {
-        let i = batch.blocking_slot()?;
-        return batch.slots[i].view.map(|v| report_of(i, &v));
+fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
+    if !admitted {
+        let i = batch.blocking()?;
+        return batch.outcome(i).map(|o| report_of(&o.view));
     }
     let mut best: Option<(usize, View)> = None;
-    for (i, s) in batch.slots.iter().enumerate() {
-        let Some(v) = s.view else { continue };
+    for i in 0..batch.len() {
+        let Some(v) = batch.outcome(i).map(|o| o.view) else {
+            continue;
+        };
         if !batch.reports(i) {
             continue;
         }
@@ -111,7 +100,7 @@ pub fn pick(batch: &Batch) -> Option<Report> {
             best = Some((i, v));
         }
     }
-    best.map(|(i, v)| report_of(i, &v))
+    best.map(|(_, v)| report_of(&v))
 }
 
 /// A header value for a number, without allocating in the common cases:
@@ -198,10 +187,8 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// `RateLimit-Policy`
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 fn family_names(f: Family) -> [&'static str; 3] {
     match f {
@@ -225,21 +212,26 @@ fn family_names(f: Family) -> [&'static str; 3] {
 }
 
 /// Computes the headers of `style` for a decided batch; `info(i)` describes
-/// the limit of slot `i`; `now` is ns since the epoch.
+/// the limit of slot `i`.
 pub(crate) fn render<'a>(
     style: HeaderStyle,
     batch: &Batch,
-    now: u64,
+    admitted: bool,
+    now: Timestamp,
     info: impl Fn(usize) -> LimitInfo<'a>,
 ) -> Rendered {
     match style {
         HeaderStyle::None => Rendered::Nothing,
-        HeaderStyle::XRateLimit => pick(batch).map_or(Rendered::Nothing, Rendered::XRateLimit),
+        HeaderStyle::XRateLimit => {
+            pick(batch, admitted).map_or(Rendered::Nothing, Rendered::XRateLimit)
+        }
         HeaderStyle::Ietf => {
             let mut policy = Vec::new();
             let mut current = Vec::new();
-            for (i, s) in batch.slots.iter().enumerate() {
-                let Some(v) = s.view else { continue };
+            for i in 0..batch.len() {
+                let Some(v) = batch.outcome(i).map(|o| o.view) else {
+                    continue;
+                };
                 let li = info(i);
                 let name = sf_string(li.name);
                 let mut p = format!("{name};q={};w={}", v.capacity, li.window_secs);
@@ -247,7 +239,11 @@ pub(crate) fn render<'a>(
                     p.push_str(&format!(";qu=\"{}\"", li.unit));
                 }
                 policy.push(p);
-                let t = ceil_secs(v.reset_at.saturating_sub(now));
+                let t = v
+                    .reset_at
+                    .saturating_since(now)
+                    .as_nanos()
+                    .div_ceil(1_000_000_000);
                 current.push(format!("{name};r={};t={t}", v.remaining()));
             }
             let mut list = Vec::new();
@@ -262,11 +258,11 @@ pub(crate) fn render<'a>(
         }
         HeaderStyle::Qstash => {
             let mut best: Vec<(Family, View)> = Vec::new();
-            for (i, s) in batch.slots.iter().enumerate() {
-                let (Some(v), Some(f)) = (s.view, info(i).family) else {
+            for i in 0..batch.len() {
+                let (Some(v), Some(f)) = (batch.outcome(i).map(|o| o.view), info(i).family) else {
                     continue;
                 };
-                if batch.admitted && !batch.reports(i) {
+                if admitted && !batch.reports(i) {
                     continue;
                 }
                 match best.iter_mut().find(|(g, _)| *g == f) {
@@ -285,7 +281,7 @@ pub(crate) fn render<'a>(
                 list.push((HeaderName::from_static(r), HeaderValue::from(v.remaining())));
                 list.push((
                     HeaderName::from_static(t),
-                    HeaderValue::from(ceil_secs(v.reset_at)),
+                    HeaderValue::from(v.reset_at.as_secs_ceil()),
                 ));
             }
             Rendered::List(list)

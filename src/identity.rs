@@ -32,7 +32,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::{header, HeaderMap, HeaderName, Request};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName};
+use ipnet::IpNet;
 
 /// The authenticated user, inserted into request extensions by the
 /// application's authentication layer.
@@ -49,60 +51,28 @@ pub struct TenantId(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// A CIDR block such as `10.0.0.0/8` or `2001:db8::/32`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d/n`, `v6::/n`, or a bare address (a /32 or /128).
-    ///
-    /// # Errors
-    ///
-    /// A message naming what is wrong with the text.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
+/// Parses a CIDR block (`10.0.0.0/8`, `2001:db8::/32`) or a bare address
+/// (a /32 or /128).
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let (a, p) = match s.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s.trim(), None),
+    };
+    let addr: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        None => max,
+        Some(p) => p
             .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| format!("`{s}` has a prefix length outside 0..={max}"))?,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` lies in this block (IPv4-mapped IPv6 counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
+            .parse::<u8>()
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("`{s}` has a prefix length outside 0..={max}"))?,
+    };
+    IpNet::new(addr, prefix).map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -121,7 +91,7 @@ pub struct IdentityConfig {
     /// Whether `Authorization: Bearer <token>` carries an API key. Default on.
     pub bearer: bool,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed.
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<IpNet>,
     /// Longest identity value used, in bytes; longer ones count as absent.
     pub max_key_len: usize,
 }
@@ -198,9 +168,9 @@ fn usable_str(v: &str, max: usize) -> Option<&str> {
 }
 
 impl IdentityConfig {
-    /// Reads the identity of `req`.
-    pub fn extract<'a, B>(&self, req: &'a Request<B>) -> Identity<'a> {
-        let headers = req.headers();
+    /// Reads the identity of a request from its head.
+    pub fn extract<'a>(&self, req: &'a Parts) -> Identity<'a> {
+        let headers = &req.headers;
         let max = self.max_key_len;
         let mut api_key = self
             .api_key_header
@@ -213,7 +183,7 @@ impl IdentityConfig {
                 .and_then(|v| bearer_token(v.as_bytes()))
                 .and_then(|t| usable(t, max));
         }
-        let ext = req.extensions();
+        let ext = &req.extensions;
         let user = ext.get::<UserId>().and_then(|u| usable_str(&u.0, max));
         let tenant = ext.get::<TenantId>().and_then(|t| usable_str(&t.0, max));
         let peer = peer_addr(req);
@@ -227,7 +197,8 @@ impl IdentityConfig {
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|c| c.contains(ip))
+        let ip = canonical(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// The client address: the peer, or — when the peer is a trusted proxy —
@@ -304,13 +275,13 @@ fn parse_forwarded_for(v: &str) -> Option<IpAddr> {
     parse_node(v)
 }
 
-fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
-    if let Some(a) = req.extensions().get::<ClientAddr>() {
+fn peer_addr(req: &Parts) -> Option<IpAddr> {
+    if let Some(a) = req.extensions.get::<ClientAddr>() {
         return Some(a.0.ip());
     }
     #[cfg(feature = "axum")]
     if let Some(a) = req
-        .extensions()
+        .extensions
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(a.0.ip());
@@ -321,31 +292,38 @@ fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
+    fn trusting(nets: &[&str]) -> IdentityConfig {
+        IdentityConfig {
+            trusted_proxies: nets.iter().map(|n| parse_cidr(n).unwrap()).collect(),
+            ..IdentityConfig::default()
+        }
+    }
+
     #[test]
     fn cidr() {
-        let c = Cidr::parse("10.0.0.0/8").unwrap();
-        assert!(c.contains(ip("10.1.2.3")));
-        assert!(c.contains(ip("::ffff:10.1.2.3")));
-        assert!(!c.contains(ip("11.0.0.1")));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
-        assert!(Cidr::parse("2001:db8::/32")
-            .unwrap()
-            .contains(ip("2001:db8::1")));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
-        assert_eq!(Cidr::parse("1.2.3.4").unwrap().prefix, 32);
+        let c = trusting(&["10.0.0.0/8"]);
+        assert!(c.trusted(ip("10.1.2.3")));
+        assert!(c.trusted(ip("::ffff:10.1.2.3")));
+        assert!(!c.trusted(ip("11.0.0.1")));
+        assert!(trusting(&["0.0.0.0/0"]).trusted(ip("1.2.3.4")));
+        assert!(trusting(&["2001:db8::/32"]).trusted(ip("2001:db8::1")));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope").is_err());
+        assert_eq!(parse_cidr("1.2.3.4").unwrap().prefix_len(), 32);
     }
 
     fn cfg() -> IdentityConfig {
-        IdentityConfig {
-            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").unwrap()],
-            ..IdentityConfig::default()
-        }
+        trusting(&["10.0.0.0/8"])
+    }
+
+    fn parts(req: Request<()>) -> Parts {
+        req.into_parts().0
     }
 
     #[test]
@@ -375,20 +353,20 @@ mod tests {
             .header("x-api-key", "  k1 ")
             .body(())
             .unwrap();
-        assert_eq!(c.extract(&req).api_key, Some(&b"k1"[..]));
+        assert_eq!(c.extract(&parts(req)).api_key, Some(&b"k1"[..]));
         let req = Request::builder()
             .header("authorization", "Bearer tok")
             .body(())
             .unwrap();
-        assert_eq!(c.extract(&req).api_key, Some(&b"tok"[..]));
+        assert_eq!(c.extract(&parts(req)).api_key, Some(&b"tok"[..]));
         let req = Request::builder().header("x-api-key", "").body(()).unwrap();
-        assert_eq!(c.extract(&req).api_key, None);
+        assert_eq!(c.extract(&parts(req)).api_key, None);
         let long = "k".repeat(300);
         let req = Request::builder()
             .header("x-api-key", long)
             .body(())
             .unwrap();
-        assert_eq!(c.extract(&req).api_key, None);
+        assert_eq!(c.extract(&parts(req)).api_key, None);
         let req = Request::builder()
             .header(
                 "x-api-key",
@@ -396,7 +374,8 @@ mod tests {
             )
             .body(())
             .unwrap();
-        let id = c.extract(&req);
+        let p = parts(req);
+        let id = c.extract(&p);
         assert_eq!(id.api_key, Some(&b"\xff\xfe"[..]));
         assert_eq!(id.plan_key(), None);
     }

@@ -96,25 +96,27 @@
 
 pub mod clock;
 pub mod config;
-mod error;
-pub mod headers;
 pub mod identity;
 pub mod policy;
 pub mod reject;
 pub mod store;
-pub mod window;
 
 mod body;
+mod engine;
+mod error;
 mod future;
+mod headers;
 mod layer;
 mod observe;
-mod post;
+mod plans;
 mod service;
+mod window;
 
 pub use body::RateLimitBody;
 pub use config::Config;
-pub use error::ConfigError;
+pub use engine::{Controller, OnStoreError, ShadowRejection};
+pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;
-pub use layer::{RateLimitLayer, ShadowRejection};
+pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::Policy;
 pub use service::RateLimit;

@@ -7,14 +7,18 @@
 //! | `tierlimit_rejected_total` | counter | `tier`, `limit`: the limit `Retry-After` waits for |
 //! | `tierlimit_shadow_rejected_total` | counter | `tier`, `limit`: would-be rejections in shadow mode |
 //! | `tierlimit_exempt_total` | counter | none |
+//! | `tierlimit_store_errors_total` | counter | `kind` (`unavailable`, `timeout`, `protocol`), `on_error` (`open`, `closed`) |
+//! | `tierlimit_post_charges_dropped_total` | counter | none: post-charges dropped because too many were in flight, or no runtime |
+//! | `tierlimit_post_charge_errors_total` | counter | none: post-charges the store failed to make |
 //! | `tierlimit_decision_seconds` | histogram | none: time to decide (policy lookup and store) |
 //!
 //! Labels are tier and limit names from the configuration, never identities:
-//! API keys appear nowhere. Counter handles are registered the first time a
-//! limit is used, with the recorder installed at that moment.
+//! API keys appear nowhere. The handles of a policy's limits live next to
+//! the policy in the engine (never in the immutable policy itself), are
+//! registered the first time a limit is used, and are replaced with the
+//! policy on reload.
 
-use crate::policy::Policy;
-use crate::store::Batch;
+use crate::store::{Batch, StoreErrorKind};
 
 #[cfg(feature = "metrics")]
 mod on {
@@ -23,19 +27,16 @@ mod on {
 
     use metrics::{Counter, Histogram};
 
-    use crate::policy::Policy;
-    use crate::store::Batch;
-
     /// The counters of one limit.
     #[derive(Clone, Debug)]
-    pub(crate) struct LimitCounters {
-        admitted: Counter,
-        rejected: Counter,
-        shadow: Counter,
+    pub(super) struct LimitCounters {
+        pub(super) admitted: Counter,
+        pub(super) rejected: Counter,
+        pub(super) shadow: Counter,
     }
 
     impl LimitCounters {
-        fn new(tier: &str, limit: &str) -> Self {
+        pub(super) fn new(tier: &str, limit: &str) -> Self {
             let labels = [("tier", tier.to_owned()), ("limit", limit.to_owned())];
             LimitCounters {
                 admitted: metrics::counter!("tierlimit_admitted_total", &labels),
@@ -45,46 +46,20 @@ mod on {
         }
     }
 
-    fn counters(policy: &Policy, meta: u32) -> Option<&LimitCounters> {
-        let l = policy.limits.get(meta as usize)?;
-        Some(
-            l.counters
-                .get_or_init(|| LimitCounters::new(&l.tier, &l.name)),
-        )
+    pub(super) fn counter(
+        cell: &'static OnceLock<Counter>,
+        make: fn() -> Counter,
+    ) -> &'static Counter {
+        cell.get_or_init(make)
     }
 
-    pub(crate) fn admitted(policy: &Policy, batch: &Batch) {
-        for s in batch.slots.iter().filter(|s| s.chosen) {
-            if let Some(c) = counters(policy, s.meta) {
-                c.admitted.increment(1);
-            }
-        }
-    }
+    pub(super) type Start = Instant;
 
-    pub(crate) fn rejected(policy: &Policy, meta: u32, shadow: bool) {
-        if let Some(c) = counters(policy, meta) {
-            if shadow {
-                c.shadow.increment(1);
-            } else {
-                c.rejected.increment(1);
-            }
-        }
-    }
-
-    pub(crate) fn exempt() {
-        static EXEMPT: OnceLock<Counter> = OnceLock::new();
-        EXEMPT
-            .get_or_init(|| metrics::counter!("tierlimit_exempt_total"))
-            .increment(1);
-    }
-
-    pub(crate) type Start = Instant;
-
-    pub(crate) fn start() -> Start {
+    pub(super) fn start() -> Start {
         Instant::now()
     }
 
-    pub(crate) fn decided(started: Start) {
+    pub(super) fn decided(started: Start) {
         static DECISION: OnceLock<Histogram> = OnceLock::new();
         DECISION
             .get_or_init(|| metrics::histogram!("tierlimit_decision_seconds"))
@@ -92,52 +67,130 @@ mod on {
     }
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) use on::LimitCounters;
-
-/// Per-limit counters (nothing without the `metrics` feature).
-#[cfg(not(feature = "metrics"))]
-#[derive(Clone, Debug)]
-pub(crate) struct LimitCounters;
-
-pub(crate) fn admitted(policy: &Policy, batch: &Batch) {
+/// The metric handles of one policy's limits, indexed by limit label.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
     #[cfg(feature = "metrics")]
-    on::admitted(policy, batch);
-    #[cfg(not(feature = "metrics"))]
-    let _ = (policy, batch);
+    limits: Vec<(String, String, std::sync::OnceLock<on::LimitCounters>)>,
 }
 
-pub(crate) fn rejected(policy: &Policy, meta: u32, shadow: bool) {
+impl Counters {
+    /// Handles for limits named (tier, limit), in label order.
+    pub(crate) fn new<'a>(names: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            Counters {
+                limits: names
+                    .map(|(t, l)| (t.to_owned(), l.to_owned(), std::sync::OnceLock::new()))
+                    .collect(),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = names;
+            Counters {}
+        }
+    }
+
     #[cfg(feature = "metrics")]
-    on::rejected(policy, meta, shadow);
-    #[cfg(not(feature = "metrics"))]
-    let _ = (policy, meta, shadow);
+    fn of(&self, label: u32) -> Option<&on::LimitCounters> {
+        let (tier, limit, cell) = self.limits.get(label as usize)?;
+        Some(cell.get_or_init(|| on::LimitCounters::new(tier, limit)))
+    }
+
+    /// Every limit that took the charge of an admitted batch.
+    pub(crate) fn admitted(&self, batch: &Batch) {
+        #[cfg(feature = "metrics")]
+        for i in 0..batch.len() {
+            if batch.outcome(i).is_some_and(|o| o.has_room()) {
+                if let Some(c) = self.of(batch.limit(i).label) {
+                    c.admitted.increment(1);
+                }
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = batch;
+    }
+
+    /// The limit a rejection waits for.
+    pub(crate) fn rejected(&self, label: u32, shadow: bool) {
+        #[cfg(feature = "metrics")]
+        if let Some(c) = self.of(label) {
+            if shadow {
+                c.shadow.increment(1);
+            } else {
+                c.rejected.increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (label, shadow);
+    }
 }
 
 pub(crate) fn exempt() {
     #[cfg(feature = "metrics")]
-    on::exempt();
+    {
+        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        on::counter(&C, || metrics::counter!("tierlimit_exempt_total")).increment(1);
+    }
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) fn start() -> on::Start {
-    on::start()
+/// A store error, and what the layer did about it (`open` or `closed`).
+pub(crate) fn store_error(kind: StoreErrorKind, on_error: &'static str) {
+    #[cfg(feature = "metrics")]
+    {
+        let kind = match kind {
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Timeout => "timeout",
+            _ => "protocol",
+        };
+        metrics::counter!("tierlimit_store_errors_total", "kind" => kind, "on_error" => on_error)
+            .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (kind, on_error);
 }
 
-/// Nothing to time without the `metrics` feature.
-#[cfg(not(feature = "metrics"))]
+pub(crate) fn post_charge_dropped() {
+    #[cfg(feature = "metrics")]
+    {
+        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        on::counter(&C, || {
+            metrics::counter!("tierlimit_post_charges_dropped_total")
+        })
+        .increment(1);
+    }
+}
+
+pub(crate) fn post_charge_failed() {
+    #[cfg(feature = "metrics")]
+    {
+        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        on::counter(&C, || {
+            metrics::counter!("tierlimit_post_charge_errors_total")
+        })
+        .increment(1);
+    }
+}
+
+/// When a decision started (nothing without the `metrics` feature).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct NotTimed;
+pub(crate) struct Start(#[cfg(feature = "metrics")] on::Start);
 
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn start() -> NotTimed {
-    NotTimed
+pub(crate) fn start() -> Start {
+    #[cfg(feature = "metrics")]
+    {
+        Start(on::start())
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        Start()
+    }
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) fn decided(started: on::Start) {
-    on::decided(started);
+pub(crate) fn decided(started: Start) {
+    #[cfg(feature = "metrics")]
+    on::decided(started.0);
+    #[cfg(not(feature = "metrics"))]
+    let _ = started;
 }
-
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn decided(_: NotTimed) {}

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
 
+use crate::clock::Timestamp;
 use crate::config::{ErrorFormat, Family};
 
 /// Everything known about a rejection, for building a response.
@@ -27,32 +30,55 @@ pub struct Rejection {
     pub remaining: u64,
     /// Its window.
     pub window: Duration,
-    /// Whole seconds until the request would be admitted (at least 1).
-    pub retry_after: u64,
-    /// Unix seconds at which the blocking limit is back to full capacity.
-    pub reset: u64,
+    /// How long until the request would be admitted, in whole seconds
+    /// (rounded up, at least one): what `Retry-After` says.
+    pub retry_after: Duration,
+    /// When the blocking limit is back to full capacity.
+    pub reset: Timestamp,
     /// The blocking limit's header family, if it has one.
     pub family: Option<Family>,
-    /// Unix milliseconds of the decision.
-    pub at_ms: u64,
+    /// When the request was decided.
+    pub at: Timestamp,
 }
 
-/// Builds a custom 429 response from a [`Rejection`].
+impl Rejection {
+    /// `Retry-After` in whole seconds.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs()
+    }
+}
+
+/// Builds a custom 429 response from the request head and the [`Rejection`].
 ///
-/// Implemented for every `Fn(&Rejection) -> Response<Bytes>`. The layer still
-/// adds `Retry-After` and the rate-limit headers when the hook did not set
-/// them.
+/// Implemented for every `Fn(&Parts, &Rejection) -> Response<Bytes>`. The
+/// layer still adds `Retry-After` and the rate-limit headers when the hook
+/// did not set them.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{request::Parts, Response, StatusCode};
+/// use tierlimit::reject::Rejection;
+///
+/// let hook = |req: &Parts, r: &Rejection| {
+///     let text = format!("{} {}: slow down for {} s", req.method, req.uri.path(), r.retry_after_secs());
+///     let mut resp = Response::new(Bytes::from(text));
+///     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+///     resp
+/// };
+/// # fn takes(_: impl tierlimit::reject::OnReject) {}
+/// # takes(hook);
+/// ```
 pub trait OnReject: Send + Sync + 'static {
     /// Builds the response.
-    fn response(&self, rejection: &Rejection) -> Response<Bytes>;
+    fn response(&self, request: &Parts, rejection: &Rejection) -> Response<Bytes>;
 }
 
 impl<F> OnReject for F
 where
-    F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    F: Fn(&Parts, &Rejection) -> Response<Bytes> + Send + Sync + 'static,
 {
-    fn response(&self, rejection: &Rejection) -> Response<Bytes> {
-        self(rejection)
+    fn response(&self, request: &Parts, rejection: &Rejection) -> Response<Bytes> {
+        self(request, rejection)
     }
 }
 
@@ -64,10 +90,6 @@ impl fmt::Debug for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("OnReject(..)")
     }
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
 }
 
 fn human_window(w: Duration) -> String {
@@ -87,56 +109,168 @@ fn human_window(w: Duration) -> String {
     }
 }
 
+#[derive(Serialize)]
+struct QarionBody {
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct QlikBody {
+    errors: [QlikError; 1],
+}
+
+#[derive(Serialize)]
+struct QlikError {
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct GatherBody {
+    error: GatherError,
+    meta: GatherMeta,
+}
+
+#[derive(Serialize)]
+struct GatherError {
+    code: &'static str,
+    message: &'static str,
+    details: GatherDetails,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatherDetails {
+    limit: u64,
+    remaining: u64,
+    reset_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatherMeta {
+    request_id: String,
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QstashBody<'a> {
+    error: String,
+    limit: &'a str,
+    max: u64,
+    remaining: u64,
+    reset: u64,
+    retry_after: u64,
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    r#type: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset: Option<u64>,
+}
+
+impl ProblemBody<'_> {
+    fn plain(title: &'static str, status: StatusCode, detail: String) -> Self {
+        ProblemBody {
+            r#type: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            limit: None,
+            tier: None,
+            capacity: None,
+            remaining: None,
+            retry_after: None,
+            reset: None,
+        }
+    }
+}
+
+fn json(value: &impl Serialize) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// RFC 3339 UTC time, with milliseconds when asked.
+fn rfc3339(t: Timestamp, millis: bool) -> String {
+    let t = t.to_system_time();
+    if millis {
+        humantime::format_rfc3339_millis(t).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
 /// The body and content type of a 429 in `format`.
-pub fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, String) {
-    let n = r.retry_after;
-    match format {
-        ErrorFormat::Qarion => (
-            "application/json",
-            format!(r#"{{"detail":"Rate limit exceeded. Try again in {n} seconds."}}"#),
-        ),
-        ErrorFormat::Qlik => (
-            "application/json",
-            format!(
-                r#"{{"errors":[{{"code":"HTTP-429","title":"API rate limit reached.","detail":"You need to wait {n} seconds until limit is lifted."}}]}}"#
-            ),
-        ),
-        ErrorFormat::Gather => (
-            "application/json",
-            format!(
-                r#"{{"error":{{"code":"RATE_LIMIT_EXCEEDED","message":"Rate limit exceeded. Please try again later.","details":{{"limit":{},"remaining":{},"resetAt":"{}"}}}},"meta":{{"requestId":"{}","timestamp":"{}"}}}}"#,
-                r.capacity,
-                r.remaining,
-                rfc3339(r.reset as i64, None),
-                uuid_v4(),
-                rfc3339((r.at_ms / 1000) as i64, Some((r.at_ms % 1000) as u32)),
-            ),
-        ),
+pub(crate) fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, Vec<u8>) {
+    let n = r.retry_after_secs();
+    let body = match format {
+        ErrorFormat::Qarion => json(&QarionBody {
+            detail: format!("Rate limit exceeded. Try again in {n} seconds."),
+        }),
+        ErrorFormat::Qlik => json(&QlikBody {
+            errors: [QlikError {
+                code: "HTTP-429",
+                title: "API rate limit reached.",
+                detail: format!("You need to wait {n} seconds until limit is lifted."),
+            }],
+        }),
+        ErrorFormat::Gather => json(&GatherBody {
+            error: GatherError {
+                code: "RATE_LIMIT_EXCEEDED",
+                message: "Rate limit exceeded. Please try again later.",
+                details: GatherDetails {
+                    limit: r.capacity,
+                    remaining: r.remaining,
+                    reset_at: rfc3339(Timestamp::from_secs(r.reset.as_secs_ceil()), false),
+                },
+            },
+            meta: GatherMeta {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                timestamp: rfc3339(r.at, true),
+            },
+        }),
         ErrorFormat::Qstash => {
-            let which: &str = match r.family {
-                Some(f) => f.label(),
-                None => &r.limit,
-            };
-            let what = match r.family {
-                Some(Family::Daily) => "daily rate limit exceeded".to_owned(),
-                Some(Family::Burst) => "burst rate limit exceeded".to_owned(),
-                Some(Family::ChatRequests) => {
-                    "chat-based rate limit exceeded (requests)".to_owned()
-                }
-                Some(Family::ChatTokens) => "chat-based rate limit exceeded (tokens)".to_owned(),
-                None => format!("rate limit `{}` exceeded", r.limit),
-            };
-            (
-                "application/json",
-                format!(
-                    r#"{{"error":{},"limit":{},"max":{},"remaining":{},"reset":{},"retryAfter":{n}}}"#,
-                    json_string(&what),
-                    json_string(which),
-                    r.capacity,
-                    r.remaining,
-                    r.reset
+            let (which, what) = match r.family {
+                Some(f) => (
+                    f.label(),
+                    match f {
+                        Family::Daily => "daily rate limit exceeded",
+                        Family::Burst => "burst rate limit exceeded",
+                        Family::ChatRequests => "chat-based rate limit exceeded (requests)",
+                        Family::ChatTokens => "chat-based rate limit exceeded (tokens)",
+                    }
+                    .to_owned(),
                 ),
-            )
+                None => (
+                    r.limit.as_str(),
+                    format!("rate limit `{}` exceeded", r.limit),
+                ),
+            };
+            json(&QstashBody {
+                error: what,
+                limit: which,
+                max: r.capacity,
+                remaining: r.remaining,
+                reset: r.reset.as_secs_ceil(),
+                retry_after: n,
+            })
         }
         ErrorFormat::Problem => {
             let detail = format!(
@@ -145,81 +279,35 @@ pub fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, String) {
                 r.capacity,
                 human_window(r.window)
             );
-            (
+            return (
                 "application/problem+json",
-                format!(
-                    r#"{{"type":"about:blank","title":"Too Many Requests","status":429,"detail":{},"limit":{},"tier":{},"capacity":{},"remaining":{},"retry_after":{n},"reset":{}}}"#,
-                    json_string(&detail),
-                    json_string(&r.limit),
-                    json_string(&r.tier),
-                    r.capacity,
-                    r.remaining,
-                    r.reset
-                ),
-            )
+                json(&ProblemBody {
+                    limit: Some(&r.limit),
+                    tier: Some(&r.tier),
+                    capacity: Some(r.capacity),
+                    remaining: Some(r.remaining),
+                    retry_after: Some(n),
+                    reset: Some(r.reset.as_secs_ceil()),
+                    ..ProblemBody::plain("Too Many Requests", StatusCode::TOO_MANY_REQUESTS, detail)
+                }),
+            );
         }
-    }
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// RFC 3339 UTC time of Unix second `secs` (with milliseconds if given).
-pub fn rfc3339(secs: i64, millis: Option<u32>) -> String {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    let (h, mi, s) = (t / 3600, t % 3600 / 60, t % 60);
-    match millis {
-        Some(ms) => format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z"),
-        None => format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-    }
-}
-
-/// A random (version 4) UUID: 122 bits from a keyed SipHash of a process
-/// counter and the time, with a per-process random key. Unique and
-/// unpredictable enough for request ids; not for secrets.
-pub fn uuid_v4() -> String {
-    use siphasher::sip128::{Hasher128, SipHasher13};
-    use std::hash::Hasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let (k0, k1) = crate::policy::hash_secret();
-    let mut h = SipHasher13::new_with_keys(k0, k1);
-    h.write(b"request-id\0");
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    let mut b = h.finish128().as_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-    )
+    };
+    ("application/json", body)
 }
 
 /// The full 429 response for `r`.
-pub(crate) fn response(format: ErrorFormat, hook: Option<&Hook>, r: &Rejection) -> Response<Bytes> {
+pub(crate) fn response(
+    format: ErrorFormat,
+    hook: Option<&Hook>,
+    request: &Parts,
+    r: &Rejection,
+) -> Response<Bytes> {
     let mut resp = match hook {
-        Some(h) => h.0.response(r),
+        Some(h) => h.0.response(request, r),
         None => {
-            let (ctype, text) = body(format, r);
-            let mut resp = Response::new(Bytes::from(text));
+            let (ctype, bytes) = body(format, r);
+            let mut resp = Response::new(Bytes::from(bytes));
             *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -228,7 +316,19 @@ pub(crate) fn response(format: ErrorFormat, hook: Option<&Hook>, r: &Rejection) 
     };
     resp.headers_mut()
         .entry(header::RETRY_AFTER)
-        .or_insert_with(|| HeaderValue::from(r.retry_after));
+        .or_insert_with(|| HeaderValue::from(r.retry_after_secs()));
+    resp
+}
+
+fn problem(status: StatusCode, title: &'static str, detail: String) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(json(&ProblemBody::plain(
+        title, status, detail,
+    ))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }
 
@@ -238,16 +338,25 @@ pub(crate) fn never_fits(limit: &str, cost: u64, capacity: u64) -> Response<Byte
     let detail = format!(
         "request cost {cost} exceeds the capacity {capacity} of rate limit `{limit}`; it can never be admitted"
     );
-    let text = format!(
-        r#"{{"type":"about:blank","title":"Rate limit misconfigured","status":500,"detail":{}}}"#,
-        json_string(&detail)
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Rate limit misconfigured",
+        detail,
+    )
+}
+
+/// Response when the store failed and the layer fails closed: 503 (the
+/// caller did nothing wrong, so never 429) with `Retry-After`.
+pub(crate) fn store_unavailable(retry_after: Duration) -> Response<Bytes> {
+    let secs = retry_after.as_secs().max(1);
+    let detail = format!("rate limiting is unavailable; retry in {secs} seconds");
+    let mut resp = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        detail,
     );
-    let mut resp = Response::new(Bytes::from(text));
-    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
@@ -269,30 +378,33 @@ mod tests {
             capacity: 60,
             remaining: 0,
             window: Duration::from_secs(60),
-            retry_after: 23,
-            reset: 1_708_200_000,
+            retry_after: Duration::from_secs(23),
+            reset: Timestamp::from_secs(1_708_200_000),
             family: None,
-            at_ms: 1_708_199_977_250,
+            at: Timestamp::from_nanos(1_708_199_977_250_000_000),
         }
     }
 
+    fn text(format: ErrorFormat) -> String {
+        String::from_utf8(body(format, &r()).1).unwrap()
+    }
+
     #[test]
-    fn times_and_ids() {
-        assert_eq!(rfc3339(0, None), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_704_067_200, None), "2024-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_709_210_096, Some(7)), "2024-02-29T12:34:56.007Z");
-        assert_eq!(rfc3339(4_102_444_799, None), "2099-12-31T23:59:59Z");
-        let a = uuid_v4();
-        let b = uuid_v4();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
-        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+    fn times() {
+        assert_eq!(rfc3339(Timestamp::EPOCH, false), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(Timestamp::from_secs(1_704_067_200), false),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_nanos(1_709_210_096_007_000_000), true),
+            "2024-02-29T12:34:56.007Z"
+        );
     }
 
     #[test]
     fn gather_and_qstash_bodies() {
-        let (_, g) = body(ErrorFormat::Gather, &r());
+        let g = text(ErrorFormat::Gather);
         let v: serde_json::Value = serde_json::from_str(&g).unwrap();
         assert_eq!(v["error"]["code"], "RATE_LIMIT_EXCEEDED");
         assert_eq!(
@@ -303,11 +415,12 @@ mod tests {
         assert_eq!(v["error"]["details"]["remaining"], 0);
         assert_eq!(v["error"]["details"]["resetAt"], "2024-02-17T20:00:00Z");
         assert_eq!(v["meta"]["timestamp"], "2024-02-17T19:59:37.250Z");
-        assert_eq!(v["meta"]["requestId"].as_str().unwrap().len(), 36);
+        let id = v["meta"]["requestId"].as_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
         let mut q = r();
         q.family = Some(Family::Burst);
         let (_, b) = body(ErrorFormat::Qstash, &q);
-        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["limit"], "burst");
         assert_eq!(v["error"], "burst rate limit exceeded");
         assert_eq!(v["retryAfter"], 23);
@@ -316,22 +429,32 @@ mod tests {
     #[test]
     fn literal_bodies() {
         assert_eq!(
-            body(ErrorFormat::Qarion, &r()).1,
+            text(ErrorFormat::Qarion),
             r#"{"detail":"Rate limit exceeded. Try again in 23 seconds."}"#
         );
         assert_eq!(
-            body(ErrorFormat::Qlik, &r()).1,
+            text(ErrorFormat::Qlik),
             r#"{"errors":[{"code":"HTTP-429","title":"API rate limit reached.","detail":"You need to wait 23 seconds until limit is lifted."}]}"#
         );
         let (ct, p) = body(ErrorFormat::Problem, &r());
         assert_eq!(ct, "application/problem+json");
-        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
         assert_eq!(v["status"], 429);
+        assert_eq!(v["type"], "about:blank");
         assert_eq!(v["retry_after"], 23);
         assert_eq!(v["limit"], "per-minute");
         assert_eq!(
             v["detail"],
             "Rate limit `per-minute` of 60 per minute exceeded; retry in 23 seconds."
         );
+    }
+
+    #[test]
+    fn closed_failure_is_a_503_with_retry_after() {
+        let resp = store_unavailable(Duration::from_secs(1));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["status"], 503);
     }
 }

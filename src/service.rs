@@ -1,4 +1,4 @@
-//! The [`RateLimit`] service: decide, then forward or answer 429.
+//! The [`RateLimit`] service: asks the engine, then forwards or answers.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -7,9 +7,8 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::future::{Forwarding, Next, ResponseFuture};
-use crate::layer::Shared;
-use crate::policy::Lookup;
+use crate::engine::{Engine, Finish, Next, Step};
+use crate::future::ResponseFuture;
 use crate::store::{MemoryStore, Store};
 
 /// Middleware enforcing a rate-limit policy; made by
@@ -21,21 +20,21 @@ use crate::store::{MemoryStore, Store};
 #[derive(Debug)]
 pub struct RateLimit<S, St = MemoryStore> {
     inner: S,
-    shared: Arc<Shared<St>>,
+    engine: Arc<Engine<St>>,
 }
 
 impl<S: Clone, St> Clone for RateLimit<S, St> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            engine: Arc::clone(&self.engine),
         }
     }
 }
 
 impl<S, St> RateLimit<S, St> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<St>>) -> Self {
-        RateLimit { inner, shared }
+    pub(crate) fn new(inner: S, engine: Arc<Engine<St>>) -> Self {
+        RateLimit { inner, engine }
     }
 
     /// The wrapped service.
@@ -51,43 +50,27 @@ where
 {
     type Response = Response<RateLimitBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqB, St>;
+    type Future = ResponseFuture<S::Future, S, ReqB, St::Decide>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let shared = &self.shared;
-        let started = crate::observe::start();
-        let policy = shared.policy.load();
-        let batch = match policy.lookup(&req) {
-            Lookup::Exempt => {
-                crate::observe::exempt();
-                return ResponseFuture::calling(self.inner.call(req), Forwarding::default());
-            }
-            Lookup::Check(batch) => batch,
-        };
-        let now = shared.clock.now_nanos();
-        match shared.store.decide_now(now, batch) {
-            Ok(decided) => {
-                let next = shared.next(&policy, now, decided, || policy.caller_tag(&req));
-                crate::observe::decided(started);
-                match next {
-                    Next::Forward(forwarding) => {
-                        ResponseFuture::calling(self.inner.call(req), forwarding)
-                    }
-                    Next::Answer(resp) => ResponseFuture::answer(resp),
-                }
-            }
-            Err(batch) => {
+        let (parts, body) = req.into_parts();
+        match self.engine.begin(&parts) {
+            Step::Now(Next::Forward(forwarding)) => ResponseFuture::calling(
+                self.inner.call(Request::from_parts(parts, body)),
+                forwarding,
+            ),
+            Step::Now(Next::Answer(resp)) => ResponseFuture::answer(resp),
+            Step::Later(pending) => {
                 // The store must be awaited: the inner service that was made
                 // ready goes into the future, a clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let fut = shared.store.decide(now, batch);
-                let policy = arc_swap::Guard::into_inner(policy);
-                ResponseFuture::deciding(fut, inner, req, Arc::clone(shared), policy, now)
+                let finish: Arc<dyn Finish> = Arc::clone(&self.engine) as Arc<dyn Finish>;
+                ResponseFuture::deciding(pending, finish, inner, parts, body)
             }
         }
     }

@@ -1,9 +1,12 @@
 //! Every kind of bad configuration is refused with its own precise error.
 
-use tierlimit::Config;
+use std::error::Error as _;
 
+use tierlimit::{Config, ConfigErrorKind, Policy};
+
+/// The error of reading, checking and compiling `json`.
 fn err(json: &str) -> String {
-    Config::from_json(json).unwrap_err().to_string()
+    Policy::from_json(json).unwrap_err().to_string()
 }
 
 const GOOD_TIER: &str = r#""t": {"limits": [{"name": "m", "capacity": 5, "window": "1m"}]}"#;
@@ -90,10 +93,12 @@ fn limit_fields_are_checked() {
         lim(r#"{"name": "m", "capacity": 5, "window": "1m", "scope": ["user", "user"]}"#),
         "tiers.premium.limits[1].scope[1]: `User` is listed twice"
     );
+    let e = lim(r#"{"name": "m", "capacity": 5, "window": "5 fortnights"}"#);
     assert!(
-        lim(r#"{"name": "m", "capacity": 5, "window": "5 fortnights"}"#)
-            .starts_with("tiers.premium.limits[1].window: unknown duration unit `fortnights`")
+        e.starts_with("tiers.premium.limits[1].window: `5 fortnights` is not a duration"),
+        "{e}"
     );
+    assert!(e.contains("fortnights"), "{e}");
     assert!(
         lim(r#"{"name": "m", "capacity": 5, "window": "1m", "kind": "leaky"}"#)
             .starts_with("tiers.premium.limits[1].kind: unknown variant `leaky`")
@@ -182,10 +187,35 @@ fn identity_and_store_are_checked() {
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    let e = Config::from_file("/nonexistent/policy.json")
-        .unwrap_err()
-        .to_string();
+    let e = Config::from_file("/nonexistent/policy.json").unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Io);
+    let io = e
+        .source()
+        .unwrap()
+        .downcast_ref::<std::io::Error>()
+        .unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    let e = e.to_string();
     assert!(e.starts_with("cannot read /nonexistent/policy.json"), "{e}");
+}
+
+#[test]
+fn errors_have_a_kind_a_path_and_keep_their_source() {
+    let syntax = Config::from_json("{\"tiers\": ").unwrap_err();
+    assert_eq!(syntax.kind(), ConfigErrorKind::Syntax);
+    assert!(syntax
+        .source()
+        .unwrap()
+        .downcast_ref::<serde_json::Error>()
+        .is_some());
+    let unknown = Policy::from_json(&with(r#", "global": "gold""#)).unwrap_err();
+    assert_eq!(unknown.kind(), ConfigErrorKind::Unknown);
+    assert_eq!(unknown.path(), "global");
+    assert_eq!(unknown.message(), "unknown tier `gold`");
+    let invalid = Policy::from_json(&with(r#", "store": {"max_keys": 0}"#)).unwrap_err();
+    assert_eq!(invalid.kind(), ConfigErrorKind::Invalid);
+    // Parsing alone accepts what only the checks refuse.
+    assert!(Config::from_json(&with(r#", "store": {"max_keys": 0}"#)).is_ok());
 }
 
 #[test]

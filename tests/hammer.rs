@@ -5,12 +5,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use tierlimit::store::{Batch, MemoryStore, Slot, Store};
-use tierlimit::window::WindowSpec;
+use std::time::Duration;
 
-const S: u64 = 1_000_000_000;
+use tierlimit::clock::Timestamp;
+use tierlimit::store::{Batch, CounterKey, LimitSpec, MemoryStore, WindowSpec};
 
-fn hammer(store: &MemoryStore, now: u64, slots: &[Slot], threads: usize, per_thread: usize) -> u64 {
+const S: Duration = Duration::from_secs(1);
+
+fn limit(key: u128, window: WindowSpec, capacity: u64) -> LimitSpec {
+    LimitSpec::new(CounterKey::from_u128(key), window, capacity, 1)
+}
+
+fn hammer(
+    store: &MemoryStore,
+    now: Timestamp,
+    slots: &[LimitSpec],
+    threads: usize,
+    per_thread: usize,
+) -> u64 {
     let admitted = Arc::new(AtomicU64::new(0));
     thread::scope(|scope| {
         for _ in 0..threads {
@@ -18,12 +30,9 @@ fn hammer(store: &MemoryStore, now: u64, slots: &[Slot], threads: usize, per_thr
             let store = store.clone();
             scope.spawn(move || {
                 for _ in 0..per_thread {
-                    let batch = Batch {
-                        slots: slots.to_vec(),
-                        admitted: false,
-                    };
-                    let out = store.decide_now(now, batch).unwrap().unwrap();
-                    if out.admitted {
+                    let batch = Batch::from_limits(slots.iter().copied());
+                    let out = store.decide_now(now, batch);
+                    if out.admitted() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -37,8 +46,8 @@ fn hammer(store: &MemoryStore, now: u64, slots: &[Slot], threads: usize, per_thr
 fn one_hot_key_from_many_threads() {
     let store = MemoryStore::default();
     let spec = WindowSpec::sliding(60 * S, 30);
-    let slots = [Slot::new(42, spec, 1000, 1, 0)];
-    let t0 = 1_700_000_000 * S;
+    let slots = [limit(42, spec, 1000)];
+    let t0 = Timestamp::from_secs(1_700_000_000);
     assert_eq!(hammer(&store, t0, &slots, 8, 5_000), 1000);
     // Half a window later the window is still full.
     assert_eq!(hammer(&store, t0 + 30 * S, &slots, 8, 1_000), 0);
@@ -53,17 +62,10 @@ fn two_limits_from_many_threads_charge_all_or_nothing() {
     let hour = WindowSpec::sliding(3600 * S, 30);
     // The hour limit is the tighter one: it decides; the minute limit must
     // hold exactly the admitted count (no leaked charge from refusals).
-    let slots = [
-        Slot::new(1, minute, 500, 1, 0),
-        Slot::new(2, hour, 300, 1, 1),
-    ];
-    let t0 = 1_700_000_000 * S;
+    let slots = [limit(1, minute, 500), limit(2, hour, 300)];
+    let t0 = Timestamp::from_secs(1_700_000_000);
     assert_eq!(hammer(&store, t0, &slots, 8, 2_000), 300);
-    let probe = Batch {
-        slots: vec![Slot::new(1, minute, 500, 1, 0)],
-        admitted: false,
-    };
-    let out = store.decide_now(t0, probe).unwrap().unwrap();
-    assert!(out.admitted);
-    assert_eq!(out.slots[0].view.unwrap().used, 301);
+    let out = store.decide_now(t0, Batch::from_limits([limit(1, minute, 500)]));
+    assert!(out.admitted());
+    assert_eq!(out.outcome(0).unwrap().view.used, 301);
 }

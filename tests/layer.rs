@@ -43,7 +43,9 @@ fn qarion_like() -> Config {
 }
 
 fn app(config: Config, clock: &tierlimit::clock::ManualClock) -> (Router, RateLimitLayer) {
-    let layer = RateLimitLayer::new(config.build().unwrap()).with_clock(clock.clone());
+    let layer = RateLimitLayer::builder(config.build().unwrap())
+        .clock(clock.clone())
+        .build();
     let router = Router::new()
         .route("/health", get(|| async { "up" }))
         .fallback(any(|| async { "ok" }))
@@ -153,7 +155,9 @@ async fn a_blocked_tier_never_blocks_another() {
             "tier2",
         ))
         .errors(ErrorFormat::Qlik);
-    let layer = RateLimitLayer::new(config.build().unwrap()).with_clock(clock.clone());
+    let layer = RateLimitLayer::builder(config.build().unwrap())
+        .clock(clock.clone())
+        .build();
     let app = Router::new()
         .fallback(any(|| async { "ok" }))
         .layer(layer)
@@ -191,11 +195,11 @@ async fn a_plan_change_applies_at_once() {
         get_as(&app, "k9", "/x").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    layer.policy().set_plan("k9", "premium").unwrap();
+    layer.set_plan("k9", "premium").unwrap();
     let r = get_as(&app, "k9", "/x").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.num("x-ratelimit-limit"), 5);
-    assert!(layer.policy().set_plan("k9", "gold").is_err());
+    assert!(layer.set_plan("k9", "gold").is_err());
     // The preassigned key starts on premium.
     assert_eq!(get_as(&app, "vip", "/x").await.num("x-ratelimit-limit"), 5);
 }
@@ -324,7 +328,9 @@ async fn a_hundred_clones_share_one_budget() {
     let config = Config::new()
         .tier("t", Tier::new().limit(Limit::sliding("m", 50, minutes(1))))
         .default_tier("t");
-    let layer = RateLimitLayer::new(config.build().unwrap()).with_clock(clock.clone());
+    let layer = RateLimitLayer::builder(config.build().unwrap())
+        .clock(clock.clone())
+        .build();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let svc = layer.layer(service_fn(move |_req: Request<()>| {
@@ -367,23 +373,27 @@ async fn route_layer_and_a_custom_rejection() {
     let config = Config::new()
         .tier("t", Tier::new().limit(Limit::sliding("m", 1, minutes(1))))
         .default_tier("t");
-    let layer = RateLimitLayer::new(config.build().unwrap())
-        .with_clock(clock.clone())
-        .on_reject(|r: &Rejection| {
+    let layer = RateLimitLayer::builder(config.build().unwrap())
+        .clock(clock.clone())
+        .on_reject(|req: &http::request::Parts, r: &Rejection| {
+            // The hook sees the request head as well as the rejection.
             let mut resp = Response::new(Bytes::from(format!(
-                "slow down: {} of {}",
-                r.limit, r.capacity
+                "slow down on {}: {} of {}",
+                req.uri.path(),
+                r.limit,
+                r.capacity
             )));
             *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             resp
-        });
+        })
+        .build();
     let app = Router::new()
         .route("/limited", get(|| async { "ok" }))
         .route_layer(layer);
     assert_eq!(get_as(&app, "a", "/limited").await.status, StatusCode::OK);
     let r = get_as(&app, "a", "/limited").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.body, "slow down: m of 1");
+    assert_eq!(r.body, "slow down on /limited: m of 1");
     // A minute counted in 2 s buckets: the request at T0 (start of its
     // bucket) stops counting when that bucket leaves, one bucket late.
     assert_eq!(r.num("retry-after"), 62);

@@ -45,7 +45,7 @@ async fn shadow_mode_never_rejects_but_marks_the_response() {
     assert!(resp.headers().get("retry-after").is_none());
     let shadow = resp.extensions().get::<ShadowRejection>().expect("marked");
     assert_eq!(shadow.0.limit, "m");
-    assert_eq!(shadow.0.retry_after, 62);
+    assert_eq!(shadow.0.retry_after_secs(), 62);
     // The would-be-rejected request was not counted: still exactly 2 in the window.
     clock.advance(Duration::from_secs(62));
     let r = send(&app, call("GET", "/x", &[("x-api-key", "s")])).await;

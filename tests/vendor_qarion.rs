@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 
-#[tokio::test]
 async fn sixty_per_minute_then_the_documented_429() {
     let clock = clock();
     let (app, _) = demo(policy("qarion"), &clock);
@@ -38,7 +37,6 @@ async fn sixty_per_minute_then_the_documented_429() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-#[tokio::test]
 async fn the_hourly_limit_holds_across_minutes() {
     let clock = clock();
     let (app, _) = demo(policy("qarion"), &clock);
@@ -59,7 +57,6 @@ async fn the_hourly_limit_holds_across_minutes() {
     assert_eq!(admitted, 1000);
 }
 
-#[tokio::test]
 async fn exempt_endpoints_are_neither_counted_nor_given_headers() {
     let clock = clock();
     let (app, _) = demo(policy("qarion"), &clock);
@@ -79,7 +76,6 @@ async fn exempt_endpoints_are_neither_counted_nor_given_headers() {
     assert_eq!(r.num("x-ratelimit-remaining"), 59);
 }
 
-#[tokio::test]
 async fn an_admin_upgrades_a_key_to_premium_at_runtime() {
     let clock = clock();
     let (app, layer) = demo(policy("qarion"), &clock);
@@ -88,18 +84,17 @@ async fn an_admin_upgrades_a_key_to_premium_at_runtime() {
     }
     let r = send(&app, call("GET", "/x", &[("x-api-key", "ci-pipeline")])).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    layer.policy().set_plan("ci-pipeline", "premium").unwrap();
-    assert_eq!(layer.policy().plan_of("ci-pipeline"), Some("premium"));
+    layer.set_plan("ci-pipeline", "premium").unwrap();
+    assert_eq!(layer.plan_of("ci-pipeline").as_deref(), Some("premium"));
     let r = send(&app, call("GET", "/x", &[("x-api-key", "ci-pipeline")])).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.num("x-ratelimit-limit"), 300);
     assert_eq!(r.num("x-ratelimit-remaining"), 299);
-    layer.policy().set_plan("ci-pipeline", "internal").unwrap();
+    layer.set_plan("ci-pipeline", "internal").unwrap();
     let r = send(&app, call("GET", "/x", &[("x-api-key", "ci-pipeline")])).await;
     assert_eq!(r.num("x-ratelimit-limit"), 1000);
 }
 
-#[tokio::test]
 async fn the_caller_is_the_api_key_else_the_user_else_the_ip() {
     let clock = clock();
     let (app, _) = demo(policy("qarion"), &clock);
@@ -140,3 +135,11 @@ async fn the_caller_is_the_api_key_else_the_user_else_the_ip() {
     let r = send(&app, call("GET", "/x", &[("authorization", "Bearer a")])).await;
     assert_eq!(r.num("x-ratelimit-remaining"), 58);
 }
+
+on_every_store!(
+    sixty_per_minute_then_the_documented_429,
+    the_hourly_limit_holds_across_minutes,
+    exempt_endpoints_are_neither_counted_nor_given_headers,
+    an_admin_upgrades_a_key_to_premium_at_runtime,
+    the_caller_is_the_api_key_else_the_user_else_the_ip,
+);

@@ -17,7 +17,6 @@ fn qlik_body(n: u64) -> String {
     )
 }
 
-#[tokio::test]
 async fn tier2_full_while_tier1_still_answers() {
     let clock = clock();
     let (app, _) = demo(policy("qlik"), &clock);
@@ -49,7 +48,6 @@ async fn tier2_full_while_tier1_still_answers() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-#[tokio::test]
 async fn the_special_reloads_endpoint_has_its_own_limit() {
     let clock = clock();
     let (app, _) = demo(policy("qlik"), &clock);
@@ -71,7 +69,6 @@ async fn the_special_reloads_endpoint_has_its_own_limit() {
     assert_eq!(r.num("x-ratelimit-limit"), 5000);
 }
 
-#[tokio::test]
 async fn the_tenant_aggregate_is_user_limit_times_users_times_half() {
     let clock = clock();
     let (app, _) = demo(policy("qlik"), &clock);
@@ -107,7 +104,6 @@ async fn the_tenant_aggregate_is_user_limit_times_users_times_half() {
     assert_eq!(admitted, 5000);
 }
 
-#[tokio::test]
 async fn one_thousand_per_minute_evaluated_over_five_minutes_allows_bursts() {
     let clock = clock();
     let (app, _) = demo(policy("qlik"), &clock);
@@ -131,3 +127,10 @@ async fn one_thousand_per_minute_evaluated_over_five_minutes_allows_bursts() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+on_every_store!(
+    tier2_full_while_tier1_still_answers,
+    the_special_reloads_endpoint_has_its_own_limit,
+    the_tenant_aggregate_is_user_limit_times_users_times_half,
+    one_thousand_per_minute_evaluated_over_five_minutes_allows_bursts,
+);

@@ -11,7 +11,6 @@ fn key(k: &str) -> [(&str, &str); 1] {
     [("authorization", k)]
 }
 
-#[tokio::test]
 async fn the_daily_limit_counts_publish_endpoints_only() {
     let clock = clock();
     clock.advance(Duration::from_secs(3600)); // 21:00 UTC
@@ -56,7 +55,6 @@ async fn the_daily_limit_counts_publish_endpoints_only() {
     );
 }
 
-#[tokio::test]
 async fn the_burst_limit_applies_to_every_route() {
     let clock = clock();
     let (app, _) = demo(policy("qstash"), &clock);
@@ -87,7 +85,6 @@ async fn the_burst_limit_applies_to_every_route() {
     );
 }
 
-#[tokio::test]
 async fn chat_tokens_are_charged_from_the_response() {
     let clock = clock();
     let (app, _) = demo(policy("qstash"), &clock);
@@ -122,7 +119,6 @@ async fn chat_tokens_are_charged_from_the_response() {
     assert_eq!(r.num("x-ratelimit-remaining-requests"), 998);
 }
 
-#[tokio::test]
 async fn chat_requests_limit_names_its_family() {
     let clock = clock();
     let (app, _) = demo(policy("qstash"), &clock);
@@ -140,3 +136,10 @@ async fn chat_requests_limit_names_its_family() {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["limit"], "chat-requests");
 }
+
+on_every_store!(
+    the_daily_limit_counts_publish_endpoints_only,
+    the_burst_limit_applies_to_every_route,
+    chat_tokens_are_charged_from_the_response,
+    chat_requests_limit_names_its_family,
+);

@@ -1,19 +1,23 @@
 //! The policy table: limits, tiers, route rules and plans, compiled from a
 //! [`Config`] and looked up once per request.
 //!
+//! A [`Policy`] is immutable: build it with `Policy::try_from(config)` (or
+//! [`Config::build`]) and share it. Plan assignments made at runtime live in
+//! the layer's own table, never in the policy, and a reload replaces the
+//! whole policy in one atomic swap.
+//!
 //! For each request the policy finds
 //!
 //! 1. the **route tier**: the first route rule matching method and path, else
 //!    the default tier (a rule may say `exempt`: no counting, no headers);
-//! 2. the **plan**: the caller's assigned plan, else the default plan;
+//! 2. the **plan**: the caller's runtime assignment, else its configured
+//!    assignment, else the default plan;
 //! 3. the **global** tier, if configured;
 //!
-//! and turns every limit of those tiers into one store [`Slot`], keyed by a
-//! keyed 128-bit hash of (tier, limit definition, scope key). A tier reached
-//! twice (say, the route tier is also the plan) is checked once.
-//!
-//! Plans can change at runtime through [`Policy::set_plan`]; the change
-//! applies to the next request.
+//! and turns every limit of those tiers into one store
+//! [`LimitSpec`](crate::store::LimitSpec), keyed by a keyed 128-bit hash of
+//! (tier, limit definition, scope key). A tier reached twice (say, the route
+//! tier is also the plan) is checked once.
 
 mod route;
 
@@ -23,26 +27,23 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use http::{HeaderName, Request};
+use http::HeaderName;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-pub use route::PathPattern;
-use route::{parse_methods, with_segments, RouteRule, RouteTarget};
+use route::{parse_methods, with_segments, PathPattern, RouteRule, RouteTarget};
 
 use crate::config::{
     Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, ScopePart, WindowKind,
+    EXEMPT,
 };
 use crate::error::ConfigError;
-use crate::identity::{Caller, Cidr, Identity, IdentityConfig};
-use crate::store::{Batch, Slot};
+use crate::identity::{Caller, Identity, IdentityConfig};
+use crate::plans::PlanTable;
+use crate::store::{Batch, Charge, CounterKey, LimitSpec};
 use crate::window::{WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 
 /// Most limits in one tier (a request checks at most three tiers).
 pub const MAX_TIER_LIMITS: usize = 20;
-
-/// The route target name that means "exempt".
-pub const EXEMPT: &str = "exempt";
 
 /// The process-wide secret of the counter-key hash. Random per process, so
 /// keys cannot be chosen to collide; stable across reloads, so unchanged
@@ -87,8 +88,6 @@ pub(crate) struct CompiledLimit {
     /// Which counter under the key: from the limit's definition, so a
     /// reload keeps counters exactly when the definition is unchanged.
     tag: u16,
-    /// Metric handles, registered on first use.
-    pub(crate) counters: OnceLock<crate::observe::LimitCounters>,
 }
 
 #[derive(Clone, Debug)]
@@ -109,19 +108,31 @@ struct CompiledModifier {
     factor: f64,
 }
 
-/// A compiled, checked configuration. Share it behind an `Arc`; plan
-/// assignments can change through a shared reference.
+/// A compiled, checked, immutable configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::config::{Config, Limit, Tier};
+/// use tierlimit::Policy;
+///
+/// let config = Config::new()
+///     .tier("standard", Tier::new().limit(Limit::sliding("per-minute", 60, Duration::from_secs(60))))
+///     .tier("premium", Tier::new().limit(Limit::sliding("per-minute", 300, Duration::from_secs(60))))
+///     .plans("standard", [("key-123", "premium")]);
+/// let policy = Policy::try_from(config).unwrap();
+/// assert_eq!(policy.configured_plan("key-123"), Some("premium"));
+/// assert_eq!(policy.configured_plan("someone-else"), Some("standard"));
+/// ```
 #[derive(Debug)]
 pub struct Policy {
     pub(crate) limits: Vec<CompiledLimit>,
     tiers: Vec<CompiledTier>,
     tier_index: HashMap<String, usize>,
+    tier_names: Vec<String>,
     routes: Vec<RouteRule>,
     default_tier: Option<usize>,
     default_plan: Option<usize>,
-    assignments: DashMap<Box<str>, usize>,
-    /// Assignments made at runtime (key → plan name), carried over reloads.
-    runtime_plans: DashMap<Box<str>, Box<str>>,
+    assignments: HashMap<Box<str>, usize>,
     global: Option<usize>,
     pub(crate) identity: IdentityConfig,
     pub(crate) headers: HeaderStyle,
@@ -141,15 +152,7 @@ impl std::fmt::Debug for TenantUsersFn {
     }
 }
 
-/// What the policy says about one request.
-#[derive(Debug)]
-pub(crate) enum Lookup {
-    /// Exempt: forward untouched.
-    Exempt,
-    /// Check these limits.
-    Check(Batch),
-}
-
+/// A UTC offset in nanoseconds.
 fn parse_offset(s: &str) -> Result<i64, String> {
     let bad = || format!("`{s}` is not a UTC offset such as \"+02:00\" or \"-05:30\"");
     let (sign, rest) = match s.as_bytes().first() {
@@ -168,7 +171,7 @@ fn parse_offset(s: &str) -> Result<i64, String> {
 }
 
 fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, ConfigError> {
-    let err = |field: &str, msg: String| ConfigError::new(format!("{path}.{field}"), msg);
+    let err = |field: &str, msg: String| ConfigError::invalid(format!("{path}.{field}"), msg);
     if l.name.trim().is_empty() {
         return Err(err("name", "must not be empty".into()));
     }
@@ -233,7 +236,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
                     "is finer than one nanosecond per sub-bucket".into(),
                 ));
             }
-            WindowSpec::sliding(window_nanos, p)
+            WindowSpec::sliding_nanos(window_nanos, p)
         }
         WindowKind::Fixed => {
             if l.precision.is_some() {
@@ -243,7 +246,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
                 Some(o) => parse_offset(o).map_err(|m| err("utc_offset", m))?,
                 None => 0,
             };
-            WindowSpec::fixed(window_nanos, offset)
+            WindowSpec::fixed_nanos(window_nanos, offset)
         }
     };
     let mut seen = Vec::new();
@@ -311,22 +314,82 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         group_mask: group(b"group\0"),
         overflow_key: group(b"overflow\0"),
         tag,
-        counters: OnceLock::new(),
     })
 }
 
+impl TryFrom<&Config> for Policy {
+    type Error = ConfigError;
+
+    /// Checks `c` and compiles it.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, with its path: e.g.
+    /// `tiers.premium.limits[1].window: must be greater than zero`,
+    /// `routes[2].tier: unknown tier \`gold\``.
+    fn try_from(c: &Config) -> Result<Policy, ConfigError> {
+        Policy::compile(c)
+    }
+}
+
+impl TryFrom<Config> for Policy {
+    type Error = ConfigError;
+
+    /// Checks `c` and compiles it; see `TryFrom<&Config>`.
+    fn try_from(c: Config) -> Result<Policy, ConfigError> {
+        Policy::compile(&c)
+    }
+}
+
+impl Config {
+    /// Checks the configuration and compiles it into a [`Policy`]; the same
+    /// as `Policy::try_from(&config)`.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, with its path: e.g.
+    /// `tiers.premium.limits[1].window: must be greater than zero`,
+    /// `routes[2].tier: unknown tier \`gold\``.
+    pub fn build(&self) -> Result<Policy, ConfigError> {
+        Policy::compile(self)
+    }
+}
+
 impl Policy {
-    pub(crate) fn compile(c: &Config) -> Result<Policy, ConfigError> {
+    /// Reads, checks and compiles a JSON configuration
+    /// ([`Config::from_json`], then [`Config::build`]).
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn from_json(text: &str) -> Result<Policy, ConfigError> {
+        Config::from_json(text)?.build()
+    }
+
+    /// Reads, checks and compiles a JSON configuration file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or [`Policy::from_json`] refuses it.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Policy, ConfigError> {
+        Config::from_file(path)?.build()
+    }
+
+    fn compile(c: &Config) -> Result<Policy, ConfigError> {
         let mut limits = Vec::new();
         let mut tiers = Vec::new();
         let mut tier_index = HashMap::new();
+        let mut tier_names = Vec::new();
         for (name, tier) in &c.tiers {
             let base = format!("tiers.{name}");
             if name.trim().is_empty() {
-                return Err(ConfigError::new("tiers", "a tier name must not be empty"));
+                return Err(ConfigError::invalid(
+                    "tiers",
+                    "a tier name must not be empty",
+                ));
             }
             if name == EXEMPT {
-                return Err(ConfigError::new(
+                return Err(ConfigError::invalid(
                     base,
                     "`exempt` is reserved for routes and cannot name a tier",
                 ));
@@ -346,7 +409,7 @@ impl Policy {
             for (gpath, group, cascade) in listed {
                 if group.is_empty() {
                     if cascade {
-                        return Err(ConfigError::new(
+                        return Err(ConfigError::invalid(
                             gpath,
                             "a cascade needs at least one limit",
                         ));
@@ -357,14 +420,14 @@ impl Policy {
                 for (i, l) in group.iter().enumerate() {
                     let path = format!("{gpath}[{i}]");
                     if names.contains(&l.name.as_str()) {
-                        return Err(ConfigError::new(
+                        return Err(ConfigError::invalid(
                             format!("{path}.name"),
                             format!("`{}` is used twice in tier `{name}`", l.name),
                         ));
                     }
                     names.push(&l.name);
                     if cascade && l.tenant_aggregate.is_some() {
-                        return Err(ConfigError::new(
+                        return Err(ConfigError::invalid(
                             format!("{path}.tenant_aggregate"),
                             "is not supported inside a cascade",
                         ));
@@ -393,7 +456,6 @@ impl Policy {
                     continue;
                 };
                 let mut agg = base_limit.clone();
-                agg.counters = OnceLock::new();
                 agg.name = format!("{} (tenant)", l.name);
                 agg.scope = vec![ScopePart::Tenant];
                 agg.aggregate = Some(factor);
@@ -409,7 +471,7 @@ impl Policy {
                 groups.push((astart..limits.len(), false));
             }
             if limits.len() - start > MAX_TIER_LIMITS {
-                return Err(ConfigError::new(
+                return Err(ConfigError::invalid(
                     base,
                     format!("has more than {MAX_TIER_LIMITS} limits"),
                 ));
@@ -425,6 +487,7 @@ impl Policy {
                 }
             }
             tier_index.insert(name.clone(), tiers.len());
+            tier_names.push(name.clone());
             tiers.push(CompiledTier {
                 groups,
                 limit_count: limits.len() - start,
@@ -434,14 +497,14 @@ impl Policy {
             tier_index
                 .get(name)
                 .copied()
-                .ok_or_else(|| ConfigError::new(path, format!("unknown tier `{name}`")))
+                .ok_or_else(|| ConfigError::unknown(path, format!("unknown tier `{name}`")))
         };
         let mut routes = Vec::new();
         for (i, r) in c.routes.iter().enumerate() {
             let methods = parse_methods(&r.methods)
-                .map_err(|(j, m)| ConfigError::new(format!("routes[{i}].methods[{j}]"), m))?;
+                .map_err(|(j, m)| ConfigError::invalid(format!("routes[{i}].methods[{j}]"), m))?;
             let pattern = PathPattern::parse(&r.path)
-                .map_err(|m| ConfigError::new(format!("routes[{i}].path"), m))?;
+                .map_err(|m| ConfigError::invalid(format!("routes[{i}].path"), m))?;
             let target = if r.tier == EXEMPT {
                 RouteTarget::Exempt
             } else {
@@ -461,13 +524,13 @@ impl Policy {
             Some(t) => Some(find("global".into(), t)?),
             None => None,
         };
-        let assignments = DashMap::new();
+        let mut assignments = HashMap::new();
         let default_plan = match &c.plans {
             Some(p) => {
                 let d = find("plans.default".into(), &p.default)?;
                 for (key, plan) in &p.assignments {
                     if key.is_empty() {
-                        return Err(ConfigError::new(
+                        return Err(ConfigError::invalid(
                             "plans.assignments",
                             "an assignment key must not be empty",
                         ));
@@ -482,7 +545,7 @@ impl Policy {
         let id = &c.identity;
         let api_key_header = match &id.api_key_header {
             Some(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                ConfigError::new(
+                ConfigError::invalid(
                     "identity.api_key_header",
                     format!("`{h}` is not a valid header name"),
                 )
@@ -492,18 +555,19 @@ impl Policy {
         let mut trusted_proxies = Vec::new();
         for (i, s) in id.trusted_proxies.iter().enumerate() {
             trusted_proxies.push(
-                Cidr::parse(s)
-                    .map_err(|m| ConfigError::new(format!("identity.trusted_proxies[{i}]"), m))?,
+                crate::identity::parse_cidr(s).map_err(|m| {
+                    ConfigError::invalid(format!("identity.trusted_proxies[{i}]"), m)
+                })?,
             );
         }
         if id.max_key_len == 0 {
-            return Err(ConfigError::new(
+            return Err(ConfigError::invalid(
                 "identity.max_key_len",
                 "must be greater than zero",
             ));
         }
         if c.store.max_keys == 0 {
-            return Err(ConfigError::new(
+            return Err(ConfigError::invalid(
                 "store.max_keys",
                 "must be greater than zero",
             ));
@@ -511,13 +575,13 @@ impl Policy {
         let mut modifiers = Vec::new();
         for (i, m) in c.modifiers.iter().enumerate() {
             let header = HeaderName::from_bytes(m.header.as_bytes()).map_err(|_| {
-                ConfigError::new(
+                ConfigError::invalid(
                     format!("modifiers[{i}].header"),
                     format!("`{}` is not a valid header name", m.header),
                 )
             })?;
             if !(m.factor.is_finite() && m.factor > 0.0) {
-                return Err(ConfigError::new(
+                return Err(ConfigError::invalid(
                     format!("modifiers[{i}].factor"),
                     "must be a number greater than zero",
                 ));
@@ -529,7 +593,7 @@ impl Policy {
             });
         }
         if modifiers.len() > 16 {
-            return Err(ConfigError::new("modifiers", "at most 16 modifiers"));
+            return Err(ConfigError::invalid("modifiers", "at most 16 modifiers"));
         }
         let users: HashMap<String, u64> = c.tenant_users.clone().into_iter().collect();
         let tenant_users: TenantUsers =
@@ -544,11 +608,11 @@ impl Policy {
             limits,
             tiers,
             tier_index,
+            tier_names,
             routes,
             default_tier,
             default_plan,
             assignments,
-            runtime_plans: DashMap::new(),
             global,
             identity,
             headers: c.headers,
@@ -570,55 +634,55 @@ impl Policy {
         self
     }
 
-    /// Assigns plan `plan` to the caller with API key (or user id) `key`;
-    /// applies from the next request on.
-    ///
-    /// # Errors
-    ///
-    /// `plan` is not a tier of this policy, or no plans are configured.
-    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), ConfigError> {
-        if self.default_plan.is_none() {
-            return Err(ConfigError::new("plans", "no plans are configured"));
-        }
-        let t =
-            self.tier_index.get(plan).copied().ok_or_else(|| {
-                ConfigError::new("rate_limit_tier", format!("unknown plan `{plan}`"))
-            })?;
-        self.assignments.insert(key.into(), t);
-        self.runtime_plans.insert(key.into(), plan.into());
-        Ok(())
+    /// Whether `name` is a plan (a tier) that callers can be assigned to:
+    /// plans are configured and `name` is a tier.
+    pub fn has_plan(&self, name: &str) -> bool {
+        self.default_plan.is_some() && self.tier_index.contains_key(name)
     }
 
-    /// Takes over the runtime plan assignments of `old` whose plan exists
-    /// here.
-    pub(crate) fn adopt_runtime_plans(&self, old: &Policy) {
-        for entry in old.runtime_plans.iter() {
-            let _ = self.set_plan(entry.key(), entry.value());
-        }
+    /// Whether plans are configured at all.
+    pub fn has_plans(&self) -> bool {
+        self.default_plan.is_some()
+    }
+
+    /// The plan the configuration gives `key` (an API key or user id): its
+    /// assignment in the file, else the default plan. Runtime assignments
+    /// are the layer's, see `RateLimitLayer::plan_of`.
+    pub fn configured_plan(&self, key: &str) -> Option<&str> {
+        let idx = self.assignments.get(key).copied().or(self.default_plan)?;
+        Some(self.tier_names[idx].as_str())
+    }
+
+    /// The tier and limit names of every compiled limit, indexed as the
+    /// labels of the store limits this policy makes (for metrics).
+    pub(crate) fn limit_names(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.limits
+            .iter()
+            .map(|l| (l.tier.as_str(), l.name.as_str()))
+    }
+
+    /// The plan of a caller: runtime assignment (while the plan exists),
+    /// configured assignment, default plan.
+    pub(crate) fn plan(&self, id: &Identity<'_>, runtime: Option<&PlanTable>) -> Option<usize> {
+        let default = self.default_plan?;
+        let Some(key) = id.plan_key() else {
+            return Some(default);
+        };
+        runtime
+            .and_then(|r| r.resolve(key, |name| self.tier_index.get(name).copied()))
+            .or_else(|| self.assignments.get(key).copied())
+            .or(Some(default))
     }
 
     /// A short keyed hash of the caller, for logs: never the raw key.
-    pub(crate) fn caller_tag<B>(&self, req: &Request<B>) -> String {
-        let id = self.identity.extract(req);
-        let h = scope_hash(&[ScopePart::Caller], &id);
+    pub(crate) fn caller_tag(id: &Identity<'_>) -> String {
+        let h = scope_hash(&[ScopePart::Caller], id);
         format!("{:08x}", (h >> 96) as u32)
     }
 
-    /// The plan assigned to `key`, or the default plan.
-    pub fn plan_of(&self, key: &str) -> Option<&str> {
-        let idx = self
-            .assignments
-            .get(key)
-            .map(|r| *r)
-            .or(self.default_plan)?;
-        self.tier_index
-            .iter()
-            .find(|(_, &i)| i == idx)
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// The route tier (or `None` for exempt) of a request.
-    fn route_tier(&self, method: &http::Method, path: &str) -> Option<Option<usize>> {
+    /// The route tier of a request (`Some(None)`: no route tier), or `None`
+    /// when the request is exempt.
+    pub(crate) fn route_tier(&self, method: &http::Method, path: &str) -> Option<Option<usize>> {
         if self.routes.is_empty() {
             return Some(self.default_tier);
         }
@@ -635,18 +699,8 @@ impl Policy {
         })
     }
 
-    /// Decides which limits a request is checked against.
-    pub(crate) fn lookup<B>(&self, req: &Request<B>) -> Lookup {
-        let Some(route_tier) = self.route_tier(req.method(), req.uri().path()) else {
-            return Lookup::Exempt;
-        };
-        let id = self.identity.extract(req);
-        let modifier = self.modifier_of(req.headers());
-        Lookup::Check(self.batch(route_tier, &id, modifier))
-    }
-
     /// The capacity factor and the set of matched modifiers of a request.
-    fn modifier_of(&self, headers: &http::HeaderMap) -> (f64, u32) {
+    pub(crate) fn modifier_of(&self, headers: &http::HeaderMap) -> (f64, u32) {
         let mut factor = 1.0;
         let mut bits = 0u32;
         for (i, m) in self.modifiers.iter().enumerate() {
@@ -663,16 +717,18 @@ impl Policy {
     }
 
     /// The store batch for a request with `method`, `path` and identity
-    /// `id`, or `None` when the route is exempt. This is what the service
-    /// does before asking the store; use it to rate-limit work that is not
-    /// an HTTP request through the layer (a WebSocket message, a job).
-    /// Header-based capacity modifiers do not apply here.
+    /// `id`, or `None` when the route is exempt: what the layer asks the
+    /// store. Use it to rate-limit work that is not an HTTP request (a
+    /// WebSocket message, a job). The plan is the configured one (runtime
+    /// assignments are the layer's); header-based capacity modifiers do not
+    /// apply here.
     ///
     /// ```
     /// use std::time::Duration;
+    /// use tierlimit::clock::Timestamp;
     /// use tierlimit::config::{Config, Limit, Tier};
     /// use tierlimit::identity::Identity;
-    /// use tierlimit::store::{MemoryStore, Store};
+    /// use tierlimit::store::MemoryStore;
     ///
     /// let policy = Config::new()
     ///     .tier("t", Tier::new().limit(Limit::sliding("m", 1, Duration::from_secs(60))))
@@ -682,23 +738,28 @@ impl Policy {
     /// let store = MemoryStore::default();
     /// let id = Identity { api_key: Some(b"key-1"), ..Identity::default() };
     /// let batch = policy.batch_for(&http::Method::GET, "/jobs", &id).unwrap();
-    /// assert!(store.decide_now(0, batch.clone()).unwrap().unwrap().admitted);
-    /// assert!(!store.decide_now(0, batch).unwrap().unwrap().admitted);
+    /// let now = Timestamp::from_secs(1_700_000_000);
+    /// assert!(store.decide_now(now, batch.clone()).admitted());
+    /// assert!(!store.decide_now(now, batch).admitted());
     /// ```
     pub fn batch_for(&self, method: &http::Method, path: &str, id: &Identity<'_>) -> Option<Batch> {
         let route_tier = self.route_tier(method, path)?;
-        Some(self.batch(route_tier, id, (1.0, 0)))
+        let plan = self.plan(id, None);
+        Some(self.batch(route_tier, plan, id, (1.0, 0)))
     }
 
-    fn batch(&self, route_tier: Option<usize>, id: &Identity<'_>, modifier: (f64, u32)) -> Batch {
+    /// The batch of a request with this route tier, plan, identity and
+    /// modifier (factor, matched set).
+    pub(crate) fn batch(
+        &self,
+        route_tier: Option<usize>,
+        plan: Option<usize>,
+        id: &Identity<'_>,
+        modifier: (f64, u32),
+    ) -> Batch {
         let (factor, bits) = modifier;
         // Requests under a modifier count apart from the others.
         let mod_mask = u128::from(bits).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-        let plan = self.default_plan.map(|d| {
-            id.plan_key()
-                .and_then(|k| self.assignments.get(k).map(|r| *r))
-                .unwrap_or(d)
-        });
         let mut picked: [Option<usize>; 3] = [route_tier, plan, self.global];
         // A tier reached twice is checked once.
         if picked[1] == picked[0] {
@@ -712,7 +773,7 @@ impl Policy {
             .flatten()
             .map(|&t| self.tiers[t].limit_count)
             .sum();
-        let mut slots = Vec::with_capacity(count);
+        let mut batch = Batch::with_capacity(count);
         // Hash each distinct scope once (requests rarely have more than 4).
         let mut memo: [Option<(&[ScopePart], u128)>; 4] = [None; 4];
         let mut cascade_id = 0u16;
@@ -742,30 +803,23 @@ impl Policy {
                         capacity *= users as f64 * agg;
                     }
                     let capacity = (capacity.floor() as u64).clamp(1, u64::from(u32::MAX));
-                    let cost = match l.cost {
-                        Cost::Requests(n) => n,
-                        _ => 1,
+                    let charge = match l.cost {
+                        Cost::Requests(n) => Charge::Now(n),
+                        _ => Charge::After,
                     };
-                    slots.push(
-                        Slot::new(
-                            scope_hash ^ l.group_mask ^ mod_mask,
-                            l.spec,
-                            capacity,
-                            cost,
-                            li as u32,
-                        )
-                        .with_tag(l.tag)
-                        .with_overflow_key(l.overflow_key ^ mod_mask)
-                        .post_charged(l.cost.is_post())
-                        .in_cascade(group),
+                    let key = CounterKey::from_u128(scope_hash ^ l.group_mask ^ mod_mask);
+                    batch.push(
+                        LimitSpec::new(key, l.spec, capacity, 1)
+                            .with_charge(charge)
+                            .with_tag(l.tag)
+                            .with_overflow_key(CounterKey::from_u128(l.overflow_key ^ mod_mask))
+                            .in_cascade(group)
+                            .with_label(li as u32),
                     );
                 }
             }
         }
-        Batch {
-            slots,
-            admitted: false,
-        }
+        batch
     }
 }
 

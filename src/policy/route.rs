@@ -29,9 +29,8 @@ enum Seg {
 
 /// A compiled path pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     segs: Vec<Seg>,
-    source: String,
 }
 
 impl PathPattern {
@@ -41,7 +40,7 @@ impl PathPattern {
     ///
     /// A message naming the problem: not starting with `/`, `**` not last,
     /// an unclosed `{`, or a segment mixing `{param}` with text.
-    pub fn parse(pattern: &str) -> Result<Self, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
         if !pattern.starts_with('/') {
             return Err(format!("path pattern `{pattern}` must start with `/`"));
         }
@@ -69,19 +68,11 @@ impl PathPattern {
             };
             segs.push(seg);
         }
-        Ok(PathPattern {
-            segs,
-            source: pattern.to_owned(),
-        })
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.source
+        Ok(PathPattern { segs })
     }
 
     /// Whether the normalised segments of a request path match.
-    pub fn matches<S: AsRef<str>>(&self, path: &[S]) -> bool {
+    pub(crate) fn matches<S: AsRef<str>>(&self, path: &[S]) -> bool {
         let mut i = 0;
         for seg in &self.segs {
             match seg {
@@ -148,7 +139,7 @@ pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
 }
 
 /// Splits a request path into normalised segments (see the module docs).
-pub fn normalise(path: &str) -> Vec<Cow<'_, str>> {
+pub(crate) fn normalise(path: &str) -> Vec<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut out: Vec<Cow<'_, str>> = Vec::new();
     for raw in path.split('/') {
@@ -164,38 +155,12 @@ pub fn normalise(path: &str) -> Vec<Cow<'_, str>> {
     out
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
+/// Decodes percent-escapes; escapes that decode to invalid UTF-8 are
+/// matched as written, and a `%` without two hex digits stays as it is.
 fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        // Escapes that decode to invalid UTF-8 are matched as written.
-        Err(_) => Cow::Borrowed(s),
-    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .unwrap_or(Cow::Borrowed(s))
 }
 
 /// What a matching route rule sends the request to.

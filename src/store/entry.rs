@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn two_counters_inline_then_heap() {
-        let spec = WindowSpec::sliding(60 * S, 30);
+        let spec = WindowSpec::sliding_nanos(60 * S, 30);
         let mut e = Entry::default();
         for tag in [7, 9] {
             e.with_cell(tag, |c| c.try_charge(&spec, 5, 100 * S, 2).unwrap());
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_busy_sliding_counter_moves_to_the_heap() {
-        let spec = WindowSpec::sliding(60 * S, 30);
+        let spec = WindowSpec::sliding_nanos(60 * S, 30);
         let mut e = Entry::default();
         e.with_cell(1, |c| c.try_charge(&spec, 5, 100 * S, 1).unwrap());
         e.with_cell(1, |c| c.try_charge(&spec, 5, 110 * S, 1).unwrap());

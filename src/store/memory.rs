@@ -41,7 +41,8 @@ use dashmap::DashMap;
 use super::entry::Entry;
 use dashmap::mapref::one::RefMut;
 
-use super::{Batch, CellKey, PostCharge, Store, StoreError};
+use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
+use crate::clock::Timestamp;
 use crate::window::{Cell, Refusal};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -111,13 +112,13 @@ impl BuildHasher for KeyHasherBuilder {
     }
 }
 
-/// A [`CellKey`] as two words: 8-byte aligned, so a map slot is 16 + 24
+/// A [`CounterKey`] as two words: 8-byte aligned, so a map slot is 16 + 24
 /// bytes rather than the 48 a 16-aligned `u128` would need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MapKey(u64, u64);
 
-impl From<CellKey> for MapKey {
-    fn from(k: CellKey) -> Self {
+impl From<u128> for MapKey {
+    fn from(k: u128) -> Self {
         MapKey(k as u64, (k >> 64) as u64)
     }
 }
@@ -129,7 +130,7 @@ impl std::hash::Hash for MapKey {
 }
 
 /// The entry locked for the current slot: (slot key, key stored at, guard).
-type Held<'a> = (CellKey, CellKey, Option<RefMut<'a, MapKey, Entry>>);
+type Held<'a> = (u128, u128, Option<RefMut<'a, MapKey, Entry>>);
 
 #[derive(Debug)]
 struct Inner {
@@ -145,15 +146,16 @@ struct Inner {
 /// The in-process store. Cloning is cheap and clones share the counters.
 ///
 /// ```
-/// use tierlimit::store::{Batch, MemoryStore, Slot, Store};
-/// use tierlimit::window::WindowSpec;
+/// use std::time::Duration;
+/// use tierlimit::clock::Timestamp;
+/// use tierlimit::store::{Batch, CounterKey, LimitSpec, MemoryStore, WindowSpec};
 ///
 /// let store = MemoryStore::default();
-/// let spec = WindowSpec::sliding(60_000_000_000, 30);
-/// let batch = Batch { slots: vec![Slot::new(7, spec, 1, 1, 0)], admitted: false };
-/// let first = store.decide_now(0, batch.clone()).unwrap().unwrap();
-/// let second = store.decide_now(0, batch).unwrap().unwrap();
-/// assert!(first.admitted && !second.admitted);
+/// let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
+/// let batch = Batch::from_limits([LimitSpec::new(CounterKey::from_u128(7), spec, 1, 1)]);
+/// let first = store.decide_now(Timestamp::EPOCH, batch.clone());
+/// let second = store.decide_now(Timestamp::EPOCH, batch);
+/// assert!(first.admitted() && !second.admitted());
 /// ```
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
@@ -205,39 +207,43 @@ impl MemoryStore {
         self.inner.sweeps.load(Ordering::Relaxed)
     }
 
-    /// Removes every counter that is empty at `now` (ns since the epoch) and
-    /// returns how many were removed. Runs on the calling thread.
-    pub fn evict_idle(&self, now: u64) -> usize {
-        self.inner.sweep(now)
+    /// Removes every counter that is empty at `now` and returns how many
+    /// were removed. Runs on the calling thread.
+    pub fn evict_idle(&self, now: Timestamp) -> usize {
+        self.inner.sweep(now.as_nanos())
     }
 
-    fn decide_sync(&self, now: u64, mut batch: Batch) -> Batch {
+    /// Decides `batch` at `now` on the calling thread; the same as
+    /// [`Store::decide`], which never has to wait for this store.
+    pub fn decide_now(&self, now: Timestamp, mut batch: Batch) -> Batch {
+        let now = now.as_nanos();
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;
-        // The entry of the previous slot stays locked while the next slot
+        // The entry of the previous limit stays locked while the next limit
         // uses the same key (the policy lists a tier's limits together).
         let mut held: Option<Held<'_>> = None;
         let mut group: Option<u16> = None;
         let mut group_chosen = false;
-        for slot in batch.slots.iter_mut() {
-            if slot.cascade != group {
+        for i in 0..batch.len() {
+            let limit = *batch.limit(i);
+            if limit.cascade != group {
                 if group.is_some() && !group_chosen {
                     ok = false;
                 }
-                group = slot.cascade;
+                group = limit.cascade;
                 group_chosen = false;
             }
-            if held.as_ref().is_none_or(|(k, _, _)| *k != slot.key) {
+            let key = limit.key.as_u128();
+            if held.as_ref().is_none_or(|(k, _, _)| *k != key) {
                 // Unlock before locking another entry (it may share a shard).
                 drop(held.take());
-                let key = slot.key;
                 let mut stored_at = key;
                 let mut entry = inner.map.get_mut(&MapKey::from(key));
                 if entry.is_none() && ok {
                     if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
                         hit_cap = true;
-                        stored_at = slot.overflow_key;
+                        stored_at = limit.overflow_key.as_u128();
                     }
                     entry = Some(inner.map.entry(MapKey::from(stored_at)).or_insert_with(|| {
                         inner.tracked.fetch_add(1, Ordering::Relaxed);
@@ -249,24 +255,22 @@ impl MemoryStore {
             let Some((_, stored_at, entry)) = held.as_mut() else {
                 continue;
             };
-            let (spec, cap) = (slot.spec, slot.capacity);
-            let (check, charge) = (slot.check_cost(), slot.charge_cost());
+            let (spec, cap) = (limit.window, limit.capacity);
+            let (check, charge) = (limit.check_cost(), limit.charge_cost());
             let taken = group.is_some() && group_chosen;
-            match entry.as_mut() {
+            let outcome = match entry.as_mut() {
                 Some(e) if ok && !taken => {
-                    match e.with_cell(slot.tag, |c| {
+                    match e.with_cell(limit.tag, |c| {
                         c.try_charge_with(&spec, cap, now, check, charge)
                     }) {
                         Ok((view, idx)) => {
-                            slot.view = Some(view);
-                            slot.chosen = true;
-                            slot.charged = Some((*stored_at, idx));
                             group_chosen |= group.is_some();
+                            let receipt = Receipt::new(CounterKey::from_u128(*stored_at), idx);
+                            Outcome::new(view, Verdict::Room(receipt))
                         }
                         Err((view, refusal)) => {
-                            slot.view = Some(view);
-                            slot.refusal = Some(refusal);
                             ok &= group.is_some();
+                            Outcome::new(view, Verdict::Refused(refusal))
                         }
                     }
                 }
@@ -274,54 +278,69 @@ impl MemoryStore {
                     // Only reading: refused already, or a cascade member
                     // behind the one that took the charge.
                     let (view, fit) = match other {
-                        Some(e) => e.with_cell(slot.tag, |c| c.peek(&spec, cap, now, check)),
+                        Some(e) => e.with_cell(limit.tag, |c| c.peek(&spec, cap, now, check)),
                         None => Cell::default().peek(&spec, cap, now, check),
                     };
-                    slot.view = Some(view);
-                    slot.refusal = fit.err();
-                    slot.chosen = fit.is_ok() && !taken;
-                    group_chosen |= group.is_some() && slot.chosen;
+                    let verdict = match fit {
+                        _ if taken => Verdict::Passed,
+                        Err(refusal) => Verdict::Refused(refusal),
+                        Ok(()) => {
+                            group_chosen |= group.is_some();
+                            // Nothing charged (the batch is refused already).
+                            Verdict::Room(Receipt::new(CounterKey::from_u128(*stored_at), u64::MAX))
+                        }
+                    };
+                    Outcome::new(view, verdict)
                 }
-            }
+            };
+            batch.record(i, outcome);
         }
         if group.is_some() && !group_chosen {
             ok = false;
         }
         drop(held);
         if !ok {
-            for slot in batch.slots.iter_mut() {
-                let Some((key, idx)) = slot.charged.take() else {
+            for i in 0..batch.len() {
+                let limit = *batch.limit(i);
+                let Some(mut outcome) = batch.outcome(i).copied() else {
                     continue;
                 };
-                let (spec, cost) = (slot.spec, slot.charge_cost());
-                if cost == 0 {
+                let Verdict::Room(receipt) = outcome.verdict else {
+                    continue;
+                };
+                let cost = limit.charge_cost();
+                if cost == 0 || receipt.data() == u64::MAX {
                     continue;
                 }
-                if let Some(mut e) = inner.map.get_mut(&MapKey::from(key)) {
-                    e.with_cell(slot.tag, |c| c.refund(&spec, now, idx, cost));
+                let spec = limit.window;
+                if let Some(mut e) = inner.map.get_mut(&MapKey::from(receipt.key().as_u128())) {
+                    e.with_cell(limit.tag, |c| c.refund(&spec, now, receipt.data(), cost));
                 }
                 // Report the counter as it stands after the refund.
-                if let Some(view) = slot.view.as_mut() {
-                    view.used = view.used.saturating_sub(cost);
-                }
+                outcome.view.used = outcome.view.used.saturating_sub(cost);
+                batch.record(i, outcome);
             }
         }
-        batch.admitted = ok;
         self.maybe_sweep(now, hit_cap);
         batch
     }
 
-    fn charge_after_sync(&self, now: u64, charges: Vec<PostCharge>) {
+    fn charge_after_sync(&self, now: Timestamp, charges: Vec<PostCharge>) {
         let inner = &*self.inner;
+        let now = now.as_nanos();
         for c in charges {
             if c.cost == 0 {
                 continue;
             }
-            let mut entry = inner.map.entry(MapKey::from(c.key)).or_insert_with(|| {
+            let key = MapKey::from(c.receipt.key().as_u128());
+            let mut entry = inner.map.entry(key).or_insert_with(|| {
                 inner.tracked.fetch_add(1, Ordering::Relaxed);
                 Entry::default()
             });
-            entry.with_cell(c.tag, |cell| cell.charge_unchecked(&c.spec, now, c.cost));
+            let spec = c.limit.window;
+            entry.with_cell(c.limit.tag, |cell| {
+                cell.charge_unchecked(&spec, now, c.cost)
+            });
         }
     }
 
@@ -385,18 +404,16 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    type Future = std::future::Ready<Result<Batch, StoreError>>;
+    type Decide = std::future::Ready<Result<Batch, StoreError>>;
+    type Charge = std::future::Ready<Result<(), StoreError>>;
 
-    fn decide(&self, now: u64, batch: Batch) -> Self::Future {
-        std::future::ready(Ok(self.decide_sync(now, batch)))
+    fn decide(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        Answer::Now(Ok(self.decide_now(now, batch)))
     }
 
-    fn decide_now(&self, now: u64, batch: Batch) -> Result<Result<Batch, StoreError>, Batch> {
-        Ok(Ok(self.decide_sync(now, batch)))
-    }
-
-    fn charge_after(&self, now: u64, charges: Vec<PostCharge>) {
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         self.charge_after_sync(now, charges);
+        Answer::Now(Ok(()))
     }
 }
 
@@ -408,53 +425,51 @@ const _: fn() = || {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::store::Slot;
+    use crate::store::LimitSpec;
     use crate::window::WindowSpec;
 
     const S: u64 = NANOS_PER_SEC;
 
-    fn slot(key: u128, cap: u64) -> Slot {
-        Slot::new(key, WindowSpec::sliding(60 * S, 60), cap, 1, 0)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_secs(secs)
     }
 
-    fn decide(store: &MemoryStore, now: u64, slots: Vec<Slot>) -> Batch {
-        store
-            .decide_now(
-                now,
-                Batch {
-                    slots,
-                    admitted: false,
-                },
-            )
-            .unwrap()
-            .unwrap()
+    fn limit(key: u128, cap: u64) -> LimitSpec {
+        let spec = WindowSpec::sliding(Duration::from_secs(60), 60);
+        LimitSpec::new(CounterKey::from_u128(key), spec, cap, 1)
+    }
+
+    fn decide(store: &MemoryStore, now: Timestamp, limits: Vec<LimitSpec>) -> Batch {
+        store.decide_now(now, Batch::from_limits(limits))
     }
 
     #[test]
     fn a_refusal_charges_nothing() {
         let store = MemoryStore::default();
-        let b = decide(&store, S, vec![slot(1, 5), slot(2, 1)]);
-        assert!(b.admitted);
-        let b = decide(&store, S, vec![slot(1, 5), slot(2, 1)]);
-        assert!(!b.admitted);
-        assert_eq!(b.slots[0].view.unwrap().used, 1, "first limit refunded");
+        let b = decide(&store, at(1), vec![limit(1, 5), limit(2, 1)]);
+        assert!(b.admitted());
+        let b = decide(&store, at(1), vec![limit(1, 5), limit(2, 1)]);
+        assert!(!b.admitted());
+        assert_eq!(b.outcome(0).unwrap().view.used, 1, "first limit refunded");
         // Limit 1 alone still has 4 left.
         for _ in 0..4 {
-            assert!(decide(&store, S, vec![slot(1, 5)]).admitted);
+            assert!(decide(&store, at(1), vec![limit(1, 5)]).admitted());
         }
-        assert!(!decide(&store, S, vec![slot(1, 5)]).admitted);
+        assert!(!decide(&store, at(1), vec![limit(1, 5)]).admitted());
     }
 
     #[test]
     fn idle_counters_are_evicted() {
         let store = MemoryStore::default();
         for k in 0..100 {
-            decide(&store, S, vec![slot(k, 5)]);
+            decide(&store, at(1), vec![limit(k, 5)]);
         }
         assert_eq!(store.len(), 100);
-        assert_eq!(store.evict_idle(30 * S), 0);
-        assert_eq!(store.evict_idle(62 * S), 100);
+        assert_eq!(store.evict_idle(at(30)), 0);
+        assert_eq!(store.evict_idle(at(62)), 100);
         assert!(store.is_empty());
     }
 
@@ -462,28 +477,29 @@ mod tests {
     fn sweeps_start_by_themselves() {
         let store = MemoryStore::default();
         for k in 0..10 {
-            decide(&store, 1000 * S, vec![slot(k, 5)]);
+            decide(&store, at(1000), vec![limit(k, 5)]);
         }
         // A decision more than a sweep interval later evicts the idle ones.
-        decide(&store, 1100 * S, vec![slot(99, 5)]);
+        decide(&store, at(1100), vec![limit(99, 5)]);
         assert_eq!(store.len(), 1);
+        let _ = S;
     }
 
     #[test]
     fn at_the_cap_new_keys_share_an_overflow_counter() {
         let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(10));
         for k in 0..10 {
-            assert!(decide(&store, S, vec![slot(k, 3)]).admitted);
+            assert!(decide(&store, at(1), vec![limit(k, 3)]).admitted());
         }
         // Fresh keys now share one counter of capacity 3.
         let admitted = (100..200)
-            .filter(|&k| decide(&store, S, vec![slot(k, 3)]).admitted)
+            .filter(|&k| decide(&store, at(1), vec![limit(k, 3)]).admitted())
             .count();
         assert_eq!(admitted, 3);
         assert!(store.len() <= 11);
         // At the cap, sweeps are rate limited: not one per decision.
         assert!(store.sweeps() <= 2, "{} sweeps", store.sweeps());
         // Tracked keys keep their own budget.
-        assert!(decide(&store, S, vec![slot(0, 3)]).admitted);
+        assert!(decide(&store, at(1), vec![limit(0, 3)]).admitted());
     }
 }

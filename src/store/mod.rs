@@ -1,101 +1,177 @@
-//! Where counters live.
+//! Where counters live, and the contract a store implements.
 //!
-//! A [`Store`] answers one question per request: "do all of these limits have
-//! room for these costs right now? If so, charge them all." The whole request
-//! goes to the store in one [`Batch`], so a remote store (Redis, later) can
-//! answer it in one round trip, and an atomic all-or-nothing answer is
-//! possible: when one limit refuses, none is charged.
+//! A [`Store`] answers one question per request: "do all of these limits
+//! have room for these costs right now? If so, charge them all." The whole
+//! request goes to the store in one [`Batch`], so a remote store can answer
+//! it in one round trip, and the answer is all or nothing: when one limit
+//! refuses, none is charged.
 //!
-//! The store knows nothing about tiers, routes or identities: each [`Slot`]
-//! names its counter by an opaque 128-bit key (one per tier and scope key,
-//! shared by that tier's limits with that scope) and a 16-bit tag (which
-//! limit), and carries the window shape, capacity and cost.
-//! [`memory::MemoryStore`] is the embedded default.
+//! [`MemoryStore`] is the embedded default. Anyone can write another one
+//! from the public items of this module alone; `tests/external_store.rs`
+//! does, and runs the post-charge scenarios on it.
+//!
+//! # The contract
+//!
+//! **What goes in.** A [`Batch`] of immutable [`LimitSpec`]s, in the order
+//! the policy lists them. Each names its counter by an opaque
+//! [`CounterKey`] (a keyed 128-bit hash of tier, scope and scope key) plus a
+//! 16-bit `tag` (which limit under that key), and carries its window shape
+//! ([`WindowSpec`]), capacity, what it charges ([`Charge`]) and, for
+//! members of a cascade group, the group number. The store knows nothing of
+//! tiers, routes or identities.
+//!
+//! **What the store must do** in [`Store::decide`], at the instant `now`
+//! it is given (a remote store may use its own clock instead, consistently):
+//!
+//! 1. Give **every** limit an [`Outcome`] with [`Batch::record`]: the
+//!    counter's [`View`] and a [`Verdict`]:
+//!    * [`Verdict::Room`]: the limit has room for the request; the
+//!      [`Receipt`] says where a later post-charge goes;
+//!    * [`Verdict::Refused`]: it has no room, and when it will
+//!      ([`Refusal`]);
+//!    * [`Verdict::Passed`]: a cascade member after the one that took the
+//!      charge (it was not needed).
+//! 2. A limit "has room" when its counted cost plus [`LimitSpec::check_cost`]
+//!    is at most its capacity ([`Charge::After`] limits check 1 unit: they
+//!    admit while used < capacity).
+//! 3. Limits outside a cascade must all have room. The members of a cascade
+//!    group are contiguous and ordered shortest window first: the first
+//!    member with room takes the charge, the following ones are `Passed`;
+//!    the group refuses only when every member is `Refused`.
+//! 4. **All or nothing**: when every group has room, charge
+//!    [`LimitSpec::charge_cost`] to every `Room` limit; otherwise charge
+//!    nothing at all (a store that charges as it goes must refund), and
+//!    report views as they stand after the refund. [`Batch::admitted`] is
+//!    derived from the verdicts, so it cannot disagree with them.
+//! 5. Count in windows exactly as the [`WindowSpec`] helpers say (a cost
+//!    charged at `t` counts until `forget_at(index(t))`), and make
+//!    `reset_at` / `retry_at` the instants those rules give.
+//!
+//! **Post-charges.** A [`Charge::After`] limit (latency, tokens, error
+//! responses) learns its cost after the response. The engine then calls
+//! [`Store::charge_after`] once per request with one [`PostCharge`] per
+//! such limit: the limit, the receipt the store gave at admission, and the
+//! cost. They are charged without a capacity check.
+//!
+//! **Now or later.** Both methods return an [`Answer`]: `Answer::Now` when
+//! the store decided without waiting (the memory store always does; the
+//! layer then needs no state machine), `Answer::Later` with a future when
+//! it must be awaited. A decision future is awaited on the request path. A
+//! post-charge future is **never** awaited on the request path: the engine
+//! spawns it on the ambient tokio runtime, with a bounded number in flight;
+//! past the bound, or outside a runtime, charges are dropped and counted
+//! (`RateLimitLayer::post_charges_dropped`, metric
+//! `tierlimit_post_charges_dropped_total`), never lost silently.
+//!
+//! **Errors.** A store that cannot decide returns a [`StoreError`] (with its
+//! source). What the layer then does is a layer setting: fail open (the
+//! default) or closed; see `OnStoreError`.
+//!
+//! # Example: deciding by hand
+//!
+//! ```
+//! use std::time::Duration;
+//! use tierlimit::clock::Timestamp;
+//! use tierlimit::store::{Batch, CounterKey, LimitSpec, MemoryStore, WindowSpec};
+//!
+//! let store = MemoryStore::default();
+//! let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
+//! let limit = LimitSpec::new(CounterKey::from_u128(7), spec, 1, 1);
+//! let now = Timestamp::from_secs(1_700_000_000);
+//! let first = store.decide_now(now, Batch::from_limits([limit]));
+//! let second = store.decide_now(now, Batch::from_limits([limit]));
+//! assert!(first.admitted() && !second.admitted());
+//! assert_eq!(second.retry_at(), Some(Timestamp::from_secs(1_700_000_062)));
+//! ```
 
 mod entry;
 pub mod memory;
+#[cfg(test)]
+mod model_tests;
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 
-use crate::window::{Refusal, View, WindowSpec};
+use crate::clock::Timestamp;
 
+pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
-/// The key of the counters of one (tier, scope key): a keyed 128-bit hash.
-pub type CellKey = u128;
+/// The key of the counters of one (tier, scope key): an opaque, keyed
+/// 128-bit hash. Equal keys are the same counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey(u128);
 
-/// One limit to check for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
-    /// Which counters: one (tier, scope key).
-    pub key: CellKey,
-    /// Which limit among the counters under `key` (never 0).
-    pub tag: u16,
-    /// Where to count when the store is full and `key` is new: one counter
-    /// shared by every new scope key of the same tier and scope.
-    pub overflow_key: CellKey,
-    /// Shape of the limit's window.
-    pub spec: WindowSpec,
-    /// Capacity in cost units.
-    pub capacity: u64,
-    /// Cost this request would charge.
-    pub cost: u64,
-    /// The cost is known only after the response (latency, tokens, error
-    /// responses): admit while used < capacity, charge nothing now, and
-    /// charge later with [`Store::charge_after`].
-    pub post: bool,
-    /// Member of this cascade group: the group's slots are contiguous,
-    /// shortest window first; the first with room takes the charge and the
-    /// group refuses only when all are full. `None`: the slot must have room.
-    pub cascade: Option<u16>,
-    /// Opaque to the store: the caller's index of the limit.
-    pub meta: u32,
-    /// Filled in by the store: the counter's state after the decision.
-    pub view: Option<View>,
-    /// Filled in by the store: why this limit had no room, if it had none.
-    pub refusal: Option<Refusal>,
-    /// Filled in by the store: this limit had room and took (or, in a
-    /// refused batch, would have taken) the charge. In a cascade group at
-    /// most one slot is chosen.
-    pub chosen: bool,
-    /// Store scratch: the counter and bucket charged, to undo on refusal.
-    pub(crate) charged: Option<(CellKey, u64)>,
-}
+impl CounterKey {
+    /// A key from its 128 bits.
+    pub const fn from_u128(bits: u128) -> Self {
+        CounterKey(bits)
+    }
 
-impl Slot {
-    /// A slot for counter `key` (tag 1), not yet decided. Its overflow key
-    /// is shared by every slot of the same window, capacity and `meta`.
-    pub fn new(key: CellKey, spec: WindowSpec, capacity: u64, cost: u64, meta: u32) -> Self {
-        let shape = (u128::from(spec.window_nanos()) << 32)
-            ^ (u128::from(meta) << 8)
-            ^ u128::from(capacity);
-        Slot {
-            key,
-            tag: 1,
-            overflow_key: OVERFLOW_MARK ^ shape,
-            spec,
-            capacity,
-            cost,
-            post: false,
-            cascade: None,
-            meta,
-            view: None,
-            refusal: None,
-            chosen: false,
-            charged: None,
-        }
+    /// The key's 128 bits.
+    pub const fn as_u128(self) -> u128 {
+        self.0
     }
 }
 
-/// Batches up to this many slots are decided with one lock per key; the
-/// policy never makes larger ones (three tiers of at most 20 limits each).
-pub const MAX_SLOTS: usize = 64;
+/// What a limit charges for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Charge {
+    /// This many units, at admission; the request needs room for all of them.
+    Now(u64),
+    /// A cost known only after the response (latency, tokens, error
+    /// responses): admit while used < capacity, charge nothing now, charge
+    /// later through [`Store::charge_after`].
+    After,
+}
+
+/// One limit to check for one request: immutable, `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct LimitSpec {
+    /// Which counters: one (tier, scope key).
+    pub key: CounterKey,
+    /// Which limit among the counters under `key` (never 0).
+    pub tag: u16,
+    /// Where a store with a key cap may count a new `key` when it is full:
+    /// one counter shared by every new scope key of the same tier and scope.
+    pub overflow_key: CounterKey,
+    /// Shape of the limit's window.
+    pub window: WindowSpec,
+    /// Capacity in cost units.
+    pub capacity: u64,
+    /// What this request charges.
+    pub charge: Charge,
+    /// Member of this cascade group (see the [contract](self#the-contract));
+    /// `None`: the limit must have room.
+    pub cascade: Option<u16>,
+    /// Opaque to the store: the caller's label of the limit.
+    pub label: u32,
+}
 
 /// Mixed into keys to make a default overflow key.
 const OVERFLOW_MARK: u128 = 0x6f76_6572_666c_6f77_u128 << 64;
 
-impl Slot {
+impl LimitSpec {
+    /// A limit on counter `key` (tag 1) charging `cost` units at admission.
+    /// Its default overflow key is shared by every limit of the same window
+    /// and capacity.
+    pub fn new(key: CounterKey, window: WindowSpec, capacity: u64, cost: u64) -> Self {
+        let shape = (u128::from(window.window_nanos()) << 32) ^ u128::from(capacity);
+        LimitSpec {
+            key,
+            tag: 1,
+            overflow_key: CounterKey(OVERFLOW_MARK ^ shape),
+            window,
+            capacity,
+            charge: Charge::Now(cost),
+            cascade: None,
+            label: 0,
+        }
+    }
+
     /// Sets the tag (which limit under the key); 0 is raised to 1.
     pub fn with_tag(mut self, tag: u16) -> Self {
         self.tag = tag.max(1);
@@ -103,188 +179,391 @@ impl Slot {
     }
 
     /// Sets the overflow key.
-    pub fn with_overflow_key(mut self, key: CellKey) -> Self {
+    pub fn with_overflow_key(mut self, key: CounterKey) -> Self {
         self.overflow_key = key;
         self
     }
 
-    /// Marks the cost as charged after the response.
-    pub fn post_charged(mut self, post: bool) -> Self {
-        self.post = post;
+    /// Sets what the request charges.
+    pub fn with_charge(mut self, charge: Charge) -> Self {
+        self.charge = charge;
         self
     }
 
-    /// Puts the slot in cascade group `group`.
+    /// Puts the limit in cascade group `group`.
     pub fn in_cascade(mut self, group: Option<u16>) -> Self {
         self.cascade = group;
         self
     }
 
+    /// Sets the caller's label.
+    pub fn with_label(mut self, label: u32) -> Self {
+        self.label = label;
+        self
+    }
+
     /// Units whose room is checked at admission.
     pub fn check_cost(&self) -> u64 {
-        if self.post {
-            1
-        } else {
-            self.cost
+        match self.charge {
+            Charge::Now(n) => n,
+            Charge::After => 1,
         }
     }
 
     /// Units charged at admission.
     pub fn charge_cost(&self) -> u64 {
-        if self.post {
-            0
-        } else {
-            self.cost
+        match self.charge {
+            Charge::Now(n) => n,
+            Charge::After => 0,
         }
     }
+}
 
-    /// The counter key the store charged (the overflow key when the store
-    /// was full), once admitted.
-    pub fn charged_key(&self) -> Option<CellKey> {
-        self.charged.map(|(k, _)| k)
+/// Where a store counted an admitted limit, for its post-charge: opaque to
+/// everyone but the store that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    key: CounterKey,
+    data: u64,
+}
+
+impl Receipt {
+    /// A receipt for counter `key` with `data` of the store's choosing.
+    pub const fn new(key: CounterKey, data: u64) -> Self {
+        Receipt { key, data }
+    }
+
+    /// The counter the store charged (the memory store: the limit's key, or
+    /// its overflow key when the store was full).
+    pub const fn key(&self) -> CounterKey {
+        self.key
+    }
+
+    /// The store's own data.
+    pub const fn data(&self) -> u64 {
+        self.data
     }
 }
 
-/// A cost measured after the response, to charge without a capacity check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PostCharge {
-    /// The counters (as charged at admission: [`Slot::charged_key`]).
-    pub key: CellKey,
-    /// Which limit.
-    pub tag: u16,
-    /// Its window.
-    pub spec: WindowSpec,
-    /// Units to charge.
-    pub cost: u64,
+/// A limit's answer in a decided batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// The limit has room. In an admitted batch it was charged (a cascade
+    /// member: it took the charge); in a refused batch nothing was charged.
+    Room(Receipt),
+    /// A cascade member after the one that took the charge: not needed.
+    Passed,
+    /// No room.
+    Refused(Refusal),
 }
 
-/// All limits of one request, decided together.
+/// What the store says about one limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The counter after the decision (after any refund).
+    pub view: View,
+    /// Room, passed or refused.
+    pub verdict: Verdict,
+}
+
+impl Outcome {
+    /// An outcome.
+    pub fn new(view: View, verdict: Verdict) -> Self {
+        Outcome { view, verdict }
+    }
+
+    /// Whether the limit had room.
+    pub fn has_room(&self) -> bool {
+        matches!(self.verdict, Verdict::Room(_))
+    }
+
+    /// Why the limit refused, if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self.verdict {
+            Verdict::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Most limits in one batch (three tiers of at most 20 limits each).
+pub const MAX_LIMITS: usize = 64;
+
+/// All limits of one request, decided together: specifications in, one
+/// [`Outcome`] per limit out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    /// The limits, in the order the policy lists them.
-    pub slots: Vec<Slot>,
-    /// Set by the store: whether every slot had room (and all were charged).
-    pub admitted: bool,
+    items: Vec<(LimitSpec, Option<Outcome>)>,
 }
 
 impl Batch {
-    /// Which slots block the request, and until when: for every group that
-    /// has no room, `(instant it has room, slot that frees it)`. A plain slot
-    /// is its own group; a cascade group frees when its first member does.
-    fn blockers(&self) -> impl Iterator<Item = (Option<u64>, usize)> + '_ {
+    /// An empty batch with room for `n` limits.
+    pub fn with_capacity(n: usize) -> Self {
+        Batch {
+            items: Vec::with_capacity(n),
+        }
+    }
+
+    /// A batch of these limits, undecided.
+    pub fn from_limits(limits: impl IntoIterator<Item = LimitSpec>) -> Self {
+        Batch {
+            items: limits.into_iter().map(|l| (l, None)).collect(),
+        }
+    }
+
+    /// Adds a limit.
+    pub fn push(&mut self, limit: LimitSpec) {
+        self.items.push((limit, None));
+    }
+
+    /// Number of limits.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the batch has no limit.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Limit `i`.
+    ///
+    /// # Panics
+    ///
+    /// When `i >= self.len()`.
+    pub fn limit(&self, i: usize) -> &LimitSpec {
+        &self.items[i].0
+    }
+
+    /// The limits, in order.
+    pub fn limits(&self) -> impl ExactSizeIterator<Item = &LimitSpec> + '_ {
+        self.items.iter().map(|(l, _)| l)
+    }
+
+    /// The store's outcome for limit `i`, once recorded.
+    pub fn outcome(&self, i: usize) -> Option<&Outcome> {
+        self.items.get(i).and_then(|(_, o)| o.as_ref())
+    }
+
+    /// Records the outcome of limit `i` (a store calls this; a later call
+    /// replaces an earlier one). Out of range: nothing happens.
+    pub fn record(&mut self, i: usize, outcome: Outcome) {
+        if let Some(item) = self.items.get_mut(i) {
+            item.1 = Some(outcome);
+        }
+    }
+
+    /// Whether every limit has an outcome.
+    pub fn is_decided(&self) -> bool {
+        self.items.iter().all(|(_, o)| o.is_some())
+    }
+
+    /// The groups of the batch: a plain limit is its own group, a cascade's
+    /// members are one.
+    fn groups(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let mut i = 0;
         std::iter::from_fn(move || {
-            while i < self.slots.len() {
-                let start = i;
-                let group = self.slots[i].cascade;
-                i += 1;
-                if group.is_some() {
-                    while i < self.slots.len() && self.slots[i].cascade == group {
-                        i += 1;
-                    }
+            if i >= self.items.len() {
+                return None;
+            }
+            let start = i;
+            let group = self.items[i].0.cascade;
+            i += 1;
+            if group.is_some() {
+                while i < self.items.len() && self.items[i].0.cascade == group {
+                    i += 1;
                 }
-                let members = &self.slots[start..i];
-                if members.iter().any(|s| s.chosen) || members.iter().all(|s| s.refusal.is_none()) {
-                    continue;
-                }
-                // Earliest member to free up (a member that can never fit
-                // does not count while another can).
-                let best = members
+            }
+            Some(start..i)
+        })
+    }
+
+    fn group_has_room(&self, members: std::ops::Range<usize>) -> bool {
+        self.items[members]
+            .iter()
+            .any(|(_, o)| o.is_some_and(|o| o.has_room()))
+    }
+
+    /// Whether the request was admitted: every group has a limit with room.
+    /// An undecided limit counts as no room.
+    pub fn admitted(&self) -> bool {
+        self.groups().all(|g| self.group_has_room(g))
+    }
+
+    /// For every group without room: (instant it has room, limit that frees
+    /// it). A cascade frees when its first member does; `None` when no
+    /// member can ever fit.
+    fn blockers(&self) -> impl Iterator<Item = (Option<Timestamp>, usize)> + '_ {
+        self.groups()
+            .filter(|g| !self.group_has_room(g.clone()))
+            .map(|g| {
+                let start = g.start;
+                let best = self.items[g]
                     .iter()
                     .enumerate()
-                    .filter_map(|(k, s)| match s.refusal {
+                    .filter_map(|(k, (_, o))| match o.and_then(|o| o.refusal()) {
                         Some(Refusal::Full { retry_at }) => Some((retry_at, start + k)),
                         _ => None,
                     })
                     .min();
-                return Some(match best {
+                match best {
                     Some((at, k)) => (Some(at), k),
                     None => (None, start),
-                });
-            }
-            None
-        })
+                }
+            })
     }
 
-    /// The earliest instant (ns since the epoch) at which every blocking
-    /// group has room for this request; `None` when admitted or when some
-    /// limit can never fit the cost.
-    pub fn retry_at(&self) -> Option<u64> {
-        let mut at: Option<u64> = None;
+    /// The earliest instant at which every refusing group has room for this
+    /// request; `None` when admitted, or when some limit can never fit the
+    /// cost.
+    pub fn retry_at(&self) -> Option<Timestamp> {
+        let mut at: Option<Timestamp> = None;
+        let mut any = false;
         for (when, _) in self.blockers() {
+            any = true;
             let when = when?;
             at = Some(at.map_or(when, |a| a.max(when)));
         }
-        at
+        at.filter(|_| any)
     }
 
-    /// The slot `Retry-After` waits for: the blocking group that frees up
+    /// The limit `Retry-After` waits for: the refusing group that frees up
     /// last, through its member that frees first. `None` when admitted.
-    pub fn blocking_slot(&self) -> Option<usize> {
+    pub(crate) fn blocking(&self) -> Option<usize> {
         self.blockers()
-            .max_by_key(|(when, _)| when.unwrap_or(u64::MAX))
-            .map(|(_, slot)| slot)
+            .max_by_key(|(when, _)| when.unwrap_or(Timestamp::from_nanos(u64::MAX)))
+            .map(|(_, i)| i)
     }
 
-    /// Whether slot `i` reports in headers: plain slots always; in a cascade
-    /// group, the member that took the charge, or when none could, the one
-    /// that frees up first.
-    pub fn reports(&self, i: usize) -> bool {
-        let s = &self.slots[i];
-        let Some(g) = s.cascade else { return true };
-        if s.chosen {
+    /// Whether limit `i` reports in headers: plain limits always; in a
+    /// cascade, the member with room (the one charged), or when none has
+    /// room, the one that frees up first.
+    pub(crate) fn reports(&self, i: usize) -> bool {
+        let Some(g) = self.items[i].0.cascade else {
             return true;
-        }
-        let members = self
-            .slots
+        };
+        let Some(members) = self.groups().find(|r| r.contains(&i)) else {
+            return true;
+        };
+        debug_assert!(self.items[members.start].0.cascade == Some(g));
+        if let Some(first_room) = self.items[members.clone()]
             .iter()
-            .enumerate()
-            .filter(|(_, o)| o.cascade == Some(g));
-        if members.clone().any(|(_, o)| o.chosen) {
-            return false;
+            .position(|(_, o)| o.is_some_and(|o| o.has_room()))
+        {
+            return members.start + first_room == i;
         }
-        let first = members
-            .filter_map(|(k, o)| match o.refusal {
-                Some(Refusal::Full { retry_at }) => Some((retry_at, k)),
-                _ => None,
-            })
-            .min();
-        first.is_none_or(|(_, k)| k == i)
+        self.blockers()
+            .find(|(_, k)| members.contains(k))
+            .is_none_or(|(_, k)| k == i)
     }
 }
 
-/// A store could not decide.
-#[derive(Debug, thiserror::Error)]
+/// What a store says: answered now, or a future to await.
+#[derive(Debug)]
+pub enum Answer<T, F> {
+    /// Answered without waiting.
+    Now(Result<T, StoreError>),
+    /// Must be awaited.
+    Later(F),
+}
+
+/// A cost measured after a response, to charge without a capacity check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum StoreError {
-    /// The store is unreachable or answered something unusable.
-    #[error("rate-limit store unavailable: {0}")]
-    Unavailable(String),
+pub struct PostCharge {
+    /// The limit, as it was decided.
+    pub limit: LimitSpec,
+    /// The receipt the store gave for it at admission.
+    pub receipt: Receipt,
+    /// Units to charge.
+    pub cost: u64,
 }
 
-/// Storage of counters; see the [module docs](self).
-pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// The future of an asynchronous decision.
-    type Future: Future<Output = Result<Batch, StoreError>> + Send + 'static;
-
-    /// Decides `batch` at `now` (ns since the epoch): fills every slot's
-    /// `view` (and `refusal` where a limit has no room) and sets `admitted`.
-    /// When admitted every slot has been charged; otherwise none has.
-    fn decide(&self, now: u64, batch: Batch) -> Self::Future;
-
-    /// Charges costs measured after responses (latency, tokens, error
-    /// responses), without a capacity check. Must not block for long: a
-    /// remote store sends them in the background.
-    fn charge_after(&self, now: u64, charges: Vec<PostCharge>);
-
-    /// A store that can decide without waiting answers here, which spares the
-    /// service a state machine; the default hands the batch back.
-    ///
-    /// # Errors
-    ///
-    /// Returns the batch unchanged when the store must be awaited.
-    fn decide_now(&self, now: u64, batch: Batch) -> Result<Result<Batch, StoreError>, Batch> {
-        let _ = now;
-        Err(batch)
+impl PostCharge {
+    /// A post-charge of `cost` units for `limit`, counted where `receipt` says.
+    pub fn new(limit: LimitSpec, receipt: Receipt, cost: u64) -> Self {
+        PostCharge {
+            limit,
+            receipt,
+            cost,
+        }
     }
+}
+
+/// What went wrong in a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store cannot be reached.
+    Unavailable,
+    /// The store did not answer in time.
+    Timeout,
+    /// The store answered something unusable (or left a limit undecided).
+    Protocol,
+}
+
+/// A store could not decide or charge. Keeps its source error.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error of `kind` caused by `source`.
+    pub fn new(kind: StoreErrorKind, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error of `kind` with no further cause.
+    pub fn from_kind(kind: StoreErrorKind) -> Self {
+        StoreError { kind, source: None }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            StoreErrorKind::Unavailable => "rate-limit store unavailable",
+            StoreErrorKind::Timeout => "rate-limit store timed out",
+            StoreErrorKind::Protocol => "rate-limit store answered something unusable",
+        })?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+/// Storage of counters; see the [contract](self#the-contract).
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The future of a decision that must be awaited.
+    type Decide: Future<Output = Result<Batch, StoreError>> + Send + 'static;
+    /// The future of post-charges that must be awaited (off the request path).
+    type Charge: Future<Output = Result<(), StoreError>> + Send + 'static;
+
+    /// Decides `batch` at `now`: records an outcome for every limit and,
+    /// when every group has room, charges them all; otherwise charges none.
+    fn decide(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide>;
+
+    /// Charges costs measured after a response, without a capacity check.
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge>;
 }

@@ -2,7 +2,9 @@
 //!
 //! Everything here is pure: functions take "now" as an argument and never read a
 //! clock, so they can be property-tested against a brute-force model
-//! (`tests/window_model.rs`).
+//! (`model_tests.rs`). Only the window shape ([`WindowSpec`]) and the figures a
+//! decision reports ([`View`], [`Refusal`]) are public, through
+//! [`crate::store`]; the counters themselves are private to the memory store.
 //!
 //! # Sliding windows
 //!
@@ -33,6 +35,12 @@
 //! ring of `P + 1` bucket counts.
 
 use std::fmt;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+
+#[cfg(test)]
+mod model_tests;
 
 /// Default number of sub-buckets of a sliding window.
 ///
@@ -46,7 +54,32 @@ pub const MAX_PRECISION: u32 = 3600;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// The shape of one window, as the counting maths needs it.
+/// The shape of one limit's window, as a store needs it to count.
+///
+/// The helpers ([`WindowSpec::index`], [`WindowSpec::forget_at`]) are the
+/// whole counting rule, so a store written outside this crate counts exactly
+/// as the memory store does:
+///
+/// * a cost charged at `t` goes to bucket `index(t)`;
+/// * it counts until `forget_at(index(t))`;
+/// * a request fits when the cost still counted plus its own is at most the
+///   capacity.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::clock::Timestamp;
+/// use tierlimit::store::WindowSpec;
+///
+/// // One minute in 30 buckets of 2 s: a cost charged at t = 1000 s (bucket
+/// // 500) counts until the end of bucket 530, at 1062 s.
+/// let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
+/// let i = spec.index(Timestamp::from_secs(1000));
+/// assert_eq!(spec.forget_at(i), Timestamp::from_secs(1062));
+/// // A fixed minute resets on the next :00.
+/// let fixed = WindowSpec::fixed(Duration::from_secs(60), 0);
+/// let j = fixed.index(Timestamp::from_secs(1000));
+/// assert_eq!(fixed.forget_at(j), Timestamp::from_secs(1020));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WindowSpec {
@@ -67,16 +100,57 @@ pub enum WindowSpec {
 }
 
 impl WindowSpec {
-    /// A sliding window of `window_nanos` split into `precision` sub-buckets.
+    /// A sliding window of length `window` split into `precision` sub-buckets
+    /// (clamped to 1 ..= [`MAX_PRECISION`]).
     ///
-    /// When `window_nanos` is not a multiple of `precision`, the bucket width is
-    /// rounded up, so the effective window is at most `precision - 1`
-    /// nanoseconds longer (never shorter) than asked.
-    ///
-    /// # Panics
-    ///
-    /// Never: a zero window or precision is raised to 1.
-    pub fn sliding(window_nanos: u64, precision: u32) -> Self {
+    /// When the window is not a multiple of `precision` nanoseconds, the
+    /// bucket width is rounded up, so the effective window is at most
+    /// `precision - 1` nanoseconds longer (never shorter) than asked. A zero
+    /// window is raised to one nanosecond per bucket.
+    pub fn sliding(window: Duration, precision: u32) -> Self {
+        Self::sliding_nanos(
+            u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            precision,
+        )
+    }
+
+    /// A fixed window of length `len` aligned to clock boundaries in the UTC
+    /// offset `utc_offset_secs` (east positive): a day window resets at that
+    /// offset's midnight.
+    pub fn fixed(len: Duration, utc_offset_secs: i32) -> Self {
+        Self::fixed_nanos(
+            u64::try_from(len.as_nanos()).unwrap_or(u64::MAX),
+            i64::from(utc_offset_secs) * NANOS_PER_SEC as i64,
+        )
+    }
+
+    /// The bucket (sliding) or window (fixed) that `now` falls in.
+    pub fn index(&self, now: Timestamp) -> u64 {
+        self.index_at(now.as_nanos())
+    }
+
+    /// When a cost charged in bucket or window `index` stops counting: the
+    /// end of the window for a fixed window; for a sliding window, the end of
+    /// bucket `index + precision`.
+    pub fn forget_at(&self, index: u64) -> Timestamp {
+        Timestamp::from_nanos(self.forget_at_ns(index))
+    }
+
+    /// How many buckets before the current one still count: the precision
+    /// of a sliding window, 0 for a fixed window.
+    pub fn reach(&self) -> u64 {
+        match *self {
+            WindowSpec::Sliding { precision, .. } => u64::from(precision),
+            WindowSpec::Fixed { .. } => 0,
+        }
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_nanos())
+    }
+
+    pub(crate) fn sliding_nanos(window_nanos: u64, precision: u32) -> Self {
         let precision = precision.clamp(1, MAX_PRECISION);
         let bucket_nanos = window_nanos.div_ceil(u64::from(precision)).max(1);
         WindowSpec::Sliding {
@@ -85,17 +159,14 @@ impl WindowSpec {
         }
     }
 
-    /// A fixed window of `len_nanos` aligned to clock boundaries in the given
-    /// UTC offset.
-    pub fn fixed(len_nanos: u64, offset_nanos: i64) -> Self {
+    pub(crate) fn fixed_nanos(len_nanos: u64, offset_nanos: i64) -> Self {
         WindowSpec::Fixed {
             len_nanos: len_nanos.max(1),
             offset_nanos,
         }
     }
 
-    /// The index of the bucket (sliding) or window (fixed) that `now` is in.
-    pub fn index(&self, now: u64) -> u64 {
+    pub(crate) fn index_at(&self, now: u64) -> u64 {
         match *self {
             WindowSpec::Sliding { bucket_nanos, .. } => now / bucket_nanos,
             WindowSpec::Fixed {
@@ -125,16 +196,14 @@ impl WindowSpec {
         }
     }
 
-    /// The instant at which a cost charged in bucket `idx` stops counting.
-    fn forget_at(&self, idx: u64) -> u64 {
+    fn forget_at_ns(&self, idx: u64) -> u64 {
         match *self {
             WindowSpec::Sliding { precision, .. } => self.end_of(idx + u64::from(precision)),
             WindowSpec::Fixed { .. } => self.end_of(idx),
         }
     }
 
-    /// Window length covered by this spec, in nanoseconds.
-    pub fn window_nanos(&self) -> u64 {
+    pub(crate) fn window_nanos(&self) -> u64 {
         match *self {
             WindowSpec::Sliding {
                 bucket_nanos,
@@ -147,18 +216,29 @@ impl WindowSpec {
 
 /// What one limit looks like at a given instant, after a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct View {
     /// Capacity of the limit (cost units).
     pub capacity: u64,
     /// Cost counted in the current window (after the charge, when charged).
     pub used: u64,
-    /// Instant (ns since the epoch) at which all counted cost has left the
-    /// window, i.e. when `remaining` is back to `capacity`. Equal to `now`
-    /// when nothing is counted.
-    pub reset_at: u64,
+    /// Instant at which all counted cost has left the window, i.e. when
+    /// `remaining` is back to `capacity`. Equal to "now" when nothing is
+    /// counted.
+    pub reset_at: Timestamp,
 }
 
 impl View {
+    /// A view of a limit of `capacity` with `used` counted, full again at
+    /// `reset_at`.
+    pub fn new(capacity: u64, used: u64, reset_at: Timestamp) -> Self {
+        View {
+            capacity,
+            used,
+            reset_at,
+        }
+    }
+
     /// Capacity minus used cost, never below zero.
     pub fn remaining(&self) -> u64 {
         self.capacity.saturating_sub(self.used)
@@ -167,12 +247,13 @@ impl View {
 
 /// Why a charge was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refusal {
-    /// Not now; the charge would fit at `retry_at` (ns since the epoch) if
-    /// nothing else were admitted meanwhile.
+    /// Not now; the charge would fit at `retry_at` if nothing else were
+    /// admitted meanwhile.
     Full {
         /// Earliest instant at which this charge fits.
-        retry_at: u64,
+        retry_at: Timestamp,
     },
     /// The cost is larger than the capacity: it can never be admitted.
     NeverFits,
@@ -183,7 +264,7 @@ pub enum Refusal {
 /// 16 bytes while at most one bucket holds cost; a sliding counter with cost in
 /// several buckets moves to a boxed ring of `P + 1` counts.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Cell {
+pub(crate) enum Cell {
     /// At most one non-empty bucket (always so for fixed windows).
     One {
         /// Low 32 bits of the bucket/window index.
@@ -199,7 +280,7 @@ pub enum Cell {
 
 /// The ring of sub-bucket counts of a busy sliding counter.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ring {
+pub(crate) struct Ring {
     newest: u64,
     total: u64,
     idle_at: u32,
@@ -249,22 +330,17 @@ fn age_of(stored: u32, now_idx: u64) -> i64 {
 
 impl Cell {
     /// Unix second after which this counter is certainly empty (safe to evict).
-    pub fn idle_at(&self) -> u32 {
+    pub(crate) fn idle_at(&self) -> u32 {
         match self {
             Cell::One { idle_at, .. } => *idle_at,
             Cell::Ring(r) => r.idle_at,
         }
     }
 
-    /// Whether the counter holds no cost at `now`.
-    pub fn is_idle(&self, now: u64) -> bool {
-        u64::from(self.idle_at()) * NANOS_PER_SEC <= now
-    }
-
     /// Drops cost that has left the window at `now` and returns the effective
     /// current bucket index (never before the newest stored bucket).
     fn slide(&mut self, spec: &WindowSpec, now: u64) -> u64 {
-        let now_idx = spec.index(now);
+        let now_idx = spec.index_at(now);
         let reach = match *spec {
             WindowSpec::Sliding { precision, .. } => u64::from(precision),
             WindowSpec::Fixed { .. } => 0,
@@ -342,10 +418,10 @@ impl Cell {
     }
 
     fn view(&self, spec: &WindowSpec, capacity: u64, now: u64, cur: u64) -> View {
-        let reset_at = match self.newest_nonempty(cur) {
-            Some(j) => spec.forget_at(j),
+        let reset_at = Timestamp::from_nanos(match self.newest_nonempty(cur) {
+            Some(j) => spec.forget_at_ns(j),
             None => now,
-        };
+        });
         View {
             capacity,
             used: self.used(),
@@ -358,7 +434,7 @@ impl Cell {
         match self {
             Cell::One { idx, .. } => {
                 let j = cur - age_of(*idx, cur).max(0) as u64;
-                spec.forget_at(j)
+                spec.forget_at_ns(j)
             }
             Cell::Ring(r) => {
                 let slots = r.counts.len() as u64;
@@ -367,17 +443,17 @@ impl Cell {
                 for j in oldest..=r.newest {
                     freed += u64::from(r.counts[(j % slots) as usize]);
                     if freed >= need {
-                        return spec.forget_at(j);
+                        return spec.forget_at_ns(j);
                     }
                 }
-                spec.forget_at(r.newest)
+                spec.forget_at_ns(r.newest)
             }
         }
     }
 
     /// Reads the counter at `now` without charging; `cost` is the charge a
     /// request would make, used to say whether and when it would fit.
-    pub fn peek(
+    pub(crate) fn peek(
         &mut self,
         spec: &WindowSpec,
         capacity: u64,
@@ -397,10 +473,11 @@ impl Cell {
         if used + cost <= capacity {
             return Ok(());
         }
-        let retry_at = self.freed_at(spec, cur, used + cost - capacity);
+        let retry_at = Timestamp::from_nanos(self.freed_at(spec, cur, used + cost - capacity));
         Err(Refusal::Full { retry_at })
     }
 
+    #[cfg(test)]
     /// Charges `cost` at `now` if it fits in `capacity`.
     ///
     /// On success returns the view after the charge and the bucket index that
@@ -411,7 +488,7 @@ impl Cell {
     /// [`Refusal::Full`] with the exact instant at which the charge would fit,
     /// or [`Refusal::NeverFits`] when `cost > capacity`. A refused charge
     /// changes nothing but dropping expired cost.
-    pub fn try_charge(
+    pub(crate) fn try_charge(
         &mut self,
         spec: &WindowSpec,
         capacity: u64,
@@ -429,7 +506,7 @@ impl Cell {
     /// # Errors
     ///
     /// As [`Cell::try_charge`], for `check`.
-    pub fn try_charge_with(
+    pub(crate) fn try_charge_with(
         &mut self,
         spec: &WindowSpec,
         capacity: u64,
@@ -449,7 +526,7 @@ impl Cell {
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
     /// after the response, which cannot be refused any more.
-    pub fn charge_unchecked(&mut self, spec: &WindowSpec, now: u64, cost: u64) {
+    pub(crate) fn charge_unchecked(&mut self, spec: &WindowSpec, now: u64, cost: u64) {
         if cost == 0 {
             return;
         }
@@ -461,7 +538,7 @@ impl Cell {
     /// capacity check, and keeps the idle time up to date.
     fn add(&mut self, spec: &WindowSpec, cur: u64, cost: u64) {
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
-        let idle = secs_ceil(spec.forget_at(cur));
+        let idle = secs_ceil(spec.forget_at_ns(cur));
         match self {
             Cell::One {
                 idx,
@@ -510,7 +587,7 @@ impl Cell {
     /// Gives back `cost` charged in bucket `charged_idx` (as returned by
     /// [`Cell::try_charge`]). Cost whose bucket has left the window is gone
     /// already and nothing happens.
-    pub fn refund(&mut self, spec: &WindowSpec, now: u64, charged_idx: u64, cost: u64) {
+    pub(crate) fn refund(&mut self, spec: &WindowSpec, now: u64, charged_idx: u64, cost: u64) {
         let cur = self.slide(spec, now);
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
         match self {
@@ -540,7 +617,7 @@ mod tests {
 
     #[test]
     fn sliding_admits_capacity_then_refuses_with_exact_retry() {
-        let spec = WindowSpec::sliding(60 * S, 60);
+        let spec = WindowSpec::sliding_nanos(60 * S, 60);
         let mut cell = Cell::default();
         let t0 = 1_000 * S;
         for i in 0..3 {
@@ -550,7 +627,12 @@ mod tests {
         let (view, refusal) = cell.try_charge(&spec, 3, t0 + 3 * S, 1).unwrap_err();
         assert_eq!(view.remaining(), 0);
         // The first charge (bucket 1000) stops counting at the end of bucket 1060.
-        assert_eq!(refusal, Refusal::Full { retry_at: 1061 * S });
+        assert_eq!(
+            refusal,
+            Refusal::Full {
+                retry_at: Timestamp::from_secs(1061)
+            }
+        );
         assert!(cell.try_charge(&spec, 3, 1061 * S - 1, 1).is_err());
         assert!(cell.try_charge(&spec, 3, 1061 * S, 1).is_ok());
     }
@@ -559,7 +641,7 @@ mod tests {
     fn fixed_resets_on_the_boundary_in_the_offset() {
         // One-day window at UTC+2: resets at 22:00 UTC.
         let day = 86_400 * S;
-        let spec = WindowSpec::fixed(day, 2 * 3600 * S as i64);
+        let spec = WindowSpec::fixed(Duration::from_secs(86_400), 2 * 3600);
         let mut cell = Cell::default();
         let t = 19_000 * day + 21 * 3600 * S; // 21:00 UTC = 23:00 local
         cell.try_charge(&spec, 1, t, 1).unwrap();
@@ -567,7 +649,7 @@ mod tests {
         assert_eq!(
             refusal,
             Refusal::Full {
-                retry_at: 19_000 * day + 22 * 3600 * S
+                retry_at: Timestamp::from_nanos(19_000 * day + 22 * 3600 * S)
             }
         );
         assert!(cell
@@ -577,7 +659,7 @@ mod tests {
 
     #[test]
     fn never_fits_is_its_own_refusal() {
-        let spec = WindowSpec::sliding(S, 10);
+        let spec = WindowSpec::sliding_nanos(S, 10);
         let mut cell = Cell::default();
         let (_, refusal) = cell.try_charge(&spec, 5, S, 6).unwrap_err();
         assert_eq!(refusal, Refusal::NeverFits);
@@ -585,7 +667,7 @@ mod tests {
 
     #[test]
     fn refund_undoes_a_charge() {
-        let spec = WindowSpec::sliding(10 * S, 10);
+        let spec = WindowSpec::sliding_nanos(10 * S, 10);
         let mut cell = Cell::default();
         cell.try_charge(&spec, 2, S, 1).unwrap();
         let (_, idx) = cell.try_charge(&spec, 2, 2 * S, 1).unwrap();
@@ -596,7 +678,7 @@ mod tests {
 
     #[test]
     fn clock_going_back_charges_the_newest_bucket() {
-        let spec = WindowSpec::sliding(10 * S, 10);
+        let spec = WindowSpec::sliding_nanos(10 * S, 10);
         let mut cell = Cell::default();
         cell.try_charge(&spec, 2, 100 * S, 1).unwrap();
         cell.try_charge(&spec, 2, 50 * S, 1).unwrap();

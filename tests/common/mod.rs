@@ -3,12 +3,103 @@
 
 use std::time::Duration;
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+
 use axum::body::Body;
 use axum::Router;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use tierlimit::clock::ManualClock;
+use tierlimit::clock::{ManualClock, Timestamp};
+use tierlimit::store::{Answer, Batch, MemoryStore, PostCharge, Store, StoreError};
+use tierlimit::{Controller, RateLimitLayer};
 use tower::ServiceExt;
+
+/// Which store the scenario tests run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The memory store: decides at once.
+    Memory,
+    /// [`AwaitedStore`]: the memory store behind an await.
+    Awaited,
+}
+
+thread_local! {
+    static BACKEND: Cell<Backend> = const { Cell::new(Backend::Memory) };
+}
+
+/// The store the current scenario runs on.
+pub fn backend() -> Backend {
+    BACKEND.with(Cell::get)
+}
+
+/// Runs a scenario on `backend` (tokio's test runtime runs on this thread).
+pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
+    BACKEND.with(|b| b.set(backend));
+    scenario.await;
+}
+
+/// Runs each listed scenario (an `async fn name()`) as one test per store:
+/// `memory::name` and `awaited::name`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::Memory, super::$name()).await
+                }
+            )*
+        }
+        mod awaited {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::Awaited, super::$name()).await
+                }
+            )*
+        }
+    };
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A store that must be awaited, written from the crate's public items only:
+/// the memory store behind a yield to the runtime, as a remote store would
+/// answer after a round trip. Decisions wait before deciding; post-charges
+/// are made when first polled and complete after a yield (they run in the
+/// background, spawned by the layer).
+#[derive(Clone, Debug, Default)]
+pub struct AwaitedStore {
+    pub inner: MemoryStore,
+}
+
+impl Store for AwaitedStore {
+    type Decide = BoxFuture<Result<Batch, StoreError>>;
+    type Charge = BoxFuture<Result<(), StoreError>>;
+
+    fn decide(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        let inner = self.inner.clone();
+        Answer::Later(Box::pin(async move {
+            tokio::task::yield_now().await;
+            Ok(inner.decide_now(now, batch))
+        }))
+    }
+
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
+        let inner = self.inner.clone();
+        Answer::Later(Box::pin(async move {
+            let done = match inner.charge_after(now, charges) {
+                Answer::Now(r) => r,
+                Answer::Later(f) => f.await,
+            };
+            tokio::task::yield_now().await;
+            done
+        }))
+    }
+}
 
 /// 2024-02-17T20:00:00Z: a whole minute, hour and day boundary.
 pub const T0: u64 = 1_708_200_000;
@@ -77,14 +168,23 @@ pub fn policy(name: &str) -> tierlimit::Config {
 /// `status=N`, `tokens=N` (sets `x-usage-tokens`); identity headers
 /// `x-user-id` / `x-tenant-id` become extensions; `x-test-peer` sets the
 /// peer address (default 127.0.0.1).
-pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, tierlimit::RateLimitLayer) {
+/// On the store of the current scenario ([`backend`]); returns the
+/// layer's controller.
+pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controller) {
+    let builder = RateLimitLayer::builder(config.build().unwrap()).clock(clock.clone());
+    match backend() {
+        Backend::Memory => demo_with(builder.build(), clock),
+        Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
+    }
+}
+
+fn demo_with<St: Store>(layer: RateLimitLayer<St>, clock: &ManualClock) -> (Router, Controller) {
     use axum::extract::Query;
     use axum::middleware::{self, Next};
     use axum::response::IntoResponse;
     use std::collections::HashMap;
     use tierlimit::identity::{ClientAddr, TenantId, UserId};
 
-    let layer = tierlimit::RateLimitLayer::new(config.build().unwrap()).with_clock(clock.clone());
     let handler_clock = clock.clone();
     let handler = move |Query(q): Query<HashMap<String, String>>| {
         let clock = handler_clock.clone();
@@ -130,7 +230,7 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, tierlimi
         .fallback(axum::routing::any(handler))
         .layer(layer.clone())
         .layer(middleware::from_fn(auth));
-    (router, layer)
+    (router, layer.controller())
 }
 
 /// A request with headers given as pairs.
@@ -140,4 +240,32 @@ pub fn call(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body>
         b = b.header(*k, *v);
     }
     b.body(Body::empty()).unwrap()
+}
+
+/// `inner` behind a layer enforcing `policy` on the store of the current
+/// scenario, with the store type erased.
+pub fn limited<S, B, R, E>(
+    policy: tierlimit::Policy,
+    clock: &ManualClock,
+    inner: S,
+) -> tower::util::BoxCloneSyncService<Request<B>, http::Response<tierlimit::RateLimitBody<R>>, E>
+where
+    S: tower::Service<Request<B>, Response = http::Response<R>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Send + 'static,
+    E: 'static,
+{
+    use tower::Layer;
+    let builder = RateLimitLayer::builder(policy).clock(clock.clone());
+    match backend() {
+        Backend::Memory => tower::util::BoxCloneSyncService::new(builder.build().layer(inner)),
+        Backend::Awaited => tower::util::BoxCloneSyncService::new(
+            builder.store(AwaitedStore::default()).build().layer(inner),
+        ),
+    }
 }

@@ -6,7 +6,8 @@
 //! clock-aligned window and reset exactly on boundaries.
 
 use proptest::prelude::*;
-use tierlimit::window::{Cell, Refusal, WindowSpec};
+
+use super::{Cell, Refusal, WindowSpec};
 
 #[derive(Clone, Debug)]
 struct Event {
@@ -32,7 +33,7 @@ proptest! {
         start in prop_oneof![0u64..1_000_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
         evs in events(120, 6),
     ) {
-        let spec = WindowSpec::sliding(bucket * u64::from(precision), precision);
+        let spec = WindowSpec::sliding_nanos(bucket * u64::from(precision), precision);
         let window = bucket * u64::from(precision);
         let mut cell = Cell::default();
         let mut t = start;
@@ -56,6 +57,7 @@ proptest! {
                         "refused at {} although only {} counted in the widened window", t, counted);
                     prop_assert!(view.used + cost > capacity);
                     // Exact retry time: refused just before, admitted at it.
+                    let retry_at = retry_at.as_nanos();
                     prop_assert!(retry_at > t);
                     let mut probe = before.clone();
                     prop_assert!(probe.try_charge(&spec, capacity, retry_at - 1, cost).is_err());
@@ -80,7 +82,7 @@ proptest! {
         start in prop_oneof![0u64..10_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
         evs in events(40, 4),
     ) {
-        let spec = WindowSpec::fixed(len, offset);
+        let spec = WindowSpec::fixed_nanos(len, offset);
         let mut cell = Cell::default();
         let mut t = start + 100;
         let mut per_window: std::collections::HashMap<i64, u64> = Default::default();
@@ -97,7 +99,7 @@ proptest! {
                 Err((_, Refusal::Full { retry_at })) => {
                     // Fixed windows are exact: refused only when full.
                     prop_assert!(used + cost > capacity);
-                    prop_assert_eq!(retry_at as i64, (w + 1) * len as i64 - offset);
+                    prop_assert_eq!(retry_at.as_nanos() as i64, (w + 1) * len as i64 - offset);
                 }
                 Err((_, Refusal::NeverFits)) => prop_assert!(false),
             }
@@ -109,7 +111,7 @@ proptest! {
         capacity in 2u64..20,
         evs in events(30, 3),
     ) {
-        let spec = WindowSpec::sliding(100, 10);
+        let spec = WindowSpec::sliding_nanos(100, 10);
         let mut cell = Cell::default();
         let mut t = 1000;
         for e in &evs {

@@ -5,17 +5,32 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tierlimit::store::{Batch, MemoryStore, Slot, Store};
-use tierlimit::window::{Cell, WindowSpec};
+
+use super::{Batch, Charge, CounterKey, LimitSpec, MemoryStore, PostCharge, Store, Verdict};
+use crate::clock::Timestamp;
+use crate::window::{Cell, WindowSpec};
 
 const MS: u64 = 1_000_000;
+
+/// A limit on `key`, tag `tag`, charging `cost`.
+fn spec(key: u128, window: WindowSpec, cap: u64, cost: u64, tag: u16) -> LimitSpec {
+    LimitSpec::new(CounterKey::from_u128(key), window, cap, cost).with_tag(tag)
+}
+
+fn decide(store: &MemoryStore, now: u64, limits: Vec<LimitSpec>) -> Batch {
+    store.decide_now(Timestamp::from_nanos(now), Batch::from_limits(limits))
+}
+
+fn used(b: &Batch, i: usize) -> u64 {
+    b.outcome(i).unwrap().view.used
+}
 
 /// Limit `tag` under every key: (window spec, capacity).
 fn limit(tag: u16) -> (WindowSpec, u64) {
     match tag {
-        1 => (WindowSpec::sliding(1000 * MS, 10), 5),
-        2 => (WindowSpec::sliding(5000 * MS, 5), 12),
-        _ => (WindowSpec::fixed(2000 * MS, 0), 7),
+        1 => (WindowSpec::sliding_nanos(1000 * MS, 10), 5),
+        2 => (WindowSpec::sliding_nanos(5000 * MS, 5), 12),
+        _ => (WindowSpec::fixed_nanos(2000 * MS, 0), 7),
     }
 }
 
@@ -47,47 +62,44 @@ proptest! {
         let mut now = 1_700_000_000_000 * MS;
         for op in &ops {
             now += op.gap_ms * MS;
-            let slots: Vec<Slot> = op.slots.iter().map(|&(key, tag, cost)| {
-                let (spec, cap) = limit(tag);
-                Slot::new(key, spec, cap, cost.min(cap), 0).with_tag(tag)
+            let slots: Vec<LimitSpec> = op.slots.iter().map(|&(key, tag, cost)| {
+                let (w, cap) = limit(tag);
+                spec(key, w, cap, cost.min(cap), tag)
             }).collect();
-            let out = store.decide_now(now, Batch { slots: slots.clone(), admitted: false }).unwrap().unwrap();
+            let out = decide(&store, now, slots.clone());
 
             // Model: try every limit on a copy; commit only if all fit.
             let mut trial = model.clone();
             let mut all_fit = true;
             let mut used = Vec::new();
             for s in &slots {
-                let cell = trial.entry((s.key, s.tag)).or_default();
+                let cell = trial.entry((s.key.as_u128(), s.tag)).or_default();
                 if all_fit {
-                    match cell.try_charge(&s.spec, s.capacity, now, s.cost) {
+                    match cell.try_charge(&s.window, s.capacity, now, s.check_cost()) {
                         Ok((v, _)) => used.push(v.used),
                         Err((v, _)) => { all_fit = false; used.push(v.used); }
                     }
                 } else {
-                    let (v, _) = cell.peek(&s.spec, s.capacity, now, s.cost);
+                    let (v, _) = cell.peek(&s.window, s.capacity, now, s.check_cost());
                     used.push(v.used);
                 }
             }
-            prop_assert_eq!(out.admitted, all_fit);
+            prop_assert_eq!(out.admitted(), all_fit);
             if all_fit {
                 model = trial;
-                for (s, u) in out.slots.iter().zip(&used) {
-                    prop_assert_eq!(s.view.unwrap().used, *u);
+                for (i, u) in used.iter().enumerate() {
+                    prop_assert_eq!(self::used(&out, i), *u);
                 }
             } else {
                 // Nothing charged: every counter reads as in the model.
                 for s in &slots {
-                    let mut probe = model.get(&(s.key, s.tag)).cloned().unwrap_or_default();
-                    let (want, _) = probe.peek(&s.spec, s.capacity, now, 1);
-                    let got = store.decide_now(now, Batch {
-                        slots: vec![Slot::new(s.key, s.spec, u64::from(u32::MAX), 1, 0).with_tag(s.tag)],
-                        admitted: false,
-                    }).unwrap().unwrap();
-                    // The probe charged 1 with a huge capacity: undo in the model too.
-                    prop_assert_eq!(got.slots[0].view.unwrap().used, want.used + 1);
-                    let cell = model.entry((s.key, s.tag)).or_default();
-                    cell.try_charge(&s.spec, u64::from(u32::MAX), now, 1).unwrap();
+                    let mut probe = model.get(&(s.key.as_u128(), s.tag)).cloned().unwrap_or_default();
+                    let (want, _) = probe.peek(&s.window, s.capacity, now, 1);
+                    let got = decide(&store, now, vec![spec(s.key.as_u128(), s.window, u64::from(u32::MAX), 1, s.tag)]);
+                    // The probe charged 1 with a huge capacity: the model too.
+                    prop_assert_eq!(self::used(&got, 0), want.used + 1);
+                    let cell = model.entry((s.key.as_u128(), s.tag)).or_default();
+                    cell.try_charge(&s.window, u64::from(u32::MAX), now, 1).unwrap();
                 }
             }
         }
@@ -124,7 +136,7 @@ fn reqs() -> impl Strategy<Value = Vec<Req>> {
     prop::collection::vec(req, 1..80)
 }
 
-fn spec_of(tag: u16) -> (WindowSpec, u64) {
+fn shape_of(tag: u16) -> (WindowSpec, u64) {
     limit(tag % 3 + 1)
 }
 
@@ -142,16 +154,12 @@ proptest! {
             for (g, group) in req.groups.iter().enumerate() {
                 let cascade = (group.len() > 1).then_some(g as u16 + 1);
                 for &(key, tag, cost, post) in group {
-                    let (spec, cap) = spec_of(tag);
-                    slots.push(
-                        Slot::new(key, spec, cap, cost.min(cap), 0)
-                            .with_tag(tag)
-                            .post_charged(post)
-                            .in_cascade(cascade),
-                    );
+                    let (w, cap) = shape_of(tag);
+                    let charge = if post { Charge::After } else { Charge::Now(cost.min(cap)) };
+                    slots.push(spec(key, w, cap, 1, tag).with_charge(charge).in_cascade(cascade));
                 }
             }
-            let out = store.decide_now(now, Batch { slots: slots.clone(), admitted: false }).unwrap().unwrap();
+            let out = decide(&store, now, slots.clone());
 
             let mut trial = model.clone();
             let mut ok = true;
@@ -162,8 +170,8 @@ proptest! {
                 for _ in group {
                     let s = &slots[i];
                     if !(group.len() > 1 && any) {
-                        let cell = trial.entry((s.key, s.tag)).or_default();
-                        if cell.try_charge_with(&s.spec, s.capacity, now, s.check_cost(), s.charge_cost()).is_ok() {
+                        let cell = trial.entry((s.key.as_u128(), s.tag)).or_default();
+                        if cell.try_charge_with(&s.window, s.capacity, now, s.check_cost(), s.charge_cost()).is_ok() {
                             chosen[i] = true;
                             any = true;
                         } else if group.len() == 1 {
@@ -176,29 +184,31 @@ proptest! {
                     ok = false;
                 }
             }
-            prop_assert_eq!(out.admitted, ok);
+            prop_assert_eq!(out.admitted(), ok);
             if ok {
                 model = trial;
-                let got: Vec<bool> = out.slots.iter().map(|s| s.chosen).collect();
+                let got: Vec<bool> = (0..out.len()).map(|i| out.outcome(i).unwrap().has_room()).collect();
                 prop_assert_eq!(got, chosen);
-                // Post-charge the admitted post slots, in the store and the model.
+                // Post-charge the admitted post limits, in the store and the model.
                 let mut charges = Vec::new();
-                for s in out.slots.iter().filter(|s| s.post && s.chosen) {
+                for i in 0..out.len() {
+                    let s = *out.limit(i);
+                    let Verdict::Room(receipt) = out.outcome(i).unwrap().verdict else { continue };
+                    if s.charge != Charge::After {
+                        continue;
+                    }
                     let cost = 1 + (now / MS) % 5;
-                    charges.push(tierlimit::store::PostCharge { key: s.charged_key().unwrap(), tag: s.tag, spec: s.spec, cost });
-                    model.entry((s.key, s.tag)).or_default().charge_unchecked(&s.spec, now, cost);
+                    charges.push(PostCharge::new(s, receipt, cost));
+                    model.entry((s.key.as_u128(), s.tag)).or_default().charge_unchecked(&s.window, now, cost);
                 }
-                store.charge_after(now, charges);
+                let _ = store.charge_after(Timestamp::from_nanos(now), charges);
             }
             // Every counter reads the same in the store and the model.
             for s in &slots {
-                let mut m = model.get(&(s.key, s.tag)).cloned().unwrap_or_default();
-                let (want, _) = m.peek(&s.spec, s.capacity, now, 1);
-                let probe = store.decide_now(now, Batch {
-                    slots: vec![Slot::new(s.key, s.spec, s.capacity, 1, 0).with_tag(s.tag).post_charged(true)],
-                    admitted: false,
-                }).unwrap().unwrap();
-                prop_assert_eq!(probe.slots[0].view.unwrap().used, want.used);
+                let mut m = model.get(&(s.key.as_u128(), s.tag)).cloned().unwrap_or_default();
+                let (want, _) = m.peek(&s.window, s.capacity, now, 1);
+                let probe = decide(&store, now, vec![spec(s.key.as_u128(), s.window, s.capacity, 1, s.tag).with_charge(Charge::After)]);
+                prop_assert_eq!(used(&probe, 0), want.used);
             }
         }
     }

@@ -1,0 +1,571 @@
+//! The engine: the state a layer shares (policy, plan table, store, clock,
+//! rejection hook, failure mode) and the one decision it makes per request.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! request head ─▶ identity ─▶ policy lookup (route tier, plan, global)
+//!              ─▶ store decision ─▶ Next: forward (+ headers, + post-charge guard)
+//!                                      or answer (429, 503, 500)
+//! ```
+//!
+//! The tower [`Layer`](crate::RateLimitLayer), [`Service`](crate::RateLimit),
+//! [`ResponseFuture`](crate::ResponseFuture) and
+//! [`RateLimitBody`](crate::RateLimitBody) only adapt this to tower and
+//! http-body: the service calls [`Engine::begin`]; when the store must be
+//! awaited, the response future awaits it and calls [`Engine::finish`].
+
+mod post;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::request::Parts;
+use http::Response;
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Mode;
+use crate::error::ConfigError;
+use crate::headers::{self, LimitInfo, Rendered};
+use crate::observe::{self, Counters, Start};
+use crate::plans::PlanTable;
+use crate::policy::Policy;
+use crate::reject::{self, Hook, Rejection};
+use crate::store::{Answer, Batch, Charge, PostCharge, Refusal, Store, StoreError, Verdict};
+
+pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
+
+/// What the layer does when its store cannot decide.
+///
+/// The default is [`OnStoreError::Open`], as Envoy and Kong do: a rate
+/// limiter that is down should not take the API down with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Forward the request unlimited, without rate-limit headers.
+    #[default]
+    Open,
+    /// Answer `503 Service Unavailable` with `Retry-After` and a JSON
+    /// problem body (never 429: the caller did nothing wrong). The inner
+    /// service is not called.
+    Closed {
+        /// What `Retry-After` says (whole seconds, at least 1).
+        retry_after: Duration,
+    },
+}
+
+impl OnStoreError {
+    /// Fail closed with `Retry-After: 1`.
+    pub const CLOSED: OnStoreError = OnStoreError::Closed {
+        retry_after: Duration::from_secs(1),
+    };
+
+    fn label(self) -> &'static str {
+        match self {
+            OnStoreError::Open => "open",
+            OnStoreError::Closed { .. } => "closed",
+        }
+    }
+}
+
+/// A request was over a limit while the layer ran in shadow mode: it was
+/// forwarded anyway. Found in the response's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowRejection(pub Rejection);
+
+/// The policy in force and the metric handles of its limits, swapped
+/// together by a reload.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) counters: Counters,
+}
+
+impl Active {
+    fn new(policy: Arc<Policy>) -> Self {
+        let counters = Counters::new(policy.limit_names());
+        Active { policy, counters }
+    }
+}
+
+#[derive(Debug)]
+struct ControlInner {
+    active: ArcSwap<Active>,
+    plans: PlanTable,
+}
+
+/// A handle on a running layer's configuration: swap the policy, assign
+/// plans. Cheap to clone, shared with the layer it came from
+/// ([`RateLimitLayer::controller`](crate::RateLimitLayer::controller)), and
+/// not generic over the store, so an admin API can hold one.
+///
+/// # Reloads and plan assignments
+///
+/// The policy is immutable; a reload swaps it for another in one atomic
+/// step (requests read it without a lock; a request in flight finishes with
+/// the policy it started with). Counters live in the store, keyed by tier,
+/// scope and each limit's definition, so a limit whose definition did not
+/// change keeps its counters across the swap; a changed limit starts from
+/// zero.
+///
+/// Runtime plan assignments live in a table of their own that a reload
+/// never touches, so none is ever lost, whatever the timing. They are kept
+/// by plan name and take precedence over the file's assignments while the
+/// policy in force has a plan of that name.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    inner: Arc<ControlInner>,
+}
+
+impl Controller {
+    pub(crate) fn new(policy: Arc<Policy>) -> Self {
+        Controller {
+            inner: Arc::new(ControlInner {
+                active: ArcSwap::from_pointee(Active::new(policy)),
+                plans: PlanTable::default(),
+            }),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.active.load().policy)
+    }
+
+    /// Swaps in `policy` atomically; see
+    /// [reloads](Controller#reloads-and-plan-assignments).
+    pub fn reload(&self, policy: Policy) {
+        self.inner
+            .active
+            .store(Arc::new(Active::new(Arc::new(policy))));
+    }
+
+    /// Assigns plan `plan` to the caller with API key (or user id) `key`,
+    /// from the next request on.
+    ///
+    /// # Errors
+    ///
+    /// The policy in force has no plans, or no plan named `plan`
+    /// ([`ConfigErrorKind::Unknown`](crate::ConfigErrorKind::Unknown)).
+    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), ConfigError> {
+        let policy = self.inner.active.load();
+        if !policy.policy.has_plans() {
+            return Err(ConfigError::unknown("plans", "no plans are configured"));
+        }
+        if !policy.policy.has_plan(plan) {
+            return Err(ConfigError::unknown(
+                "rate_limit_tier",
+                format!("unknown plan `{plan}`"),
+            ));
+        }
+        self.inner.plans.set(key, plan);
+        Ok(())
+    }
+
+    /// Removes the runtime plan assignment of `key` (the configured one
+    /// applies again); whether there was one.
+    pub fn clear_plan(&self, key: &str) -> bool {
+        self.inner.plans.remove(key)
+    }
+
+    /// The plan `key` gets now: its runtime assignment while the policy has
+    /// that plan, else its configured assignment, else the default plan.
+    pub fn plan_of(&self, key: &str) -> Option<String> {
+        let active = self.inner.active.load();
+        let policy = &active.policy;
+        match self.inner.plans.get(key) {
+            Some(plan) if policy.has_plan(&plan) => Some(plan),
+            _ => policy.configured_plan(key).map(str::to_owned),
+        }
+    }
+
+    /// Every runtime plan assignment (key, plan), in no particular order.
+    pub fn runtime_plans(&self) -> Vec<(String, String)> {
+        self.inner.plans.all()
+    }
+}
+
+/// What to do with a request once it is decided.
+pub(crate) enum Next {
+    /// Call the inner service, then finish the response with this.
+    Forward(Forwarding),
+    /// Answer with this response; the inner service is not called.
+    Answer(Response<Bytes>),
+}
+
+/// What goes with a forwarded request to its response.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarding {
+    /// Rate-limit headers to add.
+    pub(crate) rendered: Rendered,
+    /// Post-response charges.
+    pub(crate) guard: Option<PostGuard>,
+    /// Shadow mode: the rejection that was not enforced (boxed: rare, and
+    /// it would make every response future larger).
+    pub(crate) shadow: Option<Box<Rejection>>,
+}
+
+/// A decision the store must finish later.
+pub(crate) struct Pending<F> {
+    pub(crate) fut: F,
+    pub(crate) ctx: Decided,
+}
+
+/// Everything [`Finish::finish`] needs besides the store's answer.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    active: Arc<Active>,
+    now: Timestamp,
+    started: Start,
+}
+
+/// The first step of a request.
+pub(crate) enum Step<F> {
+    /// Decided: do this.
+    Now(Next),
+    /// Await the store, then [`Finish::finish`].
+    Later(Pending<F>),
+}
+
+/// The end of a decision the store answered later (object safe, so the
+/// response future needs no store type parameter).
+pub(crate) trait Finish: Send + Sync + 'static {
+    fn finish(
+        self: Arc<Self>,
+        ctx: Decided,
+        parts: &Parts,
+        decided: Result<Batch, StoreError>,
+    ) -> Next;
+}
+
+/// The state every clone of a layer and its services shares.
+#[derive(Debug)]
+pub(crate) struct Engine<St> {
+    pub(crate) control: Controller,
+    pub(crate) store: St,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hook: Option<Hook>,
+    pub(crate) on_error: OnStoreError,
+    pub(crate) post: PostQueue,
+    /// Unix second of the last store-error log line, and lines skipped since.
+    last_error_log: AtomicU64,
+    errors_unlogged: AtomicU64,
+}
+
+impl<St: Store> Engine<St> {
+    pub(crate) fn new(
+        control: Controller,
+        store: St,
+        clock: Arc<dyn Clock>,
+        hook: Option<Hook>,
+        on_error: OnStoreError,
+        post: PostQueue,
+    ) -> Self {
+        Engine {
+            control,
+            store,
+            clock,
+            hook,
+            on_error,
+            post,
+            last_error_log: AtomicU64::new(0),
+            errors_unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Decides a request from its head: exempt, decided now, or a store
+    /// answer to await.
+    pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Step<St::Decide> {
+        let started = observe::start();
+        let active = self.control.inner.active.load();
+        let policy = &*active.policy;
+        let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
+            observe::exempt();
+            return Step::Now(Next::Forward(Forwarding::default()));
+        };
+        let id = policy.identity.extract(parts);
+        let modifier = policy.modifier_of(&parts.headers);
+        let plan = policy.plan(&id, Some(&self.control.inner.plans));
+        let batch = policy.batch(route_tier, plan, &id, modifier);
+        let now = self.clock.now();
+        match self.store.decide(now, batch) {
+            Answer::Now(decided) => {
+                let next = self.next(&active, parts, now, decided);
+                observe::decided(started);
+                Step::Now(next)
+            }
+            Answer::Later(fut) => {
+                self.post.remember_runtime();
+                Step::Later(Pending {
+                    fut,
+                    ctx: Decided {
+                        active: arc_swap::Guard::into_inner(active),
+                        now,
+                        started,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Turns a store's answer into what the service does next.
+    fn next(
+        self: &Arc<Self>,
+        active: &Active,
+        parts: &Parts,
+        now: Timestamp,
+        decided: Result<Batch, StoreError>,
+    ) -> Next {
+        let batch = match decided {
+            Ok(b) if b.is_decided() => b,
+            Ok(_) => {
+                let e = StoreError::new(
+                    crate::store::StoreErrorKind::Protocol,
+                    "the store left a limit without an outcome",
+                );
+                return self.store_failed(&e);
+            }
+            Err(e) => return self.store_failed(&e),
+        };
+        let policy = &*active.policy;
+        let admitted = batch.admitted();
+        let rendered = render(policy, &batch, admitted, now);
+        if admitted {
+            trace_admitted(policy, &batch);
+            active.counters.admitted(&batch);
+            return Next::Forward(Forwarding {
+                rendered,
+                guard: self.post_guard(policy, &batch, now),
+                shadow: None,
+            });
+        }
+        let Some(blocking) = batch.blocking() else {
+            return Next::Answer(reject::internal_error());
+        };
+        // No instant at which every refusing group has room: a cost that
+        // can never fit (a modifier shrank a capacity below it).
+        let Some(retry_at) = batch.retry_at() else {
+            let i = (0..batch.len())
+                .find(|&i| batch.outcome(i).and_then(|o| o.refusal()) == Some(Refusal::NeverFits))
+                .unwrap_or(blocking);
+            let l = batch.limit(i);
+            let name = &policy.limits[l.label as usize].name;
+            return Next::Answer(reject::never_fits(name, l.check_cost(), l.capacity));
+        };
+        let Some(rejection) = rejection(policy, &batch, blocking, retry_at, now) else {
+            return Next::Answer(reject::internal_error());
+        };
+        let shadow = policy.mode == Mode::Shadow;
+        active
+            .counters
+            .rejected(batch.limit(blocking).label, shadow);
+        trace_rejected(&rejection, shadow, || {
+            Policy::caller_tag(&policy.identity.extract(parts))
+        });
+        if shadow {
+            return Next::Forward(Forwarding {
+                rendered,
+                guard: None,
+                shadow: Some(Box::new(rejection)),
+            });
+        }
+        let mut resp = reject::response(policy.errors, self.hook.as_ref(), parts, &rejection);
+        headers::apply(&rendered, resp.headers_mut());
+        Next::Answer(resp)
+    }
+
+    /// The guard that charges an admitted request's post-charged limits.
+    fn post_guard(
+        self: &Arc<Self>,
+        policy: &Policy,
+        batch: &Batch,
+        now: Timestamp,
+    ) -> Option<PostGuard> {
+        let mut items = Vec::new();
+        for i in 0..batch.len() {
+            let limit = *batch.limit(i);
+            if limit.charge != Charge::After {
+                continue;
+            }
+            let Some(Verdict::Room(receipt)) = batch.outcome(i).map(|o| o.verdict) else {
+                continue;
+            };
+            let cost = policy.limits[limit.label as usize].cost.clone();
+            items.push((PostCharge::new(limit, receipt, 0), cost));
+        }
+        if items.is_empty() {
+            return None;
+        }
+        let sink: Arc<dyn PostSink> = Arc::clone(self) as Arc<dyn PostSink>;
+        Some(PostGuard::new(sink, now, items))
+    }
+
+    fn store_failed(&self, e: &StoreError) -> Next {
+        observe::store_error(e.kind(), self.on_error.label());
+        self.log_store_error(e);
+        match self.on_error {
+            OnStoreError::Open => Next::Forward(Forwarding::default()),
+            OnStoreError::Closed { retry_after } => {
+                Next::Answer(reject::store_unavailable(retry_after))
+            }
+        }
+    }
+
+    /// Logs store errors at WARN, at most one line every 10 seconds (with
+    /// the number of errors since the last line): an outage must not turn
+    /// every request into a log write.
+    fn log_store_error(&self, e: &StoreError) {
+        let now_s = self.clock.now().as_nanos() / 1_000_000_000;
+        let last = self.last_error_log.load(Ordering::Relaxed);
+        if now_s < last + 10
+            || self
+                .last_error_log
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.errors_unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let skipped = self.errors_unlogged.swap(0, Ordering::Relaxed);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: "tierlimit",
+            error = %e,
+            on_error = self.on_error.label(),
+            errors_since_last_log = skipped,
+            "rate-limit store failed"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (e, skipped);
+    }
+}
+
+impl<St: Store> PostSink for Engine<St> {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn charge(&self, now: Timestamp, charges: Vec<PostCharge>) {
+        match self.store.charge_after(now, charges) {
+            Answer::Now(Ok(())) => {}
+            Answer::Now(Err(e)) => {
+                self.post.failed(&e);
+            }
+            Answer::Later(fut) => self.post.spawn(fut),
+        }
+    }
+}
+
+impl<St: Store> Finish for Engine<St> {
+    fn finish(
+        self: Arc<Self>,
+        ctx: Decided,
+        parts: &Parts,
+        decided: Result<Batch, StoreError>,
+    ) -> Next {
+        let next = self.next(&ctx.active, parts, ctx.now, decided);
+        observe::decided(ctx.started);
+        next
+    }
+}
+
+fn render(policy: &Policy, batch: &Batch, admitted: bool, now: Timestamp) -> Rendered {
+    let limits = &policy.limits;
+    headers::render(policy.headers, batch, admitted, now, |i| {
+        let l = &limits[batch.limit(i).label as usize];
+        LimitInfo {
+            name: &l.name,
+            window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
+            unit: l.cost.unit(),
+            family: l.family,
+        }
+    })
+}
+
+/// The rejection of a refused batch, given the limit `Retry-After` waits
+/// for and the instant it has room.
+fn rejection(
+    policy: &Policy,
+    batch: &Batch,
+    blocking: usize,
+    retry_at: Timestamp,
+    now: Timestamp,
+) -> Option<Rejection> {
+    let view = batch.outcome(blocking)?.view;
+    let limit = policy.limits.get(batch.limit(blocking).label as usize)?;
+    let wait = retry_at.saturating_since(now).as_nanos();
+    let secs = u64::try_from(wait.div_ceil(1_000_000_000)).unwrap_or(u64::MAX);
+    Some(Rejection {
+        tier: limit.tier.clone(),
+        limit: limit.name.clone(),
+        capacity: view.capacity,
+        remaining: view.remaining(),
+        window: limit.window,
+        retry_after: Duration::from_secs(secs.max(1)),
+        reset: view.reset_at,
+        family: limit.family,
+        at: now,
+    })
+}
+
+/// Rejections are logged at DEBUG: under abuse an INFO line per 429 would
+/// turn every rejected request into a log write (the metrics count them
+/// all). Would-be rejections in shadow mode are logged at INFO, since seeing
+/// them is the point of shadow mode.
+#[cfg(feature = "tracing")]
+fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) {
+    macro_rules! event {
+        ($level:expr, $msg:literal) => {
+            tracing::event!(
+                target: "tierlimit",
+                $level,
+                caller = %caller(),
+                tier = %r.tier,
+                limit = %r.limit,
+                capacity = r.capacity,
+                remaining = r.remaining,
+                retry_after = r.retry_after_secs(),
+                $msg
+            )
+        };
+    }
+    if shadow {
+        event!(
+            tracing::Level::INFO,
+            "rate limit exceeded (shadow mode: not enforced)"
+        );
+    } else {
+        event!(tracing::Level::DEBUG, "rate limit exceeded");
+    }
+}
+
+#[cfg(not(feature = "tracing"))]
+fn trace_rejected(_: &Rejection, _: bool, _: impl FnOnce() -> String) {}
+
+#[cfg(feature = "tracing")]
+fn trace_admitted(policy: &Policy, batch: &Batch) {
+    if tracing::enabled!(target: "tierlimit", tracing::Level::DEBUG) {
+        for i in 0..batch.len() {
+            let (Some(o), l) = (
+                batch.outcome(i),
+                &policy.limits[batch.limit(i).label as usize],
+            ) else {
+                continue;
+            };
+            tracing::debug!(
+                target: "tierlimit",
+                tier = %l.tier,
+                limit = %l.name,
+                capacity = o.view.capacity,
+                remaining = o.view.remaining(),
+                "rate limit remaining"
+            );
+        }
+    }
+}
+
+#[cfg(not(feature = "tracing"))]
+fn trace_admitted(_: &Policy, _: &Batch) {}
