@@ -79,8 +79,8 @@
 //! A `cascade` group takes its limits shortest window first: a request is
 //! charged to the first with room and refused only when all are full; its
 //! `Retry-After` is when the first of them has room again. Post-charged
-//! costs go to the limit chosen at admission. See [`crate::headers`] for what
-//! the headers report.
+//! costs go to the limit chosen at admission. The crate docs say what the
+//! headers report (`Response headers`).
 //!
 //! # Fixed windows and time zones
 //!
@@ -572,7 +572,8 @@ pub struct Route {
     /// Methods taken; empty or `*` means any.
     #[serde(default)]
     pub methods: Vec<String>,
-    /// Path pattern (see [`crate::policy::PathPattern`]).
+    /// Path pattern: literal segments, `{param}` or `*` for one segment,
+    /// `**` (last) for the rest; see the `policy` module docs.
     pub path: String,
     /// A tier name, or `exempt`.
     pub tier: String,

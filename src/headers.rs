@@ -1,38 +1,5 @@
-//! Rate-limit response headers.
-//!
-//! # Which limit is reported
-//!
-//! A request is often checked against several limits, but the
-//! `X-RateLimit-*` family has room for one. On an admitted request the
-//! report is the limit with the **least remaining relative to its capacity**
-//! (ties: the sooner reset), i.e. the one a client is closest to hitting. On a
-//! rejected request it is the refusing limit that frees up **last** (the one
-//! `Retry-After` waits for).
-//!
-//! # Other styles
-//!
-//! * `ietf`: `RateLimit-Policy` lists every limit the request was checked
-//!   against as `"name";q=<capacity>;w=<window seconds>` (plus
-//!   `qu="latency-ms"` or `qu="tokens"` for those costs), and `RateLimit`
-//!   gives each one's `"name";r=<remaining>;t=<seconds until full capacity>`.
-//! * `qstash`: each limit with a `family` fills that family's headers
-//!   (`RateLimit-*`, `Burst-RateLimit-*`, `x-ratelimit-*-requests`,
-//!   `x-ratelimit-*-tokens`); a family appears only when one of its limits
-//!   applied to the request. Resets are Unix seconds.
-//!
-//! # Cascades
-//!
-//! A cascade group reports the limit the request was charged to (the one
-//! being drawn from); when every member is full, the one that frees up
-//! first. The other members are left out of `X-RateLimit-*` and `qstash`
-//! headers, and listed in `ietf` ones.
-//!
-//! # `X-RateLimit-Reset`
-//!
-//! Unix seconds (rounded up) at which the reported limit is back to its full
-//! capacity: the end of the current window for a fixed window; for a sliding
-//! window, the moment the newest counted sub-bucket leaves the window. A
-//! limit with nothing counted reports the current second.
+//! Rate-limit response headers (documented publicly in the crate docs,
+//! section "Response headers").
 
 use std::cmp::Ordering;
 

@@ -8,8 +8,8 @@
 //!
 //! * **Exact**: a sliding window never admits more than its capacity in *any*
 //!   interval of its length, also under concurrency; `Retry-After` is the
-//!   exact moment the request would be admitted, never an estimate
-//!   ([`window`]).
+//!   exact moment the request would be admitted, never an estimate (see
+//!   [`store::WindowSpec`]).
 //! * **From configuration**: a Rust builder and a JSON file with the same
 //!   power, checked strictly ([`config`]).
 //! * **Shared budget**: every clone of the service shares one set of counters.
@@ -50,31 +50,87 @@
 //! ```
 //!
 //! The same policy as a file: see [`config`] for the format, then
-//! `Config::from_file("policy.json")?.build()?`.
+//! `Policy::from_file("policy.json")?` (or `Config::from_file(..)?.build()?`).
 //!
 //! ## How a request is decided
 //!
-//! request → [`identity`] (API key, user, tenant, IP) → [`policy`] (route tier,
-//! plan, global tier → one slot per limit) → [`store`] (check and charge all
-//! limits at once, or none) → response (+ [`headers`]) or 429 ([`reject`]).
+//! One engine owns the decision; the layer, the service, the response future
+//! and the body only adapt it to tower and http-body. Data flows one way:
+//!
+//! request head → [`identity`] (API key, user, tenant, IP) → [`Policy`]
+//! (route tier, plan, global tier → one [`store::LimitSpec`] per limit) →
+//! [`store`] (check and charge all limits at once, or none; answered now or
+//! awaited) → response (+ rate-limit headers, + a guard that post-charges
+//! latency / tokens / error responses when the body ends) or 429
+//! ([`reject`]).
+//!
+//! The [`Policy`] is immutable. Runtime plan assignments live in the layer's
+//! own table and a reload is one atomic swap ([`Controller`]).
 //!
 //! ## Cargo features
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `axum` | no | reads the client IP from axum's `ConnectInfo<SocketAddr>` |
-//! | `tracing` | no | `tracing` events: rejections (info, with a short keyed hash of the caller, never the key), remaining figures (debug) |
-//! | `metrics` | no | counters by tier and limit, a decision-latency histogram (see below) |
+//! | `tracing` | no | `tracing` events: rejections (debug; info in shadow mode; with a short keyed hash of the caller, never the key), remaining figures (debug), store failures (warn, at most one line per 10 s) |
+//! | `metrics` | no | counters by tier and limit, store errors, dropped post-charges, a decision-latency histogram (see below) |
 //!
 //! ## Metrics
 //!
 //! With the `metrics` feature, through the `metrics` facade:
 //! `tierlimit_admitted_total`, `tierlimit_rejected_total`,
 //! `tierlimit_shadow_rejected_total` (labels `tier`, `limit`),
-//! `tierlimit_exempt_total`, and the histogram `tierlimit_decision_seconds`.
+//! `tierlimit_exempt_total`, `tierlimit_store_errors_total` (labels `kind`,
+//! `on_error`), `tierlimit_post_charges_dropped_total`,
+//! `tierlimit_post_charge_errors_total`, and the histogram
+//! `tierlimit_decision_seconds`.
 //!
 //! Without `axum`, insert [`identity::ClientAddr`] into request extensions
 //! (a plain hyper server knows the peer address when it accepts).
+//!
+//! ## When the store fails
+//!
+//! A store that cannot decide (a remote store down or too slow) is handled
+//! by [`OnStoreError`], set with [`RateLimitLayerBuilder::on_store_error`]:
+//! **open** by default (forward, without rate-limit headers; as Envoy and
+//! Kong do), or **closed** (503 with `Retry-After`, never 429). Every failure
+//! is counted and logged (rate-limited). The memory store never fails.
+//!
+//! ## Response headers
+//!
+//! ### Which limit is reported
+//!
+//! A request is often checked against several limits, but the
+//! `X-RateLimit-*` family has room for one. On an admitted request the
+//! report is the limit with the **least remaining relative to its capacity**
+//! (ties: the sooner reset), i.e. the one a client is closest to hitting. On a
+//! rejected request it is the refusing limit that frees up **last** (the one
+//! `Retry-After` waits for).
+//!
+//! ### Other styles
+//!
+//! * `ietf`: `RateLimit-Policy` lists every limit the request was checked
+//!   against as `"name";q=<capacity>;w=<window seconds>` (plus
+//!   `qu="latency-ms"` or `qu="tokens"` for those costs), and `RateLimit`
+//!   gives each one's `"name";r=<remaining>;t=<seconds until full capacity>`.
+//! * `qstash`: each limit with a `family` fills that family's headers
+//!   (`RateLimit-*`, `Burst-RateLimit-*`, `x-ratelimit-*-requests`,
+//!   `x-ratelimit-*-tokens`); a family appears only when one of its limits
+//!   applied to the request. Resets are Unix seconds.
+//!
+//! ### Cascades
+//!
+//! A cascade group reports the limit the request was charged to (the one
+//! being drawn from); when every member is full, the one that frees up
+//! first. The other members are left out of `X-RateLimit-*` and `qstash`
+//! headers, and listed in `ietf` ones.
+//!
+//! ### `X-RateLimit-Reset`
+//!
+//! Unix seconds (rounded up) at which the reported limit is back to its full
+//! capacity: the end of the current window for a fixed window; for a sliding
+//! window, the moment the newest counted sub-bucket leaves the window. A
+//! limit with nothing counted reports the current second.
 //!
 //! ## Differences from `tower::limit::RateLimit`
 //!

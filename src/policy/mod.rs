@@ -15,7 +15,7 @@
 //! 3. the **global** tier, if configured;
 //!
 //! and turns every limit of those tiers into one store
-//! [`LimitSpec`](crate::store::LimitSpec), keyed by a keyed 128-bit hash of
+//! [`LimitSpec`], keyed by a keyed 128-bit hash of
 //! (tier, limit definition, scope key). A tier reached twice (say, the route
 //! tier is also the plan) is checked once.
 

@@ -1,6 +1,8 @@
 #![allow(dead_code, missing_docs)]
 //! Helpers shared by the integration tests.
 
+pub mod external;
+
 use std::time::Duration;
 
 use std::cell::Cell;
@@ -23,6 +25,9 @@ pub enum Backend {
     Memory,
     /// [`AwaitedStore`]: the memory store behind an await.
     Awaited,
+    /// [`external::LogStore`]: a store of exact logs written outside the
+    /// crate, sharing no code with the memory store.
+    External,
 }
 
 thread_local! {
@@ -41,7 +46,7 @@ pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
 }
 
 /// Runs each listed scenario (an `async fn name()`) as one test per store:
-/// `memory::name` and `awaited::name`.
+/// `memory::name`, `awaited::name` and `external::name`.
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -58,6 +63,14 @@ macro_rules! on_every_store {
                 #[tokio::test]
                 async fn $name() {
                     $crate::common::on($crate::common::Backend::Awaited, super::$name()).await
+                }
+            )*
+        }
+        mod external {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::External, super::$name()).await
                 }
             )*
         }
@@ -175,6 +188,7 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controll
     match backend() {
         Backend::Memory => demo_with(builder.build(), clock),
         Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
+        Backend::External => demo_with(builder.store(external::LogStore::default()).build(), clock),
     }
 }
 
@@ -266,6 +280,12 @@ where
         Backend::Memory => tower::util::BoxCloneSyncService::new(builder.build().layer(inner)),
         Backend::Awaited => tower::util::BoxCloneSyncService::new(
             builder.store(AwaitedStore::default()).build().layer(inner),
+        ),
+        Backend::External => tower::util::BoxCloneSyncService::new(
+            builder
+                .store(external::LogStore::default())
+                .build()
+                .layer(inner),
         ),
     }
 }
