@@ -1,0 +1,104 @@
+//! Runtime plan assignments live apart from the immutable policy: reloads
+//! never lose one, whatever the timing.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::{Policy, RateLimitLayer};
+use tower::{service_fn, Layer, ServiceExt};
+
+/// Plans `standard` (60/min) and `premium` (`premium` per minute); with
+/// `gold`, a third plan `gold` exists.
+fn policy(premium: u64, gold: bool) -> Policy {
+    let minute = Duration::from_secs(60);
+    let mut c = Config::new()
+        .tier(
+            "standard",
+            Tier::new().limit(Limit::sliding("per-minute", 60, minute)),
+        )
+        .tier(
+            "premium",
+            Tier::new().limit(Limit::sliding("per-minute", premium, minute)),
+        )
+        .plans("standard", [("configured-key", "premium")]);
+    if gold {
+        c = c.tier(
+            "gold",
+            Tier::new().limit(Limit::sliding("per-minute", 5000, minute)),
+        );
+    }
+    c.build().unwrap()
+}
+
+async fn limit_seen_by(layer: &RateLimitLayer, key: &str) -> u64 {
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let resp = svc
+        .oneshot(
+            Request::get("/x")
+                .header("x-api-key", key)
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.headers()["x-ratelimit-limit"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn set_plan_and_reload_race_without_losing_an_assignment() {
+    const N: usize = 5_000;
+    let layer = RateLimitLayer::new(policy(300, false));
+    let ctl = layer.controller();
+    let reloader = ctl.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..N {
+                ctl.set_plan(&format!("key-{i}"), "premium").unwrap();
+            }
+        });
+        s.spawn(move || {
+            // Every reload changes the premium limit, so each is a new policy.
+            for i in 0..N {
+                reloader.reload(policy(300 + (i % 2) as u64, false));
+            }
+        });
+    });
+    for i in 0..N {
+        let key = format!("key-{i}");
+        assert_eq!(ctl.plan_of(&key).as_deref(), Some("premium"), "{key}");
+    }
+    assert_eq!(ctl.runtime_plans().len(), N);
+    // Requests see it: the premium limit, not the standard 60.
+    for key in ["key-0", "key-2500", "key-4999"] {
+        assert!(limit_seen_by(&layer, key).await >= 300, "{key}");
+    }
+    assert_eq!(limit_seen_by(&layer, "someone-else").await, 60);
+    assert!(limit_seen_by(&layer, "configured-key").await >= 300);
+}
+
+#[tokio::test]
+async fn an_assignment_waits_while_a_reload_removed_its_plan() {
+    let layer = RateLimitLayer::new(policy(300, true));
+    layer.set_plan("k", "gold").unwrap();
+    assert_eq!(limit_seen_by(&layer, "k").await, 5000);
+    // The new policy has no `gold`: the default plan applies meanwhile.
+    layer.reload(policy(300, false));
+    assert_eq!(layer.plan_of("k").as_deref(), Some("standard"));
+    assert!(layer.set_plan("k2", "gold").is_err());
+    // `gold` is back: so is the assignment.
+    layer.reload(policy(300, true));
+    assert_eq!(layer.plan_of("k").as_deref(), Some("gold"));
+    // Clearing it leaves the configured plan.
+    assert!(layer.controller().clear_plan("k"));
+    assert_eq!(layer.plan_of("k").as_deref(), Some("standard"));
+}
