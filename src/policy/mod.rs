@@ -40,7 +40,7 @@ use crate::error::ConfigError;
 use crate::identity::{Caller, Identity, IdentityConfig};
 use crate::plans::PlanTable;
 use crate::store::{Batch, Charge, CounterKey, LimitSpec};
-use crate::window::{WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
+use crate::window::{Shape, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 
 /// Most limits in one tier (a request checks at most three tiers).
 pub const MAX_TIER_LIMITS: usize = 20;
@@ -269,8 +269,8 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     h.write(&[0]);
     h.write_u64(l.capacity);
     h.write(format!("{:?}", l.cost).as_bytes());
-    match spec {
-        WindowSpec::Sliding {
+    match spec.shape() {
+        Shape::Sliding {
             bucket_nanos,
             precision,
         } => {
@@ -278,7 +278,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
             h.write_u64(bucket_nanos);
             h.write_u32(precision);
         }
-        WindowSpec::Fixed {
+        Shape::Fixed {
             len_nanos,
             offset_nanos,
         } => {

@@ -73,16 +73,22 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// // One minute in 30 buckets of 2 s: a cost charged at t = 1000 s (bucket
 /// // 500) counts until the end of bucket 530, at 1062 s.
 /// let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
+/// assert!(spec.is_sliding());
+/// assert_eq!((spec.bucket(), spec.reach()), (Duration::from_secs(2), 30));
 /// let i = spec.index(Timestamp::from_secs(1000));
 /// assert_eq!(spec.forget_at(i), Timestamp::from_secs(1062));
 /// // A fixed minute resets on the next :00.
 /// let fixed = WindowSpec::fixed(Duration::from_secs(60), 0);
+/// assert_eq!(fixed.utc_offset_secs(), Some(0));
 /// let j = fixed.index(Timestamp::from_secs(1000));
 /// assert_eq!(fixed.forget_at(j), Timestamp::from_secs(1020));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum WindowSpec {
+pub struct WindowSpec(Shape);
+
+/// The inside of a [`WindowSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shape {
     /// A sliding window of `precision` buckets of `bucket_nanos` each.
     Sliding {
         /// Width of one sub-bucket, in nanoseconds (at least 1).
@@ -139,10 +145,39 @@ impl WindowSpec {
     /// How many buckets before the current one still count: the precision
     /// of a sliding window, 0 for a fixed window.
     pub fn reach(&self) -> u64 {
-        match *self {
-            WindowSpec::Sliding { precision, .. } => u64::from(precision),
-            WindowSpec::Fixed { .. } => 0,
+        match self.0 {
+            Shape::Sliding { precision, .. } => u64::from(precision),
+            Shape::Fixed { .. } => 0,
         }
+    }
+
+    /// Whether the window slides (else it is fixed to clock boundaries).
+    pub fn is_sliding(&self) -> bool {
+        matches!(self.0, Shape::Sliding { .. })
+    }
+
+    /// The width of one bucket: a sub-bucket of a sliding window, the whole
+    /// window of a fixed one.
+    pub fn bucket(&self) -> Duration {
+        Duration::from_nanos(match self.0 {
+            Shape::Sliding { bucket_nanos, .. } => bucket_nanos,
+            Shape::Fixed { len_nanos, .. } => len_nanos,
+        })
+    }
+
+    /// The UTC offset a fixed window's boundaries follow (east positive, in
+    /// seconds); `None` for a sliding window.
+    pub fn utc_offset_secs(&self) -> Option<i32> {
+        match self.0 {
+            Shape::Sliding { .. } => None,
+            Shape::Fixed { offset_nanos, .. } => {
+                i32::try_from(offset_nanos / NANOS_PER_SEC as i64).ok()
+            }
+        }
+    }
+
+    pub(crate) fn shape(&self) -> Shape {
+        self.0
     }
 
     /// The window's length.
@@ -153,23 +188,23 @@ impl WindowSpec {
     pub(crate) fn sliding_nanos(window_nanos: u64, precision: u32) -> Self {
         let precision = precision.clamp(1, MAX_PRECISION);
         let bucket_nanos = window_nanos.div_ceil(u64::from(precision)).max(1);
-        WindowSpec::Sliding {
+        WindowSpec(Shape::Sliding {
             bucket_nanos,
             precision,
-        }
+        })
     }
 
     pub(crate) fn fixed_nanos(len_nanos: u64, offset_nanos: i64) -> Self {
-        WindowSpec::Fixed {
+        WindowSpec(Shape::Fixed {
             len_nanos: len_nanos.max(1),
             offset_nanos,
-        }
+        })
     }
 
     pub(crate) fn index_at(&self, now: u64) -> u64 {
-        match *self {
-            WindowSpec::Sliding { bucket_nanos, .. } => now / bucket_nanos,
-            WindowSpec::Fixed {
+        match self.0 {
+            Shape::Sliding { bucket_nanos, .. } => now / bucket_nanos,
+            Shape::Fixed {
                 len_nanos,
                 offset_nanos,
             } => {
@@ -182,11 +217,11 @@ impl WindowSpec {
 
     /// The instant (ns since the epoch) at which window/bucket `idx` ends.
     fn end_of(&self, idx: u64) -> u64 {
-        match *self {
-            WindowSpec::Sliding { bucket_nanos, .. } => {
+        match self.0 {
+            Shape::Sliding { bucket_nanos, .. } => {
                 idx.saturating_add(1).saturating_mul(bucket_nanos)
             }
-            WindowSpec::Fixed {
+            Shape::Fixed {
                 len_nanos,
                 offset_nanos,
             } => {
@@ -197,19 +232,19 @@ impl WindowSpec {
     }
 
     fn forget_at_ns(&self, idx: u64) -> u64 {
-        match *self {
-            WindowSpec::Sliding { precision, .. } => self.end_of(idx + u64::from(precision)),
-            WindowSpec::Fixed { .. } => self.end_of(idx),
+        match self.0 {
+            Shape::Sliding { precision, .. } => self.end_of(idx + u64::from(precision)),
+            Shape::Fixed { .. } => self.end_of(idx),
         }
     }
 
     pub(crate) fn window_nanos(&self) -> u64 {
-        match *self {
-            WindowSpec::Sliding {
+        match self.0 {
+            Shape::Sliding {
                 bucket_nanos,
                 precision,
             } => bucket_nanos.saturating_mul(u64::from(precision)),
-            WindowSpec::Fixed { len_nanos, .. } => len_nanos,
+            Shape::Fixed { len_nanos, .. } => len_nanos,
         }
     }
 }
@@ -341,10 +376,7 @@ impl Cell {
     /// current bucket index (never before the newest stored bucket).
     fn slide(&mut self, spec: &WindowSpec, now: u64) -> u64 {
         let now_idx = spec.index_at(now);
-        let reach = match *spec {
-            WindowSpec::Sliding { precision, .. } => u64::from(precision),
-            WindowSpec::Fixed { .. } => 0,
-        };
+        let reach = spec.reach();
         match self {
             Cell::One { idx, count, .. } => {
                 if *count == 0 {
@@ -553,7 +585,7 @@ impl Cell {
                     return;
                 }
                 // A second non-empty bucket: move to a ring.
-                let WindowSpec::Sliding { precision, .. } = *spec else {
+                let Shape::Sliding { precision, .. } = spec.0 else {
                     // Fixed windows always slide to the current window first.
                     *idx = cur as u32;
                     *count = cost32;
