@@ -75,6 +75,12 @@ fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
 /// (reset times repeat for a whole second, capacities for ever) from a
 /// per-thread cache. Per thread, so that clones never share a reference
 /// count across cores.
+///
+/// Kept because it pays: `cargo bench --bench decide -- header_numbers`
+/// (the three `X-RateLimit-*` values of a 60/min limit counting down) gave
+/// 63 ns with these caches against 91 ns (and 100 ns in an earlier run) with
+/// `HeaderValue::from` in the same run, on the 2-core reference VM: about
+/// 30 ns saved per response.
 fn number(v: u64) -> HeaderValue {
     use std::cell::RefCell;
     const SMALL: u64 = 256;
