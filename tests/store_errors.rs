@@ -32,6 +32,8 @@ enum Fault {
     FailLater,
     /// Answers, but leaves every limit undecided.
     Undecided,
+    /// Answers a batch of its own making (a limit the policy does not have).
+    Foreign,
     /// Decides like the memory store; post-charges never complete.
     ChargesHang,
 }
@@ -59,6 +61,10 @@ impl Store for Faulty {
                 Err(StoreError::from_kind(StoreErrorKind::Timeout))
             })),
             Fault::Undecided => Answer::Now(Ok(batch)),
+            Fault::Foreign => {
+                let odd = batch.limit(0).with_label(9_999);
+                Answer::Now(Ok(self.inner.decide_now(now, Batch::from_limits([odd]))))
+            }
             Fault::ChargesHang => Answer::Now(Ok(self.inner.decide_now(now, batch))),
         }
     }
@@ -139,7 +145,12 @@ async fn run(
 
 #[tokio::test]
 async fn a_failing_store_fails_open_by_default() {
-    for fault in [Fault::FailNow, Fault::FailLater, Fault::Undecided] {
+    for fault in [
+        Fault::FailNow,
+        Fault::FailLater,
+        Fault::Undecided,
+        Fault::Foreign,
+    ] {
         let (resps, calls, _) = run(fault, None, 5).await;
         // The limit is 1 per minute, but nothing can be counted: all pass,
         // without rate-limit headers that would be made up.
@@ -153,7 +164,12 @@ async fn a_failing_store_fails_open_by_default() {
 
 #[tokio::test]
 async fn a_failing_store_fails_closed_with_a_503_when_set() {
-    for fault in [Fault::FailNow, Fault::FailLater, Fault::Undecided] {
+    for fault in [
+        Fault::FailNow,
+        Fault::FailLater,
+        Fault::Undecided,
+        Fault::Foreign,
+    ] {
         let mode = OnStoreError::Closed {
             retry_after: Duration::from_secs(2),
         };

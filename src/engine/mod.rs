@@ -319,18 +319,20 @@ impl<St: Store> Engine<St> {
         now: Timestamp,
         decided: Result<Batch, StoreError>,
     ) -> Next {
+        let policy = &*active.policy;
         let batch = match decided {
-            Ok(b) if b.is_decided() => b,
+            // A store hands back the batch it was given, every limit decided;
+            // anything else (say, a batch of its own making) is not trusted.
+            Ok(b) if b.is_decided() && b.limits().all(|l| policy.has_label(l.label)) => b,
             Ok(_) => {
                 let e = StoreError::new(
                     crate::store::StoreErrorKind::Protocol,
-                    "the store left a limit without an outcome",
+                    "the store left a limit without an outcome, or answered another batch",
                 );
                 return self.store_failed(&e);
             }
             Err(e) => return self.store_failed(&e),
         };
-        let policy = &*active.policy;
         let admitted = batch.admitted();
         let rendered = render(policy, &batch, admitted, now);
         if admitted {

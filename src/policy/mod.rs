@@ -653,6 +653,11 @@ impl Policy {
         Some(self.tier_names[idx].as_str())
     }
 
+    /// Whether `label` names a limit of this policy.
+    pub(crate) fn has_label(&self, label: u32) -> bool {
+        (label as usize) < self.limits.len()
+    }
+
     /// The tier and limit names of every compiled limit, indexed as the
     /// labels of the store limits this policy makes (for metrics).
     pub(crate) fn limit_names(&self) -> impl Iterator<Item = (&str, &str)> + '_ {

@@ -7,8 +7,10 @@
 //! refuses, none is charged.
 //!
 //! [`MemoryStore`] is the embedded default. Anyone can write another one
-//! from the public items of this module alone; `tests/external_store.rs`
-//! does, and runs the post-charge scenarios on it.
+//! from the public items of this module alone: `tests/common/external.rs`
+//! in the repository is a store of exact logs that shares no code with the
+//! memory store, and every vendor scenario suite and the post-charge suite
+//! run on it (and on the memory store behind an await).
 //!
 //! # The contract
 //!
@@ -65,7 +67,9 @@
 //!
 //! **Errors.** A store that cannot decide returns a [`StoreError`] (with its
 //! source). What the layer then does is a layer setting: fail open (the
-//! default) or closed; see `OnStoreError`.
+//! default) or closed; see [`OnStoreError`](crate::OnStoreError). A batch
+//! returned with a limit left undecided counts as a
+//! [`StoreErrorKind::Protocol`] error.
 //!
 //! # Example: deciding by hand
 //!
@@ -420,13 +424,11 @@ impl Batch {
     /// cost.
     pub fn retry_at(&self) -> Option<Timestamp> {
         let mut at: Option<Timestamp> = None;
-        let mut any = false;
         for (when, _) in self.blockers() {
-            any = true;
             let when = when?;
             at = Some(at.map_or(when, |a| a.max(when)));
         }
-        at.filter(|_| any)
+        at
     }
 
     /// The limit `Retry-After` waits for: the refusing group that frees up
