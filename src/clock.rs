@@ -74,6 +74,22 @@ fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The instant a duration after the epoch (saturating).
+impl From<Duration> for Timestamp {
+    fn from(since_epoch: Duration) -> Timestamp {
+        Timestamp(duration_nanos(since_epoch))
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    /// Instants before the epoch become the epoch.
+    fn from(t: SystemTime) -> Timestamp {
+        t.duration_since(UNIX_EPOCH)
+            .map(Timestamp::from)
+            .unwrap_or(Timestamp::EPOCH)
+    }
+}
+
 impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     /// Saturates at the largest instant.
@@ -196,10 +212,11 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
-    /// A clock standing at `since_epoch` after the Unix epoch.
-    pub fn new(since_epoch: Duration) -> Self {
+    /// A clock standing at `at`: a [`Timestamp`], or a [`Duration`] since
+    /// the Unix epoch.
+    pub fn new(at: impl Into<Timestamp>) -> Self {
         let clock = Self::default();
-        clock.set(since_epoch);
+        clock.set(at);
         clock
     }
 
@@ -209,10 +226,9 @@ impl ManualClock {
         self.nanos.fetch_add(by, Ordering::SeqCst);
     }
 
-    /// Sets the clock to `since_epoch` after the Unix epoch (it may go back).
-    pub fn set(&self, since_epoch: Duration) {
-        let n = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(n, Ordering::SeqCst);
+    /// Sets the clock to `at` (it may go back).
+    pub fn set(&self, at: impl Into<Timestamp>) {
+        self.nanos.store(at.into().0, Ordering::SeqCst);
     }
 }
 

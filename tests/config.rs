@@ -225,6 +225,10 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<tierlimit::Config>();
     assert_send_sync::<tierlimit::ConfigError>();
     assert_send_sync::<tierlimit::RateLimitLayer>();
+    assert_send_sync::<tierlimit::Controller>();
+    assert_send_sync::<tierlimit::store::Batch>();
+    assert_send_sync::<tierlimit::store::StoreError>();
+    assert_send_sync::<tierlimit::clock::ManualClock>();
     assert_send_sync::<tierlimit::store::MemoryStore>();
     assert_send_sync::<tierlimit::RateLimit<tower::util::BoxCloneSyncService<(), (), ()>>>();
 }
