@@ -333,6 +333,10 @@ impl<St: Store> Engine<St> {
             }
             Err(e) => return self.store_failed(&e),
         };
+        // Durations from now are measured on the clock the store decided by;
+        // latency (a post-charge) on the local one.
+        let local_now = now;
+        let now = batch.decided_at().unwrap_or(now);
         let admitted = batch.admitted();
         let rendered = render(policy, &batch, admitted, now);
         if admitted {
@@ -340,7 +344,7 @@ impl<St: Store> Engine<St> {
             active.counters.admitted(&batch);
             return Next::Forward(Forwarding {
                 rendered,
-                guard: self.post_guard(policy, &batch, now),
+                guard: self.post_guard(policy, &batch, local_now),
                 shadow: None,
             });
         }

@@ -48,6 +48,11 @@
 //! 5. Count in windows exactly as the [`WindowSpec`] helpers say (a cost
 //!    charged at `t` counts until `forget_at(index(t))`), and make
 //!    `reset_at` / `retry_at` the instants those rules give.
+//! 6. A store that decides by its own clock instead of the `now` it was
+//!    given (a remote store reading its server's time) says so with
+//!    [`Batch::set_decided_at`]: `Retry-After` and every "seconds from now"
+//!    figure are then measured from that instant, so a skewed local clock
+//!    cannot stretch or shrink them.
 //!
 //! **Post-charges.** A [`Charge::After`] limit (latency, tokens, error
 //! responses) learns its cost after the response. The engine then calls
@@ -300,6 +305,7 @@ pub const MAX_LIMITS: usize = 64;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     items: Vec<(LimitSpec, Option<Outcome>)>,
+    decided_at: Option<Timestamp>,
 }
 
 impl Batch {
@@ -307,6 +313,7 @@ impl Batch {
     pub fn with_capacity(n: usize) -> Self {
         Batch {
             items: Vec::with_capacity(n),
+            decided_at: None,
         }
     }
 
@@ -314,6 +321,7 @@ impl Batch {
     pub fn from_limits(limits: impl IntoIterator<Item = LimitSpec>) -> Self {
         Batch {
             items: limits.into_iter().map(|l| (l, None)).collect(),
+            decided_at: None,
         }
     }
 
@@ -357,6 +365,18 @@ impl Batch {
         if let Some(item) = self.items.get_mut(i) {
             item.1 = Some(outcome);
         }
+    }
+
+    /// Records the instant the store decided at, when it decides by its own
+    /// clock rather than the `now` it was given (a remote store reading its
+    /// server's time, so that instances with skewed clocks agree).
+    pub fn set_decided_at(&mut self, at: Timestamp) {
+        self.decided_at = Some(at);
+    }
+
+    /// The instant the store says it decided at, if it said one.
+    pub fn decided_at(&self) -> Option<Timestamp> {
+        self.decided_at
     }
 
     /// Whether every limit has an outcome.
