@@ -225,8 +225,8 @@ impl MemoryStore {
         let mut held: Option<Held<'_>> = None;
         let mut group: Option<u16> = None;
         let mut group_chosen = false;
-        for i in 0..batch.len() {
-            let limit = *batch.limit(i);
+        // This module is inside `store`: it fills the batch's items in place.
+        for (limit, slot) in batch.items.iter_mut() {
             if limit.cascade != group {
                 if group.is_some() && !group_chosen {
                     ok = false;
@@ -293,16 +293,15 @@ impl MemoryStore {
                     Outcome::new(view, verdict)
                 }
             };
-            batch.record(i, outcome);
+            *slot = Some(outcome);
         }
         if group.is_some() && !group_chosen {
             ok = false;
         }
         drop(held);
         if !ok {
-            for i in 0..batch.len() {
-                let limit = *batch.limit(i);
-                let Some(mut outcome) = batch.outcome(i).copied() else {
+            for (limit, slot) in batch.items.iter_mut() {
+                let Some(outcome) = slot.as_mut() else {
                     continue;
                 };
                 let Verdict::Room(receipt) = outcome.verdict else {
@@ -318,7 +317,6 @@ impl MemoryStore {
                 }
                 // Report the counter as it stands after the refund.
                 outcome.view.used = outcome.view.used.saturating_sub(cost);
-                batch.record(i, outcome);
             }
         }
         self.maybe_sweep(now, hit_cap);
