@@ -34,6 +34,8 @@ enum Fault {
     Undecided,
     /// Answers a batch of its own making (a limit the policy does not have).
     Foreign,
+    /// Answers for only some of the limits it was asked about.
+    Partial,
     /// Decides like the memory store; post-charges never complete.
     ChargesHang,
 }
@@ -61,6 +63,10 @@ impl Store for Faulty {
                 Err(StoreError::from_kind(StoreErrorKind::Timeout))
             })),
             Fault::Undecided => Answer::Now(Ok(batch)),
+            Fault::Partial => {
+                let first = *batch.limit(0);
+                Answer::Now(Ok(self.inner.decide_now(now, Batch::from_limits([first]))))
+            }
             Fault::Foreign => {
                 let odd = batch.limit(0).with_label(9_999);
                 Answer::Now(Ok(self.inner.decide_now(now, Batch::from_limits([odd]))))
@@ -150,6 +156,7 @@ async fn a_failing_store_fails_open_by_default() {
         Fault::FailLater,
         Fault::Undecided,
         Fault::Foreign,
+        Fault::Partial,
     ] {
         let (resps, calls, _) = run(fault, None, 5).await;
         // The limit is 1 per minute, but nothing can be counted: all pass,
@@ -169,6 +176,7 @@ async fn a_failing_store_fails_closed_with_a_503_when_set() {
         Fault::FailLater,
         Fault::Undecided,
         Fault::Foreign,
+        Fault::Partial,
     ] {
         let mode = OnStoreError::Closed {
             retry_after: Duration::from_secs(2),

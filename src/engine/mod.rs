@@ -219,6 +219,8 @@ pub(crate) struct Pending<F> {
 pub(crate) struct Decided {
     active: Arc<Active>,
     now: Timestamp,
+    /// Limits sent to the store.
+    sent: usize,
     started: Start,
 }
 
@@ -290,10 +292,11 @@ impl<St: Store> Engine<St> {
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
         let batch = policy.batch(route_tier, plan, &id, modifier);
+        let sent = batch.len();
         let now = self.clock.now();
         match self.store.decide(now, batch) {
             Answer::Now(decided) => {
-                let next = self.next(&active, parts, now, decided);
+                let next = self.next(&active, parts, now, sent, decided);
                 observe::decided(started);
                 Step::Now(next)
             }
@@ -304,6 +307,7 @@ impl<St: Store> Engine<St> {
                     ctx: Decided {
                         active: arc_swap::Guard::into_inner(active),
                         now,
+                        sent,
                         started,
                     },
                 })
@@ -317,13 +321,20 @@ impl<St: Store> Engine<St> {
         active: &Active,
         parts: &Parts,
         now: Timestamp,
+        sent: usize,
         decided: Result<Batch, StoreError>,
     ) -> Next {
         let policy = &*active.policy;
         let batch = match decided {
             // A store hands back the batch it was given, every limit decided;
             // anything else (say, a batch of its own making) is not trusted.
-            Ok(b) if b.is_decided() && b.limits().all(|l| policy.has_label(l.label)) => b,
+            Ok(b)
+                if b.len() == sent
+                    && b.is_decided()
+                    && b.limits().all(|l| policy.has_label(l.label)) =>
+            {
+                b
+            }
             Ok(_) => {
                 let e = StoreError::new(
                     crate::store::StoreErrorKind::Protocol,
@@ -472,7 +483,7 @@ impl<St: Store> Finish for Engine<St> {
         parts: &Parts,
         decided: Result<Batch, StoreError>,
     ) -> Next {
-        let next = self.next(&ctx.active, parts, ctx.now, decided);
+        let next = self.next(&ctx.active, parts, ctx.now, ctx.sent, decided);
         observe::decided(ctx.started);
         next
     }
