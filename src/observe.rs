@@ -127,12 +127,19 @@ impl Counters {
     }
 }
 
+/// Adds one to the counter `$name` (no labels), registered once.
+macro_rules! bump {
+    ($name:literal) => {{
+        #[cfg(feature = "metrics")]
+        {
+            static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+            on::counter(&C, || metrics::counter!($name)).increment(1);
+        }
+    }};
+}
+
 pub(crate) fn exempt() {
-    #[cfg(feature = "metrics")]
-    {
-        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-        on::counter(&C, || metrics::counter!("tierlimit_exempt_total")).increment(1);
-    }
+    bump!("tierlimit_exempt_total");
 }
 
 /// A store error, and what the layer did about it (`open` or `closed`).
@@ -152,25 +159,11 @@ pub(crate) fn store_error(kind: StoreErrorKind, on_error: &'static str) {
 }
 
 pub(crate) fn post_charge_dropped() {
-    #[cfg(feature = "metrics")]
-    {
-        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-        on::counter(&C, || {
-            metrics::counter!("tierlimit_post_charges_dropped_total")
-        })
-        .increment(1);
-    }
+    bump!("tierlimit_post_charges_dropped_total");
 }
 
 pub(crate) fn post_charge_failed() {
-    #[cfg(feature = "metrics")]
-    {
-        static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-        on::counter(&C, || {
-            metrics::counter!("tierlimit_post_charge_errors_total")
-        })
-        .increment(1);
-    }
+    bump!("tierlimit_post_charge_errors_total");
 }
 
 /// When a decision started (nothing without the `metrics` feature).

@@ -40,6 +40,15 @@ enum Fault {
     ChargesHang,
 }
 
+/// Every way a store can fail to decide.
+const BROKEN: [Fault; 5] = [
+    Fault::FailNow,
+    Fault::FailLater,
+    Fault::Undecided,
+    Fault::Foreign,
+    Fault::Partial,
+];
+
 #[derive(Clone, Debug)]
 struct Faulty {
     fault: Fault,
@@ -151,13 +160,7 @@ async fn run(
 
 #[tokio::test]
 async fn a_failing_store_fails_open_by_default() {
-    for fault in [
-        Fault::FailNow,
-        Fault::FailLater,
-        Fault::Undecided,
-        Fault::Foreign,
-        Fault::Partial,
-    ] {
+    for fault in BROKEN {
         let (resps, calls, _) = run(fault, None, 5).await;
         // The limit is 1 per minute, but nothing can be counted: all pass,
         // without rate-limit headers that would be made up.
@@ -171,13 +174,7 @@ async fn a_failing_store_fails_open_by_default() {
 
 #[tokio::test]
 async fn a_failing_store_fails_closed_with_a_503_when_set() {
-    for fault in [
-        Fault::FailNow,
-        Fault::FailLater,
-        Fault::Undecided,
-        Fault::Foreign,
-        Fault::Partial,
-    ] {
+    for fault in BROKEN {
         let mode = OnStoreError::Closed {
             retry_after: Duration::from_secs(2),
         };
