@@ -7,6 +7,8 @@ mod common;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -69,9 +71,19 @@ type Svc = tower::util::BoxCloneSyncService<
 >;
 
 fn service(clock: &ManualClock) -> Svc {
+    service_noting_hangs(clock).0
+}
+
+/// The service, and a flag the `/hang` route raises when it is reached.
+fn service_noting_hangs(clock: &ManualClock) -> (Svc, Arc<AtomicBool>) {
     let inner_clock = clock.clone();
+    let hung = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&hung);
     let inner = service_fn(move |req: Request<String>| {
         let clock = inner_clock.clone();
+        if req.uri().path() == "/hang" {
+            flag.store(true, Ordering::SeqCst);
+        }
         async move {
             match req.uri().path() {
                 "/fail" => {
@@ -93,7 +105,7 @@ fn service(clock: &ManualClock) -> Svc {
             }
         }
     });
-    limited(config().build().unwrap(), clock, inner)
+    (limited(config().build().unwrap(), clock, inner), hung)
 }
 
 async fn call(
@@ -179,19 +191,26 @@ async fn error_statuses_in_range_are_counted() {
 
 async fn a_dropped_response_future_is_charged_once() {
     let clock = clock();
-    let mut svc = service(&clock);
+    let (mut svc, hung) = service_noting_hangs(&clock);
     let req = Request::get("/hang").body(String::new()).unwrap();
     let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
-    // Poll until the inner service is waiting forever (an awaited store
-    // answers after a yield or two).
-    for _ in 0..5 {
+    // Poll until the inner service is waiting forever (a store that must be
+    // awaited answers after a yield, or a round trip to Redis).
+    for _ in 0..10_000 {
         std::future::poll_fn(|cx| {
             assert!(fut.as_mut().poll(cx).is_pending());
             Poll::Ready(())
         })
         .await;
-        tokio::task::yield_now().await;
+        if hung.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(100)).await;
     }
+    assert!(
+        hung.load(Ordering::SeqCst),
+        "the request reached the inner service"
+    );
     clock.advance(Duration::from_millis(4_000));
     drop(fut); // the client went away
     assert_eq!(remaining(&svc).await, (96_000, 100));

@@ -97,6 +97,8 @@ mod entry;
 pub mod memory;
 #[cfg(test)]
 mod model_tests;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -104,6 +106,8 @@ use std::future::Future;
 
 use crate::clock::Timestamp;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreConfig, TimeSource};
 pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 

@@ -2,6 +2,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod external;
+pub mod redis_server;
 
 use std::time::Duration;
 
@@ -28,10 +29,15 @@ pub enum Backend {
     /// [`external::LogStore`]: a store of exact logs written outside the
     /// crate, sharing no code with the memory store.
     External,
+    /// [`tierlimit::store::RedisStore`] on a `redis-server` of the test's own
+    /// (the layer's manual clock is passed to Redis).
+    Redis,
 }
 
 thread_local! {
     static BACKEND: Cell<Backend> = const { Cell::new(Backend::Memory) };
+    static SERVER: std::cell::RefCell<Option<redis_server::RedisServer>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The store the current scenario runs on.
@@ -39,14 +45,35 @@ pub fn backend() -> Backend {
     BACKEND.with(Cell::get)
 }
 
-/// Runs a scenario on `backend` (tokio's test runtime runs on this thread).
+/// Runs a scenario on `backend` (tokio's test runtime runs on this thread);
+/// on Redis, against a `redis-server` of its own (skipped when there is
+/// none, except under `CI=true`).
 pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
     BACKEND.with(|b| b.set(backend));
+    if backend == Backend::Redis {
+        let Some(server) = redis_server::RedisServer::start() else {
+            return;
+        };
+        SERVER.with(|s| *s.borrow_mut() = Some(server));
+    }
     scenario.await;
+    SERVER.with(|s| s.borrow_mut().take());
+}
+
+/// The Redis store of the current scenario's server.
+pub fn redis_store() -> tierlimit::store::RedisStore {
+    use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource};
+    let url = SERVER.with(|s| {
+        s.borrow()
+            .as_ref()
+            .map(|s| s.url())
+            .expect("a Redis scenario")
+    });
+    RedisStore::new(RedisStoreConfig::new(url).time(TimeSource::Caller)).unwrap()
 }
 
 /// Runs each listed scenario (an `async fn name()`) as one test per store:
-/// `memory::name`, `awaited::name` and `external::name`.
+/// `memory::name`, `awaited::name`, `external::name` and `redis::name`.
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -71,6 +98,14 @@ macro_rules! on_every_store {
                 #[tokio::test]
                 async fn $name() {
                     $crate::common::on($crate::common::Backend::External, super::$name()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::Redis, super::$name()).await
                 }
             )*
         }
@@ -189,6 +224,7 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controll
         Backend::Memory => demo_with(builder.build(), clock),
         Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
         Backend::External => demo_with(builder.store(external::LogStore::default()).build(), clock),
+        Backend::Redis => demo_with(builder.store(redis_store()).build(), clock),
     }
 }
 
@@ -287,5 +323,8 @@ where
                 .build()
                 .layer(inner),
         ),
+        Backend::Redis => {
+            tower::util::BoxCloneSyncService::new(builder.store(redis_store()).build().layer(inner))
+        }
     }
 }

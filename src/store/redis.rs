@@ -1,0 +1,603 @@
+//! Counters in Redis (feature `redis`), so that every instance of a service
+//! shares one budget.
+//!
+//! # One round trip, all or nothing
+//!
+//! A decision is one `EVALSHA` of one Lua script (loaded again by itself
+//! after a `NOSCRIPT`): it applies the post-charges waiting in this
+//! instance, then checks every limit of the request and charges them all, or
+//! none, atomically. The counting rules are the memory store's (the
+//! [`WindowSpec`](super::WindowSpec) helpers): sliding windows in
+//! sub-buckets with the hard guarantee, fixed windows on clock boundaries,
+//! cascades, post-charged costs, all with the same figures. A counter is a
+//! hash per (tier, scope key) whose fields are `TAG:BUCKET` → cost; buckets
+//! that left their window are deleted when next read, and every hash expires
+//! by itself (`PEXPIRE`) a second after its longest window.
+//!
+//! Times in Redis are whole microseconds: a sub-bucket whose width is not a
+//! whole number of microseconds (say a 1 s window in 3 buckets) is counted
+//! in buckets rounded up to the next microsecond.
+//!
+//! # Whose clock
+//!
+//! By default ([`TimeSource::Server`]) the script reads the Redis server's
+//! clock (`TIME`), so instances whose own clocks disagree by minutes still
+//! agree on every window, and `Retry-After` is measured on that clock.
+//! [`TimeSource::Caller`] uses the instant the layer passes instead (its
+//! [`Clock`](crate::clock::Clock)): for tests with a manual clock.
+//!
+//! # Post-charges
+//!
+//! Costs measured after responses (latency, tokens, error responses) are
+//! queued in this instance (at most [`RedisStoreConfig::max_pending_charges`];
+//! past that they are dropped and counted in
+//! [`RedisStore::charges_dropped`]) and never sent on the request path of
+//! their own request: the next decision of this instance carries them in the
+//! same script call, applied before it decides, and a background task sends
+//! what is left every 10 ms when no decision comes. A decision that fails
+//! puts the charges it carried back in the queue, except when it timed out
+//! (they may have been applied: they are counted in
+//! [`RedisStore::charges_uncertain`] rather than sent twice).
+//!
+//! # Failures
+//!
+//! The store connects on its first decision, within the timeout (or at once
+//! with [`RedisStore::connect`]); an unreachable Redis at start is no error:
+//! decisions fail while a background task keeps trying, and the connection
+//! reconnects by itself. Every
+//! decision has a timeout ([`RedisStoreConfig::timeout`], 50 ms by
+//! default). After three failures in a row the store stops waiting on Redis
+//! for 200 ms and fails at once, so an outage does not add the timeout to
+//! every request; the first success closes the circuit again, so
+//! enforcement returns within a second of Redis coming back. What a failed
+//! decision means for the request is the layer's
+//! [`OnStoreError`](crate::OnStoreError).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{
+    Answer, Batch, Charge, CounterKey, Outcome, PostCharge, Receipt, Refusal, Store, StoreError,
+    StoreErrorKind, Verdict, View,
+};
+use crate::clock::Timestamp;
+
+const SCRIPT: &str = include_str!("redis.lua");
+const FAILURES_TO_OPEN: u32 = 3;
+const OPEN_FOR: Duration = Duration::from_millis(200);
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+
+/// Where the store's "now" comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeSource {
+    /// The Redis server's clock (`TIME`): every instance agrees.
+    #[default]
+    Server,
+    /// The instant the layer passes (its own clock): for tests.
+    Caller,
+}
+
+/// Settings of a [`RedisStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key the store writes (default `tierlimit`).
+    pub prefix: String,
+    /// How long one decision may wait for Redis (default 50 ms).
+    pub timeout: Duration,
+    /// Where "now" comes from (default the server's clock).
+    pub time: TimeSource,
+    /// Most post-charges waiting to be sent (default 100 000).
+    pub max_pending_charges: usize,
+}
+
+impl RedisStoreConfig {
+    /// Settings for the Redis at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisStoreConfig {
+            url: url.into(),
+            prefix: "tierlimit".into(),
+            timeout: Duration::from_millis(50),
+            time: TimeSource::Server,
+            max_pending_charges: 100_000,
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the per-decision timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets where "now" comes from.
+    pub fn time(mut self, time: TimeSource) -> Self {
+        self.time = time;
+        self
+    }
+}
+
+/// Counters in Redis; see the [module docs](self). Clones share one
+/// connection.
+///
+/// ```no_run
+/// use tierlimit::store::redis::{RedisStore, RedisStoreConfig};
+/// use tierlimit::{Policy, RateLimitLayer};
+///
+/// # fn policy() -> Policy { tierlimit::Config::new().build().unwrap() }
+/// let store = RedisStore::new(RedisStoreConfig::new("redis://127.0.0.1:6379")).unwrap();
+/// let layer = RateLimitLayer::builder(policy()).store(store).build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    connecting: AtomicBool,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    time: TimeSource,
+    pending: Mutex<Vec<PostCharge>>,
+    max_pending: usize,
+    dropped: AtomicU64,
+    uncertain: AtomicU64,
+    flusher: AtomicBool,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the circuit is open.
+    open_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("time", &self.time)
+            .field("connected", &self.conn.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn unavailable(why: &'static str) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, why)
+}
+
+impl RedisStore {
+    /// A store for the Redis of `config`. It connects in the background,
+    /// from the first decision on (inside a tokio runtime); until Redis
+    /// answers, decisions fail with [`StoreErrorKind::Unavailable`].
+    ///
+    /// # Errors
+    ///
+    /// The URL is not a Redis URL.
+    pub fn new(config: RedisStoreConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                conn: ArcSwapOption::empty(),
+                connecting: AtomicBool::new(false),
+                script: redis::Script::new(SCRIPT),
+                prefix: config.prefix,
+                timeout: config.timeout,
+                time: config.time,
+                pending: Mutex::new(Vec::new()),
+                max_pending: config.max_pending_charges.max(1),
+                dropped: AtomicU64::new(0),
+                uncertain: AtomicU64::new(0),
+                flusher: AtomicBool::new(false),
+                failures: AtomicU32::new(0),
+                open_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+        })
+    }
+
+    /// Connects now (within the timeout), so that an unreachable Redis shows
+    /// at start; on failure the store keeps trying in the background.
+    ///
+    /// # Errors
+    ///
+    /// Redis cannot be reached now.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        self.inner.first_connect().await.map(|_| ())
+    }
+
+    /// Whether the store holds a connection (it may still be failing).
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.load().is_some()
+    }
+
+    /// Post-charges dropped because too many were waiting.
+    pub fn charges_dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Post-charges carried by a decision that timed out: they may or may
+    /// not have been applied, and are not sent again.
+    pub fn charges_uncertain(&self) -> u64 {
+        self.inner.uncertain.load(Ordering::Relaxed)
+    }
+
+    /// Post-charges waiting to be sent.
+    pub fn charges_pending(&self) -> usize {
+        self.inner.pending.lock().map_or(0, |p| p.len())
+    }
+
+    /// The Redis key of the counters `key`.
+    pub fn redis_key(&self, key: CounterKey) -> String {
+        self.inner.redis_key(key)
+    }
+}
+
+impl Inner {
+    fn redis_key(&self, key: CounterKey) -> String {
+        // The braces are a cluster hash tag: one scope key, one slot.
+        let mut s = String::with_capacity(self.prefix.len() + 36);
+        s.push_str(&self.prefix);
+        let _ = write!(s, ":{{{:032x}}}", key.as_u128());
+        s
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.millis() < self.open_until.load(Ordering::Relaxed)
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
+            let until = self.millis() + OPEN_FOR.as_millis() as u64;
+            self.open_until.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Connects now, within the timeout, unless a connection is being
+    /// made already; on failure, keeps trying in the background.
+    async fn first_connect(self: &Arc<Self>) -> Result<Arc<ConnectionManager>, StoreError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok(c);
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return Err(unavailable("connecting to Redis"));
+        }
+        // Cleared however this ends, the future dropped half way included.
+        struct Connecting<'a>(&'a AtomicBool);
+        impl Drop for Connecting<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let guard = Connecting(&self.connecting);
+        let make = ConnectionManager::new_with_config(self.client.clone(), manager_config());
+        let made = tokio::time::timeout(self.timeout, make).await;
+        drop(guard);
+        match made {
+            Ok(Ok(conn)) => {
+                let conn = Arc::new(conn);
+                self.conn.store(Some(Arc::clone(&conn)));
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                log_connect_error(&e);
+                self.connect();
+                Err(StoreError::new(StoreErrorKind::Unavailable, e))
+            }
+            Err(elapsed) => {
+                self.connect();
+                Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
+            }
+        }
+    }
+
+    /// Starts connecting in the background, once, where a runtime runs.
+    fn connect(self: &Arc<Self>) {
+        if self.conn.load().is_some() || self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.connecting.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut wait = Duration::from_millis(50);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                match ConnectionManager::new_with_config(inner.client.clone(), manager_config())
+                    .await
+                {
+                    Ok(conn) => {
+                        inner.conn.store(Some(Arc::new(conn)));
+                        inner.connecting.store(false, Ordering::Release);
+                        return;
+                    }
+                    Err(e) => {
+                        log_connect_error(&e);
+                        drop(inner);
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Starts the task that sends waiting post-charges when no decision
+    /// carries them, once, where a runtime runs.
+    fn start_flusher(self: &Arc<Self>) {
+        if self.flusher.load(Ordering::Relaxed) || self.flusher.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.flusher.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.circuit_open() {
+                    continue;
+                }
+                let Some(conn) = inner.conn.load_full() else {
+                    continue;
+                };
+                let charges = inner.take_pending();
+                if charges.is_empty() {
+                    continue;
+                }
+                let call = inner.call(&conn, None, &Batch::default(), &charges);
+                let _ = inner.finish_call(call.await, charges);
+            }
+        });
+    }
+
+    fn take_pending(&self) -> Vec<PostCharge> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    /// Puts charges back at the front of the queue (bounded).
+    fn requeue(&self, charges: Vec<PostCharge>) {
+        if let Ok(mut p) = self.pending.lock() {
+            let room = self.max_pending.saturating_sub(p.len());
+            let lost = charges.len().saturating_sub(room);
+            self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            let mut back: Vec<PostCharge> = charges.into_iter().take(room).collect();
+            back.append(&mut p);
+            *p = back;
+        }
+    }
+
+    /// One script call (`EVALSHA`, and `SCRIPT LOAD` then again after a
+    /// `NOSCRIPT`): post-charges, then the batch's limits.
+    fn call(
+        &self,
+        conn: &ConnectionManager,
+        now: Option<Timestamp>,
+        batch: &Batch,
+        charges: &[PostCharge],
+    ) -> impl Future<Output = CallResult> + Send + 'static {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(batch.len() + charges.len());
+        for l in batch.limits() {
+            cmd.arg(self.redis_key(l.key));
+        }
+        for c in charges {
+            cmd.arg(self.redis_key(c.receipt.key()));
+        }
+        match (self.time, now) {
+            (TimeSource::Caller, Some(t)) => cmd.arg(t.as_nanos() / 1000),
+            _ => cmd.arg(""),
+        };
+        cmd.arg(batch.len()).arg(charges.len());
+        for l in batch.limits() {
+            let (bucket, reach, offset) = shape_us(&l.window);
+            let group = l.cascade.map_or(0, u32::from);
+            cmd.arg(l.tag)
+                .arg(bucket)
+                .arg(reach)
+                .arg(offset)
+                .arg(l.capacity)
+                .arg(l.check_cost())
+                .arg(l.charge_cost())
+                .arg(group)
+                .arg(ttl_ms(bucket, reach));
+        }
+        for c in charges {
+            let (bucket, reach, offset) = shape_us(&c.limit.window);
+            cmd.arg(c.limit.tag)
+                .arg(bucket)
+                .arg(offset)
+                .arg(c.cost)
+                .arg(ttl_ms(bucket, reach));
+        }
+        let mut conn = conn.clone();
+        let timeout = self.timeout;
+        async move {
+            tokio::time::timeout(timeout, async move {
+                match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                    Err(e) if is_noscript(&e) => {
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(SCRIPT)
+                            .query_async::<String>(&mut conn)
+                            .await?;
+                        cmd.query_async::<Vec<i64>>(&mut conn).await
+                    }
+                    other => other,
+                }
+            })
+            .await
+        }
+    }
+
+    /// Books a call's result: circuit state, and what becomes of the
+    /// charges it carried.
+    fn finish_call(
+        &self,
+        res: CallResult,
+        charges: Vec<PostCharge>,
+    ) -> Result<Vec<i64>, StoreError> {
+        match res {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.failed();
+                self.requeue(charges);
+                Err(StoreError::new(StoreErrorKind::Unavailable, e))
+            }
+            Err(elapsed) => {
+                self.failed();
+                self.uncertain
+                    .fetch_add(charges.len() as u64, Ordering::Relaxed);
+                Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
+            }
+        }
+    }
+}
+
+type CallResult = Result<Result<Vec<i64>, redis::RedisError>, tokio::time::error::Elapsed>;
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+/// (bucket width, buckets still counted before the current one, UTC offset)
+/// of a window, in whole microseconds (bucket rounded up).
+fn shape_us(w: &super::WindowSpec) -> (u64, u64, i64) {
+    let bucket = u64::try_from(w.bucket().as_nanos().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let offset = i64::from(w.utc_offset_secs().unwrap_or(0)) * 1_000_000;
+    (bucket, w.reach(), offset)
+}
+
+/// A counter expires a second after its longest window.
+fn ttl_ms(bucket_us: u64, reach: u64) -> u64 {
+    bucket_us.saturating_mul(reach + 1) / 1000 + 1000
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+}
+
+fn log_connect_error(e: &redis::RedisError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tierlimit", error = %e, "cannot connect to Redis; retrying");
+    #[cfg(not(feature = "tracing"))]
+    let _ = e;
+}
+
+fn ts(us: i64) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(us).unwrap_or(0).saturating_mul(1000))
+}
+
+/// Fills `batch` from the script's answer.
+fn fill(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
+    let bad = |why: &'static str| StoreError::new(StoreErrorKind::Protocol, why);
+    if v.len() != 2 + 5 * batch.len() {
+        return Err(bad("the script answered the wrong number of values"));
+    }
+    batch.set_decided_at(ts(v[0]));
+    for i in 0..batch.len() {
+        let l = *batch.limit(i);
+        let r = &v[2 + 5 * i..2 + 5 * i + 5];
+        let view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
+        let verdict = match r[0] {
+            0 => Verdict::Room(Receipt::new(l.key, u64::try_from(r[4]).unwrap_or(0))),
+            1 => Verdict::Passed,
+            2 => Verdict::Refused(Refusal::Full { retry_at: ts(r[3]) }),
+            3 => Verdict::Refused(Refusal::NeverFits),
+            _ => return Err(bad("the script answered an unknown verdict")),
+        };
+        batch.record(i, Outcome::new(view, verdict));
+    }
+    if (v[1] == 1) != batch.admitted() {
+        return Err(bad("the script's admission disagrees with its verdicts"));
+    }
+    Ok(())
+}
+
+impl Store for RedisStore {
+    type Decide = BoxFuture<Result<Batch, StoreError>>;
+    type Charge = std::future::Ready<Result<(), StoreError>>;
+
+    fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
+        let inner = Arc::clone(&self.inner);
+        if inner.circuit_open() {
+            return Answer::Now(Err(unavailable(
+                "Redis failed repeatedly; retrying shortly",
+            )));
+        }
+        Answer::Later(Box::pin(async move {
+            let conn = inner.first_connect().await?;
+            inner.start_flusher();
+            let charges = inner.take_pending();
+            let call = inner.call(&conn, Some(now), &batch, &charges);
+            let v = inner.finish_call(call.await, charges)?;
+            fill(&mut batch, &v)?;
+            Ok(batch)
+        }))
+    }
+
+    fn charge_after(&self, _now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
+        let inner = &self.inner;
+        let charges = charges
+            .into_iter()
+            .filter(|c| c.cost > 0 && c.limit.charge == Charge::After);
+        if let Ok(mut p) = inner.pending.lock() {
+            for c in charges {
+                if p.len() < inner.max_pending {
+                    p.push(c);
+                } else {
+                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        inner.start_flusher();
+        Answer::Now(Ok(()))
+    }
+}
