@@ -311,12 +311,16 @@ impl MemoryStore {
                 if cost == 0 || receipt.data() == u64::MAX {
                     continue;
                 }
-                let spec = limit.window;
+                let (spec, cap, check) = (limit.window, limit.capacity, limit.check_cost());
                 if let Some(mut e) = inner.map.get_mut(&MapKey::from(receipt.key().as_u128())) {
-                    e.with_cell(limit.tag, |c| c.refund(&spec, now, receipt.data(), cost));
+                    // Report the counter as it stands after the refund (its
+                    // reset instant too: the refunded bucket may have been
+                    // its newest).
+                    outcome.view = e.with_cell(limit.tag, |c| {
+                        c.refund(&spec, now, receipt.data(), cost);
+                        c.peek(&spec, cap, now, check).0
+                    });
                 }
-                // Report the counter as it stands after the refund.
-                outcome.view.used = outcome.view.used.saturating_sub(cost);
             }
         }
         self.maybe_sweep(now, hit_cap);

@@ -11,7 +11,9 @@
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
 -- per limit, 9 values:  tag, bucket, reach, offset, capacity, check, charge,
 --                       cascade group (0: none), ttl in ms
--- per post-charge, 5:   tag, bucket, offset, cost, ttl in ms
+-- per post-charge, 6:   tag, bucket, offset, cost, ttl in ms, and when it
+--                       was measured: microseconds since the epoch on the
+--                       caller's clock, or -N for N microseconds before now
 --
 -- Returns {now, admitted, then per limit: verdict, used, reset, retry, index}
 -- verdict: 0 room, 1 passed (cascade member after the one charged),
@@ -45,9 +47,13 @@ end
 -- Post-charges first: costs measured after earlier responses.
 local base = 4 + 9 * L
 for c = 1, C do
-  local a = base + 5 * (c - 1)
+  local a = base + 6 * (c - 1)
   local key = KEYS[L + c]
-  local idx = fdiv(now + tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]))
+  local at = tonumber(ARGV[a + 5])
+  if at <= 0 then
+    at = now + at
+  end
+  local idx = fdiv(at + tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]))
   redis.call('HINCRBY', key, field(ARGV[a], idx), ARGV[a + 3])
   redis.call('PEXPIRE', key, ARGV[a + 4])
 end

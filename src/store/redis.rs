@@ -157,7 +157,7 @@ struct Inner {
     prefix: String,
     timeout: Duration,
     time: TimeSource,
-    pending: Mutex<Vec<PostCharge>>,
+    pending: Mutex<Vec<Waiting>>,
     max_pending: usize,
     dropped: AtomicU64,
     uncertain: AtomicU64,
@@ -180,6 +180,16 @@ impl std::fmt::Debug for Inner {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A post-charge waiting to be sent, with when it was measured: on the
+/// caller's clock, and on this process's monotonic clock (so that on the
+/// server's clock it lands that long before the server's "now").
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    charge: PostCharge,
+    at: Timestamp,
+    queued: Instant,
+}
 
 fn unavailable(why: &'static str) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, why)
@@ -387,7 +397,7 @@ impl Inner {
         });
     }
 
-    fn take_pending(&self) -> Vec<PostCharge> {
+    fn take_pending(&self) -> Vec<Waiting> {
         self.pending
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
@@ -395,12 +405,12 @@ impl Inner {
     }
 
     /// Puts charges back at the front of the queue (bounded).
-    fn requeue(&self, charges: Vec<PostCharge>) {
+    fn requeue(&self, charges: Vec<Waiting>) {
         if let Ok(mut p) = self.pending.lock() {
             let room = self.max_pending.saturating_sub(p.len());
             let lost = charges.len().saturating_sub(room);
             self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-            let mut back: Vec<PostCharge> = charges.into_iter().take(room).collect();
+            let mut back: Vec<Waiting> = charges.into_iter().take(room).collect();
             back.append(&mut p);
             *p = back;
         }
@@ -413,7 +423,7 @@ impl Inner {
         conn: &ConnectionManager,
         now: Option<Timestamp>,
         batch: &Batch,
-        charges: &[PostCharge],
+        charges: &[Waiting],
     ) -> impl Future<Output = CallResult> + Send + 'static {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
@@ -421,8 +431,8 @@ impl Inner {
         for l in batch.limits() {
             cmd.arg(self.redis_key(l.key));
         }
-        for c in charges {
-            cmd.arg(self.redis_key(c.receipt.key()));
+        for w in charges {
+            cmd.arg(self.redis_key(w.charge.receipt.key()));
         }
         match (self.time, now) {
             (TimeSource::Caller, Some(t)) => cmd.arg(t.as_nanos() / 1000),
@@ -442,13 +452,19 @@ impl Inner {
                 .arg(group)
                 .arg(ttl_ms(bucket, reach));
         }
-        for c in charges {
+        for w in charges {
+            let c = &w.charge;
             let (bucket, reach, offset) = shape_us(&c.limit.window);
+            let at: i64 = match self.time {
+                TimeSource::Caller => i64::try_from(w.at.as_nanos() / 1000).unwrap_or(i64::MAX),
+                _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
+            };
             cmd.arg(c.limit.tag)
                 .arg(bucket)
                 .arg(offset)
                 .arg(c.cost)
-                .arg(ttl_ms(bucket, reach));
+                .arg(ttl_ms(bucket, reach))
+                .arg(at);
         }
         let mut conn = conn.clone();
         let timeout = self.timeout;
@@ -472,11 +488,7 @@ impl Inner {
 
     /// Books a call's result: circuit state, and what becomes of the
     /// charges it carried.
-    fn finish_call(
-        &self,
-        res: CallResult,
-        charges: Vec<PostCharge>,
-    ) -> Result<Vec<i64>, StoreError> {
+    fn finish_call(&self, res: CallResult, charges: Vec<Waiting>) -> Result<Vec<i64>, StoreError> {
         match res {
             Ok(Ok(v)) => {
                 self.succeeded();
@@ -583,15 +595,20 @@ impl Store for RedisStore {
         }))
     }
 
-    fn charge_after(&self, _now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let inner = &self.inner;
         let charges = charges
             .into_iter()
             .filter(|c| c.cost > 0 && c.limit.charge == Charge::After);
+        let queued = Instant::now();
         if let Ok(mut p) = inner.pending.lock() {
-            for c in charges {
+            for charge in charges {
                 if p.len() < inner.max_pending {
-                    p.push(c);
+                    p.push(Waiting {
+                        charge,
+                        at: now,
+                        queued,
+                    });
                 } else {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);
                 }

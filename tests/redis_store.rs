@@ -1,0 +1,146 @@
+//! The Redis store against the memory store (which is checked against the
+//! model in `src/store/model_tests.rs`): random requests of several limits,
+//! cascades and post-charged costs get the same answers, figures and
+//! refusals from both, on a real `redis-server`.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use proptest::prelude::*;
+use tierlimit::clock::Timestamp;
+use tierlimit::store::{
+    Answer, Batch, Charge, CounterKey, LimitSpec, MemoryStore, PostCharge, RedisStore,
+    RedisStoreConfig, Store, TimeSource, Verdict, WindowSpec,
+};
+
+const MS: u64 = 1_000_000;
+
+fn shape(tag: u16) -> (WindowSpec, u64) {
+    match tag % 3 {
+        0 => (WindowSpec::sliding(Duration::from_millis(1000), 10), 5),
+        1 => (WindowSpec::sliding(Duration::from_millis(5000), 5), 12),
+        _ => (WindowSpec::fixed(Duration::from_millis(2000), 0), 7),
+    }
+}
+
+/// A request: groups of (key, cost, post); a group of several limits is a
+/// cascade.
+#[derive(Clone, Debug)]
+struct Req {
+    gap_ms: u64,
+    groups: Vec<Vec<(u128, u64, bool)>>,
+}
+
+fn reqs() -> impl Strategy<Value = Vec<Req>> {
+    let limit = (1u128..3, 1u64..5, any::<bool>());
+    let group = prop::collection::vec(limit, 1..4);
+    let req = (0u64..700, prop::collection::vec(group, 1..3))
+        .prop_map(|(gap_ms, groups)| Req { gap_ms, groups });
+    prop::collection::vec(req, 1..60)
+}
+
+fn server() -> Option<&'static RedisServer> {
+    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start).as_ref()
+}
+
+async fn decide<S: Store>(store: &S, now: Timestamp, batch: Batch) -> Batch {
+    match store.decide(now, batch) {
+        Answer::Now(r) => r.unwrap(),
+        Answer::Later(f) => f.await.unwrap(),
+    }
+}
+
+fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let memory = MemoryStore::default();
+        let config = RedisStoreConfig::new(url)
+            .prefix(prefix)
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2));
+        let redis = RedisStore::new(config).unwrap();
+        let mut now = Timestamp::from_nanos(1_700_000_000_000 * MS);
+        for req in reqs {
+            now = now + Duration::from_millis(req.gap_ms);
+            let mut limits = Vec::new();
+            let mut tag = 1u16;
+            for (g, group) in req.groups.iter().enumerate() {
+                let cascade = (group.len() > 1).then_some(g as u16 + 1);
+                for &(key, cost, post) in group {
+                    tag += 1;
+                    let (w, cap) = shape(tag);
+                    let charge = if post {
+                        Charge::After
+                    } else {
+                        Charge::Now(cost)
+                    };
+                    limits.push(
+                        LimitSpec::new(CounterKey::from_u128(key), w, cap, 1)
+                            .with_tag(tag)
+                            .with_charge(charge)
+                            .in_cascade(cascade),
+                    );
+                }
+            }
+            let a = decide(&memory, now, Batch::from_limits(limits.clone())).await;
+            let b = decide(&redis, now, Batch::from_limits(limits.clone())).await;
+            prop_assert_eq!(a.admitted(), b.admitted());
+            prop_assert_eq!(b.decided_at(), Some(now));
+            for i in 0..limits.len() {
+                let (x, y) = (a.outcome(i).unwrap(), b.outcome(i).unwrap());
+                prop_assert_eq!(x.view, y.view, "limit {} of {:?}", i, req);
+                let kind = |v: &Verdict| match v {
+                    Verdict::Room(_) => "room".to_string(),
+                    other => format!("{other:?}"),
+                };
+                prop_assert_eq!(
+                    kind(&x.verdict),
+                    kind(&y.verdict),
+                    "limit {} of {:?}",
+                    i,
+                    req
+                );
+            }
+            if a.admitted() {
+                // Post-charge both the same way.
+                let charges = |batch: &Batch| -> Vec<PostCharge> {
+                    (0..batch.len())
+                        .filter_map(|i| {
+                            let l = *batch.limit(i);
+                            match batch.outcome(i)?.verdict {
+                                Verdict::Room(r) if l.charge == Charge::After => {
+                                    Some(PostCharge::new(l, r, 1 + u64::from(l.tag) % 4))
+                                }
+                                _ => None,
+                            }
+                        })
+                        .collect()
+                };
+                let _ = memory.charge_after(now, charges(&a));
+                let _ = redis.charge_after(now, charges(&b));
+            }
+        }
+        prop_assert_eq!(redis.charges_dropped(), 0);
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redis_decides_as_the_memory_store(reqs in reqs()) {
+        static CASE: AtomicUsize = AtomicUsize::new(0);
+        let Some(server) = server() else { return Ok(()) };
+        let prefix = format!("prop{}", CASE.fetch_add(1, Ordering::Relaxed));
+        run(&reqs, &server.url(), &prefix)?;
+    }
+}
