@@ -7,6 +7,8 @@
 //! cargo run --release --example gateway -- --config examples/policies/qarion.json
 //! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
 //! #          --no-metrics (no Prometheus recorder; /metrics answers 404)
+//! #          --redis redis://127.0.0.1:6379 (counters in Redis, overriding the
+//! #          file's store.redis.url: run two gateways on one Redis, one budget)
 //! ```
 //!
 //! Then try:
@@ -50,8 +52,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tierlimit::config::{Config, Cost};
+use tierlimit::config::{Config, Cost, RedisSection};
 use tierlimit::identity::{TenantId, UserId};
+use tierlimit::store::AnyStore;
 use tierlimit::{ConfigError, RateLimitLayer};
 
 /// Command-line options.
@@ -61,6 +64,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub no_limit: bool,
     pub no_metrics: bool,
+    pub redis: Option<String>,
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -68,6 +72,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
     let mut listen: SocketAddr = ([127, 0, 0, 1], 3000).into();
     let mut no_limit = false;
     let mut no_metrics = false;
+    let mut redis = None;
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -80,9 +85,13 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
             }
             "--no-limit" => no_limit = true,
             "--no-metrics" => no_metrics = true,
+            "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+            "--redis-cluster" => {
+                return Err("--redis-cluster: Redis Cluster is not supported yet".into())
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics]"
+                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--redis URL]"
                         .into(),
                 )
             }
@@ -95,13 +104,16 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
         listen,
         no_limit,
         no_metrics,
+        redis,
     })
 }
 
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct Gateway {
-    pub layer: RateLimitLayer,
+    pub layer: RateLimitLayer<AnyStore>,
+    /// `--redis`, which overrides the file's `store.redis.url` (reloads too).
+    pub redis: Option<String>,
     pub config_path: PathBuf,
     pub admin_token: Option<Arc<str>>,
     pub metrics: Option<PrometheusHandle>,
@@ -109,10 +121,24 @@ pub struct Gateway {
 }
 
 /// Reads the configuration file and checks its syntax (`build` checks the
-/// values).
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    Config::from_file(path)
+/// values); `redis` overrides its Redis URL.
+pub fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigError> {
+    let mut config = Config::from_file(path)?;
+    if let Some(url) = redis {
+        let section = match config.store.redis.take() {
+            Some(mut r) => {
+                r.url = Some(url.to_owned());
+                r.cluster.clear();
+                r
+            }
+            None => RedisSection::url(url),
+        };
+        config = config.redis(section);
+    }
+    Ok(config)
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The header the demo API reports tokens in: the first `tokens` cost
 /// header of the policy, else `x-usage-tokens`.
@@ -142,11 +168,23 @@ pub fn build(
     admin_token: Option<String>,
     metrics: Option<PrometheusHandle>,
     no_limit: bool,
-) -> Result<(Router, Gateway), ConfigError> {
-    let config = load(config_path)?;
+) -> Result<(Router, Gateway), BoxError> {
+    build_with(config_path, admin_token, metrics, no_limit, None)
+}
+
+/// [`build`], with `--redis`.
+pub fn build_with(
+    config_path: &Path,
+    admin_token: Option<String>,
+    metrics: Option<PrometheusHandle>,
+    no_limit: bool,
+    redis: Option<String>,
+) -> Result<(Router, Gateway), BoxError> {
+    let config = load(config_path, redis.as_deref())?;
     let tokens_header = tokens_header(&config);
-    let layer = RateLimitLayer::new(config.build()?);
+    let layer = RateLimitLayer::configured(config.build()?)?.build();
     let gw = Gateway {
+        redis,
         layer: layer.clone(),
         config_path: config_path.to_owned(),
         admin_token: admin_token.filter(|t| !t.is_empty()).map(Into::into),
@@ -294,7 +332,7 @@ async fn reload(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     if let Some(denied) = admin_denied(&gw, &headers) {
         return denied;
     }
-    match load(&gw.config_path).and_then(|c| c.build()) {
+    match load(&gw.config_path, gw.redis.as_deref()).and_then(|c| c.build()) {
         Ok(policy) => {
             gw.layer.reload(policy);
             tracing::info!(target: "gateway", file = %gw.config_path.display(), "configuration reloaded");
@@ -364,13 +402,32 @@ async fn main() {
         });
     }
     let token = std::env::var("TIERLIMIT_ADMIN_TOKEN").ok();
-    let (router, _) = match build(&opts.config, token, metrics, opts.no_limit) {
+    let built = build_with(
+        &opts.config,
+        token,
+        metrics,
+        opts.no_limit,
+        opts.redis.clone(),
+    );
+    let (router, gw) = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gateway: {}: {e}", opts.config.display());
             std::process::exit(1);
         }
     };
+    // An unreachable Redis is no reason not to start: the configured
+    // failure mode applies until it answers.
+    if let AnyStore::Redis(redis) = gw.layer.store() {
+        match redis.connect().await {
+            Ok(()) => tracing::info!(target: "gateway", "connected to Redis"),
+            Err(e) => tracing::warn!(
+                target: "gateway",
+                error = %e,
+                "Redis is unreachable; its failure mode applies until it answers"
+            ),
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(opts.listen).await {
         Ok(l) => l,
         Err(e) => {

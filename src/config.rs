@@ -63,6 +63,10 @@
 //! | `modifiers[]` | `{"header", "equals", "factor"}`: matching requests get every capacity × factor, in counters of their own | `[]` |
 //! | `tenant_users` | users per tenant for tenant aggregates (absent tenant: 1) | `{}` |
 //! | `store.max_keys` | most entries (tier × scope key) the memory store tracks | 1 048 576 |
+//! | `store.redis.url` | counters in this Redis (feature `redis`); `store.redis.cluster` (a list of node URLs) is refused for now | none: memory |
+//! | `store.redis.on_error` | `open` (forward unlimited), `closed` (503 + `Retry-After: 1`) or `fallback` (a local memory store until Redis answers) | `open` |
+//! | `store.redis.timeout_ms` / `prefix` | how long a decision waits for Redis; prefix of its keys | 50 / `tierlimit` |
+//! | `store.redis.secret` | mixed into the hash naming counters in Redis (same on every instance) | none |
 //!
 //! # Costs measured after the response
 //!
@@ -641,18 +645,145 @@ impl Default for IdentitySection {
     }
 }
 
+/// What the layer does when its store cannot decide.
+///
+/// The default is [`OnStoreError::Open`], as Envoy and Kong do: a rate
+/// limiter that is down should not take the API down with it. In JSON:
+/// `"open"`, `"closed"` (`Retry-After: 1`) or `"fallback"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Forward the request unlimited, without rate-limit headers.
+    #[default]
+    Open,
+    /// Answer `503 Service Unavailable` with `Retry-After` and a JSON
+    /// problem body (never 429: the caller did nothing wrong). The inner
+    /// service is not called.
+    Closed {
+        /// What `Retry-After` says (whole seconds, at least 1).
+        retry_after: Duration,
+    },
+    /// Decide on a memory store of this instance, with the same policy,
+    /// until the store answers again. With N instances, up to N times a
+    /// limit may be admitted meanwhile (each counts alone), and what was
+    /// counted locally is not carried over to the store.
+    Fallback,
+}
+
+impl OnStoreError {
+    /// Fail closed with `Retry-After: 1`.
+    pub const CLOSED: OnStoreError = OnStoreError::Closed {
+        retry_after: Duration::from_secs(1),
+    };
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            OnStoreError::Open => "open",
+            OnStoreError::Closed { .. } => "closed",
+            OnStoreError::Fallback => "fallback",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OnStoreError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        match word.as_str() {
+            "open" => Ok(OnStoreError::Open),
+            "closed" => Ok(OnStoreError::CLOSED),
+            "fallback" => Ok(OnStoreError::Fallback),
+            other => Err(de::Error::custom(format!(
+                "unknown variant `{other}`, expected `open`, `closed` or `fallback`"
+            ))),
+        }
+    }
+}
+
 /// Settings of the store.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct StoreSection {
-    /// Most counters tracked at once.
+    /// Most counters the memory store tracks at once.
     pub max_keys: usize,
+    /// Keep the counters in Redis (feature `redis`).
+    pub redis: Option<RedisSection>,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { max_keys: 1 << 20 }
+        StoreSection {
+            max_keys: 1 << 20,
+            redis: None,
+        }
+    }
+}
+
+/// Where Redis is and how to use it (`store.redis`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisSection {
+    /// `redis://host:port` of a single server.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The nodes of a Redis Cluster (not supported yet: refused).
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// What to do when Redis cannot decide.
+    #[serde(default)]
+    pub on_error: OnStoreError,
+    /// How long a decision may wait for Redis, in milliseconds.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Prefix of every key written.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// Mixed into the hash that names counters, so that key names cannot be
+    /// computed by anyone without the configuration; every instance sharing
+    /// the counters must have the same one.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+
+fn default_redis_prefix() -> String {
+    "tierlimit".into()
+}
+
+impl RedisSection {
+    /// A single Redis server at `url`, with the defaults (fail open, 50 ms,
+    /// prefix `tierlimit`).
+    pub fn url(url: impl Into<String>) -> Self {
+        RedisSection {
+            url: Some(url.into()),
+            cluster: Vec::new(),
+            on_error: OnStoreError::default(),
+            timeout_ms: default_redis_timeout_ms(),
+            prefix: default_redis_prefix(),
+            secret: None,
+        }
+    }
+
+    /// Sets the failure mode.
+    pub fn on_error(mut self, mode: OnStoreError) -> Self {
+        self.on_error = mode;
+        self
+    }
+
+    /// Sets the per-decision timeout.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = ms;
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
     }
 }
 
@@ -860,6 +991,12 @@ impl Config {
     /// Sets the cap on counters tracked by the memory store.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.store.max_keys = max_keys;
+        self
+    }
+
+    /// Keeps the counters in Redis (feature `redis`).
+    pub fn redis(mut self, redis: RedisSection) -> Self {
+        self.store.redis = Some(redis);
         self
     }
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Controller, Engine, OnStoreError, PostQueue};
+use crate::config::OnStoreError;
+use crate::engine::{Controller, Engine, PostQueue};
 use crate::policy::Policy;
 use crate::reject::{Hook, OnReject};
 use crate::service::RateLimit;
-use crate::store::{MemoryStore, MemoryStoreConfig, Store};
+use crate::store::{AnyStore, MemoryStore, MemoryStoreConfig, Store, StoreError};
 
 /// Applies a rate-limit [`Policy`] to a service.
 ///
@@ -76,14 +77,43 @@ impl RateLimitLayer<MemoryStore> {
     /// ```
     pub fn builder(policy: Policy) -> RateLimitLayerBuilder<MemoryStore> {
         let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
+        let on_error = policy.on_error;
         RateLimitLayerBuilder {
             policy,
             store,
             clock: Arc::new(SystemClock),
             hook: None,
-            on_error: OnStoreError::default(),
+            on_error,
             max_post_in_flight: crate::engine::DEFAULT_POST_IN_FLIGHT,
         }
+    }
+}
+
+impl RateLimitLayer<AnyStore> {
+    /// A builder with the store the policy's configuration asks for: Redis
+    /// when it has a `store.redis` section (feature `redis`; the store
+    /// connects on its first decision, or see [`RedisStore::connect`](crate::store::RedisStore::connect)),
+    /// else a memory store; and the configured failure mode. The store is
+    /// chosen once: a reload does not change it.
+    ///
+    /// # Errors
+    ///
+    /// The Redis URL cannot be used.
+    pub fn configured(policy: Policy) -> Result<RateLimitLayerBuilder<AnyStore>, StoreError> {
+        let memory = || MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
+        let store = match &policy.redis {
+            None => AnyStore::Memory(memory()),
+            #[cfg(feature = "redis")]
+            Some(r) => {
+                let config = crate::store::RedisStoreConfig::new(r.url.clone())
+                    .prefix(r.prefix.clone())
+                    .timeout(r.timeout);
+                AnyStore::Redis(crate::store::RedisStore::new(config)?)
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => AnyStore::Memory(memory()),
+        };
+        Ok(RateLimitLayer::builder(policy).store(store))
     }
 }
 

@@ -170,7 +170,8 @@ mod window;
 
 pub use body::RateLimitBody;
 pub use config::Config;
-pub use engine::{Controller, OnStoreError, ShadowRejection};
+pub use config::OnStoreError;
+pub use engine::{Controller, ShadowRejection};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};

@@ -27,49 +27,19 @@ use http::request::Parts;
 use http::Response;
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::Mode;
+use crate::config::{Mode, OnStoreError};
 use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
 use crate::observe::{self, Counters, Start};
 use crate::plans::PlanTable;
 use crate::policy::Policy;
 use crate::reject::{self, Hook, Rejection};
-use crate::store::{Answer, Batch, Charge, PostCharge, Refusal, Store, StoreError, Verdict};
+use crate::store::{
+    Answer, Batch, Charge, MemoryStore, MemoryStoreConfig, PostCharge, Refusal, Store, StoreError,
+    Verdict,
+};
 
 pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
-
-/// What the layer does when its store cannot decide.
-///
-/// The default is [`OnStoreError::Open`], as Envoy and Kong do: a rate
-/// limiter that is down should not take the API down with it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum OnStoreError {
-    /// Forward the request unlimited, without rate-limit headers.
-    #[default]
-    Open,
-    /// Answer `503 Service Unavailable` with `Retry-After` and a JSON
-    /// problem body (never 429: the caller did nothing wrong). The inner
-    /// service is not called.
-    Closed {
-        /// What `Retry-After` says (whole seconds, at least 1).
-        retry_after: Duration,
-    },
-}
-
-impl OnStoreError {
-    /// Fail closed with `Retry-After: 1`.
-    pub const CLOSED: OnStoreError = OnStoreError::Closed {
-        retry_after: Duration::from_secs(1),
-    };
-
-    fn label(self) -> &'static str {
-        match self {
-            OnStoreError::Open => "open",
-            OnStoreError::Closed { .. } => "closed",
-        }
-    }
-}
 
 /// A request was over a limit while the layer ran in shadow mode: it was
 /// forwarded anyway. Found in the response's extensions.
@@ -251,6 +221,8 @@ pub(crate) struct Engine<St> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<Hook>,
     pub(crate) on_error: OnStoreError,
+    /// The local store of [`OnStoreError::Fallback`].
+    fallback: Option<MemoryStore>,
     pub(crate) post: PostQueue,
     /// Unix second of the last store-error log line, and lines skipped since.
     last_error_log: AtomicU64,
@@ -266,12 +238,17 @@ impl<St: Store> Engine<St> {
         on_error: OnStoreError,
         post: PostQueue,
     ) -> Self {
+        let fallback = (on_error == OnStoreError::Fallback).then(|| {
+            let max_keys = control.policy().max_keys;
+            MemoryStore::new(MemoryStoreConfig::default().max_keys(max_keys))
+        });
         Engine {
             control,
             store,
             clock,
             hook,
             on_error,
+            fallback,
             post,
             last_error_log: AtomicU64::new(0),
             errors_unlogged: AtomicU64::new(0),
@@ -283,15 +260,10 @@ impl<St: Store> Engine<St> {
     pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Step<St::Decide> {
         let started = observe::start();
         let active = self.control.inner.active.load();
-        let policy = &*active.policy;
-        let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
+        let Some(batch) = self.batch_of(&active.policy, parts) else {
             observe::exempt();
             return Step::Now(Next::Forward(Forwarding::default()));
         };
-        let id = policy.identity.extract(parts);
-        let modifier = policy.modifier_of(&parts.headers);
-        let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        let batch = policy.batch(route_tier, plan, &id, modifier);
         let sent = batch.len();
         let now = self.clock.now();
         match self.store.decide(now, batch) {
@@ -313,6 +285,15 @@ impl<St: Store> Engine<St> {
                 })
             }
         }
+    }
+
+    /// The limits a request is checked against; `None` when it is exempt.
+    fn batch_of(&self, policy: &Policy, parts: &Parts) -> Option<Batch> {
+        let route_tier = policy.route_tier(&parts.method, parts.uri.path())?;
+        let id = policy.identity.extract(parts);
+        let modifier = policy.modifier_of(&parts.headers);
+        let plan = policy.plan(&id, Some(&self.control.inner.plans));
+        Some(policy.batch(route_tier, plan, &id, modifier))
     }
 
     /// Turns a store's answer into what the service does next.
@@ -340,9 +321,9 @@ impl<St: Store> Engine<St> {
                     crate::store::StoreErrorKind::Protocol,
                     "the store left a limit without an outcome, or answered another batch",
                 );
-                return self.store_failed(&e);
+                return self.store_failed(active, parts, now, &e);
             }
-            Err(e) => return self.store_failed(&e),
+            Err(e) => return self.store_failed(active, parts, now, &e),
         };
         // Durations from now are measured on the clock the store decided by;
         // latency (a post-charge) on the local one.
@@ -380,7 +361,7 @@ impl<St: Store> Engine<St> {
             .counters
             .rejected(batch.limit(blocking).label, shadow);
         trace_rejected(&rejection, shadow, || {
-            Policy::caller_tag(&policy.identity.extract(parts))
+            policy.caller_tag(&policy.identity.extract(parts))
         });
         if shadow {
             return Next::Forward(Forwarding {
@@ -420,14 +401,31 @@ impl<St: Store> Engine<St> {
         Some(PostGuard::new(sink, now, items))
     }
 
-    fn store_failed(&self, e: &StoreError) -> Next {
+    fn store_failed(
+        self: &Arc<Self>,
+        active: &Active,
+        parts: &Parts,
+        now: Timestamp,
+        e: &StoreError,
+    ) -> Next {
         observe::store_error(e.kind(), self.on_error.label());
         self.log_store_error(e);
         match self.on_error {
-            OnStoreError::Open => Next::Forward(Forwarding::default()),
             OnStoreError::Closed { retry_after } => {
                 Next::Answer(reject::store_unavailable(retry_after))
             }
+            OnStoreError::Fallback => {
+                let local = self
+                    .fallback
+                    .as_ref()
+                    .zip(self.batch_of(&active.policy, parts));
+                let Some((store, batch)) = local else {
+                    return Next::Forward(Forwarding::default());
+                };
+                let decided = store.decide_now(now, batch);
+                self.next(active, parts, now, decided.len(), Ok(decided))
+            }
+            _ => Next::Forward(Forwarding::default()),
         }
     }
 

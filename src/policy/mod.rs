@@ -33,8 +33,8 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use route::{parse_methods, with_segments, PathPattern, RouteRule, RouteTarget};
 
 use crate::config::{
-    Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, ScopePart, WindowKind,
-    EXEMPT,
+    Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, OnStoreError,
+    RedisSection, ScopePart, WindowKind, EXEMPT,
 };
 use crate::error::ConfigError;
 use crate::identity::{Caller, Identity, IdentityConfig};
@@ -45,9 +45,14 @@ use crate::window::{Shape, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 /// Most limits in one tier (a request checks at most three tiers).
 pub const MAX_TIER_LIMITS: usize = 20;
 
-/// The process-wide secret of the counter-key hash. Random per process, so
-/// keys cannot be chosen to collide; stable across reloads, so unchanged
-/// limits keep their counters.
+/// The key of the counter-key hash (SipHash-1-3).
+///
+/// For counters in this process (the memory store) it is random per process,
+/// so that nobody can choose identities whose counters land in one map
+/// bucket; it is stable across reloads, so unchanged limits keep their
+/// counters. Counters in Redis must be found under the same key by every
+/// instance, so there the key is derived from the configuration
+/// ([`redis_secret`]); Redis hashes key names with its own random seed.
 pub(crate) fn hash_secret() -> (u64, u64) {
     static SECRET: OnceLock<(u64, u64)> = OnceLock::new();
     *SECRET.get_or_init(|| {
@@ -61,9 +66,63 @@ pub(crate) fn hash_secret() -> (u64, u64) {
     })
 }
 
-fn sip() -> SipHasher13 {
-    let (k0, k1) = hash_secret();
-    SipHasher13::new_with_keys(k0, k1)
+/// The counter-key secret shared by every instance using the Redis keys
+/// under `prefix` (and `extra`, the configuration's `store.redis.secret`).
+fn redis_secret(prefix: &str, extra: &str) -> (u64, u64) {
+    let mut h = SipHasher13::new_with_keys(0x7469_6572_6c69_6d69, 0x7265_6469_735f_6b65);
+    h.write(b"tierlimit counter keys in redis\0");
+    h.write(prefix.as_bytes());
+    h.write(&[0]);
+    h.write(extra.as_bytes());
+    let k = h.finish128();
+    (k.h1, k.h2)
+}
+
+type Secret = (u64, u64);
+
+fn sip(secret: Secret) -> SipHasher13 {
+    SipHasher13::new_with_keys(secret.0, secret.1)
+}
+
+/// A checked `store.redis` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RedisSettings {
+    pub(crate) url: String,
+    pub(crate) timeout: Duration,
+    pub(crate) prefix: String,
+}
+
+fn compile_redis(r: &RedisSection) -> Result<RedisSettings, ConfigError> {
+    let err = |field: &str, msg: &str| ConfigError::invalid(format!("store.redis.{field}"), msg);
+    if !r.cluster.is_empty() {
+        return Err(err(
+            "cluster",
+            "Redis Cluster is not supported yet; give one server as `url`",
+        ));
+    }
+    let Some(url) = &r.url else {
+        return Err(err("url", "is required (`redis://host:port`)"));
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(err("url", "must start with `redis://` or `rediss://`"));
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
+        return Err(err("timeout_ms", "must be between 1 and 60000"));
+    }
+    if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+        return Err(err("prefix", "must be non-empty text without `{` or `}`"));
+    }
+    if !cfg!(feature = "redis") {
+        return Err(ConfigError::invalid(
+            "store.redis",
+            "this build of tierlimit has no `redis` feature",
+        ));
+    }
+    Ok(RedisSettings {
+        url: url.clone(),
+        timeout: Duration::from_millis(r.timeout_ms),
+        prefix: r.prefix.clone(),
+    })
 }
 
 /// A compiled limit.
@@ -139,6 +198,12 @@ pub struct Policy {
     pub(crate) errors: ErrorFormat,
     pub(crate) mode: Mode,
     pub(crate) max_keys: usize,
+    /// The Redis the counters live in, if any (read when a layer is made).
+    pub(crate) redis: Option<RedisSettings>,
+    /// The counter-key hash key (see [`hash_secret`]).
+    secret: Secret,
+    /// What to do when the store cannot decide.
+    pub(crate) on_error: OnStoreError,
     modifiers: Vec<CompiledModifier>,
     tenant_users: TenantUsersFn,
 }
@@ -170,7 +235,12 @@ fn parse_offset(s: &str) -> Result<i64, String> {
     Ok(sign * (h * 3600 + m * 60) * 1_000_000_000)
 }
 
-fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, ConfigError> {
+fn compile_limit(
+    secret: Secret,
+    tier: &str,
+    l: &Limit,
+    path: &str,
+) -> Result<CompiledLimit, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::invalid(format!("{path}.{field}"), msg);
     if l.name.trim().is_empty() {
         return Err(err("name", "must not be empty".into()));
@@ -261,7 +331,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     }
     // The fingerprint covers everything that gives the counter its meaning,
     // so a reload keeps counters exactly when the definition is unchanged.
-    let mut h = sip();
+    let mut h = sip(secret);
     h.write(b"limit\0");
     h.write(tier.as_bytes());
     h.write(&[0]);
@@ -291,7 +361,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         h.write_u8(*part as u8);
     }
     let group = |what: &[u8]| {
-        let mut g = sip();
+        let mut g = sip(secret);
         g.write(what);
         g.write(tier.as_bytes());
         g.write(&[0]);
@@ -376,6 +446,10 @@ impl Policy {
     }
 
     fn compile(c: &Config) -> Result<Policy, ConfigError> {
+        let secret = match &c.store.redis {
+            Some(r) => redis_secret(&r.prefix, r.secret.as_deref().unwrap_or("")),
+            None => hash_secret(),
+        };
         let mut limits = Vec::new();
         let mut tiers = Vec::new();
         let mut tier_index = HashMap::new();
@@ -432,7 +506,7 @@ impl Policy {
                             "is not supported inside a cascade",
                         ));
                     }
-                    limits.push(compile_limit(name, l, &path)?);
+                    limits.push(compile_limit(secret, name, l, &path)?);
                 }
                 if cascade {
                     // Shortest window first (stable: ties keep their order).
@@ -459,7 +533,7 @@ impl Policy {
                 agg.name = format!("{} (tenant)", l.name);
                 agg.scope = vec![ScopePart::Tenant];
                 agg.aggregate = Some(factor);
-                let mut g = sip();
+                let mut g = sip(secret);
                 g.write(b"aggregate\0");
                 g.write(name.as_bytes());
                 g.write(&[0]);
@@ -572,6 +646,7 @@ impl Policy {
                 "must be greater than zero",
             ));
         }
+        let redis = c.store.redis.as_ref().map(compile_redis).transpose()?;
         let mut modifiers = Vec::new();
         for (i, m) in c.modifiers.iter().enumerate() {
             let header = HeaderName::from_bytes(m.header.as_bytes()).map_err(|_| {
@@ -619,6 +694,13 @@ impl Policy {
             errors: c.errors,
             mode: c.mode,
             max_keys: c.store.max_keys,
+            redis,
+            secret,
+            on_error: c
+                .store
+                .redis
+                .as_ref()
+                .map_or(OnStoreError::Open, |r| r.on_error),
             modifiers,
             tenant_users: TenantUsersFn(tenant_users),
         })
@@ -680,8 +762,8 @@ impl Policy {
     }
 
     /// A short keyed hash of the caller, for logs: never the raw key.
-    pub(crate) fn caller_tag(id: &Identity<'_>) -> String {
-        let h = scope_hash(&[ScopePart::Caller], id);
+    pub(crate) fn caller_tag(&self, id: &Identity<'_>) -> String {
+        let h = scope_hash(hash_secret(), &[ScopePart::Caller], id);
         format!("{:08x}", (h >> 96) as u32)
     }
 
@@ -796,7 +878,7 @@ impl Policy {
                         .find(|(s, _)| *s == l.scope.as_slice())
                         .map(|(_, h)| *h);
                     let scope_hash = known.unwrap_or_else(|| {
-                        let h = scope_hash(&l.scope, id);
+                        let h = scope_hash(self.secret, &l.scope, id);
                         if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
                             *free = Some((&l.scope, h));
                         }
@@ -839,8 +921,8 @@ fn ip_octets(ip: std::net::IpAddr) -> ([u8; 16], usize) {
     }
 }
 
-fn scope_hash(scope: &[ScopePart], id: &Identity<'_>) -> u128 {
-    let mut h = sip();
+fn scope_hash(secret: Secret, scope: &[ScopePart], id: &Identity<'_>) -> u128 {
+    let mut h = sip(secret);
     let ip = id.ip.map(ip_octets);
     let ip = ip.as_ref().map(|(b, n)| &b[..*n]);
     for part in scope {

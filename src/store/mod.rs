@@ -486,6 +486,45 @@ impl Batch {
     }
 }
 
+/// The store a configuration asks for (`store.redis` or not): what
+/// [`RateLimitLayer::configured`](crate::RateLimitLayer::configured) builds.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// The memory store.
+    Memory(MemoryStore),
+    /// Redis (feature `redis`).
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Store for AnyStore {
+    type Decide = BoxFuture<Result<Batch, StoreError>>;
+    type Charge = BoxFuture<Result<(), StoreError>>;
+
+    fn decide(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        match self {
+            AnyStore::Memory(m) => Answer::Now(Ok(m.decide_now(now, batch))),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.decide(now, batch),
+        }
+    }
+
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
+        let answer = match self {
+            AnyStore::Memory(m) => m.charge_after(now, charges),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.charge_after(now, charges),
+        };
+        match answer {
+            Answer::Now(r) => Answer::Now(r),
+            Answer::Later(f) => Answer::Later(Box::pin(f)),
+        }
+    }
+}
+
 /// What a store says: answered now, or a future to await.
 #[derive(Debug)]
 pub enum Answer<T, F> {

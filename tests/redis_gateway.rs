@@ -1,0 +1,357 @@
+//! Several instances on one real `redis-server`: one budget, one clock, and
+//! each failure mode doing what it says when Redis goes away and comes back.
+
+#[path = "../examples/gateway.rs"]
+mod gateway;
+
+mod common;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use common::{send, Reply};
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use tierlimit::clock::ManualClock;
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::store::{RedisStore, RedisStoreConfig};
+use tierlimit::{OnStoreError, Policy, RateLimitLayer};
+use tower::{service_fn, Layer, ServiceExt};
+
+fn qarion() -> PathBuf {
+    PathBuf::from(format!(
+        "{}/examples/policies/qarion.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+}
+
+fn get(key: &str) -> Request<Body> {
+    Request::get("/api/items")
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A gateway process (the example binary) on `redis`.
+struct Process {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Process {
+    fn start(redis: &str) -> Process {
+        // Tests run from target/<profile>/deps; cargo builds the examples
+        // next to it.
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/gateway");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["--config", qarion().to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis", redis, "--no-metrics"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let p = Process { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 GET over its own connection: (status, headers in lower case).
+async fn http_get(port: u16, key: &str) -> (u16, Vec<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /api/items HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_on_one_redis_admit_exactly_the_plan() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (Process::start(&server.url()), Process::start(&server.url()));
+    // 200 concurrent requests of one key, spread over both processes.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        tasks.push(tokio::spawn(http_get(port, "shared")));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().0);
+    }
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((ok, refused), (60, 140), "the standard plan: 60 per minute");
+    // Both processes see the same counter.
+    let (ra, rb) = (
+        http_get(a.port, "shared").await,
+        http_get(b.port, "shared").await,
+    );
+    for (status, h) in [&ra, &rb] {
+        assert_eq!(*status, 429);
+        assert_eq!(header(h, "x-ratelimit-remaining"), Some("0"));
+        assert_eq!(header(h, "x-ratelimit-limit"), Some("60"));
+    }
+    assert_eq!(
+        header(&ra.1, "x-ratelimit-reset"),
+        header(&rb.1, "x-ratelimit-reset")
+    );
+    // Another key has its own budget, counted across both.
+    let r = http_get(b.port, "other").await;
+    assert_eq!(header(&r.1, "x-ratelimit-remaining"), Some("59"));
+    let r = http_get(a.port, "other").await;
+    assert_eq!(header(&r.1, "x-ratelimit-remaining"), Some("58"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_of_the_file_and_the_reload_keep_one_budget_in_process() {
+    // Two instances in one process through the gateway's own builder: the
+    // same budget, and a reload keeps the Redis counters.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let gw = || gateway::build_with(&qarion(), None, None, false, Some(server.url())).unwrap();
+    let ((a, gw_a), (b, _)) = (gw(), gw());
+    for _ in 0..30 {
+        assert_eq!(send(&a, get("k")).await.status, StatusCode::OK);
+        assert_eq!(send(&b, get("k")).await.status, StatusCode::OK);
+    }
+    gw_a.layer.reload(
+        tierlimit::Config::from_file(qarion())
+            .unwrap()
+            .redis(tierlimit::config::RedisSection::url(server.url()))
+            .build()
+            .unwrap(),
+    );
+    let r: Reply = send(&a, get("k")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        send(&b, get("k")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+fn three_per_minute() -> Policy {
+    Config::new()
+        .tier(
+            "t",
+            Tier::new().limit(Limit::sliding("m", 3, Duration::from_secs(60))),
+        )
+        .default_tier("t")
+        .build()
+        .unwrap()
+}
+
+type Svc = tower::util::BoxCloneSyncService<
+    Request<()>,
+    Response<tierlimit::RateLimitBody<Empty<Bytes>>>,
+    Infallible,
+>;
+
+fn instance(url: &str, mode: OnStoreError, clock: Option<ManualClock>) -> Svc {
+    let config = RedisStoreConfig::new(url).timeout(Duration::from_millis(200));
+    let store = RedisStore::new(config).unwrap();
+    let mut builder = RateLimitLayer::builder(three_per_minute())
+        .store(store)
+        .on_store_error(mode);
+    if let Some(c) = clock {
+        builder = builder.clock(c);
+    }
+    let layer = builder.build();
+    tower::util::BoxCloneSyncService::new(layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    })))
+}
+
+async fn call(svc: &Svc, key: &str) -> (StatusCode, Option<String>) {
+    let resp = svc
+        .clone()
+        .oneshot(
+            Request::get("/x")
+                .header("x-api-key", key)
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let remaining = resp
+        .headers()
+        .get("x-ratelimit-remaining")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (resp.status(), remaining)
+}
+
+/// Calls until a response carries rate-limit headers again, for at most
+/// `within`; returns how long it took.
+async fn until_enforced(svc: &Svc, key: &str, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if call(svc, key).await.1.is_some() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_each_failure_mode_does_what_it_says() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let open = instance(&url, OnStoreError::Open, None);
+    let closed = instance(&url, OnStoreError::CLOSED, None);
+    let fallback = instance(&url, OnStoreError::Fallback, None);
+    for svc in [&open, &closed, &fallback] {
+        assert_eq!(call(svc, "k").await.0, StatusCode::OK);
+    }
+    // Enforced through Redis: the three instances share the key's 3.
+    assert_eq!(call(&open, "k").await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    server.kill();
+    // Open: served, unlimited, without made-up headers.
+    for _ in 0..5 {
+        assert_eq!(call(&open, "k").await, (StatusCode::OK, None));
+    }
+    // Closed: 503 with Retry-After, never 429.
+    for _ in 0..3 {
+        assert_eq!(call(&closed, "k").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Fallback: this instance counts alone, with the same policy.
+    let statuses: Vec<StatusCode> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(call(&fallback, "k2").await.0);
+        }
+        v
+    };
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // An outage does not add the timeout to every request: once the
+    // circuit is open, decisions fail at once.
+    let t = Instant::now();
+    for _ in 0..20 {
+        call(&open, "k3").await;
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(20 * 200),
+        "{:?}",
+        t.elapsed()
+    );
+
+    server.restart();
+    // Back within a second: limits are enforced through Redis again.
+    for svc in [&open, &closed, &fallback] {
+        let took = until_enforced(svc, "k4", Duration::from_secs(3)).await;
+        let took = took.expect("enforced again after Redis came back");
+        eprintln!("recovered in {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_whose_clocks_differ_by_minutes_agree_on_the_window() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // Two instances whose own clocks are 17 minutes apart: the windows are
+    // counted on the Redis server's clock.
+    let now = std::time::SystemTime::now();
+    let a = instance(
+        &server.url(),
+        OnStoreError::Open,
+        Some(ManualClock::new(now)),
+    );
+    let skewed = now + Duration::from_secs(17 * 60);
+    let b = instance(
+        &server.url(),
+        OnStoreError::Open,
+        Some(ManualClock::new(skewed)),
+    );
+    assert_eq!(call(&a, "k").await, (StatusCode::OK, Some("2".into())));
+    assert_eq!(call(&b, "k").await, (StatusCode::OK, Some("1".into())));
+    assert_eq!(call(&a, "k").await, (StatusCode::OK, Some("0".into())));
+    assert_eq!(call(&b, "k").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Both say the same wait: about a minute, not 17 minutes more or less.
+    let wait = |svc: Svc| async move {
+        let resp = svc
+            .oneshot(
+                Request::get("/x")
+                    .header("x-api-key", "k")
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let (wa, wb) = (wait(a.clone()).await, wait(b.clone()).await);
+    assert!((55..=62).contains(&wa), "{wa}");
+    assert!(wa.abs_diff(wb) <= 1, "{wa} vs {wb}");
+}
