@@ -10,6 +10,7 @@
 //! | `tierlimit_store_errors_total` | counter | `kind` (`unavailable`, `timeout`, `protocol`), `on_error` (`open`, `closed`) |
 //! | `tierlimit_post_charges_dropped_total` | counter | none: post-charges dropped because too many were in flight, or no runtime |
 //! | `tierlimit_post_charge_errors_total` | counter | none: post-charges the store failed to make |
+//! | `tierlimit_refusals_cached_total` | counter | none: refusals the Redis store answered from its local cache |
 //! | `tierlimit_decision_seconds` | histogram | none: time to decide (policy lookup and store) |
 //!
 //! Labels are tier and limit names from the configuration, never identities:

@@ -263,13 +263,22 @@ async fn redis_down_each_failure_mode_does_what_it_says() {
     assert_eq!(call(&open, "k").await.0, StatusCode::TOO_MANY_REQUESTS);
 
     server.kill();
+    // A refusal cached locally holds without Redis: nothing can have room
+    // before its retry instant.
+    assert_eq!(
+        call(&open, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some("0".into()))
+    );
     // Open: served, unlimited, without made-up headers.
     for _ in 0..5 {
-        assert_eq!(call(&open, "k").await, (StatusCode::OK, None));
+        assert_eq!(call(&open, "k-open").await, (StatusCode::OK, None));
     }
     // Closed: 503 with Retry-After, never 429.
     for _ in 0..3 {
-        assert_eq!(call(&closed, "k").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            call(&closed, "k-closed").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     // Fallback: this instance counts alone, with the same policy.
     let statuses: Vec<StatusCode> = {

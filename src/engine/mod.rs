@@ -65,6 +65,8 @@ impl Active {
 struct ControlInner {
     active: ArcSwap<Active>,
     plans: PlanTable,
+    /// Bumped by every reload and plan change (stores drop cached decisions).
+    generation: AtomicU64,
 }
 
 /// A handle on a running layer's configuration: swap the policy, assign
@@ -96,6 +98,7 @@ impl Controller {
             inner: Arc::new(ControlInner {
                 active: ArcSwap::from_pointee(Active::new(policy)),
                 plans: PlanTable::default(),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -111,6 +114,11 @@ impl Controller {
         self.inner
             .active
             .store(Arc::new(Active::new(Arc::new(policy))));
+        self.inner.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Assigns plan `plan` to the caller with API key (or user id) `key`,
@@ -132,12 +140,14 @@ impl Controller {
             ));
         }
         self.inner.plans.set(key, plan);
+        self.inner.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     /// Removes the runtime plan assignment of `key` (the configured one
     /// applies again); whether there was one.
     pub fn clear_plan(&self, key: &str) -> bool {
+        self.inner.generation.fetch_add(1, Ordering::Release);
         self.inner.plans.remove(key)
     }
 
@@ -227,6 +237,8 @@ pub(crate) struct Engine<St> {
     /// Unix second of the last store-error log line, and lines skipped since.
     last_error_log: AtomicU64,
     errors_unlogged: AtomicU64,
+    /// The controller generation the store last heard of.
+    generation: AtomicU64,
 }
 
 impl<St: Store> Engine<St> {
@@ -252,6 +264,7 @@ impl<St: Store> Engine<St> {
             post,
             last_error_log: AtomicU64::new(0),
             errors_unlogged: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -259,6 +272,11 @@ impl<St: Store> Engine<St> {
     /// answer to await.
     pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Step<St::Decide> {
         let started = observe::start();
+        let generation = self.control.generation();
+        if generation != self.generation.load(Ordering::Relaxed) {
+            self.generation.store(generation, Ordering::Relaxed);
+            self.store.forget_cached();
+        }
         let active = self.control.inner.active.load();
         let Some(batch) = self.batch_of(&active.policy, parts) else {
             observe::exempt();

@@ -70,6 +70,10 @@
 //! (`RateLimitLayer::post_charges_dropped`, metric
 //! `tierlimit_post_charges_dropped_total`), never lost silently.
 //!
+//! **Local state.** A store may keep decisions locally (the Redis store
+//! caches refusals until their retry instant); [`Store::forget_cached`]
+//! tells it that the policy or a plan changed.
+//!
 //! **Errors.** A store that cannot decide returns a [`StoreError`] (with its
 //! source). What the layer then does is a layer setting: fail open (the
 //! default) or closed; see [`OnStoreError`](crate::OnStoreError). A batch
@@ -512,6 +516,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn forget_cached(&self) {
+        #[cfg(feature = "redis")]
+        if let AnyStore::Redis(r) = self {
+            r.forget_cached();
+        }
+    }
+
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let answer = match self {
             AnyStore::Memory(m) => m.charge_after(now, charges),
@@ -631,4 +642,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Charges costs measured after a response, without a capacity check.
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge>;
+
+    /// The policy or a plan assignment changed: forget whatever decisions
+    /// the store keeps locally (a cache of refusals). Called by the engine
+    /// before the next decision; the default does nothing.
+    fn forget_cached(&self) {}
 }

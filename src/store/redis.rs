@@ -39,6 +39,18 @@
 //! (they may have been applied: they are counted in
 //! [`RedisStore::charges_uncertain`] rather than sent twice).
 //!
+//! # Refusals answered locally
+//!
+//! A refused request remembers, in this instance, the instant its blocking
+//! limits have room again (its `Retry-After`); the same request (same
+//! counters, capacities and costs) is refused again from that memory,
+//! without a round trip, until then. This is exact: other instances can
+//! only add cost, so nothing can have room before that instant (with the
+//! server's clock, the local end is at most one round trip late). A reload
+//! or a plan change forgets every cached refusal
+//! ([`Store::forget_cached`]); [`RedisStore::refusals_served`] and the
+//! metric `tierlimit_refusals_cached_total` count the answers given so.
+//!
 //! # Failures
 //!
 //! The store connects on its first decision, within the timeout (or at once
@@ -62,6 +74,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
@@ -164,6 +177,9 @@ struct Inner {
     dropped: AtomicU64,
     uncertain: AtomicU64,
     flusher: AtomicBool,
+    /// Refused batches by shape, until they can have room.
+    refusals: DashMap<u64, Refused>,
+    refusals_served: AtomicU64,
     failures: AtomicU32,
     /// Milliseconds since `epoch` until which the circuit is open.
     open_until: AtomicU64,
@@ -182,6 +198,33 @@ impl std::fmt::Debug for Inner {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Most refusals cached at once.
+const MAX_CACHED_REFUSALS: usize = 100_000;
+
+/// A refused batch, remembered until it can have room.
+#[derive(Clone, Debug)]
+struct Refused {
+    /// When the refusal may end: on this process's monotonic clock (server
+    /// time), or on the caller's clock.
+    until: Instant,
+    until_caller: Timestamp,
+    /// When Redis decided, on its clock, and when that answer came.
+    decided_at: Timestamp,
+    answered: Instant,
+    outcomes: Vec<Outcome>,
+}
+
+/// A hash of what a batch asks: every limit's counter, tag, capacity and
+/// units to check. Equal shapes get equal answers from equal counters.
+fn shape(batch: &Batch) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in batch.limits() {
+        (l.key, l.tag, l.capacity, l.check_cost(), l.cascade).hash(&mut h);
+    }
+    h.finish()
+}
 
 /// A post-charge waiting to be sent, with when it was measured: on the
 /// caller's clock, and on this process's monotonic clock (so that on the
@@ -221,6 +264,8 @@ impl RedisStore {
                 dropped: AtomicU64::new(0),
                 uncertain: AtomicU64::new(0),
                 flusher: AtomicBool::new(false),
+                refusals: DashMap::new(),
+                refusals_served: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
                 open_until: AtomicU64::new(0),
                 epoch: Instant::now(),
@@ -252,6 +297,17 @@ impl RedisStore {
     /// not have been applied, and are not sent again.
     pub fn charges_uncertain(&self) -> u64 {
         self.inner.uncertain.load(Ordering::Relaxed)
+    }
+
+    /// Decisions answered from the cache of refusals, without Redis.
+    pub fn refusals_served(&self) -> u64 {
+        self.inner.refusals_served.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every cached refusal (the layer calls this on reloads and
+    /// plan changes).
+    pub fn forget_cached(&self) {
+        self.inner.refusals.clear();
     }
 
     /// Post-charges waiting to be sent.
@@ -528,12 +584,76 @@ fn fill(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl Inner {
+    /// The cached refusal of `batch`'s shape, filled in, if still in force.
+    fn cached_refusal(&self, key: u64, caller_now: Timestamp, batch: &mut Batch) -> bool {
+        let Some(r) = self.refusals.get(&key) else {
+            return false;
+        };
+        let now = Instant::now();
+        let over = match self.time {
+            TimeSource::Caller => caller_now >= r.until_caller,
+            _ => now >= r.until,
+        };
+        if over || r.outcomes.len() != batch.len() {
+            drop(r);
+            self.refusals.remove(&key);
+            return false;
+        }
+        for (i, o) in r.outcomes.iter().enumerate() {
+            batch.record(i, *o);
+        }
+        // "Now" on the clock Redis decided by: its decision plus the time since.
+        batch.set_decided_at(match self.time {
+            TimeSource::Caller => caller_now,
+            _ => r.decided_at + now.saturating_duration_since(r.answered),
+        });
+        self.refusals_served.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tierlimit_refusals_cached_total").increment(1);
+        true
+    }
+
+    /// Remembers a refused batch until it can have room: other instances
+    /// can only add cost, so nothing can have room before that.
+    fn remember_refusal(&self, key: u64, batch: &Batch) {
+        let (Some(retry_at), Some(decided_at)) = (batch.retry_at(), batch.decided_at()) else {
+            return;
+        };
+        if self.refusals.len() >= MAX_CACHED_REFUSALS {
+            let now = Instant::now();
+            self.refusals.retain(|_, r| r.until > now);
+            if self.refusals.len() >= MAX_CACHED_REFUSALS {
+                return;
+            }
+        }
+        let answered = Instant::now();
+        let outcomes = (0..batch.len())
+            .filter_map(|i| batch.outcome(i).copied())
+            .collect();
+        self.refusals.insert(
+            key,
+            Refused {
+                until: answered + retry_at.saturating_since(decided_at),
+                until_caller: retry_at,
+                decided_at,
+                answered,
+                outcomes,
+            },
+        );
+    }
+}
+
 impl Store for RedisStore {
     type Decide = BoxFuture<Result<Batch, StoreError>>;
     type Charge = std::future::Ready<Result<(), StoreError>>;
 
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let inner = Arc::clone(&self.inner);
+        let key = shape(&batch);
+        if inner.cached_refusal(key, now, &mut batch) {
+            return Answer::Now(Ok(batch));
+        }
         if inner.circuit_open() {
             return Answer::Now(Err(unavailable(
                 "Redis failed repeatedly; retrying shortly",
@@ -546,8 +666,15 @@ impl Store for RedisStore {
             let call = inner.call(&conn, Some(now), &batch, &charges);
             let v = inner.finish_call(call.await, charges)?;
             fill(&mut batch, &v)?;
+            if !batch.admitted() {
+                inner.remember_refusal(key, &batch);
+            }
             Ok(batch)
         }))
+    }
+
+    fn forget_cached(&self) {
+        self.inner.refusals.clear();
     }
 
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {

@@ -1,0 +1,112 @@
+//! The Redis store's local cache of refusals: a caller refused until T is
+//! refused again without a round trip until T, with an honest Retry-After;
+//! a plan change or a reload forgets the cache.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use tierlimit::clock::ManualClock;
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource};
+use tierlimit::{Policy, RateLimitLayer};
+use tower::{service_fn, Layer, ServiceExt};
+
+fn policy() -> Policy {
+    let minute = Duration::from_secs(60);
+    Config::new()
+        .tier(
+            "standard",
+            Tier::new().limit(Limit::sliding("m", 2, minute).precision(60)),
+        )
+        .tier(
+            "premium",
+            Tier::new().limit(Limit::sliding("m", 100, minute).precision(60)),
+        )
+        .plans("standard", [("nobody", "premium")])
+        .build()
+        .unwrap()
+}
+
+/// Commands Redis has run for evaluating scripts.
+fn evals(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]);
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|c| c.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn refusals_are_answered_locally_until_their_retry_instant() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
+    let store =
+        RedisStore::new(RedisStoreConfig::new(server.url()).time(TimeSource::Caller)).unwrap();
+    let layer = RateLimitLayer::builder(policy())
+        .clock(clock.clone())
+        .store(store.clone())
+        .build();
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let call = |key: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let resp = svc
+                .oneshot(
+                    Request::get("/x")
+                        .header("x-api-key", key)
+                        .body(())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (resp.status(), retry)
+        }
+    };
+    assert_eq!(call("k").await.0, StatusCode::OK);
+    assert_eq!(call("k").await.0, StatusCode::OK);
+    assert_eq!(call("k").await, (StatusCode::TOO_MANY_REQUESTS, Some(61)));
+    let before = evals(&server);
+    // Refused again, from the cache: no script call, Retry-After counting down.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(call("k").await, (StatusCode::TOO_MANY_REQUESTS, Some(51)));
+    clock.advance(Duration::from_secs(50));
+    assert_eq!(call("k").await, (StatusCode::TOO_MANY_REQUESTS, Some(1)));
+    assert_eq!(evals(&server), before, "no round trip for a cached refusal");
+    assert_eq!(store.refusals_served(), 2);
+    // At the retry instant the request goes to Redis again, and is admitted.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(call("k").await.0, StatusCode::OK);
+    assert_eq!(evals(&server), before + 1);
+
+    // A plan change forgets the cache: the upgraded caller is admitted at once.
+    assert_eq!(call("k").await.0, StatusCode::OK);
+    assert_eq!(call("k").await.0, StatusCode::TOO_MANY_REQUESTS);
+    layer.set_plan("k", "premium").unwrap();
+    assert_eq!(call("k").await.0, StatusCode::OK);
+
+    // A reload forgets it too: the next refusal is asked of Redis again.
+    assert_eq!(call("j").await.0, StatusCode::OK);
+    assert_eq!(call("j").await.0, StatusCode::OK);
+    assert_eq!(call("j").await.0, StatusCode::TOO_MANY_REQUESTS);
+    let served = store.refusals_served();
+    layer.reload(policy());
+    let evals_before = evals(&server);
+    assert_eq!(call("j").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(store.refusals_served(), served);
+    assert_eq!(evals(&server), evals_before + 1);
+}
