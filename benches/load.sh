@@ -13,6 +13,9 @@
 #             capacities raised so that nothing is rejected
 #   rejecting qarion.json as shipped, one API key: after 60 requests every
 #             request is answered 429 by the layer
+#   redis     the open scenario with its counters in Redis (--redis, a
+#             redis-server of its own on a free port); only when redis-server
+#             is installed. Compared with `open` as well as with `bare`.
 # It prints requests/s, p50/p99 latency, server CPU per request (utime+stime
 # of the gateway process over the run / requests) and the ratios to `bare`
 # measured in the same invocation (median round of each scenario, with the
@@ -84,11 +87,23 @@ print(f"{name}\t{rps:.0f}\t{p50:.0f}\t{p99:.0f}\t{cpu_us:.2f}\t{codes.get('200',
 PY
 }
 
+REDIS_PID=
+if command -v redis-server >/dev/null 2>&1; then
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+  REDIS_PID=$!
+  trap '[ -n "${GW:-}" ] && kill "$GW" 2>/dev/null; [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+  sleep 0.3
+fi
+
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   run bare examples/policies/qarion.json --no-limit
   run open "$work/open-policy.json"
   run rejecting examples/policies/qarion.json
+  if [ -n "$REDIS_PID" ]; then
+    run redis "$work/open-policy.json" --redis "redis://127.0.0.1:$rport"
+  fi
 done
 
 python3 - "$work/results.tsv" "$DURATION" "$CONNS" <<'PY'
@@ -101,12 +116,17 @@ med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in r
 print(f"oha -z {sys.argv[2]} -c {sys.argv[3]}: median of {len(runs['bare'])} interleaved rounds per scenario")
 print(f"{'scenario':<10} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
 base = med["bare"]
-for name in ["bare", "open", "rejecting"]:
+for name in [n for n in ["bare", "open", "rejecting", "redis"] if n in med]:
     r, rs = med[name], runs[name]
     share = sum(x["rej"] for x in rs) / max(1, sum(x["ok"] + x["rej"] + x["other"] for x in rs))
     lo, hi = min(x["rps"] for x in rs), max(x["rps"] for x in rs)
     print(f"{name:<10} {r['rps']:>8.0f} {lo:>7.0f}..{hi:<7.0f} {r['p50']:>7.0f} {r['p99']:>7.0f} {r['cpu']:>10.2f} {share:>9.4f}   {r['rps']/base['rps']:>8.3f}  {r['cpu']/base['cpu']:>8.3f}")
-if any(x["rej"] for x in runs["open"]):
+if "redis" in med:
+    r, o = med["redis"], med["open"]
+    print(f"redis vs open (memory store): rps {r['rps']/o['rps']:.3f}, p99 {r['p99']:.0f} us vs {o['p99']:.0f} us, cpu {r['cpu']/o['cpu']:.3f}")
+else:
+    print("redis scenario skipped: redis-server not installed")
+if any(x["rej"] for n in ("open", "redis") if n in runs for x in runs[n]):
     print("WARNING: the open scenario rejected requests")
 if any(x["other"] for rs in runs.values() for x in rs):
     print("WARNING: some requests failed or got other statuses")

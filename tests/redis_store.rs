@@ -144,3 +144,43 @@ proptest! {
         run(&reqs, &server.url(), &prefix)?;
     }
 }
+
+#[tokio::test]
+async fn counters_expire_by_themselves_after_their_longest_window() {
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(RedisStoreConfig::new(server.url()).prefix("ttl")).unwrap();
+    let minute = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let day = WindowSpec::fixed(Duration::from_secs(86_400), 0);
+    let key = CounterKey::from_u128(42);
+    // A cascade of a minute and a day on one key: the day bucket is charged
+    // once the minute is full, and must not expire with the minute.
+    let batch = || {
+        Batch::from_limits([
+            LimitSpec::new(key, minute, 1, 1)
+                .with_tag(1)
+                .in_cascade(Some(1)),
+            LimitSpec::new(key, day, 5, 1)
+                .with_tag(2)
+                .in_cascade(Some(1)),
+        ])
+    };
+    let now = tierlimit::clock::SystemClock;
+    use tierlimit::clock::Clock;
+    assert!(decide(&store, now.now(), batch()).await.admitted());
+    let pttl = |s: &RedisServer| -> i64 {
+        let r = s.command(&["PTTL", &store.redis_key(key)]);
+        r.trim().trim_start_matches(':').parse().unwrap()
+    };
+    let first = pttl(server);
+    assert!(
+        (60_000..=63_000).contains(&first),
+        "minute counter: {first} ms"
+    );
+    assert!(decide(&store, now.now(), batch()).await.admitted());
+    let second = pttl(server);
+    assert!(
+        second > 3_600_000,
+        "the day counter keeps the key: {second} ms"
+    );
+    assert!(second <= 86_401_000, "{second} ms");
+}

@@ -9,8 +9,8 @@
 -- ARGV[2]  L, the number of limits;  ARGV[3]  C, the number of post-charges
 -- KEYS[1..L]      the counter hash of each limit
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- per limit, 9 values:  tag, bucket, reach, offset, capacity, check, charge,
---                       cascade group (0: none), ttl in ms
+-- per limit, 8 values:  tag, bucket, reach, offset, capacity, check, charge,
+--                       cascade group (0: none)
 -- per post-charge, 6:   tag, bucket, offset, cost, ttl in ms, and when it
 --                       was measured: microseconds since the epoch on the
 --                       caller's clock, or -N for N microseconds before now
@@ -41,11 +41,16 @@ local function fdiv(a, b)
 end
 
 local function field(tag, idx)
+  if idx < 1e14 then
+    return tag .. ':' .. idx
+  end
   return string.format('%s:%d', tag, idx)
 end
 
+local EMPTY = {}
+
 -- Post-charges first: costs measured after earlier responses.
-local base = 4 + 9 * L
+local base = 4 + 8 * L
 for c = 1, C do
   local a = base + 6 * (c - 1)
   local key = KEYS[L + c]
@@ -87,9 +92,9 @@ end
 local out = {now, 0}
 local admitted = true
 local group, group_room = 0, false
-local cur_of, ttl_of = {}, {}
+local cur_of = {}
 for i = 1, L do
-  local a = 4 + 9 * (i - 1)
+  local a = 4 + 8 * (i - 1)
   local key, tag = KEYS[i], ARGV[a]
   local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local cap, check = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
@@ -100,7 +105,7 @@ for i = 1, L do
     end
     group, group_room = g, false
   end
-  local byTag = counters(key)[tag] or {}
+  local byTag = counters(key)[tag] or EMPTY
   local cur = fdiv(now + offset, bucket)
   for idx, _ in pairs(byTag) do
     -- A clock that went back counts in the newest bucket.
@@ -108,27 +113,25 @@ for i = 1, L do
       cur = idx
     end
   end
-  local used, newest, live, dead = 0, nil, {}, {}
+  local used, newest, dead = 0, nil, nil
   for idx, n in pairs(byTag) do
     if idx >= cur - reach then
       used = used + n
-      live[#live + 1] = idx
       if not newest or idx > newest then
         newest = idx
       end
     else
+      dead = dead or {}
       dead[#dead + 1] = field(tag, idx)
+      byTag[idx] = nil
     end
   end
-  if #dead > 0 then
+  if dead then
     redis.call('HDEL', key, unpack(dead))
-  end
-  local function forget(j)
-    return (j + reach + 1) * bucket - offset
   end
   local reset = now
   if newest then
-    reset = forget(newest)
+    reset = (newest + reach + 1) * bucket - offset
   end
   local verdict, retry = 0, 0
   if g ~= 0 and group_room then
@@ -139,12 +142,16 @@ for i = 1, L do
     verdict = 0
   else
     verdict = 2
+    local live = {}
+    for idx, _ in pairs(byTag) do
+      live[#live + 1] = idx
+    end
     table.sort(live)
     local need, freed = used + check - cap, 0
     for _, idx in ipairs(live) do
       freed = freed + byTag[idx]
       if freed >= need then
-        retry = forget(idx)
+        retry = (idx + reach + 1) * bucket - offset
         break
       end
     end
@@ -155,10 +162,6 @@ for i = 1, L do
     admitted = false
   end
   cur_of[i] = cur
-  local ttl = tonumber(ARGV[a + 8])
-  if not ttl_of[key] or ttl > ttl_of[key] then
-    ttl_of[key] = ttl
-  end
   local o = #out
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
 end
@@ -167,23 +170,54 @@ if group ~= 0 and not group_room then
 end
 
 if admitted then
-  local touched = {}
+  -- Every charge of a key in one HSET: the script knows the counts. The key
+  -- expires a second after its newest counter leaves its window; that
+  -- moment moves only when a charge opens a new bucket, so only then is the
+  -- expiry set again.
+  local writes, expire = {}, {}
   for i = 1, L do
-    local a = 4 + 9 * (i - 1)
+    local a = 4 + 8 * (i - 1)
     local o = 2 + 5 * (i - 1)
     local charge = tonumber(ARGV[a + 6])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], cur_of[i]
-      redis.call('HINCRBY', key, field(tag, cur), charge)
-      touched[key] = true
+      local byTag = counters(key)[tag]
+      if not byTag then
+        byTag = {}
+        counters(key)[tag] = byTag
+      end
+      local n = (byTag[cur] or 0) + charge
+      byTag[cur] = n
+      local w = writes[key]
+      if not w then
+        w = {}
+        writes[key] = w
+      end
+      w[#w + 1] = field(tag, cur)
+      w[#w + 1] = n
       local reach, bucket, offset = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.
       out[o + 3] = (cur + reach + 1) * bucket - offset
+      if n == charge then
+        expire[key] = true
+      end
     end
   end
-  for key, _ in pairs(touched) do
-    redis.call('PEXPIRE', key, ttl_of[key])
+  -- Every limit of a key is in the request (one tier, one scope): the
+  -- latest moment any of its counters still counts is among their resets.
+  local last = {}
+  for i = 1, L do
+    local key, r = KEYS[i], out[2 + 5 * (i - 1) + 3]
+    if not last[key] or r > last[key] then
+      last[key] = r
+    end
+  end
+  for key, w in pairs(writes) do
+    redis.call('HSET', key, unpack(w))
+    if expire[key] then
+      redis.call('PEXPIRE', key, math.floor((last[key] - now) / 1000) + 1000)
+    end
   end
   out[2] = 1
 end

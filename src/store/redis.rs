@@ -12,7 +12,8 @@
 //! cascades, post-charged costs, all with the same figures. A counter is a
 //! hash per (tier, scope key) whose fields are `TAG:BUCKET` → cost; buckets
 //! that left their window are deleted when next read, and every hash expires
-//! by itself (`PEXPIRE`) a second after its longest window.
+//! by itself (`PEXPIRE`, set again whenever a charge opens a new bucket) a
+//! second after its newest counter leaves its window.
 //!
 //! Times in Redis are whole microseconds: a sub-bucket whose width is not a
 //! whole number of microseconds (say a 1 s window in 3 buckets) is counted
@@ -455,8 +456,7 @@ impl Inner {
                 .arg(l.capacity)
                 .arg(l.check_cost())
                 .arg(l.charge_cost())
-                .arg(group)
-                .arg(ttl_ms(bucket, reach));
+                .arg(group);
         }
         for w in charges {
             let c = &w.charge;

@@ -1,0 +1,265 @@
+//! The Redis store against Redis itself, in one run on one `redis-server`
+//! of its own (free loopback port, killed at the end):
+//!
+//! 1. `redis-benchmark -c 32` running `EVALSHA` of a trivial script: the
+//!    most script calls per second this server takes at that concurrency;
+//! 2. `RedisStore` decisions per second with 32 decisions in flight (a
+//!    two-limit sliding plan shaped like 60/min + 1000/h, capacities raised
+//!    so nothing is refused, over 1000 callers), and the ratio to (1);
+//! 3. bytes of Redis memory per tracked caller for that plan
+//!    (`INFO memory` before and after 100 000 callers, each decided once,
+//!    and `MEMORY USAGE` of one caller's hash).
+//!
+//! `cargo bench --bench redis_store` (skipped, with a message, when
+//! `redis-server` or `redis-benchmark` is missing).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tierlimit::clock::{Clock, SystemClock};
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::identity::Identity;
+use tierlimit::store::{Answer, RedisStore, RedisStoreConfig, Store};
+use tierlimit::Policy;
+
+const CONCURRENCY: usize = 32;
+const DECISIONS: u64 = 200_000;
+const CALLERS: usize = 100_000;
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn command(port: u16, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn used_memory(port: u16) -> u64 {
+    command(port, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The qarion standard plan's shape (per minute, per hour, both sliding),
+/// with `scale` times its capacities: the throughput run raises them so
+/// that every decision is a round trip (no refusal answered locally).
+/// Seconds of CPU the server has used (user + system).
+fn server_cpu(port: u16) -> f64 {
+    command(port, &["INFO", "cpu"])
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "used_cpu_user" | "used_cpu_sys")
+                .then(|| v.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+fn policy(scale: u64) -> Policy {
+    Config::new()
+        .tier(
+            "standard",
+            Tier::new()
+                .limit(Limit::sliding(
+                    "per-minute",
+                    60 * scale,
+                    Duration::from_secs(60),
+                ))
+                .limit(Limit::sliding(
+                    "per-hour",
+                    1000 * scale,
+                    Duration::from_secs(3600),
+                )),
+        )
+        .default_tier("standard")
+        .build()
+        .unwrap()
+}
+
+fn start() -> Option<Server> {
+    let found = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !found("redis-server") || !found("redis-benchmark") {
+        println!("skipped: redis-server or redis-benchmark not found");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server(child, port);
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
+}
+
+fn redis_benchmark(port: u16) -> f64 {
+    let sha = command(port, &["SCRIPT", "LOAD", "return 1"]);
+    let sha = sha.lines().nth(1).unwrap_or("").trim().to_owned();
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &CONCURRENCY.to_string()])
+        .args(["-n", &DECISIONS.to_string(), "-q", "EVALSHA", &sha, "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "EVALSHA ...: 123456.79 requests per second, p50=..." (the last \r-update)
+    text.rsplit('\r')
+        .find_map(|l| {
+            let (_, rest) = l.split_once(": ")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn decide_many(store: RedisStore, policy: Arc<Policy>) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..CONCURRENCY {
+        let (store, policy, done) = (store.clone(), Arc::clone(&policy), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while done.fetch_add(1, Ordering::Relaxed) < DECISIONS {
+                let key = format!("caller-{}", i % 1000);
+                i += CONCURRENCY;
+                let id = Identity {
+                    api_key: Some(key.as_bytes()),
+                    ..Identity::default()
+                };
+                let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+                match store.decide(SystemClock.now(), batch) {
+                    Answer::Later(f) => {
+                        f.await.expect("a decision");
+                    }
+                    Answer::Now(r) => {
+                        r.expect("a decision");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    DECISIONS as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn memory_per_caller(store: RedisStore, policy: Arc<Policy>, port: u16) -> (f64, String) {
+    command(port, &["FLUSHALL"]);
+    let before = used_memory(port);
+    let mut sample = None;
+    for chunk in 0..CALLERS / 1000 {
+        let mut tasks = Vec::new();
+        for j in 0..1000 {
+            let (store, policy) = (store.clone(), Arc::clone(&policy));
+            let key = format!("mem-caller-{:06}", chunk * 1000 + j);
+            tasks.push(tokio::spawn(async move {
+                let id = Identity {
+                    api_key: Some(key.as_bytes()),
+                    ..Identity::default()
+                };
+                let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+                let counter = batch.limit(0).key;
+                if let Answer::Later(f) = store.decide(SystemClock.now(), batch) {
+                    f.await.expect("a decision");
+                }
+                counter
+            }));
+        }
+        for t in tasks {
+            let key = t.await.unwrap();
+            sample.get_or_insert(key);
+        }
+    }
+    let after = used_memory(port);
+    let per = (after.saturating_sub(before)) as f64 / CALLERS as f64;
+    let usage = sample
+        .map(|k| command(port, &["MEMORY", "USAGE", &store.redis_key(k)]))
+        .unwrap_or_default();
+    (per, usage.trim().to_owned())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let Some(server) = start() else { return };
+    let port = server.1;
+    let cpu0 = server_cpu(port);
+    let baseline = redis_benchmark(port);
+    let cpu1 = server_cpu(port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let store =
+        RedisStore::new(RedisStoreConfig::new(url).timeout(Duration::from_secs(2))).unwrap();
+    let ours = rt.block_on(decide_many(store.clone(), Arc::new(policy(1_000_000))));
+    let cpu2 = server_cpu(port);
+    let served = store.refusals_served();
+    let (per_caller, usage) = rt.block_on(memory_per_caller(store, Arc::new(policy(1)), port));
+    println!("redis-benchmark EVALSHA (trivial script), -c {CONCURRENCY}: {baseline:.0} calls/s");
+    println!("RedisStore decisions, {CONCURRENCY} in flight, 2 limits: {ours:.0} decisions/s");
+    println!(
+        "ratio: {:.3} (goal >= 0.7); refusals answered locally: {served}",
+        ours / baseline.max(1.0)
+    );
+    let per = |s: f64| s / DECISIONS as f64 * 1e6;
+    println!(
+        "server CPU per call: trivial script {:.2} us, decision {:.2} us",
+        per(cpu1 - cpu0),
+        per(cpu2 - cpu1)
+    );
+    println!(
+        "Redis memory per tracked caller (2-limit plan, {CALLERS} callers): {per_caller:.1} bytes (INFO used_memory delta); MEMORY USAGE of one caller: {usage} (goal <= 256)"
+    );
+}
