@@ -173,8 +173,10 @@ impl<St: Store> RateLimitLayerBuilder<St> {
 
     /// The layer.
     pub fn build(self) -> RateLimitLayer<St> {
+        let control = Controller::new(Arc::new(self.policy));
+        self.store.attach(control.shared_plans());
         let engine = Engine::new(
-            Controller::new(Arc::new(self.policy)),
+            control,
             self.store,
             self.clock,
             self.hook,

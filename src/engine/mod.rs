@@ -31,7 +31,7 @@ use crate::config::{Mode, OnStoreError};
 use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
 use crate::observe::{self, Counters, Start};
-use crate::plans::PlanTable;
+use crate::plans::{PlanTable, SharedPlans};
 use crate::policy::Policy;
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
@@ -64,9 +64,8 @@ impl Active {
 #[derive(Debug)]
 struct ControlInner {
     active: ArcSwap<Active>,
-    plans: PlanTable,
-    /// Bumped by every reload and plan change (stores drop cached decisions).
-    generation: AtomicU64,
+    /// Runtime plan assignments; its generation also counts reloads.
+    plans: Arc<PlanTable>,
 }
 
 /// A handle on a running layer's configuration: swap the policy, assign
@@ -97,8 +96,7 @@ impl Controller {
         Controller {
             inner: Arc::new(ControlInner {
                 active: ArcSwap::from_pointee(Active::new(policy)),
-                plans: PlanTable::default(),
-                generation: AtomicU64::new(0),
+                plans: Arc::new(PlanTable::default()),
             }),
         }
     }
@@ -114,11 +112,16 @@ impl Controller {
         self.inner
             .active
             .store(Arc::new(Active::new(Arc::new(policy))));
-        self.inner.generation.fetch_add(1, Ordering::Release);
+        self.inner.plans.bump();
     }
 
     fn generation(&self) -> u64 {
-        self.inner.generation.load(Ordering::Acquire)
+        self.inner.plans.generation()
+    }
+
+    /// The runtime plan assignments as a store shares them.
+    pub(crate) fn shared_plans(&self) -> SharedPlans {
+        SharedPlans(Arc::clone(&self.inner.plans))
     }
 
     /// Assigns plan `plan` to the caller with API key (or user id) `key`,
@@ -140,14 +143,12 @@ impl Controller {
             ));
         }
         self.inner.plans.set(key, plan);
-        self.inner.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     /// Removes the runtime plan assignment of `key` (the configured one
     /// applies again); whether there was one.
     pub fn clear_plan(&self, key: &str) -> bool {
-        self.inner.generation.fetch_add(1, Ordering::Release);
         self.inner.plans.remove(key)
     }
 

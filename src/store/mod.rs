@@ -74,6 +74,10 @@
 //! caches refusals until their retry instant); [`Store::forget_cached`]
 //! tells it that the policy or a plan changed.
 //!
+//! **Shared plans.** When a layer is built on a store, the store gets the
+//! layer's runtime plan assignments once ([`Store::attach`]); a store shared
+//! by several instances can share them (the Redis store does).
+//!
 //! **Errors.** A store that cannot decide returns a [`StoreError`] (with its
 //! source). What the layer then does is a layer setting: fail open (the
 //! default) or closed; see [`OnStoreError`](crate::OnStoreError). A batch
@@ -112,6 +116,7 @@ use crate::clock::Timestamp;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreConfig, TimeSource};
+pub use crate::plans::SharedPlans;
 pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
@@ -523,6 +528,15 @@ impl Store for AnyStore {
         }
     }
 
+    fn attach(&self, plans: SharedPlans) {
+        #[cfg(feature = "redis")]
+        if let AnyStore::Redis(r) = self {
+            r.attach(plans);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = plans;
+    }
+
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let answer = match self {
             AnyStore::Memory(m) => m.charge_after(now, charges),
@@ -647,4 +661,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// the store keeps locally (a cache of refusals). Called by the engine
     /// before the next decision; the default does nothing.
     fn forget_cached(&self) {}
+
+    /// The layer was built on this store: a store shared by several
+    /// instances may share the layer's runtime plan assignments too
+    /// ([`SharedPlans`]). Called once; the default does nothing.
+    fn attach(&self, plans: SharedPlans) {
+        let _ = plans;
+    }
 }

@@ -52,6 +52,15 @@
 //! ([`Store::forget_cached`]); [`RedisStore::refusals_served`] and the
 //! metric `tierlimit_refusals_cached_total` count the answers given so.
 //!
+//! # Plan assignments
+//!
+//! A layer built on this store shares its runtime plan assignments
+//! ([`Controller::set_plan`](crate::Controller::set_plan)) through the hash
+//! `PREFIX:plans`: a change made on one instance is written there at once
+//! and read by every instance four times a second, so it is in force
+//! everywhere within a second, and a new or restarted instance starts with
+//! them.
+//!
 //! # Failures
 //!
 //! The store connects on its first decision, within the timeout (or at once
@@ -68,19 +77,20 @@
 //! decision means for the request is the layer's
 //! [`OnStoreError`](crate::OnStoreError).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    Answer, Batch, Charge, CounterKey, Outcome, PostCharge, Receipt, Refusal, Store, StoreError,
-    StoreErrorKind, Verdict, View,
+    Answer, Batch, Charge, CounterKey, Outcome, PostCharge, Receipt, Refusal, SharedPlans, Store,
+    StoreError, StoreErrorKind, Verdict, View,
 };
 use crate::clock::Timestamp;
 
@@ -88,6 +98,7 @@ const SCRIPT: &str = include_str!("redis.lua");
 const FAILURES_TO_OPEN: u32 = 3;
 const OPEN_FOR: Duration = Duration::from_millis(200);
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
+const PLANS_EVERY: Duration = Duration::from_millis(250);
 
 /// Where the store's "now" comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -178,6 +189,11 @@ struct Inner {
     dropped: AtomicU64,
     uncertain: AtomicU64,
     flusher: AtomicBool,
+    /// The layer's runtime plan assignments, shared through Redis.
+    plans: OnceLock<SharedPlans>,
+    /// Plan changes made here, waiting to be written to Redis.
+    plan_writes: Mutex<Vec<(String, Option<String>)>>,
+    plan_sync: AtomicBool,
     /// Refused batches by shape, until they can have room.
     refusals: DashMap<u64, Refused>,
     refusals_served: AtomicU64,
@@ -265,6 +281,9 @@ impl RedisStore {
                 dropped: AtomicU64::new(0),
                 uncertain: AtomicU64::new(0),
                 flusher: AtomicBool::new(false),
+                plans: OnceLock::new(),
+                plan_writes: Mutex::new(Vec::new()),
+                plan_sync: AtomicBool::new(false),
                 refusals: DashMap::new(),
                 refusals_served: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
@@ -402,6 +421,83 @@ impl Inner {
                 let _ = inner.finish_call(call.await, charges);
             }
         });
+    }
+
+    fn plans_key(&self) -> String {
+        format!("{}:plans", self.prefix)
+    }
+
+    /// Starts the task that shares plan assignments, once, where a runtime
+    /// runs: it writes the changes made here, then reads every assignment,
+    /// four times a second.
+    fn start_plan_sync(self: &Arc<Self>) {
+        if self.plans.get().is_none() || self.plan_sync.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.plan_sync.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(PLANS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.sync_plans().await {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(target: "tierlimit", error = %e, "plan assignments not shared");
+                    #[cfg(not(feature = "tracing"))]
+                    let _ = e;
+                }
+            }
+        });
+    }
+
+    async fn sync_plans(&self) -> Result<(), StoreError> {
+        let Some(plans) = self.plans.get() else {
+            return Ok(());
+        };
+        if self.circuit_open() {
+            return Err(unavailable("Redis failed repeatedly; retrying shortly"));
+        }
+        let mut conn = self.first_connect().await?;
+        let key = self.plans_key();
+        let writes = self
+            .plan_writes
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        if !writes.is_empty() {
+            let mut pipe = redis::pipe();
+            for (k, plan) in &writes {
+                match plan {
+                    Some(p) => pipe.cmd("HSET").arg(&key).arg(k).arg(p).ignore(),
+                    None => pipe.cmd("HDEL").arg(&key).arg(k).ignore(),
+                };
+            }
+            let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                if let Ok(mut w) = self.plan_writes.lock() {
+                    let mut back = writes;
+                    back.append(&mut w);
+                    *w = back;
+                }
+                return Err(unavailable("plan assignments not written"));
+            }
+        }
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(&key);
+        let read = hgetall.query_async::<HashMap<String, String>>(&mut conn);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(all)) => {
+                plans.replace(all);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
+            Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
+        }
     }
 
     fn take_pending(&self) -> Vec<Waiting> {
@@ -662,6 +758,7 @@ impl Store for RedisStore {
         Answer::Later(Box::pin(async move {
             let conn = inner.first_connect().await?;
             inner.start_flusher();
+            inner.start_plan_sync();
             let charges = inner.take_pending();
             let call = inner.call(&conn, Some(now), &batch, &charges);
             let v = inner.finish_call(call.await, charges)?;
@@ -675,6 +772,20 @@ impl Store for RedisStore {
 
     fn forget_cached(&self) {
         self.inner.refusals.clear();
+    }
+
+    fn attach(&self, plans: SharedPlans) {
+        let weak = Arc::downgrade(&self.inner);
+        plans.on_change(move |key, plan| {
+            if let Some(inner) = weak.upgrade() {
+                if let Ok(mut w) = inner.plan_writes.lock() {
+                    w.push((key.to_owned(), plan.map(str::to_owned)));
+                }
+            }
+        });
+        if self.inner.plans.set(plans).is_ok() {
+            self.inner.start_plan_sync();
+        }
     }
 
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {

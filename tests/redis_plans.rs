@@ -1,0 +1,98 @@
+//! Runtime plan assignments shared through Redis: a plan changed on one
+//! instance is in force on the others within a second, and an instance
+//! started later begins with it.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::store::{RedisStore, RedisStoreConfig};
+use tierlimit::{Policy, RateLimitLayer};
+use tower::{service_fn, Layer, ServiceExt};
+
+fn policy() -> Policy {
+    let minute = Duration::from_secs(60);
+    Config::new()
+        .tier(
+            "standard",
+            Tier::new().limit(Limit::sliding("m", 60, minute)),
+        )
+        .tier(
+            "premium",
+            Tier::new().limit(Limit::sliding("m", 300, minute)),
+        )
+        .plans("standard", [("configured", "premium")])
+        .build()
+        .unwrap()
+}
+
+fn instance(url: &str) -> RateLimitLayer<RedisStore> {
+    let store = RedisStore::new(RedisStoreConfig::new(url)).unwrap();
+    RateLimitLayer::builder(policy()).store(store).build()
+}
+
+/// The limit a request of `key` is counted against, as the headers say.
+async fn limit_of(layer: &RateLimitLayer<RedisStore>, key: &str) -> u64 {
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let resp = svc
+        .oneshot(
+            Request::get("/x")
+                .header("x-api-key", key)
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    resp.headers()
+        .get("x-ratelimit-limit")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// How long until `key` is counted against `limit` on `layer` (at most 3 s).
+async fn until_limit(layer: &RateLimitLayer<RedisStore>, key: &str, limit: u64) -> Duration {
+    let start = Instant::now();
+    while limit_of(layer, key).await != limit {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{key} never got {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_changed_on_one_instance_is_in_force_on_the_others() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (instance(&server.url()), instance(&server.url()));
+    assert_eq!(limit_of(&a, "k").await, 60);
+    assert_eq!(limit_of(&b, "k").await, 60);
+
+    a.set_plan("k", "premium").unwrap();
+    assert_eq!(limit_of(&a, "k").await, 300, "at once where it was made");
+    let took = until_limit(&b, "k", 300).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(b.plan_of("k").as_deref(), Some("premium"));
+
+    // An instance started later begins with it: it survives restarts.
+    let c = instance(&server.url());
+    let took = until_limit(&c, "k", 300).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // Removing it on another instance is shared too.
+    assert!(b.controller().clear_plan("k"));
+    let took = until_limit(&a, "k", 60).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The file's assignments are not runtime ones: they stay.
+    assert_eq!(limit_of(&c, "configured").await, 300);
+}
