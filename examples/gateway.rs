@@ -8,7 +8,8 @@
 //! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
 //! #          --no-metrics (no Prometheus recorder; /metrics answers 404)
 //! #          --redis redis://127.0.0.1:6379 (counters in Redis, overriding the
-//! #          file's store.redis.url: run two gateways on one Redis, one budget)
+//! #          file's store.redis: run two gateways on one Redis, one budget)
+//! #          --redis-cluster redis://127.0.0.1:7000,redis://127.0.0.1:7001 (a cluster)
 //! ```
 //!
 //! Then try:
@@ -64,7 +65,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub no_limit: bool,
     pub no_metrics: bool,
-    pub redis: Option<String>,
+    pub redis: Option<RedisFlag>,
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -85,13 +86,14 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
             }
             "--no-limit" => no_limit = true,
             "--no-metrics" => no_metrics = true,
-            "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+            "--redis" => redis = Some(RedisFlag::Url(args.next().ok_or("--redis needs a URL")?)),
             "--redis-cluster" => {
-                return Err("--redis-cluster: Redis Cluster is not supported yet".into())
+                let v = args.next().ok_or("--redis-cluster needs URL,URL,...")?;
+                redis = Some(RedisFlag::Cluster(v.split(',').map(str::to_owned).collect()));
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--redis URL]"
+                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--redis URL | --redis-cluster URL,URL,...]"
                         .into(),
                 )
             }
@@ -112,27 +114,43 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
 #[derive(Clone)]
 pub struct Gateway {
     pub layer: RateLimitLayer<AnyStore>,
-    /// `--redis`, which overrides the file's `store.redis.url` (reloads too).
-    pub redis: Option<String>,
+    /// `--redis` / `--redis-cluster`, which override the file's
+    /// `store.redis` (reloads too).
+    pub redis: Option<RedisFlag>,
     pub config_path: PathBuf,
     pub admin_token: Option<Arc<str>>,
     pub metrics: Option<PrometheusHandle>,
     pub tokens_header: HeaderName,
 }
 
+/// `--redis URL` or `--redis-cluster URL,URL,...`: "URL" or "URL,URL,..."
+/// (a list of one or more nodes is a cluster when given as `--redis-cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisFlag {
+    Url(String),
+    Cluster(Vec<String>),
+}
+
 /// Reads the configuration file and checks its syntax (`build` checks the
-/// values); `redis` overrides its Redis URL.
-pub fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigError> {
+/// values); `redis` overrides where its counters live.
+pub fn load(path: &Path, redis: Option<&RedisFlag>) -> Result<Config, ConfigError> {
     let mut config = Config::from_file(path)?;
-    if let Some(url) = redis {
-        let section = match config.store.redis.take() {
-            Some(mut r) => {
-                r.url = Some(url.to_owned());
-                r.cluster.clear();
-                r
+    if let Some(flag) = redis {
+        let mut section = config
+            .store
+            .redis
+            .take()
+            .unwrap_or_else(|| RedisSection::url(""));
+        match flag {
+            RedisFlag::Url(url) => {
+                section.url = Some(url.clone());
+                section.cluster.clear();
             }
-            None => RedisSection::url(url),
-        };
+            RedisFlag::Cluster(nodes) => {
+                section.url = None;
+                section.cluster = nodes.clone();
+            }
+        }
         config = config.redis(section);
     }
     Ok(config)
@@ -178,9 +196,9 @@ pub fn build_with(
     admin_token: Option<String>,
     metrics: Option<PrometheusHandle>,
     no_limit: bool,
-    redis: Option<String>,
+    redis: Option<RedisFlag>,
 ) -> Result<(Router, Gateway), BoxError> {
-    let config = load(config_path, redis.as_deref())?;
+    let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
     let layer = RateLimitLayer::configured(config.build()?)?.build();
     let gw = Gateway {
@@ -332,7 +350,7 @@ async fn reload(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     if let Some(denied) = admin_denied(&gw, &headers) {
         return denied;
     }
-    match load(&gw.config_path, gw.redis.as_deref()).and_then(|c| c.build()) {
+    match load(&gw.config_path, gw.redis.as_ref()).and_then(|c| c.build()) {
         Ok(policy) => {
             gw.layer.reload(policy);
             tracing::info!(target: "gateway", file = %gw.config_path.display(), "configuration reloaded");

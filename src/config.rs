@@ -63,7 +63,7 @@
 //! | `modifiers[]` | `{"header", "equals", "factor"}`: matching requests get every capacity × factor, in counters of their own | `[]` |
 //! | `tenant_users` | users per tenant for tenant aggregates (absent tenant: 1) | `{}` |
 //! | `store.max_keys` | most entries (tier × scope key) the memory store tracks | 1 048 576 |
-//! | `store.redis.url` | counters in this Redis (feature `redis`); `store.redis.cluster` (a list of node URLs) is refused for now | none: memory |
+//! | `store.redis.url` / `cluster` | counters in this Redis (feature `redis`), or in the Redis Cluster of these nodes | none: memory |
 //! | `store.redis.on_error` | `open` (forward unlimited), `closed` (503 + `Retry-After: 1`) or `fallback` (a local memory store until Redis answers) | `open` |
 //! | `store.redis.timeout_ms` / `prefix` | how long a decision waits for Redis; prefix of its keys | 50 / `tierlimit` |
 //! | `store.redis.secret` | mixed into the hash naming counters in Redis (same on every instance) | none |
@@ -727,7 +727,7 @@ pub struct RedisSection {
     /// `redis://host:port` of a single server.
     #[serde(default)]
     pub url: Option<String>,
-    /// The nodes of a Redis Cluster (not supported yet: refused).
+    /// The nodes of a Redis Cluster (instead of `url`).
     #[serde(default)]
     pub cluster: Vec<String>,
     /// What to do when Redis cannot decide.
@@ -784,6 +784,18 @@ impl RedisSection {
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// The Redis Cluster reached through `nodes`, with the defaults.
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut r = Self::url("");
+        r.url = None;
+        r.cluster = nodes.into_iter().map(Into::into).collect();
+        r
     }
 }
 

@@ -105,9 +105,12 @@ impl RateLimitLayer<AnyStore> {
             None => AnyStore::Memory(memory()),
             #[cfg(feature = "redis")]
             Some(r) => {
-                let config = crate::store::RedisStoreConfig::new(r.url.clone())
-                    .prefix(r.prefix.clone())
-                    .timeout(r.timeout);
+                let config = if r.cluster.is_empty() {
+                    crate::store::RedisStoreConfig::new(r.url.clone())
+                } else {
+                    crate::store::RedisStoreConfig::cluster(r.cluster.clone())
+                };
+                let config = config.prefix(r.prefix.clone()).timeout(r.timeout);
                 AnyStore::Redis(crate::store::RedisStore::new(config)?)
             }
             #[cfg(not(feature = "redis"))]

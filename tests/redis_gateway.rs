@@ -163,7 +163,16 @@ async fn a_plan_of_the_file_and_the_reload_keep_one_budget_in_process() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let gw = || gateway::build_with(&qarion(), None, None, false, Some(server.url())).unwrap();
+    let gw = || {
+        gateway::build_with(
+            &qarion(),
+            None,
+            None,
+            false,
+            Some(gateway::RedisFlag::Url(server.url())),
+        )
+        .unwrap()
+    };
     let ((a, gw_a), (b, _)) = (gw(), gw());
     for _ in 0..30 {
         assert_eq!(send(&a, get("k")).await.status, StatusCode::OK);

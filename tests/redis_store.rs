@@ -184,3 +184,50 @@ async fn counters_expire_by_themselves_after_their_longest_window() {
     );
     assert!(second <= 86_401_000, "{second} ms");
 }
+
+#[tokio::test]
+async fn on_a_cluster_a_refusal_in_one_slot_gives_back_the_others_charges() {
+    use common::redis_server::RedisCluster;
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::new(
+        RedisStoreConfig::cluster(cluster.urls())
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    // Two counters in two different slots.
+    let node = RedisServer::attach(cluster.ports[0]);
+    let slot = |k: u128| {
+        node.command(&[
+            "CLUSTER",
+            "KEYSLOT",
+            &store.redis_key(CounterKey::from_u128(k)),
+        ])
+    };
+    let a = 1u128;
+    let b = (2u128..).find(|&k| slot(k) != slot(a)).unwrap();
+    let w = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let roomy = LimitSpec::new(CounterKey::from_u128(a), w, 5, 1).with_tag(1);
+    let tight = LimitSpec::new(CounterKey::from_u128(b), w, 1, 1).with_tag(1);
+    let now = Timestamp::from_secs(1_708_200_000);
+    let both = || Batch::from_limits([roomy, tight]);
+    assert!(decide(&store, now, both()).await.admitted());
+    // The tight counter refuses: the roomy one's charge in the other slot
+    // is given back, and reported as given back.
+    let refused = decide(&store, now, both()).await;
+    assert!(!refused.admitted());
+    assert_eq!(refused.outcome(0).unwrap().view.used, 1);
+    let alone = decide(
+        &store,
+        now + Duration::from_secs(1),
+        Batch::from_limits([roomy]),
+    )
+    .await;
+    assert_eq!(
+        alone.outcome(0).unwrap().view.used,
+        2,
+        "1 before + this one"
+    );
+}

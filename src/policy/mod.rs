@@ -88,23 +88,39 @@ fn sip(secret: Secret) -> SipHasher13 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RedisSettings {
     pub(crate) url: String,
+    /// The nodes of a cluster; empty for a single server.
+    pub(crate) cluster: Vec<String>,
     pub(crate) timeout: Duration,
     pub(crate) prefix: String,
 }
 
 fn compile_redis(r: &RedisSection) -> Result<RedisSettings, ConfigError> {
     let err = |field: &str, msg: &str| ConfigError::invalid(format!("store.redis.{field}"), msg);
-    if !r.cluster.is_empty() {
-        return Err(err(
-            "cluster",
-            "Redis Cluster is not supported yet; give one server as `url`",
-        ));
-    }
-    let Some(url) = &r.url else {
-        return Err(err("url", "is required (`redis://host:port`)"));
+    let url = match (&r.url, r.cluster.first()) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "cluster",
+                "give `url` (one server) or `cluster`, not both",
+            ))
+        }
+        (Some(u), None) => u,
+        (None, Some(u)) => u,
+        (None, None) => {
+            return Err(err(
+                "url",
+                "is required (`redis://host:port`), or `cluster` with the nodes",
+            ))
+        }
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    if !redis_url(url) {
         return Err(err("url", "must start with `redis://` or `rediss://`"));
+    }
+    if let Some(i) = r.cluster.iter().position(|u| !redis_url(u)) {
+        return Err(ConfigError::invalid(
+            format!("store.redis.cluster[{i}]"),
+            "must start with `redis://` or `rediss://`",
+        ));
     }
     if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
         return Err(err("timeout_ms", "must be between 1 and 60000"));
@@ -120,6 +136,7 @@ fn compile_redis(r: &RedisSection) -> Result<RedisSettings, ConfigError> {
     }
     Ok(RedisSettings {
         url: url.clone(),
+        cluster: r.cluster.clone(),
         timeout: Duration::from_millis(r.timeout_ms),
         prefix: r.prefix.clone(),
     })

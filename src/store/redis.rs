@@ -61,6 +61,20 @@
 //! everywhere within a second, and a new or restarted instance starts with
 //! them.
 //!
+//! # Redis Cluster
+//!
+//! With [`RedisStoreConfig::cluster`] the store talks to a Redis Cluster.
+//! Every key carries its scope key as a hash tag (`PREFIX:{…}`), so the
+//! counters of one scope key share a slot. A request whose limits live in
+//! several slots (a per-user limit and a tenant aggregate, say) is decided
+//! by one script per slot, all sent at once; when one slot refuses, what the
+//! other slots charged is given back (`HINCRBY` of the opposite), so nothing
+//! is ever admitted beyond a limit: a give-back can only make a concurrent
+//! request wait, never admit too much. The members of a cascade are decided
+//! in one script, so they must share a slot (give them one scope); a
+//! cascade across slots is refused as a protocol error. Every node uses its
+//! own clock (`TIME`): keep the nodes' clocks synchronised.
+//!
 //! # Failures
 //!
 //! The store connects on its first decision, within the timeout (or at once
@@ -87,6 +101,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::Slot;
 
 use super::{
     Answer, Batch, Charge, CounterKey, Outcome, PostCharge, Receipt, Refusal, SharedPlans, Store,
@@ -115,8 +130,11 @@ pub enum TimeSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or the first node of a
+    /// cluster (see [`RedisStoreConfig::cluster`]).
     pub url: String,
+    /// The nodes of a Redis Cluster; empty for a single server.
+    pub cluster: Vec<String>,
     /// Prefix of every key the store writes (default `tierlimit`).
     pub prefix: String,
     /// How long one decision may wait for Redis (default 50 ms).
@@ -132,6 +150,7 @@ impl RedisStoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisStoreConfig {
             url: url.into(),
+            cluster: Vec::new(),
             prefix: "tierlimit".into(),
             timeout: Duration::from_millis(50),
             time: TimeSource::Server,
@@ -158,6 +177,66 @@ impl RedisStoreConfig {
     }
 }
 
+/// Settings for the Redis Cluster of these nodes (one is enough; the
+/// others are found), with the defaults.
+impl RedisStoreConfig {
+    /// Settings for a Redis Cluster reached through `nodes`.
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let cluster: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut c = Self::new(cluster.first().cloned().unwrap_or_default());
+        c.cluster = cluster;
+        c
+    }
+}
+
+/// A connection to a single server or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where to connect.
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
 /// Counters in Redis; see the [module docs](self). Clones share one
 /// connection.
 ///
@@ -176,10 +255,10 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
+    target: Target,
     /// Made by the first decision that needs it; concurrent decisions wait
     /// for that one attempt; a failed attempt is tried again by the next.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    conn: tokio::sync::OnceCell<Conn>,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -210,6 +289,7 @@ impl std::fmt::Debug for Inner {
             .field("timeout", &self.timeout)
             .field("time", &self.time)
             .field("connected", &self.conn.initialized())
+            .field("cluster", &matches!(self.target, Target::Cluster(_)))
             .finish_non_exhaustive()
     }
 }
@@ -266,11 +346,18 @@ impl RedisStore {
     ///
     /// The URL is not a Redis URL.
     pub fn new(config: RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
+        let bad = |e| StoreError::new(StoreErrorKind::Unavailable, e);
+        let target = if config.cluster.is_empty() {
+            Target::Single(redis::Client::open(config.url.as_str()).map_err(bad)?)
+        } else {
+            let nodes = config.cluster.iter().map(String::as_str);
+            Target::Cluster(Box::new(
+                redis::cluster::ClusterClient::new(nodes).map_err(bad)?,
+            ))
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client,
+                target,
                 conn: tokio::sync::OnceCell::new(),
                 script: redis::Script::new(SCRIPT),
                 prefix: config.prefix,
@@ -372,9 +459,16 @@ impl Inner {
 
     /// The connection, made now (within the timeout) when there is none;
     /// decisions arriving meanwhile wait for the same attempt.
-    async fn first_connect(&self) -> Result<ConnectionManager, StoreError> {
+    async fn first_connect(&self) -> Result<Conn, StoreError> {
         let make = self.conn.get_or_try_init(|| async {
-            ConnectionManager::new_with_config(self.client.clone(), manager_config()).await
+            match &self.target {
+                Target::Single(client) => {
+                    ConnectionManager::new_with_config(client.clone(), manager_config())
+                        .await
+                        .map(Conn::Single)
+                }
+                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
         });
         match tokio::time::timeout(self.timeout, make).await {
             Ok(Ok(conn)) => Ok(conn.clone()),
@@ -413,12 +507,12 @@ impl Inner {
                 let Some(conn) = inner.conn.get().cloned() else {
                     continue;
                 };
-                let charges = inner.take_pending();
-                if charges.is_empty() {
-                    continue;
+                // One call per slot (a cluster takes one slot per script).
+                let all = inner.take_pending();
+                for charges in inner.by_slot(all) {
+                    let call = inner.call(&conn, None, &Batch::default(), &charges);
+                    let _ = inner.finish_call(call.await, charges);
                 }
-                let call = inner.call(&conn, None, &Batch::default(), &charges);
-                let _ = inner.finish_call(call.await, charges);
             }
         });
     }
@@ -507,6 +601,153 @@ impl Inner {
             .unwrap_or_default()
     }
 
+    fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    fn slot(&self, key: CounterKey) -> Slot {
+        Slot::for_key(self.redis_key(key))
+    }
+
+    /// The waiting charges of `slot` (all of them on a single server).
+    fn take_pending_in(&self, slot: Option<Slot>) -> Vec<Waiting> {
+        let (Some(slot), true) = (slot, self.is_cluster()) else {
+            return self.take_pending();
+        };
+        let Ok(mut p) = self.pending.lock() else {
+            return Vec::new();
+        };
+        let (mine, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut *p)
+            .into_iter()
+            .partition(|w| self.slot(w.charge.receipt.key()) == slot);
+        *p = rest;
+        mine
+    }
+
+    /// Charges grouped by slot (one group on a single server).
+    fn by_slot(&self, charges: Vec<Waiting>) -> Vec<Vec<Waiting>> {
+        if !self.is_cluster() || charges.is_empty() {
+            return vec![charges];
+        }
+        let mut groups: Vec<(Slot, Vec<Waiting>)> = Vec::new();
+        for w in charges {
+            let s = self.slot(w.charge.receipt.key());
+            match groups.iter_mut().find(|(g, _)| *g == s) {
+                Some((_, v)) => v.push(w),
+                None => groups.push((s, vec![w])),
+            }
+        }
+        groups.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Decides a batch whose limits live in several slots of a cluster: one
+    /// script per slot, sent at once; when some slot refuses, what the
+    /// others charged is given back. A give-back can make a concurrent
+    /// request wait, never admit too much.
+    async fn decide_across_slots(
+        self: &Arc<Self>,
+        conn: &Conn,
+        now: Timestamp,
+        mut batch: Batch,
+        slots: Vec<Slot>,
+    ) -> Result<Batch, StoreError> {
+        let mut parts: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, s) in slots.iter().enumerate() {
+            match parts.iter_mut().find(|(g, _)| g == s) {
+                Some((_, v)) => v.push(i),
+                None => parts.push((*s, vec![i])),
+            }
+        }
+        // A cascade is decided in one script: its members must share a slot.
+        for i in 1..batch.len() {
+            let (a, b) = (batch.limit(i - 1).cascade, batch.limit(i).cascade);
+            if a.is_some() && a == b && slots[i - 1] != slots[i] {
+                return Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "a cascade's limits live in different cluster slots (give them one scope)",
+                ));
+            }
+        }
+        let mut calls = Vec::new();
+        for (slot, idx) in &parts {
+            let sub = Batch::from_limits(idx.iter().map(|&i| *batch.limit(i)));
+            let charges = self.take_pending_in(Some(*slot));
+            let call = self.call(conn, Some(now), &sub, &charges);
+            calls.push((sub, charges, tokio::spawn(call)));
+        }
+        let mut decided = Vec::new();
+        let mut failure = None;
+        for (mut sub, charges, handle) in calls {
+            let res = match handle.await {
+                Ok(r) => self.finish_call(r, charges),
+                Err(e) => Err(StoreError::new(StoreErrorKind::Protocol, e)),
+            };
+            match res.and_then(|v| fill(&mut sub, &v)) {
+                Ok(()) => decided.push(sub),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    decided.push(Batch::default());
+                }
+            }
+        }
+        let admitted = failure.is_none() && decided.iter().all(Batch::admitted);
+        if !admitted {
+            // Give back what admitted slots charged.
+            for sub in decided.iter_mut().filter(|b| !b.is_empty() && b.admitted()) {
+                self.refund(conn, sub).await;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut at = None;
+        for ((_, idx), sub) in parts.iter().zip(&decided) {
+            for (j, &i) in idx.iter().enumerate() {
+                if let Some(o) = sub.outcome(j) {
+                    batch.record(i, *o);
+                }
+            }
+            at = at.max(sub.decided_at());
+        }
+        if let Some(t) = at {
+            batch.set_decided_at(t);
+        }
+        Ok(batch)
+    }
+
+    /// Gives back the charges of an admitted sub-batch, and shows its
+    /// counters as they stand after.
+    async fn refund(&self, conn: &Conn, sub: &mut Batch) {
+        let mut pipe = redis::pipe();
+        for i in 0..sub.len() {
+            let l = *sub.limit(i);
+            let Some(mut o) = sub.outcome(i).copied() else {
+                continue;
+            };
+            let Verdict::Room(r) = o.verdict else {
+                continue;
+            };
+            if l.charge_cost() == 0 {
+                continue;
+            }
+            let field = format!("{}:{}", l.tag, r.data());
+            pipe.cmd("HINCRBY")
+                .arg(self.redis_key(l.key))
+                .arg(field)
+                .arg(-i64::try_from(l.charge_cost()).unwrap_or(i64::MAX))
+                .ignore();
+            o.view.used = o.view.used.saturating_sub(l.charge_cost());
+            sub.record(i, o);
+        }
+        let mut conn = conn.clone();
+        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.failed();
+            #[cfg(feature = "tracing")]
+            tracing::warn!(target: "tierlimit", "a refund across cluster slots failed");
+        }
+    }
+
     /// Puts charges back at the front of the queue (bounded).
     fn requeue(&self, charges: Vec<Waiting>) {
         if let Ok(mut p) = self.pending.lock() {
@@ -523,7 +764,7 @@ impl Inner {
     /// `NOSCRIPT`): post-charges, then the batch's limits.
     fn call(
         &self,
-        conn: &ConnectionManager,
+        conn: &Conn,
         now: Option<Timestamp>,
         batch: &Batch,
         charges: &[Waiting],
@@ -759,7 +1000,19 @@ impl Store for RedisStore {
             let conn = inner.first_connect().await?;
             inner.start_flusher();
             inner.start_plan_sync();
-            let charges = inner.take_pending();
+            let slots: Vec<Slot> = if inner.is_cluster() {
+                batch.limits().map(|l| inner.slot(l.key)).collect()
+            } else {
+                Vec::new()
+            };
+            if slots.iter().any(|s| *s != slots[0]) {
+                let batch = inner.decide_across_slots(&conn, now, batch, slots).await?;
+                if !batch.admitted() {
+                    inner.remember_refusal(key, &batch);
+                }
+                return Ok(batch);
+            }
+            let charges = inner.take_pending_in(slots.first().copied());
             let call = inner.call(&conn, Some(now), &batch, &charges);
             let v = inner.finish_call(call.await, charges)?;
             fill(&mut batch, &v)?;

@@ -32,11 +32,15 @@ pub enum Backend {
     /// [`tierlimit::store::RedisStore`] on a `redis-server` of the test's own
     /// (the layer's manual clock is passed to Redis).
     Redis,
+    /// The same on a three-node Redis Cluster of the test's own.
+    RedisCluster,
 }
 
 thread_local! {
     static BACKEND: Cell<Backend> = const { Cell::new(Backend::Memory) };
     static SERVER: std::cell::RefCell<Option<redis_server::RedisServer>> =
+        const { std::cell::RefCell::new(None) };
+    static CLUSTER: std::cell::RefCell<Option<redis_server::RedisCluster>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -56,24 +60,39 @@ pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
         };
         SERVER.with(|s| *s.borrow_mut() = Some(server));
     }
+    if backend == Backend::RedisCluster {
+        let Some(cluster) = redis_server::RedisCluster::start() else {
+            return;
+        };
+        CLUSTER.with(|s| *s.borrow_mut() = Some(cluster));
+    }
     scenario.await;
     SERVER.with(|s| s.borrow_mut().take());
+    CLUSTER.with(|s| s.borrow_mut().take());
 }
 
-/// The Redis store of the current scenario's server.
+/// The Redis store of the current scenario's server or cluster.
 pub fn redis_store() -> tierlimit::store::RedisStore {
     use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource};
-    let url = SERVER.with(|s| {
-        s.borrow()
-            .as_ref()
-            .map(|s| s.url())
-            .expect("a Redis scenario")
-    });
-    RedisStore::new(RedisStoreConfig::new(url).time(TimeSource::Caller)).unwrap()
+    let config = match backend() {
+        Backend::RedisCluster => {
+            let urls = CLUSTER.with(|s| s.borrow().as_ref().map(|c| c.urls()));
+            RedisStoreConfig::cluster(urls.expect("a cluster scenario"))
+        }
+        _ => {
+            let url = SERVER.with(|s| s.borrow().as_ref().map(|s| s.url()));
+            RedisStoreConfig::new(url.expect("a Redis scenario"))
+        }
+    };
+    let config = config
+        .time(TimeSource::Caller)
+        .timeout(std::time::Duration::from_secs(2));
+    RedisStore::new(config).unwrap()
 }
 
 /// Runs each listed scenario (an `async fn name()`) as one test per store:
-/// `memory::name`, `awaited::name`, `external::name` and `redis::name`.
+/// `memory::name`, `awaited::name`, `external::name`, `redis::name` and
+/// `redis_cluster::name`.
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -106,6 +125,14 @@ macro_rules! on_every_store {
                 #[tokio::test]
                 async fn $name() {
                     $crate::common::on($crate::common::Backend::Redis, super::$name()).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::RedisCluster, super::$name()).await
                 }
             )*
         }
@@ -224,7 +251,9 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controll
         Backend::Memory => demo_with(builder.build(), clock),
         Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
         Backend::External => demo_with(builder.store(external::LogStore::default()).build(), clock),
-        Backend::Redis => demo_with(builder.store(redis_store()).build(), clock),
+        Backend::Redis | Backend::RedisCluster => {
+            demo_with(builder.store(redis_store()).build(), clock)
+        }
     }
 }
 
@@ -323,7 +352,7 @@ where
                 .build()
                 .layer(inner),
         ),
-        Backend::Redis => {
+        Backend::Redis | Backend::RedisCluster => {
             tower::util::BoxCloneSyncService::new(builder.store(redis_store()).build().layer(inner))
         }
     }

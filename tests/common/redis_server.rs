@@ -52,6 +52,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A handle on a server this one did not start (never killed by it).
+    pub fn attach(port: u16) -> RedisServer {
+        RedisServer { child: None, port }
+    }
+
     /// Starts the server on its port again (after [`RedisServer::kill`]).
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
@@ -117,5 +122,131 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A three-node Redis Cluster (no replicas) on loopback ports at or below
+/// 55535 (a node also listens on its port + 10000), in a directory of its
+/// own; killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= 55_535 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// A fresh cluster, or `None` when `redis-server` / `redis-cli` are not
+    /// installed and this is not CI.
+    pub fn start() -> Option<RedisCluster> {
+        let cli = Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available() || !cli {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "redis-server / redis-cli are not installed (CI=true: the Redis tests must run)"
+            );
+            eprintln!("skipped: redis-server or redis-cli not found");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "tierlimit-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        for _ in 0..3 {
+            let port = cluster_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(&cluster.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+        }
+        for &p in &cluster.ports {
+            let node = RedisServer {
+                child: None,
+                port: p,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !node.ping() {
+                assert!(Instant::now() < deadline, "cluster node {p} did not answer");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(out.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = cluster.ports.iter().all(|&p| {
+                RedisServer {
+                    child: None,
+                    port: p,
+                }
+                .command(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(cluster)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
