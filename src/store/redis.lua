@@ -92,7 +92,6 @@ end
 local out = {now, 0}
 local admitted = true
 local group, group_room = 0, false
-local cur_of = {}
 for i = 1, L do
   local a = 4 + 8 * (i - 1)
   local key, tag = KEYS[i], ARGV[a]
@@ -161,7 +160,6 @@ for i = 1, L do
   elseif g == 0 and verdict ~= 1 then
     admitted = false
   end
-  cur_of[i] = cur
   local o = #out
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
 end
@@ -180,7 +178,7 @@ if admitted then
     local o = 2 + 5 * (i - 1)
     local charge = tonumber(ARGV[a + 6])
     if out[o + 1] == 0 and charge > 0 then
-      local key, tag, cur = KEYS[i], ARGV[a], cur_of[i]
+      local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
       local byTag = counters(key)[tag]
       if not byTag then
         byTag = {}
@@ -204,20 +202,20 @@ if admitted then
       end
     end
   end
-  -- Every limit of a key is in the request (one tier, one scope): the
-  -- latest moment any of its counters still counts is among their resets.
-  local last = {}
-  for i = 1, L do
-    local key, r = KEYS[i], out[2 + 5 * (i - 1) + 3]
-    if not last[key] or r > last[key] then
-      last[key] = r
-    end
-  end
   for key, w in pairs(writes) do
     redis.call('HSET', key, unpack(w))
-    if expire[key] then
-      redis.call('PEXPIRE', key, math.floor((last[key] - now) / 1000) + 1000)
+  end
+  for key, _ in pairs(expire) do
+    -- Every limit of a key is in the request (one tier, one scope): the
+    -- latest moment any of its counters still counts is among their resets.
+    local last = now
+    for i = 1, L do
+      local r = out[2 + 5 * (i - 1) + 3]
+      if KEYS[i] == key and r > last then
+        last = r
+      end
     end
+    redis.call('PEXPIRE', key, math.floor((last - now) / 1000) + 1000)
   end
   out[2] = 1
 end
