@@ -43,6 +43,21 @@ struct Process {
 }
 
 impl Process {
+    /// qarion.json with its counters in `redis` (a generous decision timeout:
+    /// tests share the machine with other tests).
+    fn policy_file(redis: &str) -> PathBuf {
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(qarion()).unwrap()).unwrap();
+        cfg["store"] = serde_json::json!({"redis": {"url": redis, "timeout_ms": 2000}});
+        let path = std::env::temp_dir().join(format!(
+            "tierlimit-qarion-redis-{}-{}.json",
+            std::process::id(),
+            redis.rsplit(':').next().unwrap_or("0")
+        ));
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        path
+    }
+
     fn start(redis: &str) -> Process {
         // Tests run from target/<profile>/deps; cargo builds the examples
         // next to it.
@@ -58,10 +73,11 @@ impl Process {
             .local_addr()
             .unwrap()
             .port();
+        let policy = Self::policy_file(redis);
         let child = std::process::Command::new(&bin)
-            .args(["--config", qarion().to_str().unwrap()])
+            .args(["--config", policy.to_str().unwrap()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis", redis, "--no-metrics"])
+            .args(["--no-metrics"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -130,7 +146,10 @@ async fn two_gateway_processes_on_one_redis_admit_exactly_the_plan() {
     }
     let mut statuses = Vec::new();
     for t in tasks {
-        statuses.push(t.await.unwrap().0);
+        let (status, headers) = t.await.unwrap();
+        // Decided through Redis (not let through by a failure mode).
+        assert!(header(&headers, "x-ratelimit-limit").is_some(), "{status}");
+        statuses.push(status);
     }
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
@@ -372,4 +391,78 @@ async fn instances_whose_clocks_differ_by_minutes_agree_on_the_window() {
     let (wa, wb) = (wait(a.clone()).await, wait(b.clone()).await);
     assert!((55..=62).contains(&wa), "{wa}");
     assert!(wa.abs_diff(wb) <= 1, "{wa} vs {wb}");
+}
+
+#[tokio::test]
+async fn a_gateway_whose_redis_is_unreachable_at_start_serves_by_its_failure_mode() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = gateway::RedisFlag::Url(format!("redis://127.0.0.1:{port}"));
+    let (app, _) = gateway::build_with(&qarion(), None, None, false, Some(dead)).unwrap();
+    // qarion.json has no store.redis section: the default failure mode,
+    // open, applies: served, without rate-limit headers.
+    for _ in 0..5 {
+        let r = send(&app, get("k")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.header("x-ratelimit-limit").is_none());
+    }
+    // Exempt routes are untouched.
+    let health = Request::get("/health").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, health).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_gives_no_5xx_but_closed_503_and_recovers() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let modes = [
+        OnStoreError::Open,
+        OnStoreError::CLOSED,
+        OnStoreError::Fallback,
+    ];
+    let svcs: Vec<Svc> = modes.iter().map(|m| instance(&url, *m, None)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loaders = Vec::new();
+    for (svc, mode) in svcs.iter().zip(modes) {
+        for t in 0..4 {
+            let (svc, stop) = (svc.clone(), stop.clone());
+            loaders.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load-{t}-{}", i % 7);
+                    seen.push(call(&svc, &key).await.0);
+                    i += 1;
+                    tokio::task::yield_now().await;
+                }
+                (mode, seen)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        let (mode, seen) = l.await.unwrap();
+        assert!(!seen.is_empty());
+        for s in seen {
+            let allowed = s == StatusCode::OK
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || (mode == OnStoreError::CLOSED && s == StatusCode::SERVICE_UNAVAILABLE);
+            assert!(allowed, "{mode:?} answered {s}");
+        }
+    }
+    // Enforced through Redis again.
+    for svc in &svcs {
+        assert!(call(svc, "after").await.1.is_some());
+    }
 }

@@ -33,7 +33,8 @@ fn policy() -> Policy {
 }
 
 fn instance(url: &str) -> RateLimitLayer<RedisStore> {
-    let store = RedisStore::new(RedisStoreConfig::new(url)).unwrap();
+    let config = RedisStoreConfig::new(url).timeout(Duration::from_secs(2));
+    let store = RedisStore::new(config).unwrap();
     RateLimitLayer::builder(policy()).store(store).build()
 }
 

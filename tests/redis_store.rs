@@ -231,3 +231,29 @@ async fn on_a_cluster_a_refusal_in_one_slot_gives_back_the_others_charges() {
         "1 before + this one"
     );
 }
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_loaded_again() {
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .prefix("noscript")
+            .time(TimeSource::Caller),
+    )
+    .unwrap();
+    let w = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let limit = LimitSpec::new(CounterKey::from_u128(7), w, 2, 1);
+    let now = Timestamp::from_secs(1_708_200_000);
+    assert!(decide(&store, now, Batch::from_limits([limit]))
+        .await
+        .admitted());
+    // Redis restarted or failed over: its script cache is empty (NOSCRIPT).
+    assert!(server.command(&["SCRIPT", "FLUSH"]).contains("OK"));
+    let second = decide(&store, now, Batch::from_limits([limit])).await;
+    assert!(second.admitted());
+    assert_eq!(
+        second.outcome(0).unwrap().view.used,
+        2,
+        "decided once, not twice"
+    );
+}
