@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
@@ -43,9 +42,9 @@ fn reqs() -> impl Strategy<Value = Vec<Req>> {
     prop::collection::vec(req, 1..60)
 }
 
-fn server() -> Option<&'static RedisServer> {
-    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start).as_ref()
+/// A server for one test (killed when the test ends).
+fn server() -> Option<RedisServer> {
+    RedisServer::start()
 }
 
 async fn decide<S: Store>(store: &S, now: Timestamp, batch: Batch) -> Batch {
@@ -133,21 +132,31 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn redis_decides_as_the_memory_store(reqs in reqs()) {
-        static CASE: AtomicUsize = AtomicUsize::new(0);
-        let Some(server) = server() else { return Ok(()) };
-        let prefix = format!("prop{}", CASE.fetch_add(1, Ordering::Relaxed));
-        run(&reqs, &server.url(), &prefix)?;
+#[test]
+fn redis_decides_as_the_memory_store() {
+    // One server for every case, killed when the test ends (a static would
+    // outlive the test process's end without being dropped).
+    let Some(server) = server() else { return };
+    let config = ProptestConfig {
+        cases: 48,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let case = AtomicUsize::new(0);
+    let result = runner.run(&reqs(), |reqs| {
+        let prefix = format!("prop{}", case.fetch_add(1, Ordering::Relaxed));
+        run(&reqs, &server.url(), &prefix)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
 #[tokio::test]
 async fn counters_expire_by_themselves_after_their_longest_window() {
     let Some(server) = server() else { return };
+    let server = &server;
     let store = RedisStore::new(RedisStoreConfig::new(server.url()).prefix("ttl")).unwrap();
     let minute = WindowSpec::sliding(Duration::from_secs(60), 30);
     let day = WindowSpec::fixed(Duration::from_secs(86_400), 0);
