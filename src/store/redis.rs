@@ -47,7 +47,10 @@
 //! counters, capacities and costs) is refused again from that memory,
 //! without a round trip, until then. This is exact: other instances can
 //! only add cost, so nothing can have room before that instant (with the
-//! server's clock, the local end is at most one round trip late). A reload
+//! server's clock, the local end is at most one round trip late). Such an
+//! answer carries the figures of the refusal it repeats (its remaining
+//! figures may be a little stale; its `Retry-After` counts down to the same
+//! instant, which cost added since can only have pushed later). A reload
 //! or a plan change forgets every cached refusal
 //! ([`Store::forget_cached`]); [`RedisStore::refusals_served`] and the
 //! metric `tierlimit_refusals_cached_total` count the answers given so.
