@@ -1,15 +1,14 @@
 //! Runtime plan assignments live apart from the immutable policy: reloads
 //! never lose one, whatever the timing.
 
-use std::convert::Infallible;
+mod common;
+
+use common::{get_key, Ok200};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::{Policy, RateLimitLayer};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::Layer;
 
 /// Plans `standard` (60/min) and `premium` (`premium` per minute); with
 /// `gold`, a third plan `gold` exists.
@@ -35,18 +34,7 @@ fn policy(premium: u64, gold: bool) -> Policy {
 }
 
 async fn limit_seen_by(layer: &RateLimitLayer, key: &str) -> u64 {
-    let svc = layer.layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-    }));
-    let resp = svc
-        .oneshot(
-            Request::get("/x")
-                .header("x-api-key", key)
-                .body(())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get_key(&layer.layer(Ok200), key).await;
     resp.headers()["x-ratelimit-limit"]
         .to_str()
         .unwrap()

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use common::redis_server::RedisServer;
-use common::{send, Reply};
+use common::{get_key, send, Ok200, Reply};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use tierlimit::clock::ManualClock;
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::store::{RedisStore, RedisStoreConfig};
 use tierlimit::{OnStoreError, Policy, RateLimitLayer};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 fn qarion() -> PathBuf {
     PathBuf::from(format!(
@@ -239,22 +239,11 @@ fn instance(url: &str, mode: OnStoreError, clock: Option<ManualClock>) -> Svc {
         builder = builder.clock(c);
     }
     let layer = builder.build();
-    tower::util::BoxCloneSyncService::new(layer.layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-    })))
+    tower::util::BoxCloneSyncService::new(layer.layer(Ok200))
 }
 
 async fn call(svc: &Svc, key: &str) -> (StatusCode, Option<String>) {
-    let resp = svc
-        .clone()
-        .oneshot(
-            Request::get("/x")
-                .header("x-api-key", key)
-                .body(())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get_key(svc, key).await;
     let remaining = resp
         .headers()
         .get("x-ratelimit-remaining")

@@ -4,17 +4,14 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::redis_server::RedisServer;
-use http::{Request, Response};
-use http_body_util::Empty;
+use common::{get_key, Ok200};
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::store::{RedisStore, RedisStoreConfig};
 use tierlimit::{Policy, RateLimitLayer};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::Layer;
 
 fn policy() -> Policy {
     let minute = Duration::from_secs(60);
@@ -40,18 +37,7 @@ fn instance(url: &str) -> RateLimitLayer<RedisStore> {
 
 /// The limit a request of `key` is counted against, as the headers say.
 async fn limit_of(layer: &RateLimitLayer<RedisStore>, key: &str) -> u64 {
-    let svc = layer.layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-    }));
-    let resp = svc
-        .oneshot(
-            Request::get("/x")
-                .header("x-api-key", key)
-                .body(())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get_key(&layer.layer(Ok200), key).await;
     resp.headers()
         .get("x-ratelimit-limit")
         .map_or(0, |v| v.to_str().unwrap().parse().unwrap())

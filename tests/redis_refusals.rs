@@ -4,18 +4,16 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::redis_server::RedisServer;
-use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
+use common::{get_key, Ok200};
+use http::StatusCode;
 use tierlimit::clock::ManualClock;
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource};
 use tierlimit::{Policy, RateLimitLayer};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::Layer;
 
 fn policy() -> Policy {
     let minute = Duration::from_secs(60);
@@ -55,21 +53,11 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
         .clock(clock.clone())
         .store(store.clone())
         .build();
-    let svc = layer.layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-    }));
+    let svc = layer.layer(Ok200);
     let call = |key: &'static str| {
         let svc = svc.clone();
         async move {
-            let resp = svc
-                .oneshot(
-                    Request::get("/x")
-                        .header("x-api-key", key)
-                        .body(())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let resp = get_key(&svc, key).await;
             let retry = resp
                 .headers()
                 .get("retry-after")

@@ -487,35 +487,48 @@ impl Inner {
         }
     }
 
-    /// Starts the task that sends waiting post-charges when no decision
-    /// carries them, once, where a runtime runs.
-    fn start_flusher(self: &Arc<Self>) {
-        if self.flusher.load(Ordering::Relaxed) || self.flusher.swap(true, Ordering::AcqRel) {
+    /// Runs `job` every `period` on the current runtime, for as long as
+    /// the store lives; once per `started` flag (again later when no
+    /// runtime was current).
+    fn every<F, Fut>(self: &Arc<Self>, started: &AtomicBool, period: Duration, job: F)
+    where
+        F: Fn(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        if started.load(Ordering::Relaxed) || started.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.flusher.store(false, Ordering::Release);
+            started.store(false, Ordering::Release);
             return;
         };
         let weak: Weak<Inner> = Arc::downgrade(self);
         rt.spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                if inner.circuit_open() {
-                    continue;
-                }
-                let Some(conn) = inner.conn.get().cloned() else {
-                    continue;
-                };
-                // One call per slot (a cluster takes one slot per script).
-                let all = inner.take_pending();
-                for charges in inner.by_slot(all) {
-                    let call = inner.call(&conn, None, &Batch::default(), &charges);
-                    let _ = inner.finish_call(call.await, charges);
-                }
+                job(inner).await;
+            }
+        });
+    }
+
+    /// Starts the task that sends waiting post-charges when no decision
+    /// carries them.
+    fn start_flusher(self: &Arc<Self>) {
+        self.every(&self.flusher, FLUSH_EVERY, |inner| async move {
+            if inner.circuit_open() {
+                return;
+            }
+            let Some(conn) = inner.conn.get().cloned() else {
+                return;
+            };
+            // One call per slot (a cluster takes one slot per script).
+            let all = inner.take_pending();
+            for charges in inner.by_slot(all) {
+                let call = inner.call(&conn, None, &Batch::default(), &charges);
+                let _ = inner.finish_call(call.await, charges);
             }
         });
     }
@@ -524,30 +537,19 @@ impl Inner {
         format!("{}:plans", self.prefix)
     }
 
-    /// Starts the task that shares plan assignments, once, where a runtime
-    /// runs: it writes the changes made here, then reads every assignment,
+    /// Starts the task that shares plan assignments (once a layer gave
+    /// them): it writes the changes made here, then reads every assignment,
     /// four times a second.
     fn start_plan_sync(self: &Arc<Self>) {
-        if self.plans.get().is_none() || self.plan_sync.swap(true, Ordering::AcqRel) {
+        if self.plans.get().is_none() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.plan_sync.store(false, Ordering::Release);
-            return;
-        };
-        let weak: Weak<Inner> = Arc::downgrade(self);
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(PLANS_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = inner.sync_plans().await {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(target: "tierlimit", error = %e, "plan assignments not shared");
-                    #[cfg(not(feature = "tracing"))]
-                    let _ = e;
-                }
+        self.every(&self.plan_sync, PLANS_EVERY, |inner| async move {
+            if let Err(e) = inner.sync_plans().await {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(target: "tierlimit", error = %e, "plan assignments not shared");
+                #[cfg(not(feature = "tracing"))]
+                let _ = e;
             }
         });
     }

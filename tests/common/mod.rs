@@ -357,3 +357,37 @@ where
         }
     }
 }
+
+/// An inner service answering every request 200 with an empty body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ok200;
+
+impl tower::Service<Request<()>> for Ok200 {
+    type Response = http::Response<http_body_util::Empty<bytes::Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(http_body_util::Empty::new())))
+    }
+}
+
+/// `GET /x` with `x-api-key: key` through a clone of `svc`.
+pub async fn get_key<S, B>(svc: &S, key: &str) -> http::Response<B>
+where
+    S: tower::Service<Request<()>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let req = Request::get("/x")
+        .header("x-api-key", key)
+        .body(())
+        .unwrap();
+    svc.clone().oneshot(req).await.unwrap()
+}
