@@ -83,14 +83,6 @@ impl PlanTable {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The plan name assigned to `key`, if any.
-    pub(crate) fn get(&self, key: &str) -> Option<String> {
-        if !self.used.load(Ordering::Acquire) {
-            return None;
-        }
-        self.map.get(key).map(|p| p.value().to_string())
-    }
-
     /// `f` of the plan name assigned to `key`, without copying it.
     pub(crate) fn resolve<T>(&self, key: &str, f: impl FnOnce(&str) -> Option<T>) -> Option<T> {
         if !self.used.load(Ordering::Acquire) {

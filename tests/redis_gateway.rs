@@ -20,7 +20,7 @@ use tierlimit::clock::ManualClock;
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::store::{RedisStore, RedisStoreConfig};
 use tierlimit::{OnStoreError, Policy, RateLimitLayer};
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 fn qarion() -> PathBuf {
     PathBuf::from(format!(
@@ -362,15 +362,7 @@ async fn instances_whose_clocks_differ_by_minutes_agree_on_the_window() {
     assert_eq!(call(&b, "k").await.0, StatusCode::TOO_MANY_REQUESTS);
     // Both say the same wait: about a minute, not 17 minutes more or less.
     let wait = |svc: Svc| async move {
-        let resp = svc
-            .oneshot(
-                Request::get("/x")
-                    .header("x-api-key", "k")
-                    .body(())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let resp = get_key(&svc, "k").await;
         resp.headers()["retry-after"]
             .to_str()
             .unwrap()

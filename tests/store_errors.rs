@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::get_key;
+
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::future::Future;
@@ -141,16 +143,7 @@ async fn run(
     }));
     let mut out = Vec::new();
     for _ in 0..n {
-        let resp = svc
-            .clone()
-            .oneshot(
-                Request::get("/x")
-                    .header("x-api-key", "k")
-                    .body(())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let resp = get_key(&svc, "k").await;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         out.push(Response::from_parts(parts, bytes));

@@ -157,10 +157,10 @@ impl Controller {
     pub fn plan_of(&self, key: &str) -> Option<String> {
         let active = self.inner.active.load();
         let policy = &active.policy;
-        match self.inner.plans.get(key) {
-            Some(plan) if policy.has_plan(&plan) => Some(plan),
-            _ => policy.configured_plan(key).map(str::to_owned),
-        }
+        self.inner
+            .plans
+            .resolve(key, |plan| policy.has_plan(plan).then(|| plan.to_owned()))
+            .or_else(|| policy.configured_plan(key).map(str::to_owned))
     }
 
     /// Every runtime plan assignment (key, plan), in no particular order.

@@ -634,15 +634,10 @@ impl Inner {
         if !self.is_cluster() || charges.is_empty() {
             return vec![charges];
         }
-        let mut groups: Vec<(Slot, Vec<Waiting>)> = Vec::new();
-        for w in charges {
-            let s = self.slot(w.charge.receipt.key());
-            match groups.iter_mut().find(|(g, _)| *g == s) {
-                Some((_, v)) => v.push(w),
-                None => groups.push((s, vec![w])),
-            }
-        }
-        groups.into_iter().map(|(_, v)| v).collect()
+        group_by(charges, |w| self.slot(w.charge.receipt.key()))
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// Decides a batch whose limits live in several slots of a cluster: one
@@ -656,13 +651,7 @@ impl Inner {
         mut batch: Batch,
         slots: Vec<Slot>,
     ) -> Result<Batch, StoreError> {
-        let mut parts: Vec<(Slot, Vec<usize>)> = Vec::new();
-        for (i, s) in slots.iter().enumerate() {
-            match parts.iter_mut().find(|(g, _)| g == s) {
-                Some((_, v)) => v.push(i),
-                None => parts.push((*s, vec![i])),
-            }
-        }
+        let parts = group_by(0..slots.len(), |&i| slots[i]);
         // A cascade is decided in one script: its members must share a slot.
         for i in 1..batch.len() {
             let (a, b) = (batch.limit(i - 1).cascade, batch.limit(i).cascade);
@@ -855,6 +844,22 @@ impl Inner {
             }
         }
     }
+}
+
+/// `items` grouped by `key`, groups in order of first appearance.
+fn group_by<T, K: PartialEq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups
 }
 
 type CallResult = Result<Result<Vec<i64>, redis::RedisError>, tokio::time::error::Elapsed>;
