@@ -13,9 +13,7 @@
 //! `cargo bench --bench redis_store` (skipped, with a message, when
 //! `redis-server` or `redis-benchmark` is missing).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,36 +28,15 @@ const CONCURRENCY: usize = 32;
 const DECISIONS: u64 = 200_000;
 const CALLERS: usize = 100_000;
 
-struct Server(Child, u16);
+// The tests' redis-server harness (free port, killed when dropped).
+#[allow(dead_code)]
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use redis_server::RedisServer;
 
 fn command(port: u16, args: &[&str]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.ends_with(b"\r\n") {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    RedisServer::attach(port).command(args)
 }
 
 fn used_memory(port: u16) -> u64 {
@@ -107,37 +84,17 @@ fn policy(scale: u64) -> Policy {
         .unwrap()
 }
 
-fn start() -> Option<Server> {
-    let found = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !found("redis-server") || !found("redis-benchmark") {
-        println!("skipped: redis-server or redis-benchmark not found");
+fn start() -> Option<RedisServer> {
+    let found = Command::new("redis-benchmark")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!("skipped: redis-benchmark not found");
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child, port);
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
+    RedisServer::start()
 }
 
 fn redis_benchmark(port: u16) -> f64 {
@@ -231,7 +188,7 @@ fn main() {
         return;
     }
     let Some(server) = start() else { return };
-    let port = server.1;
+    let port = server.port;
     let cpu0 = server_cpu(port);
     let baseline = redis_benchmark(port);
     let cpu1 = server_cpu(port);
