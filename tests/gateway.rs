@@ -262,19 +262,7 @@ fn a_bad_configuration_is_refused_before_listening() {
         "tiers.a.limits[0].window: must be greater than zero"
     );
     // The binary exits non-zero with the message, and never listens.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("gateway");
-    assert!(
-        bin.exists(),
-        "cargo test builds the examples: {}",
-        bin.display()
-    );
+    let bin = common::gateway_bin();
     let out = std::process::Command::new(&bin)
         .args(["--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .output()

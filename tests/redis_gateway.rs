@@ -59,15 +59,7 @@ impl Process {
     }
 
     fn start(redis: &str) -> Process {
-        // Tests run from target/<profile>/deps; cargo builds the examples
-        // next to it.
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples/gateway");
+        let bin = common::gateway_bin();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -391,3 +391,22 @@ where
         .unwrap();
     svc.clone().oneshot(req).await.unwrap()
 }
+
+/// The example gateway's binary: tests run from target/<profile>/deps, and
+/// `cargo test` builds the examples next to it.
+pub fn gateway_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("gateway");
+    assert!(
+        bin.exists(),
+        "cargo test builds the examples: {}",
+        bin.display()
+    );
+    bin
+}
