@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tierlimit::clock::{Clock, SystemClock};
+use tierlimit::clock::{Clock, SystemClock, Timestamp};
 use tierlimit::config::{Config, Limit, Tier};
 use tierlimit::identity::Identity;
-use tierlimit::store::{Answer, RedisStore, RedisStoreConfig, Store};
+use tierlimit::store::{Answer, RedisStore, RedisStoreConfig, Store, TimeSource};
 use tierlimit::Policy;
 
 const CONCURRENCY: usize = 32;
@@ -47,9 +47,6 @@ fn used_memory(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// The qarion standard plan's shape (per minute, per hour, both sliding),
-/// with `scale` times its capacities: the throughput run raises them so
-/// that every decision is a round trip (no refusal answered locally).
 /// Seconds of CPU the server has used (user + system).
 fn server_cpu(port: u16) -> f64 {
     command(port, &["INFO", "cpu"])
@@ -63,6 +60,9 @@ fn server_cpu(port: u16) -> f64 {
         .sum()
 }
 
+/// The qarion standard plan's shape (per minute, per hour, both sliding),
+/// with `scale` times its capacities: the throughput run raises them so
+/// that every decision is a round trip (no refusal answered locally).
 fn policy(scale: u64) -> Policy {
     Config::new()
         .tier(
@@ -115,7 +115,14 @@ fn redis_benchmark(port: u16) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn decide_many(store: RedisStore, policy: Arc<Policy>) -> f64 {
+/// Decisions per second with `CONCURRENCY` in flight, over `callers`
+/// callers, each decided at `now()`.
+async fn decide_many(
+    store: RedisStore,
+    policy: Arc<Policy>,
+    callers: usize,
+    now: fn() -> Timestamp,
+) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -124,14 +131,14 @@ async fn decide_many(store: RedisStore, policy: Arc<Policy>) -> f64 {
         tasks.push(tokio::spawn(async move {
             let mut i = t;
             while done.fetch_add(1, Ordering::Relaxed) < DECISIONS {
-                let key = format!("caller-{}", i % 1000);
+                let key = format!("caller-{}", i % callers);
                 i += CONCURRENCY;
                 let id = Identity {
                     api_key: Some(key.as_bytes()),
                     ..Identity::default()
                 };
                 let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
-                match store.decide(SystemClock.now(), batch) {
+                match store.decide(now(), batch) {
                     Answer::Later(f) => {
                         f.await.expect("a decision");
                     }
@@ -146,6 +153,33 @@ async fn decide_many(store: RedisStore, policy: Arc<Policy>) -> f64 {
         t.await.unwrap();
     }
     DECISIONS as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Callers in the steady-state run.
+const HOT: usize = 100;
+/// The instant the steady-state run decides at: a minute after its callers
+/// started, each once a second (`fill`).
+fn a_minute_in() -> Timestamp {
+    Timestamp::from_nanos(1_800_000_060_500_000_000)
+}
+
+/// Gives each of `HOT` callers one decision a second for a minute, ending
+/// just before `a_minute_in()`: every per-minute counter holds 60 buckets.
+async fn fill(store: &RedisStore, policy: &Policy) {
+    let start = a_minute_in() - Duration::from_millis(60_500);
+    for s in 0..60 {
+        for c in 0..HOT {
+            let key = format!("caller-{c}");
+            let id = Identity {
+                api_key: Some(key.as_bytes()),
+                ..Identity::default()
+            };
+            let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+            if let Answer::Later(f) = store.decide(start + Duration::from_secs(s), batch) {
+                f.await.expect("a decision");
+            }
+        }
+    }
 }
 
 async fn memory_per_caller(store: RedisStore, policy: Arc<Policy>, port: u16) -> (f64, String) {
@@ -198,23 +232,40 @@ fn main() {
         .build()
         .unwrap();
     let url = format!("redis://127.0.0.1:{port}");
-    let store =
-        RedisStore::new(RedisStoreConfig::new(url).timeout(Duration::from_secs(2))).unwrap();
-    let ours = rt.block_on(decide_many(store.clone(), Arc::new(policy(1_000_000))));
+    let config = RedisStoreConfig::new(url).timeout(Duration::from_secs(2));
+    let store = RedisStore::new(config.clone()).unwrap();
+    let wide = Arc::new(policy(1_000_000));
+    let ours = rt.block_on(decide_many(store.clone(), Arc::clone(&wide), 1000, || {
+        SystemClock.now()
+    }));
     let cpu2 = server_cpu(port);
     let served = store.refusals_served();
+    // Steady state: callers whose per-minute counters hold a full minute of
+    // buckets (on the caller's clock, so that a minute passes at once).
+    let steady = RedisStore::new(config.prefix("steady").time(TimeSource::Caller)).unwrap();
+    rt.block_on(fill(&steady, &wide));
+    let cpu3 = server_cpu(port);
+    let full = rt.block_on(decide_many(steady, wide, HOT, a_minute_in));
+    let cpu4 = server_cpu(port);
     let (per_caller, usage) = rt.block_on(memory_per_caller(store, Arc::new(policy(1)), port));
     println!("redis-benchmark EVALSHA (trivial script), -c {CONCURRENCY}: {baseline:.0} calls/s");
-    println!("RedisStore decisions, {CONCURRENCY} in flight, 2 limits: {ours:.0} decisions/s");
+    println!(
+        "RedisStore decisions, {CONCURRENCY} in flight, 2 limits, 1000 fresh callers: {ours:.0} decisions/s"
+    );
     println!(
         "ratio: {:.3} (goal >= 0.7); refusals answered locally: {served}",
         ours / baseline.max(1.0)
     );
+    println!(
+        "the same, {HOT} callers with a full minute of buckets: {full:.0} decisions/s (ratio {:.3})",
+        full / baseline.max(1.0)
+    );
     let per = |s: f64| s / DECISIONS as f64 * 1e6;
     println!(
-        "server CPU per call: trivial script {:.2} us, decision {:.2} us",
+        "server CPU per call: trivial script {:.2} us, decision {:.2} us, decision with a full minute {:.2} us",
         per(cpu1 - cpu0),
-        per(cpu2 - cpu1)
+        per(cpu2 - cpu1),
+        per(cpu4 - cpu3)
     );
     println!(
         "Redis memory per tracked caller (2-limit plan, {CALLERS} callers): {per_caller:.1} bytes (INFO used_memory delta); MEMORY USAGE of one caller: {usage} (goal <= 256)"

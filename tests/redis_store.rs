@@ -152,7 +152,11 @@ fn redis_decides_as_the_memory_store() {
     // outlive the test process's end without being dropped).
     let Some(server) = server() else { return };
     let config = ProptestConfig {
-        cases: 48,
+        // PROPTEST_CASES runs more (or fewer) cases.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(48),
         source_file: Some(file!()),
         ..ProptestConfig::default()
     };
@@ -206,6 +210,73 @@ async fn counters_expire_by_themselves_after_their_longest_window() {
         "the day counter keeps the key: {second} ms"
     );
     assert!(second <= 86_401_000, "{second} ms");
+}
+
+#[tokio::test]
+async fn a_post_charge_never_shortens_the_life_of_a_longer_window() {
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(RedisStoreConfig::new(server.url()).prefix("post-ttl")).unwrap();
+    let key = CounterKey::from_u128(7);
+    // One scope key: an hour charged now, a minute charged after the response.
+    let hour = LimitSpec::new(
+        key,
+        WindowSpec::sliding(Duration::from_secs(3600), 60),
+        100,
+        1,
+    )
+    .with_tag(1);
+    let minute = LimitSpec::new(
+        key,
+        WindowSpec::sliding(Duration::from_secs(60), 60),
+        100,
+        1,
+    )
+    .with_tag(2)
+    .with_charge(Charge::After);
+    use tierlimit::clock::{Clock, SystemClock};
+    let batch = decide(
+        &store,
+        SystemClock.now(),
+        Batch::from_limits([hour, minute]),
+    )
+    .await;
+    assert!(batch.admitted());
+    let Verdict::Room(receipt) = batch.outcome(1).unwrap().verdict else {
+        panic!("the minute limit has room");
+    };
+    let redis_key = store.redis_key(key);
+    let pttl = || -> i64 {
+        let r = server.command(&["PTTL", &redis_key]);
+        r.trim().trim_start_matches(':').parse().unwrap()
+    };
+    assert!(pttl() > 3_590_000, "the hour counter: {} ms", pttl());
+    let _ = store.charge_after(SystemClock.now(), vec![PostCharge::new(minute, receipt, 3)]);
+    // The flusher sends it within milliseconds; the minute's field appears.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.command(&["HEXISTS", &redis_key, "2"]).trim() != ":1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the post-charge never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        pttl() > 3_590_000,
+        "a minute's post-charge cut the hour counter's life to {} ms",
+        pttl()
+    );
+    let again = decide(
+        &store,
+        SystemClock.now(),
+        Batch::from_limits([hour, minute]),
+    )
+    .await;
+    assert_eq!(again.outcome(0).unwrap().view.used, 2, "hour");
+    assert_eq!(
+        again.outcome(1).unwrap().view.used,
+        3,
+        "minute: the post-charge"
+    );
 }
 
 #[tokio::test]

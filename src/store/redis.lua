@@ -2,8 +2,8 @@
 -- of one request, all or nothing, in one atomic call.
 --
 -- Times are whole microseconds since the epoch (below 2^53, exact in Lua
--- numbers). A counter is a hash per (tier, scope key); field "TAG:INDEX"
--- holds the cost charged in bucket INDEX of the limit TAG.
+-- numbers). A counter is a hash per (tier, scope key); field TAG holds the
+-- buckets of the limit TAG (see HEAD below).
 --
 -- ARGV[1]  now in microseconds, or "" to read the server's clock (TIME)
 -- ARGV[2]  L, the number of limits;  ARGV[3]  C, the number of post-charges
@@ -11,9 +11,11 @@
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
 -- per limit, 8 values:  tag, bucket, reach, offset, capacity, check, charge,
 --                       cascade group (0: none)
--- per post-charge, 6:   tag, bucket, offset, cost, ttl in ms, and when it
---                       was measured: microseconds since the epoch on the
---                       caller's clock, or -N for N microseconds before now
+-- per post-charge, 7:   tag, bucket, reach, offset, cost (negative: given
+--                       back), when it was measured (microseconds since the
+--                       epoch on the caller's clock, or -N for N
+--                       microseconds before now), and the bucket index to
+--                       charge ("" : the bucket of that instant)
 --
 -- Returns {now, admitted, then per limit: verdict, used, reset, retry, index}
 -- verdict: 0 room, 1 passed (cascade member after the one charged),
@@ -40,30 +42,23 @@ local function fdiv(a, b)
   return q
 end
 
-local function field(tag, idx)
-  if idx < 1e14 then
-    return tag .. ':' .. idx
-  end
-  return string.format('%s:%d', tag, idx)
+-- A limit's buckets are one string: the total cost it holds, then one
+-- record (index, cost) per bucket, indices ascending; all doubles (exact
+-- below 2^53). A decision reads the total and the first and last records
+-- (struct.unpack at an offset), not every bucket.
+local HEAD, REC = 8, 16
+
+local function size(v)
+  return (#v - HEAD) / REC
 end
 
-local EMPTY = {}
-
--- Post-charges first: costs measured after earlier responses.
-local base = 4 + 8 * L
-for c = 1, C do
-  local a = base + 6 * (c - 1)
-  local key = KEYS[L + c]
-  local at = tonumber(ARGV[a + 5])
-  if at <= 0 then
-    at = now + at
-  end
-  local idx = fdiv(at + tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]))
-  redis.call('HINCRBY', key, field(ARGV[a], idx), ARGV[a + 3])
-  redis.call('PEXPIRE', key, ARGV[a + 4])
+-- Index and cost of record k (from 1).
+local function rec(v, k)
+  return struct.unpack('<dd', v, HEAD + 1 + REC * (k - 1))
 end
 
--- Counters of a key, by tag: {idx = count}, read once per key.
+-- Buckets of a key, by tag: {tag = string}, read once per key. A value
+-- that is not such a string (written by something else) counts as empty.
 local cache = {}
 local function counters(key)
   local c = cache[key]
@@ -73,20 +68,137 @@ local function counters(key)
   c = {}
   local flat = redis.call('HGETALL', key)
   for j = 1, #flat, 2 do
-    local f = flat[j]
-    local s = string.find(f, ':', 1, true)
-    if s then
-      local tag = string.sub(f, 1, s - 1)
-      local byTag = c[tag]
-      if not byTag then
-        byTag = {}
-        c[tag] = byTag
-      end
-      byTag[tonumber(string.sub(f, s + 1))] = tonumber(flat[j + 1])
+    local v = flat[j + 1]
+    if #v > HEAD and (#v - HEAD) % REC == 0 then
+      c[flat[j]] = v
     end
   end
   cache[key] = c
   return c
+end
+
+-- Tags rewritten, by key; and the expiry (ms from now) each key must reach.
+local dirty, expire = {}, {}
+local function extend(key, ms)
+  if not expire[key] or expire[key] < ms then
+    expire[key] = ms
+  end
+end
+
+-- The live part of `v` (buckets from `lo` on): total, index of the first
+-- live record, number of records.
+local function live(v, lo)
+  local n = 0
+  local total = 0
+  if v ~= '' then
+    n = size(v)
+    total = struct.unpack('<d', v, 1)
+  end
+  local first = 1
+  while first <= n do
+    local i, c = rec(v, first)
+    if i >= lo then
+      break
+    end
+    total = total - c
+    first = first + 1
+  end
+  return total, first, n
+end
+
+-- `v` without the buckets below `lo`, with `amount` added to bucket `idx`
+-- (a negative amount gives back, never below zero; a bucket left empty is
+-- dropped). Also whether `idx` opened a new newest bucket.
+local function add(v, idx, amount, lo)
+  if v == '' then
+    if amount > 0 and idx >= lo then
+      return struct.pack('<ddd', amount, idx, amount), true
+    end
+    return '', false
+  end
+  local total, first, n = live(v, lo)
+  if first == 1 and amount > 0 then
+    -- Nothing to drop (the usual case): charge the newest bucket, or open
+    -- a newer one.
+    local last, c = rec(v, n)
+    if last == idx then
+      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1, -9) .. struct.pack('<d', c + amount), false
+    elseif last < idx then
+      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1) .. struct.pack('<dd', idx, amount), true
+    end
+  end
+  local body = ''
+  if first <= n then
+    body = string.sub(v, HEAD + 1 + REC * (first - 1))
+  end
+  local m = n - first + 1
+  -- k: the last record whose index is at most idx (0: none).
+  local k, at = m, nil
+  while k >= 1 do
+    at = struct.unpack('<d', body, 1 + REC * (k - 1))
+    if at <= idx then
+      break
+    end
+    k = k - 1
+  end
+  local opened = false
+  if k >= 1 and at == idx then
+    local _, c = struct.unpack('<dd', body, 1 + REC * (k - 1))
+    local left = c + amount
+    if left < 0 then
+      left = 0
+    end
+    total = total + left - c
+    local rest = string.sub(body, REC * k + 1)
+    if left > 0 then
+      body = string.sub(body, 1, REC * (k - 1)) .. struct.pack('<dd', idx, left) .. rest
+    else
+      body = string.sub(body, 1, REC * (k - 1)) .. rest
+    end
+  elseif amount > 0 and idx >= lo then
+    total = total + amount
+    body = string.sub(body, 1, REC * k) .. struct.pack('<dd', idx, amount) .. string.sub(body, REC * k + 1)
+    opened = k == m
+  end
+  if body == '' then
+    return '', opened
+  end
+  return struct.pack('<d', total) .. body, opened
+end
+
+local function write(key, tag, v)
+  cache[key][tag] = v
+  local d = dirty[key]
+  if not d then
+    d = {}
+    dirty[key] = d
+  end
+  d[tag] = true
+end
+
+-- Post-charges first: costs measured after earlier responses.
+local base = 4 + 8 * L
+for c = 1, C do
+  local a = base + 7 * (c - 1)
+  local key, tag = KEYS[L + c], ARGV[a]
+  local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local cost = tonumber(ARGV[a + 4])
+  local idx
+  if ARGV[a + 6] ~= '' then
+    idx = tonumber(ARGV[a + 6])
+  else
+    local at = tonumber(ARGV[a + 5])
+    if at <= 0 then
+      at = now + at
+    end
+    idx = fdiv(at + offset, bucket)
+  end
+  local lo = fdiv(now + offset, bucket) - reach
+  local v, opened = add(counters(key)[tag] or '', idx, cost, lo)
+  write(key, tag, v)
+  if opened then
+    extend(key, math.floor(((idx + reach + 1) * bucket - offset - now) / 1000) + 1000)
+  end
 end
 
 local out = {now, 0}
@@ -104,32 +216,19 @@ for i = 1, L do
     end
     group, group_room = g, false
   end
-  local byTag = counters(key)[tag] or EMPTY
+  local v = counters(key)[tag] or ''
   local cur = fdiv(now + offset, bucket)
-  for idx, _ in pairs(byTag) do
+  local newest
+  if v ~= '' then
     -- A clock that went back counts in the newest bucket.
-    if idx > cur then
-      cur = idx
+    newest = rec(v, size(v))
+    if newest > cur then
+      cur = newest
     end
   end
-  local used, newest, dead = 0, nil, nil
-  for idx, n in pairs(byTag) do
-    if idx >= cur - reach then
-      used = used + n
-      if not newest or idx > newest then
-        newest = idx
-      end
-    else
-      dead = dead or {}
-      dead[#dead + 1] = field(tag, idx)
-      byTag[idx] = nil
-    end
-  end
-  if dead then
-    redis.call('HDEL', key, unpack(dead))
-  end
+  local used, first, n = live(v, cur - reach)
   local reset = now
-  if newest then
+  if first <= n then
     reset = (newest + reach + 1) * bucket - offset
   end
   local verdict, retry = 0, 0
@@ -141,16 +240,12 @@ for i = 1, L do
     verdict = 0
   else
     verdict = 2
-    local live = {}
-    for idx, _ in pairs(byTag) do
-      live[#live + 1] = idx
-    end
-    table.sort(live)
     local need, freed = used + check - cap, 0
-    for _, idx in ipairs(live) do
-      freed = freed + byTag[idx]
+    for k = first, n do
+      local i, c = rec(v, k)
+      freed = freed + c
       if freed >= need then
-        retry = (idx + reach + 1) * bucket - offset
+        retry = (i + reach + 1) * bucket - offset
         break
       end
     end
@@ -168,55 +263,54 @@ if group ~= 0 and not group_room then
 end
 
 if admitted then
-  -- Every charge of a key in one HSET: the script knows the counts. The key
-  -- expires a second after its newest counter leaves its window; that
-  -- moment moves only when a charge opens a new bucket, so only then is the
-  -- expiry set again.
-  local writes, expire = {}, {}
   for i = 1, L do
     local a = 4 + 8 * (i - 1)
     local o = 2 + 5 * (i - 1)
     local charge = tonumber(ARGV[a + 6])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
-      local byTag = counters(key)[tag]
-      if not byTag then
-        byTag = {}
-        counters(key)[tag] = byTag
-      end
-      local n = (byTag[cur] or 0) + charge
-      byTag[cur] = n
-      local w = writes[key]
-      if not w then
-        w = {}
-        writes[key] = w
-      end
-      w[#w + 1] = field(tag, cur)
-      w[#w + 1] = n
-      local reach, bucket, offset = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+      local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - reach)
+      write(key, tag, v)
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.
-      out[o + 3] = (cur + reach + 1) * bucket - offset
-      if n == charge then
-        expire[key] = true
+      local reset = (cur + reach + 1) * bucket - offset
+      out[o + 3] = reset
+      if opened then
+        -- The key lives a second past its newest counter's window.
+        extend(key, math.floor((reset - now) / 1000) + 1000)
       end
     end
-  end
-  for key, w in pairs(writes) do
-    redis.call('HSET', key, unpack(w))
-  end
-  for key, _ in pairs(expire) do
-    -- Every limit of a key is in the request (one tier, one scope): the
-    -- latest moment any of its counters still counts is among their resets.
-    local last = now
-    for i = 1, L do
-      local r = out[2 + 5 * (i - 1) + 3]
-      if KEYS[i] == key and r > last then
-        last = r
-      end
-    end
-    redis.call('PEXPIRE', key, math.floor((last - now) / 1000) + 1000)
   end
   out[2] = 1
+end
+
+-- Every rewritten limit of a key in one HSET (HDEL when nothing is left).
+for key, tags in pairs(dirty) do
+  local c = cache[key]
+  local set, del = {}, {}
+  for tag, _ in pairs(tags) do
+    local v = c[tag]
+    if v ~= '' then
+      set[#set + 1] = tag
+      set[#set + 1] = v
+    else
+      del[#del + 1] = tag
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', key, unpack(set))
+  end
+  if #del > 0 then
+    redis.call('HDEL', key, unpack(del))
+  end
+end
+-- A key's expiry only ever moves later: it covers limits of the key that
+-- this call did not see (a post-charged limit of a longer window, say).
+for key, ms in pairs(expire) do
+  local left = redis.call('PTTL', key)
+  if left >= 0 and left < ms or left == -1 then
+    redis.call('PEXPIRE', key, ms)
+  end
 end
 return out

@@ -10,10 +10,15 @@
 //! [`WindowSpec`](super::WindowSpec) helpers): sliding windows in
 //! sub-buckets with the hard guarantee, fixed windows on clock boundaries,
 //! cascades, post-charged costs, all with the same figures. A counter is a
-//! hash per (tier, scope key) whose fields are `TAG:BUCKET` → cost; buckets
-//! that left their window are deleted when next read, and every hash expires
-//! by itself (`PEXPIRE`, set again whenever a charge opens a new bucket) a
-//! second after its newest counter leaves its window.
+//! hash per (tier, scope key) with one field per limit, whose value packs
+//! the limit's total and its buckets (index, cost) in time order: a
+//! decision reads the total and the oldest and newest buckets, not every
+//! bucket, so a caller whose minute holds 60 buckets costs the server about
+//! what a new caller does (`cargo bench --bench redis_store`). Buckets that
+//! left their window are dropped when the limit is next charged, and every
+//! hash expires by itself (`PEXPIRE`, moved later, never earlier, whenever
+//! a charge opens a new bucket) a second after its newest counter leaves
+//! its window.
 //!
 //! Times in Redis are whole microseconds: a sub-bucket whose width is not a
 //! whole number of microseconds (say a 1 s window in 3 buckets) is counted
@@ -107,8 +112,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_routing::Slot;
 
 use super::{
-    Answer, Batch, Charge, CounterKey, Outcome, PostCharge, Receipt, Refusal, SharedPlans, Store,
-    StoreError, StoreErrorKind, Verdict, View,
+    Answer, Batch, Charge, CounterKey, LimitSpec, Outcome, PostCharge, Receipt, Refusal,
+    SharedPlans, Store, StoreError, StoreErrorKind, Verdict, View,
 };
 use crate::clock::Timestamp;
 
@@ -336,6 +341,14 @@ struct Waiting {
     queued: Instant,
 }
 
+/// Cost given back to the bucket it was charged in.
+#[derive(Clone, Copy, Debug)]
+struct GiveBack {
+    limit: LimitSpec,
+    index: u64,
+    cost: u64,
+}
+
 fn unavailable(why: &'static str) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, why)
 }
@@ -527,7 +540,7 @@ impl Inner {
             // One call per slot (a cluster takes one slot per script).
             let all = inner.take_pending();
             for charges in inner.by_slot(all) {
-                let call = inner.call(&conn, None, &Batch::default(), &charges);
+                let call = inner.call(&conn, None, &Batch::default(), &charges, &[]);
                 let _ = inner.finish_call(call.await, charges);
             }
         });
@@ -666,7 +679,7 @@ impl Inner {
         for (slot, idx) in &parts {
             let sub = Batch::from_limits(idx.iter().map(|&i| *batch.limit(i)));
             let charges = self.take_pending_in(Some(*slot));
-            let call = self.call(conn, Some(now), &sub, &charges);
+            let call = self.call(conn, Some(now), &sub, &charges, &[]);
             calls.push((sub, charges, tokio::spawn(call)));
         }
         let mut decided = Vec::new();
@@ -688,7 +701,7 @@ impl Inner {
         if !admitted {
             // Give back what admitted slots charged.
             for sub in decided.iter_mut().filter(|b| !b.is_empty() && b.admitted()) {
-                self.refund(conn, sub).await;
+                self.refund(conn, now, sub).await;
             }
         }
         if let Some(e) = failure {
@@ -709,10 +722,11 @@ impl Inner {
         Ok(batch)
     }
 
-    /// Gives back the charges of an admitted sub-batch, and shows its
-    /// counters as they stand after.
-    async fn refund(&self, conn: &Conn, sub: &mut Batch) {
-        let mut pipe = redis::pipe();
+    /// Gives back the charges of an admitted sub-batch (one script call,
+    /// to the buckets they were charged in), and shows its counters as they
+    /// stand after.
+    async fn refund(&self, conn: &Conn, now: Timestamp, sub: &mut Batch) {
+        let mut back = Vec::new();
         for i in 0..sub.len() {
             let l = *sub.limit(i);
             let Some(mut o) = sub.outcome(i).copied() else {
@@ -724,19 +738,16 @@ impl Inner {
             if l.charge_cost() == 0 {
                 continue;
             }
-            let field = format!("{}:{}", l.tag, r.data());
-            pipe.cmd("HINCRBY")
-                .arg(self.redis_key(l.key))
-                .arg(field)
-                .arg(-i64::try_from(l.charge_cost()).unwrap_or(i64::MAX))
-                .ignore();
+            back.push(GiveBack {
+                limit: l,
+                index: r.data(),
+                cost: l.charge_cost(),
+            });
             o.view.used = o.view.used.saturating_sub(l.charge_cost());
             sub.record(i, o);
         }
-        let mut conn = conn.clone();
-        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            self.failed();
+        let call = self.call(conn, Some(now), &Batch::default(), &[], &back);
+        if self.finish_call(call.await, Vec::new()).is_err() {
             #[cfg(feature = "tracing")]
             tracing::warn!(target: "tierlimit", "a refund across cluster slots failed");
         }
@@ -755,28 +766,35 @@ impl Inner {
     }
 
     /// One script call (`EVALSHA`, and `SCRIPT LOAD` then again after a
-    /// `NOSCRIPT`): post-charges, then the batch's limits.
+    /// `NOSCRIPT`): post-charges and give-backs, then the batch's limits.
     fn call(
         &self,
         conn: &Conn,
         now: Option<Timestamp>,
         batch: &Batch,
         charges: &[Waiting],
+        give_back: &[GiveBack],
     ) -> impl Future<Output = CallResult> + Send + 'static {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
-            .arg(batch.len() + charges.len());
+            .arg(batch.len() + charges.len() + give_back.len());
         for l in batch.limits() {
             cmd.arg(self.redis_key(l.key));
         }
         for w in charges {
             cmd.arg(self.redis_key(w.charge.receipt.key()));
         }
+        for g in give_back {
+            cmd.arg(self.redis_key(g.limit.key));
+        }
+        // On the caller's clock, a call without a decision (the flusher)
+        // takes the newest measurement it carries as "now".
+        let now = now.or_else(|| charges.iter().map(|w| w.at).max());
         match (self.time, now) {
             (TimeSource::Caller, Some(t)) => cmd.arg(t.as_nanos() / 1000),
             _ => cmd.arg(""),
         };
-        cmd.arg(batch.len()).arg(charges.len());
+        cmd.arg(batch.len()).arg(charges.len() + give_back.len());
         for l in batch.limits() {
             let (bucket, reach, offset) = shape_us(&l.window);
             let group = l.cascade.map_or(0, u32::from);
@@ -798,10 +816,21 @@ impl Inner {
             };
             cmd.arg(c.limit.tag)
                 .arg(bucket)
+                .arg(reach)
                 .arg(offset)
                 .arg(c.cost)
-                .arg(ttl_ms(bucket, reach))
-                .arg(at);
+                .arg(at)
+                .arg("");
+        }
+        for g in give_back {
+            let (bucket, reach, offset) = shape_us(&g.limit.window);
+            cmd.arg(g.limit.tag)
+                .arg(bucket)
+                .arg(reach)
+                .arg(offset)
+                .arg(-i64::try_from(g.cost).unwrap_or(i64::MAX))
+                .arg(0)
+                .arg(g.index);
         }
         let mut conn = conn.clone();
         let timeout = self.timeout;
@@ -876,11 +905,6 @@ fn shape_us(w: &super::WindowSpec) -> (u64, u64, i64) {
         .max(1);
     let offset = i64::from(w.utc_offset_secs().unwrap_or(0)) * 1_000_000;
     (bucket, w.reach(), offset)
-}
-
-/// A counter expires a second after its longest window.
-fn ttl_ms(bucket_us: u64, reach: u64) -> u64 {
-    bucket_us.saturating_mul(reach + 1) / 1000 + 1000
 }
 
 /// Reconnects fast (10 to 100 ms apart): the circuit breaker, not the
@@ -1023,7 +1047,7 @@ impl Store for RedisStore {
                 return Ok(batch);
             }
             let charges = inner.take_pending_in(slots.first().copied());
-            let call = inner.call(&conn, Some(now), &batch, &charges);
+            let call = inner.call(&conn, Some(now), &batch, &charges, &[]);
             let v = inner.finish_call(call.await, charges)?;
             fill(&mut batch, &v)?;
             if !batch.admitted() {
