@@ -21,10 +21,26 @@
 # measured in the same invocation (median round of each scenario, with the
 # spread of the rounds, since one machine runs both load and server).
 # oha and the gateway share this machine's cores: expect a few % of noise.
+#
+#   PIN=1 bash benches/load.sh      # Redis on a core of its own
+#
+# With PIN=1 (and at least 2 cores) redis-server runs alone on the last
+# core and the gateway and oha share the others, in every scenario: a model
+# of Redis on a host of its own, where the Redis server's work does not
+# compete with the gateway's. Without it, all three share every core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-4s}
+PIN=${PIN:-}
+ON_APP=()
+ON_REDIS=()
+if [ -n "$PIN" ] && [ "$(nproc)" -ge 2 ]; then
+  last=$(( $(nproc) - 1 ))
+  ON_APP=(taskset -c "0-$(( last - 1 ))")
+  ON_REDIS=(taskset -c "$last")
+  echo "PIN=1: redis-server on core $last, the gateway and oha on cores 0-$(( last - 1 ))" >&2
+fi
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-32}
 
@@ -59,7 +75,7 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
 run() { # name config extra-args...
   local name=$1 config=$2; shift 2
   local port; port=$(free_port)
-  "$BIN" --config "$config" --listen "127.0.0.1:$port" "$@" >"$work/$name.log" 2>&1 &
+  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" "$@" >"$work/$name.log" 2>&1 &
   GW=$!
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -69,7 +85,7 @@ run() { # name config extra-args...
     echo "the gateway did not start:" >&2; cat "$work/$name.log" >&2; exit 1
   fi
   local before; before=$(cpu_ticks "$GW")
-  oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json \
+  "${ON_APP[@]}" oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json \
     -H "x-api-key: load-test-key" "http://127.0.0.1:$port/api/items" >"$work/$name.json"
   local after; after=$(cpu_ticks "$GW")
   kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=
@@ -90,7 +106,7 @@ PY
 REDIS_PID=
 if command -v redis-server >/dev/null 2>&1; then
   rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+  "${ON_REDIS[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
   REDIS_PID=$!
   trap '[ -n "${GW:-}" ] && kill "$GW" 2>/dev/null; [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
   sleep 0.3
@@ -106,14 +122,14 @@ for round in $(seq 1 "$ROUNDS"); do
   fi
 done
 
-python3 - "$work/results.tsv" "$DURATION" "$CONNS" <<'PY'
+python3 - "$work/results.tsv" "$DURATION" "$CONNS" "${PIN:+ (PIN=1: redis-server on a core of its own)}" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 runs = {}
 for name, rps, p50, p99, cpu, ok, rej, other in rows:
     runs.setdefault(name, []).append(dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), ok=int(ok), rej=int(rej), other=int(other)))
 med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
-print(f"oha -z {sys.argv[2]} -c {sys.argv[3]}: median of {len(runs['bare'])} interleaved rounds per scenario")
+print(f"oha -z {sys.argv[2]} -c {sys.argv[3]}{sys.argv[4]}: median of {len(runs['bare'])} interleaved rounds per scenario")
 print(f"{'scenario':<10} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
 base = med["bare"]
 for name in [n for n in ["bare", "open", "rejecting", "redis"] if n in med]:

@@ -60,6 +60,18 @@ fn server_cpu(port: u16) -> f64 {
         .sum()
 }
 
+/// Seconds of CPU this process has used (user + system).
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// The qarion standard plan's shape (per minute, per hour, both sliding),
 /// with `scale` times its capacities: the throughput run raises them so
 /// that every decision is a round trip (no refusal answered locally).
@@ -235,10 +247,12 @@ fn main() {
     let config = RedisStoreConfig::new(url).timeout(Duration::from_secs(2));
     let store = RedisStore::new(config.clone()).unwrap();
     let wide = Arc::new(policy(1_000_000));
+    let own0 = own_cpu();
     let ours = rt.block_on(decide_many(store.clone(), Arc::clone(&wide), 1000, || {
         SystemClock.now()
     }));
     let cpu2 = server_cpu(port);
+    let own1 = own_cpu();
     let served = store.refusals_served();
     // Steady state: callers whose per-minute counters hold a full minute of
     // buckets (on the caller's clock, so that a minute passes at once).
@@ -247,6 +261,10 @@ fn main() {
     let cpu3 = server_cpu(port);
     let full = rt.block_on(decide_many(steady, wide, HOT, a_minute_in));
     let cpu4 = server_cpu(port);
+    println!(
+        "client CPU per decision (this process, store and runtime): {:.2} us",
+        (own1 - own0) / DECISIONS as f64 * 1e6
+    );
     let (per_caller, usage) = rt.block_on(memory_per_caller(store, Arc::new(policy(1)), port));
     println!("redis-benchmark EVALSHA (trivial script), -c {CONCURRENCY}: {baseline:.0} calls/s");
     println!(
