@@ -16,7 +16,8 @@
 //! ```json
 //! {
 //!   "identity": { "api_key_header": "x-api-key", "bearer": true,
-//!                 "trusted_proxies": ["10.0.0.0/8"], "max_key_len": 256 },
+//!                 "trusted_proxies": ["10.0.0.0/8"], "max_key_len": 256,
+//!                 "ipv6_prefix": 64, "anonymous": "share" },
 //!   "tiers": {
 //!     "standard": { "limits": [
 //!       { "name": "per-minute", "capacity": 60, "window": "1m" },
@@ -41,6 +42,8 @@
 //!
 //! | field | meaning | default |
 //! | --- | --- | --- |
+//! | `identity.ipv6_prefix` | IPv6 clients are keyed by this many leading bits (0 ..= 128); IPv4-mapped addresses count as IPv4 | 64 |
+//! | `identity.anonymous` | requests with no API key, user or client address: `share` one budget, or `refuse` them with 401 | `share` |
 //! | `tiers.NAME.limits` | limits that must all have room (one `all` group) | `[]` |
 //! | `tiers.NAME.groups[].combine` | `all` (every limit must have room) or `cascade` (shortest window first, the first with room is charged) | `all` |
 //! | `limit.name` | unique within the tier | required |
@@ -632,6 +635,12 @@ pub struct IdentitySection {
     pub trusted_proxies: Vec<String>,
     /// Longest identity value used, in bytes.
     pub max_key_len: usize,
+    /// IPv6 clients are keyed by this many leading bits of their address
+    /// (0 ..= 128; default 64: one /64, as a host usually holds).
+    pub ipv6_prefix: u8,
+    /// What requests that nothing identifies get (no API key, no user, no
+    /// client address).
+    pub anonymous: Anonymous,
 }
 
 impl Default for IdentitySection {
@@ -641,8 +650,29 @@ impl Default for IdentitySection {
             bearer: true,
             trusted_proxies: Vec::new(),
             max_key_len: 256,
+            ipv6_prefix: 64,
+            anonymous: Anonymous::Share,
         }
     }
+}
+
+/// What a request that nothing identifies (no API key, no user, no client
+/// address) gets. Such requests happen when a service is served without
+/// connect info (`axum::serve(listener, app)` rather than
+/// `app.into_make_service_with_connect_info::<SocketAddr>()`) and the caller
+/// sends no API key; the layer says so once at WARN and counts them
+/// (`tierlimit_anonymous_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Anonymous {
+    /// Every such request shares one budget per limit (one noisy client
+    /// can use it all up for the others).
+    #[default]
+    Share,
+    /// Such requests are answered `401 Unauthorized` with a JSON problem
+    /// body saying how to identify, and never reach the store.
+    Refuse,
 }
 
 /// What the layer does when its store cannot decide.
@@ -978,6 +1008,18 @@ impl Config {
     /// Sets the longest identity value used, in bytes.
     pub fn max_key_len(mut self, bytes: usize) -> Self {
         self.identity.max_key_len = bytes;
+        self
+    }
+
+    /// Keys IPv6 clients by this many leading bits of their address.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.identity.ipv6_prefix = bits;
+        self
+    }
+
+    /// Sets what requests that nothing identifies get.
+    pub fn anonymous(mut self, anonymous: Anonymous) -> Self {
+        self.identity.anonymous = anonymous;
         self
     }
 

@@ -9,7 +9,14 @@
 //!   in a plain hyper server) or, with the `axum` feature, axum's
 //!   `ConnectInfo<SocketAddr>`. `X-Forwarded-For` and `Forwarded` are used
 //!   only when the peer is a configured trusted proxy.
-//! * **Caller**: the first present of API key → user → IP.
+//!   An IPv6 client is keyed by its network, the first `ipv6_prefix` bits
+//!   of its address (default 64, as express-rate-limit and actix-governor
+//!   do): a host usually holds a whole /64 and could otherwise send every
+//!   request from a fresh address, each with a fresh budget. IPv4-mapped
+//!   IPv6 addresses (`::ffff:a.b.c.d`) count as IPv4.
+//! * **Caller**: the first present of API key → user → IP; with none of
+//!   them the caller is anonymous ([`crate::Anonymous`] says what such
+//!   requests get).
 //!
 //! # Odd values
 //!
@@ -94,6 +101,9 @@ pub struct IdentityConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Longest identity value used, in bytes; longer ones count as absent.
     pub max_key_len: usize,
+    /// IPv6 clients are keyed by this many leading bits of their address
+    /// (default 64).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for IdentityConfig {
@@ -103,6 +113,7 @@ impl Default for IdentityConfig {
             bearer: true,
             trusted_proxies: Vec::new(),
             max_key_len: 256,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -116,7 +127,8 @@ pub struct Identity<'a> {
     pub user: Option<&'a str>,
     /// The tenant id.
     pub tenant: Option<&'a str>,
-    /// The client address.
+    /// The client address (IPv6: its network, see
+    /// [`IdentityConfig::ipv6_prefix`]).
     pub ip: Option<IpAddr>,
 }
 
@@ -187,12 +199,26 @@ impl IdentityConfig {
         let user = ext.get::<UserId>().and_then(|u| usable_str(&u.0, max));
         let tenant = ext.get::<TenantId>().and_then(|t| usable_str(&t.0, max));
         let peer = peer_addr(req);
-        let ip = peer.map(|p| self.client_ip(canonical(p), headers));
+        let ip = peer.map(|p| self.network_of(self.client_ip(canonical(p), headers)));
         Identity {
             api_key,
             user,
             tenant,
             ip,
+        }
+    }
+
+    /// The address a client is keyed by: IPv4 as is, IPv6 cut to
+    /// `ipv6_prefix` bits (a host usually holds a whole /64 and can send
+    /// every request from a new address in it).
+    pub fn network_of(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+            v4 => v4,
         }
     }
 

@@ -170,7 +170,7 @@ mod window;
 
 pub use body::RateLimitBody;
 pub use config::Config;
-pub use config::OnStoreError;
+pub use config::{Anonymous, OnStoreError};
 pub use engine::{Controller, ShadowRejection};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;

@@ -7,6 +7,7 @@
 //! | `tierlimit_rejected_total` | counter | `tier`, `limit`: the limit `Retry-After` waits for |
 //! | `tierlimit_shadow_rejected_total` | counter | `tier`, `limit`: would-be rejections in shadow mode |
 //! | `tierlimit_exempt_total` | counter | none |
+//! | `tierlimit_anonymous_total` | counter | `action` (`share`, `refuse`): requests with no API key, user or client address |
 //! | `tierlimit_store_errors_total` | counter | `kind` (`unavailable`, `timeout`, `protocol`), `on_error` (`open`, `closed`) |
 //! | `tierlimit_post_charges_dropped_total` | counter | none: post-charges dropped because too many were in flight, or no runtime |
 //! | `tierlimit_post_charge_errors_total` | counter | none: post-charges the store failed to make |
@@ -141,6 +142,28 @@ macro_rules! bump {
 
 pub(crate) fn exempt() {
     bump!("tierlimit_exempt_total");
+}
+
+/// A request that nothing identifies, and what it got.
+pub(crate) fn anonymous(choice: crate::config::Anonymous) {
+    #[cfg(feature = "metrics")]
+    {
+        static SHARE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        static REFUSE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        match choice {
+            crate::config::Anonymous::Refuse => on::counter(
+                &REFUSE,
+                || metrics::counter!("tierlimit_anonymous_total", "action" => "refuse"),
+            ),
+            _ => on::counter(
+                &SHARE,
+                || metrics::counter!("tierlimit_anonymous_total", "action" => "share"),
+            ),
+        }
+        .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = choice;
 }
 
 /// A store error, and what the layer did about it (`open` or `closed`).

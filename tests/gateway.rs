@@ -229,6 +229,9 @@ async fn metrics_show_admitted_rejected_and_decision_times() {
         send(&router, get("/q", "metrics-key")).await;
     }
     send(&router, get("/health", "metrics-key")).await;
+    // No key, and no connect info in process: an anonymous request.
+    let bare = Request::get("/q").body(Body::empty()).unwrap();
+    send(&router, bare).await;
     metrics().run_upkeep();
     let r: Reply = send(&router, get("/metrics", "x")).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -246,6 +249,7 @@ async fn metrics_show_admitted_rejected_and_decision_times() {
     assert!(value(r#"tierlimit_admitted_total{tier="api",limit="burst"}"#) >= 100.0);
     assert!(value(r#"tierlimit_rejected_total{tier="api",limit="burst"}"#) >= 1.0);
     assert!(text.contains("tierlimit_decision_seconds"), "{text}");
+    assert!(value(r#"tierlimit_anonymous_total{action="share"}"#) >= 1.0);
     assert!(!text.contains("metrics-key"));
 }
 

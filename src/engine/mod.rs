@@ -17,7 +17,7 @@
 
 mod post;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,10 @@ use http::request::Parts;
 use http::Response;
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::{Mode, OnStoreError};
+use crate::config::{Anonymous, Mode, OnStoreError};
 use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
+use crate::identity::Caller;
 use crate::observe::{self, Counters, Start};
 use crate::plans::{PlanTable, SharedPlans};
 use crate::policy::Policy;
@@ -177,6 +178,16 @@ pub(crate) enum Next {
     Answer(Response<Bytes>),
 }
 
+/// What the policy makes of a request before the store.
+enum Lookup {
+    /// No limit applies.
+    Exempt,
+    /// Nothing identifies the caller, and the policy refuses that.
+    Anonymous,
+    /// These limits apply.
+    Check(Batch),
+}
+
 /// What goes with a forwarded request to its response.
 #[derive(Debug, Default)]
 pub(crate) struct Forwarding {
@@ -240,6 +251,8 @@ pub(crate) struct Engine<St> {
     errors_unlogged: AtomicU64,
     /// The controller generation the store last heard of.
     generation: AtomicU64,
+    /// Whether the WARN about anonymous requests was written.
+    warned_anonymous: AtomicBool,
 }
 
 impl<St: Store> Engine<St> {
@@ -266,6 +279,7 @@ impl<St: Store> Engine<St> {
             last_error_log: AtomicU64::new(0),
             errors_unlogged: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            warned_anonymous: AtomicBool::new(false),
         }
     }
 
@@ -279,9 +293,16 @@ impl<St: Store> Engine<St> {
             self.store.forget_cached();
         }
         let active = self.control.inner.active.load();
-        let Some(batch) = self.batch_of(&active.policy, parts) else {
-            observe::exempt();
-            return Step::Now(Next::Forward(Forwarding::default()));
+        let batch = match self.batch_of(&active.policy, parts) {
+            Lookup::Check(batch) => batch,
+            Lookup::Exempt => {
+                observe::exempt();
+                return Step::Now(Next::Forward(Forwarding::default()));
+            }
+            Lookup::Anonymous => {
+                observe::decided(started);
+                return Step::Now(Next::Answer(reject::anonymous(&active.policy.identity)));
+            }
         };
         let sent = batch.len();
         let now = self.clock.now();
@@ -306,13 +327,44 @@ impl<St: Store> Engine<St> {
         }
     }
 
-    /// The limits a request is checked against; `None` when it is exempt.
-    fn batch_of(&self, policy: &Policy, parts: &Parts) -> Option<Batch> {
-        let route_tier = policy.route_tier(&parts.method, parts.uri.path())?;
+    /// The limits a request is checked against, unless it is exempt or
+    /// refused for being anonymous.
+    fn batch_of(&self, policy: &Policy, parts: &Parts) -> Lookup {
+        let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
+            return Lookup::Exempt;
+        };
         let id = policy.identity.extract(parts);
+        if id.caller() == Caller::Anonymous && self.anonymous(policy) == Anonymous::Refuse {
+            return Lookup::Anonymous;
+        }
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        Some(policy.batch(route_tier, plan, &id, modifier))
+        Lookup::Check(policy.batch(route_tier, plan, &id, modifier))
+    }
+
+    /// Counts a request that nothing identifies, and says once at WARN why
+    /// such requests happen and how to avoid them.
+    fn anonymous(&self, policy: &Policy) -> Anonymous {
+        let choice = policy.anonymous;
+        observe::anonymous(choice);
+        if !self.warned_anonymous.load(Ordering::Relaxed)
+            && !self.warned_anonymous.swap(true, Ordering::Relaxed)
+        {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "tierlimit",
+                anonymous = ?choice,
+                "a request with no API key, no user and no client address: such requests {}. \
+                 Serve with connect info (axum: `app.into_make_service_with_connect_info::<SocketAddr>()`) \
+                 or insert `tierlimit::identity::ClientAddr` so that each client counts alone, \
+                 or set `identity.anonymous` to `refuse`",
+                match choice {
+                    Anonymous::Refuse => "are refused with 401",
+                    _ => "all share one budget",
+                }
+            );
+        }
+        choice
     }
 
     /// Turns a store's answer into what the service does next.
@@ -434,10 +486,11 @@ impl<St: Store> Engine<St> {
                 Next::Answer(reject::store_unavailable(retry_after))
             }
             OnStoreError::Fallback => {
-                let local = self
-                    .fallback
-                    .as_ref()
-                    .zip(self.batch_of(&active.policy, parts));
+                let batch = match self.batch_of(&active.policy, parts) {
+                    Lookup::Check(batch) => Some(batch),
+                    _ => None,
+                };
+                let local = self.fallback.as_ref().zip(batch);
                 let Some((store, batch)) = local else {
                     return Next::Forward(Forwarding::default());
                 };

@@ -211,6 +211,7 @@ pub struct Policy {
     assignments: HashMap<Box<str>, usize>,
     global: Option<usize>,
     pub(crate) identity: IdentityConfig,
+    pub(crate) anonymous: crate::config::Anonymous,
     pub(crate) headers: HeaderStyle,
     pub(crate) errors: ErrorFormat,
     pub(crate) mode: Mode,
@@ -651,6 +652,12 @@ impl Policy {
                 })?,
             );
         }
+        if id.ipv6_prefix > 128 {
+            return Err(ConfigError::invalid(
+                "identity.ipv6_prefix",
+                format!("{} is not a prefix length (0 ..= 128)", id.ipv6_prefix),
+            ));
+        }
         if id.max_key_len == 0 {
             return Err(ConfigError::invalid(
                 "identity.max_key_len",
@@ -695,6 +702,7 @@ impl Policy {
             bearer: id.bearer,
             trusted_proxies,
             max_key_len: id.max_key_len,
+            ipv6_prefix: id.ipv6_prefix,
         };
         Ok(Policy {
             limits,
@@ -707,6 +715,7 @@ impl Policy {
             assignments,
             global,
             identity,
+            anonymous: id.anonymous,
             headers: c.headers,
             errors: c.errors,
             mode: c.mode,
