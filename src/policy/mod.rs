@@ -829,6 +829,13 @@ impl Policy {
         (factor, bits)
     }
 
+    /// How this policy reads identities from requests (API key header,
+    /// trusted proxies, IPv6 prefix): `policy.identity().extract(&parts)`
+    /// gives the identity the layer would see.
+    pub fn identity(&self) -> &IdentityConfig {
+        &self.identity
+    }
+
     /// The store batch for a request with `method`, `path` and identity
     /// `id`, or `None` when the route is exempt: what the layer asks the
     /// store. Use it to rate-limit work that is not an HTTP request (a

@@ -53,6 +53,17 @@ impl Entry {
         }
     }
 
+    /// Cost held by its counters at `now` (ns since the epoch): 0 when idle.
+    pub(crate) fn held(&self, now: u64) -> u64 {
+        if self.is_idle(now) {
+            return 0;
+        }
+        match self {
+            Entry::Inline { cells, .. } => cells.iter().map(|c| c >> 32).sum(),
+            Entry::Heap(cells) => cells.iter().map(|(_, c)| c.held()).sum(),
+        }
+    }
+
     /// Whether every counter is empty at `now` (ns since the epoch).
     pub(crate) fn is_idle(&self, now: u64) -> bool {
         u64::from(self.idle_at()) * 1_000_000_000 <= now

@@ -20,17 +20,32 @@
 //! # The key cap
 //!
 //! [`MemoryStoreConfig::max_keys`] bounds the number of map entries (one per
-//! tier and scope key). When the cap is reached and a request needs an entry
-//! that does not exist yet, that request is counted in a **shared overflow
-//! entry** of the same tier and scope (the slot's `overflow_key`) instead of
-//! an entry of its own, and a sweep is started (at most one a second while
-//! the cap holds).
-//! So a flood of fresh keys (random API keys, spoofed addresses) cannot grow
-//! memory past the cap, and together it gets no more than one key's capacity
-//! while the cap holds; callers already tracked keep their own counters.
-//! Nothing is ever admitted beyond a limit's capacity for the counter that
-//! charged it. The drawback, by design: while the map is full, new legitimate
-//! callers share that overflow budget with the flood.
+//! tier and scope key), so memory stays bounded under a flood of fresh keys
+//! (random API keys, spoofed addresses). When the cap is reached and a
+//! request needs an entry that does not exist yet, the store **evicts the
+//! entry holding the least cost** among 8 candidates and gives the new key
+//! an entry of its own, with its full budget; [`MemoryStore::evictions`] and
+//! the metric `tierlimit_evictions_total` count them. Candidates are drawn
+//! from a pool of 4 096 keys: the most recently created ones and a random
+//! sample that each sweep adds, as Redis samples its keys for eviction.
+//! Under a flood the victims are flood keys holding one request's cost
+//! each; a caller that has spent much of its budget holds more than they do
+//! and keeps its counters, so it is refused at its limit during and after
+//! the flood, and every new caller is served at once.
+//!
+//! **The bound.** An evicted key forgets the cost it held: until that cost
+//! would have left its windows, the key can be admitted at most that much
+//! more (never more than one capacity per limit) — the victim is the
+//! cheapest of its sample, so this is a key that had used little. Size
+//! `max_keys` above the number of callers active in your longest window
+//! (an entry is about 90 bytes: 1 M keys ≈ 90 MB) so that eviction only
+//! happens under abuse, and pair key-scoped limits with an IP-scoped one: a
+//! random key costs the attacker nothing, an address does.
+//!
+//! When no candidate can be found (the pool's keys are all gone), the
+//! request is counted in a **shared overflow entry** of its tier and scope
+//! (the slot's `overflow_key`) instead, and a sweep is started; nothing is
+//! ever admitted beyond a limit's capacity for the counter that charged it.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -48,6 +63,10 @@ use crate::window::{Cell, Refusal};
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const INLINE_SWEEP_MAX: usize = 65_536;
 const SWEEP_INTERVAL_S: u64 = 60;
+/// Keys eviction candidates are drawn from.
+const POOL: usize = 4096;
+/// Candidates compared per eviction.
+const SAMPLES: u32 = 8;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +160,13 @@ struct Inner {
     size_after_sweep: AtomicUsize,
     sweeping: AtomicBool,
     sweeps: AtomicU64,
+    /// Eviction candidates: key halves (lo, hi) in pairs; torn or stale
+    /// pairs only miss in the map.
+    pool: Box<[AtomicU64]>,
+    /// Candidates in the pool: `POOL`, or the cap when smaller.
+    pool_len: usize,
+    pool_next: AtomicUsize,
+    evictions: AtomicU64,
 }
 
 /// The in-process store. Cloning is cheap and clones share the counters.
@@ -187,6 +213,12 @@ impl MemoryStore {
                 size_after_sweep: AtomicUsize::new(0),
                 sweeping: AtomicBool::new(false),
                 sweeps: AtomicU64::new(0),
+                pool: (0..2 * POOL.min(config.max_keys.max(1)))
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                pool_len: POOL.min(config.max_keys.max(1)),
+                pool_next: AtomicUsize::new(0),
+                evictions: AtomicU64::new(0),
             }),
         }
     }
@@ -205,6 +237,12 @@ impl MemoryStore {
     /// for monitoring.
     pub fn sweeps(&self) -> u64 {
         self.inner.sweeps.load(Ordering::Relaxed)
+    }
+
+    /// How many entries were evicted at the key cap to make room for new
+    /// keys (see [the key cap](self#the-key-cap)).
+    pub fn evictions(&self) -> u64 {
+        self.inner.evictions.load(Ordering::Relaxed)
     }
 
     /// Removes every counter that is empty at `now` and returns how many
@@ -241,12 +279,20 @@ impl MemoryStore {
                 let mut stored_at = key;
                 let mut entry = inner.map.get_mut(&MapKey::from(key));
                 if entry.is_none() && ok {
+                    // The pool place of the entry evicted to make room.
+                    let mut freed = None;
                     if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys {
                         hit_cap = true;
-                        stored_at = limit.overflow_key.as_u128();
+                        freed = inner.evict_one(now, key);
+                        if freed.is_none() {
+                            stored_at = limit.overflow_key.as_u128();
+                        }
                     }
                     entry = Some(inner.map.entry(MapKey::from(stored_at)).or_insert_with(|| {
                         inner.tracked.fetch_add(1, Ordering::Relaxed);
+                        if stored_at == key {
+                            inner.remember(key, freed);
+                        }
                         Entry::default()
                     }));
                 }
@@ -335,10 +381,16 @@ impl MemoryStore {
                 continue;
             }
             let key = MapKey::from(c.receipt.key().as_u128());
-            let mut entry = inner.map.entry(key).or_insert_with(|| {
-                inner.tracked.fetch_add(1, Ordering::Relaxed);
-                Entry::default()
-            });
+            // An entry evicted since its admission (at the key cap) is not
+            // made again past the cap: its charges went with it.
+            let mut entry = match inner.map.get_mut(&key) {
+                Some(e) => e,
+                None if inner.tracked.load(Ordering::Relaxed) >= inner.max_keys => continue,
+                None => inner.map.entry(key).or_insert_with(|| {
+                    inner.tracked.fetch_add(1, Ordering::Relaxed);
+                    Entry::default()
+                }),
+            };
             let spec = c.limit.window;
             entry.with_cell(c.limit.tag, |cell| {
                 cell.charge_unchecked(&spec, now, c.cost)
@@ -387,12 +439,78 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Adds `key` to the eviction candidates: in place `at` (the place of
+    /// the entry it replaced), else in place of the oldest.
+    fn remember(&self, key: u128, at: Option<usize>) {
+        let i =
+            at.unwrap_or_else(|| self.pool_next.fetch_add(1, Ordering::Relaxed) % self.pool_len);
+        self.pool[2 * i].store(key as u64, Ordering::Relaxed);
+        self.pool[2 * i + 1].store((key >> 64) as u64, Ordering::Relaxed);
+    }
+
+    /// Evicts the entry holding the least cost at `now` among `SAMPLES`
+    /// candidates of the pool (chosen from the bits of `for_key`, a keyed
+    /// hash, so as good as random). The pool place of the one evicted, if
+    /// any. No entry of this map may be locked by the caller.
+    fn evict_one(&self, now: u64, for_key: u128) -> Option<usize> {
+        let mut best: Option<(u64, MapKey, usize)> = None;
+        let mut found = 0;
+        let mut bits = (for_key as u64) ^ ((for_key >> 64) as u64) ^ 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..SAMPLES {
+            // xorshift64: the next candidate.
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let i = (bits % self.pool_len as u64) as usize;
+            let lo = self.pool[2 * i].load(Ordering::Relaxed);
+            let hi = self.pool[2 * i + 1].load(Ordering::Relaxed);
+            let key = MapKey(lo, hi);
+            if lo == 0 && hi == 0 {
+                continue;
+            }
+            let Some(held) = self.map.get(&key).map(|e| e.held(now)) else {
+                continue;
+            };
+            found += 1;
+            if best.is_none_or(|(h, _, _)| held < h) {
+                best = Some((held, key, i));
+                if held == 0 {
+                    break;
+                }
+            }
+        }
+        // One candidate alone is no choice: evict it only when idle.
+        let (_, victim, place) = best.filter(|&(h, _, _)| found >= 2 || h == 0)?;
+        self.map.remove(&victim)?;
+        self.tracked.fetch_sub(1, Ordering::Relaxed);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            static EVICTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+            EVICTED
+                .get_or_init(|| metrics::counter!("tierlimit_evictions_total"))
+                .increment(1);
+        }
+        Some(place)
+    }
+
     fn sweep(&self, now: u64) -> usize {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
         let mut removed = 0usize;
-        self.map.retain(|_, entry| {
+        // Kept entries join the eviction candidates at random (about
+        // `POOL` of them a sweep), so that keys made long ago can be
+        // candidates too.
+        let every = (self.tracked.load(Ordering::Relaxed) / self.pool_len).max(1) as u64;
+        let mut slot = self.pool_next.load(Ordering::Relaxed);
+        self.map.retain(|k, entry| {
             let keep = !entry.is_idle(now);
             removed += usize::from(!keep);
+            if keep && (k.0 ^ k.1) % every == 0 {
+                let i = slot % self.pool_len;
+                slot = slot.wrapping_add(1);
+                self.pool[2 * i].store(k.0, Ordering::Relaxed);
+                self.pool[2 * i + 1].store(k.1, Ordering::Relaxed);
+            }
             keep
         });
         self.tracked.fetch_sub(removed, Ordering::Relaxed);
@@ -487,21 +605,99 @@ mod tests {
         let _ = S;
     }
 
+    /// A key as the policy makes them: 128 random-looking bits.
+    fn key(i: u128) -> u128 {
+        (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+    }
+
     #[test]
-    fn at_the_cap_new_keys_share_an_overflow_counter() {
-        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(10));
-        for k in 0..10 {
-            assert!(decide(&store, at(1), vec![limit(k, 3)]).admitted());
+    fn at_the_cap_fresh_keys_evict_the_cheapest_and_get_their_own_budget() {
+        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(100));
+        let heavy = key(0);
+        for _ in 0..59 {
+            assert!(decide(&store, at(1), vec![limit(heavy, 60)]).admitted());
         }
-        // Fresh keys now share one counter of capacity 3.
-        let admitted = (100..200)
-            .filter(|&k| decide(&store, at(1), vec![limit(k, 3)]).admitted())
-            .count();
-        assert_eq!(admitted, 3);
-        assert!(store.len() <= 11);
+        // A flood of fresh keys, one request each, 1000 a second.
+        let mut t = Timestamp::from_secs(2);
+        for i in 0..5_000 {
+            t = t + Duration::from_millis(1);
+            let b = decide(&store, t, vec![limit(key(1_000 + i), 60)]);
+            assert!(b.admitted(), "flood key {i} has its own budget");
+            // The cap, plus at most the shared overflow entry.
+            assert!(store.len() <= 101, "memory stays bounded: {}", store.len());
+            if i == 2_500 {
+                // Mid-flood: a new customer gets its whole budget, and its
+                // Retry-After is honest.
+                let fresh = key(1);
+                for n in 0..60 {
+                    assert!(decide(&store, t, vec![limit(fresh, 60)]).admitted(), "{n}");
+                }
+                let refused = decide(&store, t, vec![limit(fresh, 60)]);
+                let retry = refused.retry_at().expect("refused");
+                assert!(retry <= t + Duration::from_secs(61), "{retry:?}");
+                // The heavy caller still holds its 59.
+                assert!(decide(&store, t, vec![limit(heavy, 60)]).admitted());
+                assert!(!decide(&store, t, vec![limit(heavy, 60)]).admitted());
+            }
+        }
+        assert!(
+            store.evictions() >= 4_800,
+            "{} evictions",
+            store.evictions()
+        );
         // At the cap, sweeps are rate limited: not one per decision.
-        assert!(store.sweeps() <= 2, "{} sweeps", store.sweeps());
-        // Tracked keys keep their own budget.
-        assert!(decide(&store, at(1), vec![limit(0, 3)]).admitted());
+        assert!(store.sweeps() <= 8, "{} sweeps", store.sweeps());
+        // After the flood: the heavy caller is still refused at its limit...
+        assert!(!decide(&store, t, vec![limit(heavy, 60)]).admitted());
+        // ...and a new caller is served at once.
+        assert!(decide(&store, t, vec![limit(key(2), 60)]).admitted());
+    }
+
+    #[test]
+    fn at_the_cap_retry_after_is_honest_for_a_fresh_key() {
+        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(10));
+        for i in 0..10 {
+            assert!(decide(&store, at(1), vec![limit(key(100 + i), 5)]).admitted());
+        }
+        let fresh = key(7);
+        for _ in 0..5 {
+            assert!(decide(&store, at(2), vec![limit(fresh, 5)]).admitted());
+        }
+        let refused = decide(&store, at(2), vec![limit(fresh, 5)]);
+        let retry = refused.retry_at().expect("refused");
+        // Retrying at the instant it names is admitted.
+        assert!(decide(&store, retry, vec![limit(fresh, 5)]).admitted());
+        assert!(store.len() <= 10);
+    }
+
+    #[test]
+    fn an_evicted_key_gains_at_most_what_it_held() {
+        // Every entry holds 2; the cheapest of the sample is evicted.
+        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(4));
+        for i in 0..4 {
+            for _ in 0..2 {
+                assert!(decide(&store, at(1), vec![limit(key(i), 3)]).admitted());
+            }
+        }
+        let before: Vec<u128> = (0..4).map(key).collect();
+        assert!(decide(&store, at(1), vec![limit(key(50), 3)]).admitted());
+        assert_eq!(store.evictions(), 1);
+        assert!(store.len() <= 4);
+        // Each key held 2 of 3. One admitted past its capacity was evicted
+        // (probing here evicts again: every key that comes back is new at
+        // the cap), and gains at most the 2 it held: never past 3 + 2 in
+        // the window, and never more in all than 2 per eviction.
+        let total: Vec<usize> = before
+            .iter()
+            .map(|&k| {
+                2 + (0..10)
+                    .take_while(|_| decide(&store, at(1), vec![limit(k, 3)]).admitted())
+                    .count()
+            })
+            .collect();
+        assert!(total.iter().all(|&n| n <= 5), "{total:?}");
+        let over: usize = total.iter().map(|&n| n.saturating_sub(3)).sum();
+        assert!(over as u64 <= 2 * store.evictions(), "{total:?}");
+        assert!(over > 0, "an eviction forgets what the key held: {total:?}");
     }
 }

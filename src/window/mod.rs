@@ -364,6 +364,14 @@ fn age_of(stored: u32, now_idx: u64) -> i64 {
 }
 
 impl Cell {
+    /// Cost held in its buckets (some may have left the window already).
+    pub(crate) fn held(&self) -> u64 {
+        match self {
+            Cell::One { count, .. } => u64::from(*count),
+            Cell::Ring(r) => r.total,
+        }
+    }
+
     /// Unix second after which this counter is certainly empty (safe to evict).
     pub(crate) fn idle_at(&self) -> u32 {
         match self {

@@ -1,0 +1,25 @@
+//! The JSON configuration loader: any input gets a policy or a
+//! `ConfigError` that names where it went wrong, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match tierlimit::Policy::from_json(text) {
+        Ok(policy) => {
+            // A policy that loads can decide a request.
+            let id = tierlimit::identity::Identity {
+                api_key: Some(b"k"),
+                ..Default::default()
+            };
+            let _ = policy.batch_for(&http::Method::GET, "/x", &id);
+        }
+        Err(e) => {
+            // Every error renders, with a kind and a message.
+            assert!(!e.to_string().is_empty());
+        }
+    }
+});
