@@ -335,3 +335,71 @@ async fn served_over_tcp_the_client_ip_is_the_caller() {
     server.abort();
     assert_eq!(remaining, ["99", "98"]);
 }
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_flood_of_fresh_keys_locks_no_customer_out() {
+    // qarion.json (60 a minute, 1000 an hour) with a small key cap.
+    let dir = std::env::temp_dir().join(format!("tierlimit-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("qarion-small-cap.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(policy_path("qarion")).unwrap()).unwrap();
+    cfg["store"] = serde_json::json!({"max_keys": 500});
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let (router, _) = app(&path, None);
+
+    // Before the flood a customer spends 59 of its 60.
+    for _ in 0..59 {
+        assert_eq!(
+            send(&router, get("/x", "customer")).await.status,
+            StatusCode::OK
+        );
+    }
+    let rss_before = rss_kib();
+    // The flood: 5 000 fresh random keys, ten times the cap.
+    for i in 0..5_000u64 {
+        let junk = format!("junk-{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        send(&router, get("/x", &junk)).await;
+        if i == 2_500 {
+            // During it, a new customer gets 200 and its full budget figures.
+            let r = send(&router, get("/x", "newcomer")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.header("x-ratelimit-remaining"), Some("59"));
+        }
+    }
+    // After it: the old customer keeps its count.
+    assert_eq!(
+        send(&router, get("/x", "customer")).await.status,
+        StatusCode::OK
+    );
+    let r = send(&router, get("/x", "customer")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    // Within the window plus one sub-bucket (2 s of a minute) for now.
+    assert!((1..=62).contains(&retry), "Retry-After {retry}");
+    // The newcomer is served; it held one request, as cheap as a junk key,
+    // so it may have been evicted meanwhile (then it forgot that one).
+    let r = send(&router, get("/x", "newcomer")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let left = r.header("x-ratelimit-remaining").unwrap();
+    assert!(left == "58" || left == "59", "{left}");
+    let r = send(&router, get("/x", "another-newcomer")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Memory stays bounded (the counters of 500 keys are a few tens of KB;
+    // allow the allocator and the test's own buffers some slack).
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -11,7 +11,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|input: (bool, Vec<u8>, Vec<u8>)| {
     let (trusted, xff, fwd) = input;
     let config = tierlimit::Config::new()
-        .trusted_proxies(if trusted { vec!["10.0.0.0/8", "::1/128"] } else { vec![] })
+        .trusted_proxies(if trusted {
+            vec!["10.0.0.0/8", "::1/128"]
+        } else {
+            vec![]
+        })
         .build()
         .unwrap();
     let identity = config_identity(&config);

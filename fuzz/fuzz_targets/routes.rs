@@ -11,11 +11,7 @@ fn policy(pattern: &str) -> Option<tierlimit::Policy> {
     Config::new()
         .tier(
             "t",
-            Tier::new().limit(Limit::sliding(
-                "l",
-                10,
-                std::time::Duration::from_secs(60),
-            )),
+            Tier::new().limit(Limit::sliding("l", 10, std::time::Duration::from_secs(60))),
         )
         .route(Route::exempt(["GET"], pattern))
         .default_tier("t")
