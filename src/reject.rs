@@ -365,20 +365,24 @@ pub(crate) fn store_unavailable(retry_after: Duration) -> Response<Bytes> {
 /// such requests (`identity.anonymous: refuse`): 401, saying how to
 /// identify.
 pub(crate) fn anonymous(identity: &IdentityConfig) -> Response<Bytes> {
-    let how = match (&identity.api_key_header, identity.bearer) {
-        (Some(h), true) => format!("send an API key in the `{h}` header or as a bearer token"),
-        (Some(h), false) => format!("send an API key in the `{h}` header"),
-        (None, true) => "send an API key as a bearer token".to_owned(),
-        (None, false) => "sign in".to_owned(),
+    let (how, challenge) = match (&identity.api_key_header, identity.bearer) {
+        (Some(h), true) => (
+            format!("send an API key in the `{h}` header or as a bearer token"),
+            "Bearer".to_owned(),
+        ),
+        (Some(h), false) => (
+            format!("send an API key in the `{h}` header"),
+            format!("ApiKey header=\"{h}\""),
+        ),
+        (None, true) => (
+            "send an API key as a bearer token".to_owned(),
+            "Bearer".to_owned(),
+        ),
+        (None, false) => ("sign in".to_owned(), "ApiKey".to_owned()),
     };
     let detail =
         format!("this API limits requests per caller and could not tell who you are: {how}");
     let mut resp = problem(StatusCode::UNAUTHORIZED, "Caller not identified", detail);
-    let challenge = match (&identity.api_key_header, identity.bearer) {
-        (_, true) => "Bearer".to_owned(),
-        (Some(h), false) => format!("ApiKey header=\"{h}\""),
-        (None, false) => "ApiKey".to_owned(),
-    };
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

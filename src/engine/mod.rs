@@ -183,9 +183,9 @@ enum Lookup {
     /// No limit applies.
     Exempt,
     /// Nothing identifies the caller, and the policy refuses that.
-    Anonymous,
-    /// These limits apply.
-    Check(Batch),
+    Refused,
+    /// These limits apply; `anonymous` when nothing identifies the caller.
+    Check { batch: Batch, anonymous: bool },
 }
 
 /// What goes with a forwarded request to its response.
@@ -294,12 +294,18 @@ impl<St: Store> Engine<St> {
         }
         let active = self.control.inner.active.load();
         let batch = match self.batch_of(&active.policy, parts) {
-            Lookup::Check(batch) => batch,
+            Lookup::Check { batch, anonymous } => {
+                if anonymous {
+                    self.report_anonymous(&active.policy);
+                }
+                batch
+            }
             Lookup::Exempt => {
                 observe::exempt();
                 return Step::Now(Next::Forward(Forwarding::default()));
             }
-            Lookup::Anonymous => {
+            Lookup::Refused => {
+                self.report_anonymous(&active.policy);
                 observe::decided(started);
                 return Step::Now(Next::Answer(reject::anonymous(&active.policy.identity)));
             }
@@ -334,17 +340,20 @@ impl<St: Store> Engine<St> {
             return Lookup::Exempt;
         };
         let id = policy.identity.extract(parts);
-        if id.caller() == Caller::Anonymous && self.anonymous(policy) == Anonymous::Refuse {
-            return Lookup::Anonymous;
+        let anonymous = id.caller() == Caller::Anonymous;
+        if anonymous && policy.anonymous == Anonymous::Refuse {
+            return Lookup::Refused;
         }
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        Lookup::Check(policy.batch(route_tier, plan, &id, modifier))
+        let batch = policy.batch(route_tier, plan, &id, modifier);
+        Lookup::Check { batch, anonymous }
     }
 
-    /// Counts a request that nothing identifies, and says once at WARN why
-    /// such requests happen and how to avoid them.
-    fn anonymous(&self, policy: &Policy) -> Anonymous {
+    /// Counts a request that nothing identifies (once per request: the
+    /// fallback store looks the request up again without this), and says
+    /// once at WARN why such requests happen and how to avoid them.
+    fn report_anonymous(&self, policy: &Policy) {
         let choice = policy.anonymous;
         observe::anonymous(choice);
         if !self.warned_anonymous.load(Ordering::Relaxed)
@@ -364,7 +373,6 @@ impl<St: Store> Engine<St> {
                 }
             );
         }
-        choice
     }
 
     /// Turns a store's answer into what the service does next.
@@ -487,7 +495,7 @@ impl<St: Store> Engine<St> {
             }
             OnStoreError::Fallback => {
                 let batch = match self.batch_of(&active.policy, parts) {
-                    Lookup::Check(batch) => Some(batch),
+                    Lookup::Check { batch, .. } => Some(batch),
                     _ => None,
                 };
                 let local = self.fallback.as_ref().zip(batch);

@@ -163,8 +163,6 @@ struct Inner {
     /// Eviction candidates: key halves (lo, hi) in pairs; torn or stale
     /// pairs only miss in the map.
     pool: Box<[AtomicU64]>,
-    /// Candidates in the pool: `POOL`, or the cap when smaller.
-    pool_len: usize,
     pool_next: AtomicUsize,
     evictions: AtomicU64,
 }
@@ -213,10 +211,10 @@ impl MemoryStore {
                 size_after_sweep: AtomicUsize::new(0),
                 sweeping: AtomicBool::new(false),
                 sweeps: AtomicU64::new(0),
+                // `POOL` candidates, or as many as the cap when smaller.
                 pool: (0..2 * POOL.min(config.max_keys.max(1)))
                     .map(|_| AtomicU64::new(0))
                     .collect(),
-                pool_len: POOL.min(config.max_keys.max(1)),
                 pool_next: AtomicUsize::new(0),
                 evictions: AtomicU64::new(0),
             }),
@@ -439,11 +437,16 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Places in the eviction pool.
+    fn pool_len(&self) -> usize {
+        self.pool.len() / 2
+    }
+
     /// Adds `key` to the eviction candidates: in place `at` (the place of
     /// the entry it replaced), else in place of the oldest.
     fn remember(&self, key: u128, at: Option<usize>) {
         let i =
-            at.unwrap_or_else(|| self.pool_next.fetch_add(1, Ordering::Relaxed) % self.pool_len);
+            at.unwrap_or_else(|| self.pool_next.fetch_add(1, Ordering::Relaxed) % self.pool_len());
         self.pool[2 * i].store(key as u64, Ordering::Relaxed);
         self.pool[2 * i + 1].store((key >> 64) as u64, Ordering::Relaxed);
     }
@@ -461,7 +464,7 @@ impl Inner {
             bits ^= bits << 13;
             bits ^= bits >> 7;
             bits ^= bits << 17;
-            let i = (bits % self.pool_len as u64) as usize;
+            let i = (bits % self.pool_len() as u64) as usize;
             let lo = self.pool[2 * i].load(Ordering::Relaxed);
             let hi = self.pool[2 * i + 1].load(Ordering::Relaxed);
             let key = MapKey(lo, hi);
@@ -500,13 +503,13 @@ impl Inner {
         // Kept entries join the eviction candidates at random (about
         // `POOL` of them a sweep), so that keys made long ago can be
         // candidates too.
-        let every = (self.tracked.load(Ordering::Relaxed) / self.pool_len).max(1) as u64;
+        let every = (self.tracked.load(Ordering::Relaxed) / self.pool_len()).max(1) as u64;
         let mut slot = self.pool_next.load(Ordering::Relaxed);
         self.map.retain(|k, entry| {
             let keep = !entry.is_idle(now);
             removed += usize::from(!keep);
             if keep && (k.0 ^ k.1) % every == 0 {
-                let i = slot % self.pool_len;
+                let i = slot % self.pool_len();
                 slot = slot.wrapping_add(1);
                 self.pool[2 * i].store(k.0, Ordering::Relaxed);
                 self.pool[2 * i + 1].store(k.1, Ordering::Relaxed);

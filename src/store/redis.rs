@@ -341,12 +341,11 @@ struct Waiting {
     queued: Instant,
 }
 
-/// Cost given back to the bucket it was charged in.
+/// A limit's charge given back to the bucket it was charged in.
 #[derive(Clone, Copy, Debug)]
 struct GiveBack {
     limit: LimitSpec,
     index: u64,
-    cost: u64,
 }
 
 fn unavailable(why: &'static str) -> StoreError {
@@ -741,7 +740,6 @@ impl Inner {
             back.push(GiveBack {
                 limit: l,
                 index: r.data(),
-                cost: l.charge_cost(),
             });
             o.view.used = o.view.used.saturating_sub(l.charge_cost());
             sub.record(i, o);
@@ -828,7 +826,7 @@ impl Inner {
                 .arg(bucket)
                 .arg(reach)
                 .arg(offset)
-                .arg(-i64::try_from(g.cost).unwrap_or(i64::MAX))
+                .arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
                 .arg(0)
                 .arg(g.index);
         }
