@@ -50,7 +50,7 @@
 //! | `limit.capacity` | cost units per window, 1 ..= 4 294 967 295 | required |
 //! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1h 30m"` (read by `humantime`), or whole seconds as a number | required |
 //! | `limit.kind` | `sliding` or `fixed` (clock-aligned) | `sliding` |
-//! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600 | 30 |
+//! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600, each at least 1 ms (see *Sliding windows*) | 30 |
 //! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
 //! | `limit.scope` | identity parts keying the counter: `api_key`, `user`, `tenant`, `ip`, `caller`; `[]` is one global counter | `["caller"]` |
 //! | `limit.cost` | a number (units per request, must fit the capacity), `"requests"`, `"latency"` (ms until the body ends), `{"tokens": "<response header>"}`, `{"error_responses": "500-599"}` | 1 |
@@ -88,6 +88,30 @@
 //! `Retry-After` is when the first of them has room again. Post-charged
 //! costs go to the limit chosen at admission. The crate docs say what the
 //! headers report (`Response headers`).
+//!
+//! # Sliding windows
+//!
+//! Time is counted in whole milliseconds: a request at `t` is stamped with
+//! `t` rounded up to the millisecond. A sliding window of length `W` with
+//! precision `P` keeps `P` sub-buckets of `W / P` (rounded up to a whole
+//! millisecond); each sub-bucket remembers its cost and the stamp of the
+//! latest request it took, and that cost counts until exactly `W` after that
+//! stamp. So:
+//!
+//! * never more than `capacity` is admitted in any interval of length `W`
+//!   (also across instances sharing a Redis store);
+//! * a burst (requests within one sub-bucket) stops counting exactly `W`
+//!   after its last request, to the millisecond;
+//! * traffic spread over a sub-bucket is counted until `W` after the
+//!   sub-bucket's latest request, so an early request in it may count up to
+//!   one sub-bucket less one millisecond (`W / P - 1 ms`: 1.999 s of a
+//!   minute at the default 30) longer than an exact log would count it;
+//!   never shorter;
+//! * `Retry-After`, `X-RateLimit-Reset`, `RateLimit-Reset` and IETF `t` are
+//!   never more than `W` from the decision (rounded up to whole seconds
+//!   where the header carries seconds).
+//!
+//! `precision` may not make a sub-bucket shorter than one millisecond.
 //!
 //! # Fixed windows and time zones
 //!

@@ -129,8 +129,9 @@
 //!
 //! Unix seconds (rounded up) at which the reported limit is back to its full
 //! capacity: the end of the current window for a fixed window; for a sliding
-//! window, the moment the newest counted sub-bucket leaves the window. A
-//! limit with nothing counted reports the current second.
+//! window, one window after the latest counted request (never more than the
+//! window from now). A limit with nothing counted reports the current
+//! second.
 //!
 //! ## Differences from `tower::limit::RateLimit`
 //!

@@ -62,22 +62,22 @@ async fn headers_count_down_and_the_429_is_exact() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.num("x-ratelimit-limit"), 3);
         assert_eq!(r.num("x-ratelimit-remaining"), expected);
-        // Sliding minute, 2 s buckets: the newest bucket leaves at T0 + 62.
-        assert_eq!(r.num("x-ratelimit-reset"), T0 + 62);
+        // Sliding minute: the requests, all at T0, leave at T0 + 60.
+        assert_eq!(r.num("x-ratelimit-reset"), T0 + 60);
         assert_eq!(r.body, "ok");
     }
     clock.advance(Duration::from_secs(5));
     let r = get_as(&app, "k1", "/items").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.num("retry-after"), 57);
+    assert_eq!(r.num("retry-after"), 55);
     assert_eq!(
         r.body,
-        r#"{"detail":"Rate limit exceeded. Try again in 57 seconds."}"#
+        r#"{"detail":"Rate limit exceeded. Try again in 55 seconds."}"#
     );
     assert_eq!(r.num("x-ratelimit-limit"), 3);
     assert_eq!(r.num("x-ratelimit-remaining"), 0);
-    assert_eq!(r.num("x-ratelimit-reset"), T0 + 62);
+    assert_eq!(r.num("x-ratelimit-reset"), T0 + 60);
 }
 
 #[tokio::test]
@@ -394,9 +394,8 @@ async fn route_layer_and_a_custom_rejection() {
     let r = get_as(&app, "a", "/limited").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.body, "slow down on /limited: m of 1");
-    // A minute counted in 2 s buckets: the request at T0 (start of its
-    // bucket) stops counting when that bucket leaves, one bucket late.
-    assert_eq!(r.num("retry-after"), 62);
+    // The request at T0 stops counting exactly a minute later.
+    assert_eq!(r.num("retry-after"), 60);
     assert_eq!(r.num("x-ratelimit-limit"), 1);
     // route_layer leaves unmatched paths alone (404, no headers).
     let r = get_as(&app, "a", "/other").await;

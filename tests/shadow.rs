@@ -45,9 +45,9 @@ async fn shadow_mode_never_rejects_but_marks_the_response() {
     assert!(resp.headers().get("retry-after").is_none());
     let shadow = resp.extensions().get::<ShadowRejection>().expect("marked");
     assert_eq!(shadow.0.limit, "m");
-    assert_eq!(shadow.0.retry_after_secs(), 62);
+    assert_eq!(shadow.0.retry_after_secs(), 60);
     // The would-be-rejected request was not counted: still exactly 2 in the window.
-    clock.advance(Duration::from_secs(62));
+    clock.advance(Duration::from_secs(60));
     let r = send(&app, call("GET", "/x", &[("x-api-key", "s")])).await;
     assert_eq!(r.num("x-ratelimit-remaining"), 1);
 }
@@ -63,11 +63,11 @@ async fn ietf_headers_follow_the_draft_syntax() {
         r.header("ratelimit-policy"),
         Some(r#""burst";q=100;w=60, "hourly";q=1000;w=3600"#)
     );
-    // Sliding windows: full capacity returns when the newest bucket leaves
-    // (one 2 s bucket for the minute, one 2 min bucket for the hour).
+    // Sliding windows: full capacity returns exactly one window after the
+    // latest request, never later.
     assert_eq!(
         r.header("ratelimit"),
-        Some(r#""burst";r=99;t=62, "hourly";r=999;t=3720"#)
+        Some(r#""burst";r=99;t=60, "hourly";r=999;t=3600"#)
     );
     assert!(r.header("x-ratelimit-limit").is_none());
 }

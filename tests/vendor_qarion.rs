@@ -21,8 +21,8 @@ async fn sixty_per_minute_then_the_documented_429() {
     let r = send(&app, call("GET", "/api/datasets", &[("x-api-key", "k-1")])).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let n = r.num("retry-after");
-    // All 60 were admitted at T0 (a 2 s bucket): they leave at T0 + 62.
-    assert_eq!(n, 62 - 37);
+    // All 60 were admitted at T0: they leave exactly one minute later.
+    assert_eq!(n, 60 - 37);
     assert_eq!(
         r.body,
         format!(r#"{{"detail":"Rate limit exceeded. Try again in {n} seconds."}}"#)

@@ -74,15 +74,19 @@ async fn the_burst_limit_applies_to_every_route() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["limit"], "burst");
-    // One second in 100 ms buckets: the burst at T0 leaves at T0 + 1.1 s,
-    // rounded up to whole seconds.
-    assert_eq!(r.num("retry-after"), 2);
-    assert_eq!(r.num("burst-ratelimit-reset"), T0 + 2);
-    clock.advance(Duration::from_millis(1100));
-    assert_eq!(
-        send(&app, call("GET", "/v2/messages/m1", &k)).await.status,
-        StatusCode::OK
-    );
+    // The burst at T0 stops counting exactly one second later, not at the
+    // end of its 100 ms sub-bucket plus a second.
+    assert_eq!(r.num("retry-after"), 1);
+    assert_eq!(r.num("burst-ratelimit-reset"), T0 + 1);
+    clock.advance(Duration::from_millis(999));
+    let r = send(&app, call("GET", "/v2/messages/m1", &k)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "1 ms early");
+    clock.advance(Duration::from_millis(1));
+    // A whole new burst fits at once.
+    for i in 0..100u64 {
+        let r = send(&app, call("GET", "/v2/messages/m1", &k)).await;
+        assert_eq!(r.status, StatusCode::OK, "second burst, request {i}");
+    }
 }
 
 async fn chat_tokens_are_charged_from_the_response() {

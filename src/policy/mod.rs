@@ -236,6 +236,7 @@ impl std::fmt::Debug for TenantUsersFn {
 }
 
 /// A UTC offset in nanoseconds.
+/// A UTC offset in milliseconds.
 fn parse_offset(s: &str) -> Result<i64, String> {
     let bad = || format!("`{s}` is not a UTC offset such as \"+02:00\" or \"-05:30\"");
     let (sign, rest) = match s.as_bytes().first() {
@@ -250,7 +251,7 @@ fn parse_offset(s: &str) -> Result<i64, String> {
     if h > 18 || m > 59 || h.to_string().len() > 2 {
         return Err(bad());
     }
-    Ok(sign * (h * 3600 + m * 60) * 1_000_000_000)
+    Ok(sign * (h * 3600 + m * 60) * 1000)
 }
 
 fn compile_limit(
@@ -272,9 +273,10 @@ fn compile_limit(
     if l.window.is_zero() {
         return Err(err("window", "must be greater than zero".into()));
     }
-    let window_nanos = u64::try_from(l.window.as_nanos())
+    // Windows count in whole milliseconds (rounded up).
+    let window_ms = u64::try_from(l.window.as_nanos().div_ceil(1_000_000))
         .ok()
-        .filter(|&n| n <= 366 * 86_400 * 1_000_000_000)
+        .filter(|&n| n <= 366 * 86_400 * 1000)
         .ok_or_else(|| err("window", "must be at most 366 days".into()))?;
     match &l.cost {
         Cost::Requests(0) => return Err(err("cost", "must be greater than zero".into())),
@@ -318,13 +320,13 @@ fn compile_limit(
                     format!("must be between 1 and {MAX_PRECISION}"),
                 ));
             }
-            if window_nanos < u64::from(p) {
+            if l.precision.is_some() && window_ms < u64::from(p) {
                 return Err(err(
                     "precision",
-                    "is finer than one nanosecond per sub-bucket".into(),
+                    format!("is finer than one millisecond per sub-bucket (the window is {window_ms} ms)"),
                 ));
             }
-            WindowSpec::sliding_nanos(window_nanos, p)
+            WindowSpec::sliding_ms(window_ms, p)
         }
         WindowKind::Fixed => {
             if l.precision.is_some() {
@@ -334,7 +336,7 @@ fn compile_limit(
                 Some(o) => parse_offset(o).map_err(|m| err("utc_offset", m))?,
                 None => 0,
             };
-            WindowSpec::fixed_nanos(window_nanos, offset)
+            WindowSpec::fixed_ms(window_ms, offset)
         }
     };
     let mut seen = Vec::new();
@@ -359,20 +361,19 @@ fn compile_limit(
     h.write(format!("{:?}", l.cost).as_bytes());
     match spec.shape() {
         Shape::Sliding {
-            bucket_nanos,
-            precision,
+            bucket_ms,
+            window_ms,
+            reach,
         } => {
-            h.write_u8(1);
-            h.write_u64(bucket_nanos);
-            h.write_u32(precision);
+            h.write_u8(3);
+            h.write_u64(bucket_ms);
+            h.write_u64(window_ms);
+            h.write_u32(reach);
         }
-        Shape::Fixed {
-            len_nanos,
-            offset_nanos,
-        } => {
-            h.write_u8(2);
-            h.write_u64(len_nanos);
-            h.write_i64(offset_nanos);
+        Shape::Fixed { len_ms, offset_ms } => {
+            h.write_u8(4);
+            h.write_u64(len_ms);
+            h.write_i64(offset_ms);
         }
     }
     for part in &l.scope {
@@ -528,7 +529,7 @@ impl Policy {
                 }
                 if cascade {
                     // Shortest window first (stable: ties keep their order).
-                    limits[gstart..].sort_by_key(|l| l.spec.window_nanos());
+                    limits[gstart..].sort_by_key(|l| l.spec.window_ms());
                 }
                 groups.push((gstart..limits.len(), cascade));
             }
@@ -990,8 +991,8 @@ mod tests {
 
     #[test]
     fn offsets() {
-        assert_eq!(parse_offset("+02:00").unwrap(), 7200 * 1_000_000_000);
-        assert_eq!(parse_offset("-05:30").unwrap(), -19800 * 1_000_000_000);
+        assert_eq!(parse_offset("+02:00").unwrap(), 7200 * 1000);
+        assert_eq!(parse_offset("-05:30").unwrap(), -19800 * 1000);
         assert_eq!(parse_offset("Z").unwrap(), 0);
         assert!(parse_offset("02:00").is_err());
         assert!(parse_offset("+25:00").is_err());

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 
-use crate::window::Cell;
+use crate::window::{Cell, WindowSpec};
 
 /// Counters of one (tier, scope key).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,11 +19,19 @@ pub(crate) enum Entry {
         /// Unix second after which every counter here is empty.
         idle_at: NonZeroU32,
         tags: [u16; 2],
-        /// `idx | count << 32` of each counter.
+        /// Each counter packed in 8 bytes (see [`pack`]).
         cells: [u64; 2],
     },
     /// Any number of counters, any shape.
-    Heap(Box<[(u16, Cell)]>),
+    Heap(Box<Spilled>),
+}
+
+/// The counters of an entry that does not fit inline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Spilled {
+    /// Unix second after which every counter here is empty.
+    idle_at: u32,
+    cells: Vec<(u16, Cell)>,
 }
 
 impl Default for Entry {
@@ -36,12 +44,45 @@ impl Default for Entry {
     }
 }
 
-fn unpack(v: u64, idle_at: u32) -> Cell {
-    Cell::One {
-        idx: v as u32,
-        count: (v >> 32) as u32,
-        idle_at,
+/// Counts up to this fit a packed counter (larger ones move to the heap).
+const COUNT_BITS: u32 = 24;
+const STAMP_BITS: u32 = 64 - COUNT_BITS;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
+
+/// A single-bucket counter in 8 bytes: its count (24 bits) and the low 40
+/// bits of its `last` (milliseconds since the epoch), which [`unpack`]
+/// restores from "now", within 2^39 ms (17 years) of it. `None` when the
+/// count is too large.
+fn pack(cell: &Cell) -> Option<u64> {
+    match cell {
+        Cell::One { count: 0, .. } => Some(0),
+        Cell::One { count, last } if u64::from(*count) <= COUNT_MASK => {
+            Some(u64::from(*count) | (last & STAMP_MASK) << COUNT_BITS)
+        }
+        _ => None,
     }
+}
+
+fn unpack(v: u64, reference: u64) -> Cell {
+    let count = (v & COUNT_MASK) as u32;
+    if count == 0 {
+        return Cell::default();
+    }
+    let low = v >> COUNT_BITS;
+    // Signed distance from `reference` back to the stored value, in 40 bits.
+    let back = (reference.wrapping_sub(low) & STAMP_MASK) as i64;
+    let back = (back << COUNT_BITS) >> COUNT_BITS;
+    let last = if back >= 0 {
+        reference.saturating_sub(back as u64)
+    } else {
+        reference.saturating_add(back.unsigned_abs())
+    };
+    Cell::One { count, last }
+}
+
+fn now_ms(now: u64) -> u64 {
+    now / 1_000_000
 }
 
 impl Entry {
@@ -49,7 +90,7 @@ impl Entry {
     pub(crate) fn idle_at(&self) -> u32 {
         match self {
             Entry::Inline { idle_at, .. } => idle_at.get(),
-            Entry::Heap(cells) => cells.iter().map(|(_, c)| c.idle_at()).max().unwrap_or(0),
+            Entry::Heap(s) => s.idle_at,
         }
     }
 
@@ -59,8 +100,8 @@ impl Entry {
             return 0;
         }
         match self {
-            Entry::Inline { cells, .. } => cells.iter().map(|c| c >> 32).sum(),
-            Entry::Heap(cells) => cells.iter().map(|(_, c)| c.held()).sum(),
+            Entry::Inline { cells, .. } => cells.iter().map(|c| c & COUNT_MASK).sum(),
+            Entry::Heap(s) => s.cells.iter().map(|(_, c)| c.held()).sum(),
         }
     }
 
@@ -69,40 +110,42 @@ impl Entry {
         u64::from(self.idle_at()) * 1_000_000_000 <= now
     }
 
-    /// Runs `f` on the counter tagged `tag` (an empty one if absent) and
-    /// stores the result back.
-    pub(crate) fn with_cell<R>(&mut self, tag: u16, f: impl FnOnce(&mut Cell) -> R) -> R {
+    /// Runs `f` on the counter tagged `tag` of window `spec` (an empty one
+    /// if absent) at `now`, and stores the result back.
+    pub(crate) fn with_cell<R>(
+        &mut self,
+        tag: u16,
+        spec: &WindowSpec,
+        now: u64,
+        f: impl FnOnce(&mut Cell) -> R,
+    ) -> R {
         match self {
-            Entry::Heap(cells) => {
-                let pos = match cells.iter().position(|(t, _)| *t == tag) {
+            Entry::Heap(s) => {
+                let pos = match s.cells.iter().position(|(t, _)| *t == tag) {
                     Some(p) => p,
                     None => {
-                        let mut grown = std::mem::take(cells).into_vec();
-                        grown.push((tag, Cell::default()));
-                        *cells = grown.into_boxed_slice();
-                        cells.len() - 1
+                        s.cells.push((tag, Cell::default()));
+                        s.cells.len() - 1
                     }
                 };
-                f(&mut cells[pos].1)
+                let out = f(&mut s.cells[pos].1);
+                s.idle_at = s.idle_at.max(s.cells[pos].1.idle_at(spec));
+                out
             }
-            Entry::Inline {
-                idle_at,
-                tags,
-                cells,
-            } => {
+            Entry::Inline { tags, cells, .. } => {
                 let found = tags.iter().position(|t| *t == tag);
                 let mut cell = match found {
-                    Some(p) => unpack(cells[p], idle_at.get()),
+                    Some(p) => unpack(cells[p], now_ms(now)),
                     None => Cell::default(),
                 };
                 let out = f(&mut cell);
-                self.put(found, tag, cell);
+                self.put(found, tag, spec, now, cell);
                 out
             }
         }
     }
 
-    fn put(&mut self, found: Option<usize>, tag: u16, cell: Cell) {
+    fn put(&mut self, found: Option<usize>, tag: u16, spec: &WindowSpec, now: u64, cell: Cell) {
         let Entry::Inline {
             idle_at,
             tags,
@@ -111,29 +154,29 @@ impl Entry {
         else {
             return;
         };
-        if let Cell::One {
-            idx,
-            count,
-            idle_at: cell_idle,
-        } = cell
-        {
+        let cell_idle = cell.idle_at(spec);
+        if let Some(packed) = pack(&cell) {
             // Its own place, else a free or empty one.
-            let place = found.or_else(|| (0..2).find(|&i| tags[i] == 0 || (cells[i] >> 32) == 0));
+            let place =
+                found.or_else(|| (0..2).find(|&i| tags[i] == 0 || cells[i] & COUNT_MASK == 0));
             if let Some(p) = place {
                 tags[p] = tag;
-                cells[p] = u64::from(idx) | u64::from(count) << 32;
+                cells[p] = packed;
                 *idle_at = (*idle_at).max(NonZeroU32::new(cell_idle).unwrap_or(NonZeroU32::MIN));
                 return;
             }
         }
         // Does not fit inline: move everything to the heap.
-        let idle = idle_at.get();
-        let mut heap: Vec<(u16, Cell)> = (0..2)
-            .filter(|&i| tags[i] != 0 && Some(i) != found)
-            .map(|i| (tags[i], unpack(cells[i], idle)))
+        let idle = idle_at.get().max(cell_idle);
+        let mut spilled: Vec<(u16, Cell)> = (0..2)
+            .filter(|&i| tags[i] != 0 && Some(i) != found && cells[i] & COUNT_MASK != 0)
+            .map(|i| (tags[i], unpack(cells[i], now_ms(now))))
             .collect();
-        heap.push((tag, cell));
-        *self = Entry::Heap(heap.into_boxed_slice());
+        spilled.push((tag, cell));
+        *self = Entry::Heap(Box::new(Spilled {
+            idle_at: idle,
+            cells: spilled,
+        }));
     }
 }
 
@@ -149,31 +192,77 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
 
+    fn used(e: &mut Entry, tag: u16, spec: &WindowSpec, now: u64) -> u64 {
+        e.with_cell(tag, spec, now, |c| c.peek(spec, 5, now, 1).0.used)
+    }
+
     #[test]
     fn two_counters_inline_then_heap() {
-        let spec = WindowSpec::sliding_nanos(60 * S, 30);
+        let spec = WindowSpec::sliding_ms(60_000, 30);
+        let t = 100 * S;
         let mut e = Entry::default();
         for tag in [7, 9] {
-            e.with_cell(tag, |c| c.try_charge(&spec, 5, 100 * S, 2).unwrap());
+            e.with_cell(tag, &spec, t, |c| c.try_charge(&spec, 5, t, 2).unwrap());
         }
         assert!(matches!(e, Entry::Inline { .. }));
-        assert_eq!(e.with_cell(7, |c| c.peek(&spec, 5, 100 * S, 1).0.used), 2);
+        assert_eq!(used(&mut e, 7, &spec, t), 2);
         // A third limit moves the entry to the heap, keeping the others.
-        e.with_cell(11, |c| c.try_charge(&spec, 5, 100 * S, 1).unwrap());
+        e.with_cell(11, &spec, t, |c| c.try_charge(&spec, 5, t, 1).unwrap());
         assert!(matches!(e, Entry::Heap(_)));
-        assert_eq!(e.with_cell(9, |c| c.peek(&spec, 5, 100 * S, 1).0.used), 2);
-        assert_eq!(e.with_cell(11, |c| c.peek(&spec, 5, 100 * S, 1).0.used), 1);
-        assert!(!e.is_idle(100 * S));
-        assert!(e.is_idle(200 * S));
+        assert_eq!(used(&mut e, 9, &spec, t), 2);
+        assert_eq!(used(&mut e, 11, &spec, t), 1);
+        assert!(!e.is_idle(t));
+        assert!(!e.is_idle(160 * S - 1));
+        assert!(e.is_idle(160 * S));
     }
 
     #[test]
     fn a_busy_sliding_counter_moves_to_the_heap() {
-        let spec = WindowSpec::sliding_nanos(60 * S, 30);
+        let spec = WindowSpec::sliding_ms(60_000, 30);
         let mut e = Entry::default();
-        e.with_cell(1, |c| c.try_charge(&spec, 5, 100 * S, 1).unwrap());
-        e.with_cell(1, |c| c.try_charge(&spec, 5, 110 * S, 1).unwrap());
+        e.with_cell(1, &spec, 100 * S, |c| {
+            c.try_charge(&spec, 5, 100 * S, 1).unwrap()
+        });
+        e.with_cell(1, &spec, 110 * S, |c| {
+            c.try_charge(&spec, 5, 110 * S, 1).unwrap()
+        });
         assert!(matches!(e, Entry::Heap(_)));
-        assert_eq!(e.with_cell(1, |c| c.peek(&spec, 5, 110 * S, 1).0.used), 2);
+        assert_eq!(used(&mut e, 1, &spec, 110 * S), 2);
+        assert_eq!(used(&mut e, 1, &spec, 160 * S), 1);
+    }
+
+    #[test]
+    fn packed_counters_keep_their_instants_and_spill_large_counts() {
+        // Far from the epoch, a sliding and a fixed counter side by side.
+        let sliding = WindowSpec::sliding_ms(1000, 10);
+        let fixed = WindowSpec::fixed_ms(86_400_000, 0);
+        let t = 1_790_000_000 * S + 123_456_789;
+        let mut e = Entry::default();
+        e.with_cell(1, &sliding, t, |c| c.try_charge(&sliding, 5, t, 3).unwrap());
+        e.with_cell(2, &fixed, t, |c| c.try_charge(&fixed, 5, t, 4).unwrap());
+        assert!(matches!(e, Entry::Inline { .. }));
+        // Read back later: the sliding cost leaves exactly 1 s after its
+        // stamp (t rounded up to the millisecond).
+        let stamp = t.div_ceil(1_000_000) * 1_000_000;
+        assert_eq!(used(&mut e, 1, &sliding, stamp + S - 1), 3);
+        assert_eq!(used(&mut e, 2, &fixed, t + 3600 * S), 4);
+        // A count past 24 bits moves the entry to the heap, keeping both.
+        let big = WindowSpec::sliding_ms(60_000, 1);
+        e.with_cell(3, &big, t, |c| c.charge_unchecked(&big, t, 1 << 25));
+        assert!(matches!(e, Entry::Heap(_)));
+        assert_eq!(used(&mut e, 1, &sliding, stamp + S - 1), 3);
+        assert_eq!(used(&mut e, 1, &sliding, stamp + S), 0);
+        assert_eq!(used(&mut e, 2, &fixed, t + 3600 * S), 4);
+        assert_eq!(e.with_cell(3, &big, t, |c| c.held()), 1 << 25);
+    }
+
+    #[test]
+    fn a_clock_that_went_back_still_finds_the_counter() {
+        let spec = WindowSpec::sliding_ms(10_000, 10);
+        let t = 1_800_000_000 * S;
+        let mut e = Entry::default();
+        e.with_cell(1, &spec, t, |c| c.try_charge(&spec, 2, t, 2).unwrap());
+        // Read five seconds "earlier": still counted in full.
+        assert_eq!(used(&mut e, 1, &spec, t - 5 * S), 2);
     }
 }

@@ -253,6 +253,9 @@ impl MemoryStore {
     /// [`Store::decide`], which never has to wait for this store.
     pub fn decide_now(&self, now: Timestamp, mut batch: Batch) -> Batch {
         let now = now.as_nanos();
+        // Figures are measured from the decision's stamp (see `WindowSpec`):
+        // a reset is then never more than one window away.
+        batch.set_decided_at(Timestamp::from_nanos(now.div_ceil(1_000_000) * 1_000_000));
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;
@@ -304,7 +307,7 @@ impl MemoryStore {
             let taken = group.is_some() && group_chosen;
             let outcome = match entry.as_mut() {
                 Some(e) if ok && !taken => {
-                    match e.with_cell(limit.tag, |c| {
+                    match e.with_cell(limit.tag, &spec, now, |c| {
                         c.try_charge_with(&spec, cap, now, check, charge)
                     }) {
                         Ok((view, idx)) => {
@@ -322,7 +325,9 @@ impl MemoryStore {
                     // Only reading: refused already, or a cascade member
                     // behind the one that took the charge.
                     let (view, fit) = match other {
-                        Some(e) => e.with_cell(limit.tag, |c| c.peek(&spec, cap, now, check)),
+                        Some(e) => {
+                            e.with_cell(limit.tag, &spec, now, |c| c.peek(&spec, cap, now, check))
+                        }
                         None => Cell::default().peek(&spec, cap, now, check),
                     };
                     let verdict = match fit {
@@ -360,7 +365,7 @@ impl MemoryStore {
                     // Report the counter as it stands after the refund (its
                     // reset instant too: the refunded bucket may have been
                     // its newest).
-                    outcome.view = e.with_cell(limit.tag, |c| {
+                    outcome.view = e.with_cell(limit.tag, &spec, now, |c| {
                         c.refund(&spec, now, receipt.data(), cost);
                         c.peek(&spec, cap, now, check).0
                     });
@@ -390,7 +395,7 @@ impl MemoryStore {
                 }),
             };
             let spec = c.limit.window;
-            entry.with_cell(c.limit.tag, |cell| {
+            entry.with_cell(c.limit.tag, &spec, now, |cell| {
                 cell.charge_unchecked(&spec, now, c.cost)
             });
         }

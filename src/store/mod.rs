@@ -45,14 +45,17 @@
 //!    nothing at all (a store that charges as it goes must refund), and
 //!    report views as they stand after the refund. [`Batch::admitted`] is
 //!    derived from the verdicts, so it cannot disagree with them.
-//! 5. Count in windows exactly as the [`WindowSpec`] helpers say (a cost
-//!    charged at `t` counts until `forget_at(index(t))`), and make
-//!    `reset_at` / `retry_at` the instants those rules give.
-//! 6. A store that decides by its own clock instead of the `now` it was
-//!    given (a remote store reading its server's time) says so with
-//!    [`Batch::set_decided_at`]: `Retry-After` and every "seconds from now"
-//!    figure are then measured from that instant, so a skewed local clock
-//!    cannot stretch or shrink them.
+//! 5. Count in windows exactly as the [`WindowSpec`] helpers say: a cost
+//!    charged at `t` goes to bucket `index(t)` with the millisecond stamp
+//!    `stamp(t)`; each bucket remembers its latest stamp `last`, and its
+//!    cost counts while `now < forget_at(i, last)`. Make `reset_at` /
+//!    `retry_at` the instants those rules give.
+//! 6. Say the instant the decision was made at with
+//!    [`Batch::set_decided_at`] (the memory store gives `stamp(now)`; a
+//!    remote store deciding by its own clock gives its server's stamp):
+//!    `Retry-After` and every "seconds from now" figure are measured from
+//!    it, so neither rounding nor a skewed local clock can stretch them
+//!    past the window.
 //!
 //! **Post-charges.** A [`Charge::After`] limit (latency, tokens, error
 //! responses) learns its cost after the response. The engine then calls
@@ -98,7 +101,8 @@
 //! let first = store.decide_now(now, Batch::from_limits([limit]));
 //! let second = store.decide_now(now, Batch::from_limits([limit]));
 //! assert!(first.admitted() && !second.admitted());
-//! assert_eq!(second.retry_at(), Some(Timestamp::from_secs(1_700_000_062)));
+//! // Refused until exactly one window after the first request.
+//! assert_eq!(second.retry_at(), Some(Timestamp::from_secs(1_700_000_060)));
 //! ```
 
 mod entry;
@@ -181,7 +185,7 @@ impl LimitSpec {
     /// Its default overflow key is shared by every limit of the same window
     /// and capacity.
     pub fn new(key: CounterKey, window: WindowSpec, capacity: u64, cost: u64) -> Self {
-        let shape = (u128::from(window.window_nanos()) << 32) ^ u128::from(capacity);
+        let shape = (u128::from(window.window_ms()) << 32) ^ u128::from(capacity);
         LimitSpec {
             key,
             tag: 1,

@@ -28,9 +28,9 @@ fn used(b: &Batch, i: usize) -> u64 {
 /// Limit `tag` under every key: (window spec, capacity).
 fn limit(tag: u16) -> (WindowSpec, u64) {
     match tag {
-        1 => (WindowSpec::sliding_nanos(1000 * MS, 10), 5),
-        2 => (WindowSpec::sliding_nanos(5000 * MS, 5), 12),
-        _ => (WindowSpec::fixed_nanos(2000 * MS, 0), 7),
+        1 => (WindowSpec::sliding_ms(1000, 10), 5),
+        2 => (WindowSpec::sliding_ms(5000, 5), 12),
+        _ => (WindowSpec::fixed_ms(2000, 0), 7),
     }
 }
 

@@ -1,35 +1,44 @@
 -- tierlimit: apply pending post-charges, then check and charge every limit
 -- of one request, all or nothing, in one atomic call.
 --
--- Times are whole microseconds since the epoch (below 2^53, exact in Lua
--- numbers). A counter is a hash per (tier, scope key); field TAG holds the
--- buckets of the limit TAG (see HEAD below).
+-- Times are whole milliseconds since the epoch (below 2^53, exact in Lua
+-- numbers), as in the memory store: a charge at instant t is stamped t
+-- rounded up to the millisecond; cost whose window ends at the millisecond
+-- e still counts while t rounded down is below e. A counter is a hash per
+-- (tier, scope key); field TAG holds the buckets of the limit TAG (see HEAD
+-- below).
 --
--- ARGV[1]  now in microseconds, or "" to read the server's clock (TIME)
--- ARGV[2]  L, the number of limits;  ARGV[3]  C, the number of post-charges
+-- ARGV[1], ARGV[2]  now rounded down and up to the millisecond, or "" to
+--                   read the server's clock (TIME)
+-- ARGV[3]  L, the number of limits;  ARGV[4]  C, the number of post-charges
 -- KEYS[1..L]      the counter hash of each limit
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- per limit, 8 values:  tag, bucket, reach, offset, capacity, check, charge,
---                       cascade group (0: none)
--- per post-charge, 7:   tag, bucket, reach, offset, cost (negative: given
---                       back), when it was measured (microseconds since the
---                       epoch on the caller's clock, or -N for N
+-- per limit, 9 values:  tag, bucket, reach, offset, window (0: a fixed
+--                       window), capacity, check, charge, cascade group
+--                       (0: none)
+-- per post-charge, 8:   tag, bucket, reach, offset, window, cost (negative:
+--                       given back), when it was measured (microseconds
+--                       since the epoch on the caller's clock, or -N for N
 --                       microseconds before now), and the bucket index to
 --                       charge ("" : the bucket of that instant)
+-- bucket, offset and window are milliseconds; a fixed window's bucket is
+-- its length.
 --
--- Returns {now, admitted, then per limit: verdict, used, reset, retry, index}
--- verdict: 0 room, 1 passed (cascade member after the one charged),
---          2 full (retry = when it has room), 3 never fits.
+-- Returns {stamp, admitted, then per limit: verdict, used, reset, retry,
+-- index} (instants in ms). verdict: 0 room, 1 passed (cascade member after
+-- the one charged), 2 full (retry = when it has room), 3 never fits.
 
-local now
+local floor, stamp
 if ARGV[1] == '' then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  floor = s * 1000 + math.floor(us / 1000)
+  stamp = s * 1000 + math.ceil(us / 1000)
 else
-  now = tonumber(ARGV[1])
+  floor, stamp = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
-local L = tonumber(ARGV[2])
-local C = tonumber(ARGV[3])
+local L = tonumber(ARGV[3])
+local C = tonumber(ARGV[4])
 
 -- floor(a / b) for integers below 2^53, corrected for rounding.
 local function fdiv(a, b)
@@ -42,19 +51,50 @@ local function fdiv(a, b)
   return q
 end
 
+-- A limit's shape: bucket width, reach, offset, window (0: fixed).
+local function shape(a)
+  return tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+end
+
+-- The bucket or window of an instant: sliding buckets by stamp, fixed
+-- windows by the instant rounded down.
+local function index(s, f, bucket, offset, window)
+  if window > 0 then
+    return fdiv(s, bucket)
+  end
+  return fdiv(f + offset, bucket)
+end
+
+-- The latest that the cost of bucket i can stop counting (its key's
+-- expiry covers it).
+local function latest(i, bucket, offset, window)
+  if window > 0 then
+    return (i + 1) * bucket - 1 + window
+  end
+  return (i + 1) * bucket - offset
+end
+
+-- When the cost of bucket i, last stamped `last`, stops counting.
+local function forget(i, last, bucket, offset, window)
+  if window > 0 then
+    return last + window
+  end
+  return (i + 1) * bucket - offset
+end
+
 -- A limit's buckets are one string: the total cost it holds, then one
--- record (index, cost) per bucket, indices ascending; all doubles (exact
--- below 2^53). A decision reads the total and the first and last records
--- (struct.unpack at an offset), not every bucket.
-local HEAD, REC = 8, 16
+-- record (index, cost, last stamp) per bucket, indices ascending; all
+-- doubles (exact below 2^53). A decision reads the total and the records
+-- at the edges (struct.unpack at an offset), not every bucket.
+local HEAD, REC = 8, 24
 
 local function size(v)
   return (#v - HEAD) / REC
 end
 
--- Index and cost of record k (from 1).
+-- Index, cost and last stamp of record k (from 1).
 local function rec(v, k)
-  return struct.unpack('<dd', v, HEAD + 1 + REC * (k - 1))
+  return struct.unpack('<ddd', v, HEAD + 1 + REC * (k - 1))
 end
 
 -- Buckets of a key, by tag: {tag = string}, read once per key. A value
@@ -85,9 +125,10 @@ local function extend(key, ms)
   end
 end
 
--- The live part of `v` (buckets from `lo` on): total, index of the first
--- live record, number of records.
-local function live(v, lo)
+-- The live part of `v`: buckets from `lo` on whose window has not ended
+-- (`window` > 0: sliding, where buckets leave oldest first). Returns the
+-- total, the index of the first live record and the number of records.
+local function live(v, lo, window)
   local n = 0
   local total = 0
   if v ~= '' then
@@ -96,8 +137,8 @@ local function live(v, lo)
   end
   local first = 1
   while first <= n do
-    local i, c = rec(v, first)
-    if i >= lo then
+    local i, c, last = rec(v, first)
+    if i >= lo and (window == 0 or last + window > floor) then
       break
     end
     total = total - c
@@ -106,25 +147,32 @@ local function live(v, lo)
   return total, first, n
 end
 
--- `v` without the buckets below `lo`, with `amount` added to bucket `idx`
--- (a negative amount gives back, never below zero; a bucket left empty is
--- dropped). Also whether `idx` opened a new newest bucket.
-local function add(v, idx, amount, lo)
+-- `v` without the buckets that left (see `live`), with `amount` added to
+-- bucket `idx` stamped `s` (a negative amount gives back, never below zero,
+-- and keeps the stamp; a bucket left empty is dropped). Also whether `idx`
+-- opened a new newest bucket.
+local function add(v, idx, amount, lo, s, bucket, window)
+  if window > 0 then
+    -- The stamp stays inside its bucket (a clock that went back charges
+    -- the newest bucket, from its start).
+    s = math.min(math.max(s, idx * bucket), (idx + 1) * bucket - 1)
+  end
   if v == '' then
     if amount > 0 and idx >= lo then
-      return struct.pack('<ddd', amount, idx, amount), true
+      return struct.pack('<dddd', amount, idx, amount, s), true
     end
     return '', false
   end
-  local total, first, n = live(v, lo)
+  local total, first, n = live(v, lo, window)
   if first == 1 and amount > 0 then
     -- Nothing to drop (the usual case): charge the newest bucket, or open
     -- a newer one.
-    local last, c = rec(v, n)
+    local last, c, ls = rec(v, n)
     if last == idx then
-      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1, -9) .. struct.pack('<d', c + amount), false
+      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1, -(REC + 1))
+        .. struct.pack('<ddd', idx, c + amount, math.max(ls, s)), false
     elseif last < idx then
-      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1) .. struct.pack('<dd', idx, amount), true
+      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1) .. struct.pack('<ddd', idx, amount, s), true
     end
   end
   local body = ''
@@ -143,21 +191,24 @@ local function add(v, idx, amount, lo)
   end
   local opened = false
   if k >= 1 and at == idx then
-    local _, c = struct.unpack('<dd', body, 1 + REC * (k - 1))
+    local _, c, ls = struct.unpack('<ddd', body, 1 + REC * (k - 1))
     local left = c + amount
     if left < 0 then
       left = 0
     end
+    if amount > 0 then
+      ls = math.max(ls, s)
+    end
     total = total + left - c
     local rest = string.sub(body, REC * k + 1)
     if left > 0 then
-      body = string.sub(body, 1, REC * (k - 1)) .. struct.pack('<dd', idx, left) .. rest
+      body = string.sub(body, 1, REC * (k - 1)) .. struct.pack('<ddd', idx, left, ls) .. rest
     else
       body = string.sub(body, 1, REC * (k - 1)) .. rest
     end
   elseif amount > 0 and idx >= lo then
     total = total + amount
-    body = string.sub(body, 1, REC * k) .. struct.pack('<dd', idx, amount) .. string.sub(body, REC * k + 1)
+    body = string.sub(body, 1, REC * k) .. struct.pack('<ddd', idx, amount, s) .. string.sub(body, REC * k + 1)
     opened = k == m
   end
   if body == '' then
@@ -177,39 +228,41 @@ local function write(key, tag, v)
 end
 
 -- Post-charges first: costs measured after earlier responses.
-local base = 4 + 8 * L
+local base = 5 + 9 * L
 for c = 1, C do
-  local a = base + 7 * (c - 1)
+  local a = base + 8 * (c - 1)
   local key, tag = KEYS[L + c], ARGV[a]
-  local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local cost = tonumber(ARGV[a + 4])
+  local bucket, reach, offset, window = shape(a + 1)
+  local cost = tonumber(ARGV[a + 5])
   local idx
-  if ARGV[a + 6] ~= '' then
-    idx = tonumber(ARGV[a + 6])
+  local s = stamp
+  if ARGV[a + 7] ~= '' then
+    idx = tonumber(ARGV[a + 7])
   else
-    local at = tonumber(ARGV[a + 5])
+    local at = tonumber(ARGV[a + 6])
     if at <= 0 then
-      at = now + at
+      at = floor * 1000 + at
     end
-    idx = fdiv(at + offset, bucket)
+    s = math.ceil(at / 1000)
+    idx = index(s, math.floor(at / 1000), bucket, offset, window)
   end
-  local lo = fdiv(now + offset, bucket) - reach
-  local v, opened = add(counters(key)[tag] or '', idx, cost, lo)
+  local lo = index(stamp, floor, bucket, offset, window) - reach
+  local v, opened = add(counters(key)[tag] or '', idx, cost, lo, s, bucket, window)
   write(key, tag, v)
   if opened then
-    extend(key, math.floor(((idx + reach + 1) * bucket - offset - now) / 1000) + 1000)
+    extend(key, latest(idx, bucket, offset, window) - floor + 1000)
   end
 end
 
-local out = {now, 0}
+local out = {stamp, 0}
 local admitted = true
 local group, group_room = 0, false
 for i = 1, L do
-  local a = 4 + 8 * (i - 1)
+  local a = 5 + 9 * (i - 1)
   local key, tag = KEYS[i], ARGV[a]
-  local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local cap, check = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local g = tonumber(ARGV[a + 7])
+  local bucket, reach, offset, window = shape(a + 1)
+  local cap, check = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local g = tonumber(ARGV[a + 8])
   if g ~= group then
     if group ~= 0 and not group_room then
       admitted = false
@@ -217,19 +270,19 @@ for i = 1, L do
     group, group_room = g, false
   end
   local v = counters(key)[tag] or ''
-  local cur = fdiv(now + offset, bucket)
-  local newest
+  local cur = index(stamp, floor, bucket, offset, window)
   if v ~= '' then
     -- A clock that went back counts in the newest bucket.
-    newest = rec(v, size(v))
+    local newest = rec(v, size(v))
     if newest > cur then
       cur = newest
     end
   end
-  local used, first, n = live(v, cur - reach)
-  local reset = now
+  local used, first, n = live(v, cur - reach, window)
+  local reset = stamp
   if first <= n then
-    reset = (newest + reach + 1) * bucket - offset
+    local ni, _, nl = rec(v, n)
+    reset = forget(ni, nl, bucket, offset, window)
   end
   local verdict, retry = 0, 0
   if g ~= 0 and group_room then
@@ -242,10 +295,10 @@ for i = 1, L do
     verdict = 2
     local need, freed = used + check - cap, 0
     for k = first, n do
-      local i, c = rec(v, k)
+      local ri, c, rl = rec(v, k)
       freed = freed + c
+      retry = forget(ri, rl, bucket, offset, window)
       if freed >= need then
-        retry = (i + reach + 1) * bucket - offset
         break
       end
     end
@@ -264,21 +317,22 @@ end
 
 if admitted then
   for i = 1, L do
-    local a = 4 + 8 * (i - 1)
+    local a = 5 + 9 * (i - 1)
     local o = 2 + 5 * (i - 1)
-    local charge = tonumber(ARGV[a + 6])
+    local charge = tonumber(ARGV[a + 7])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
-      local bucket, reach, offset = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - reach)
+      local bucket, reach, offset, window = shape(a + 1)
+      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - reach, stamp, bucket, window)
       write(key, tag, v)
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.
-      local reset = (cur + reach + 1) * bucket - offset
-      out[o + 3] = reset
+      local ni, _, nl = rec(v, size(v))
+      out[o + 3] = forget(ni, nl, bucket, offset, window)
       if opened then
-        -- The key lives a second past its newest counter's window.
-        extend(key, math.floor((reset - now) / 1000) + 1000)
+        -- The key lives a second past the latest its newest bucket can
+        -- count (later charges to the bucket need no new expiry).
+        extend(key, latest(cur, bucket, offset, window) - floor + 1000)
       end
     end
   end

@@ -20,9 +20,9 @@
 //! a charge opens a new bucket) a second after its newest counter leaves
 //! its window.
 //!
-//! Times in Redis are whole microseconds: a sub-bucket whose width is not a
-//! whole number of microseconds (say a 1 s window in 3 buckets) is counted
-//! in buckets rounded up to the next microsecond.
+//! The script counts on the millisecond clock of the memory store (see
+//! [`WindowSpec`](super::WindowSpec)): the same buckets, the same stamps,
+//! the same answers.
 //!
 //! # Whose clock
 //!
@@ -789,44 +789,37 @@ impl Inner {
         // takes the newest measurement it carries as "now".
         let now = now.or_else(|| charges.iter().map(|w| w.at).max());
         match (self.time, now) {
-            (TimeSource::Caller, Some(t)) => cmd.arg(t.as_nanos() / 1000),
-            _ => cmd.arg(""),
+            (TimeSource::Caller, Some(t)) => cmd
+                .arg(t.as_nanos() / 1_000_000)
+                .arg(t.as_nanos().div_ceil(1_000_000)),
+            _ => cmd.arg("").arg(""),
         };
         cmd.arg(batch.len()).arg(charges.len() + give_back.len());
         for l in batch.limits() {
-            let (bucket, reach, offset) = shape_us(&l.window);
             let group = l.cascade.map_or(0, u32::from);
-            cmd.arg(l.tag)
-                .arg(bucket)
-                .arg(reach)
-                .arg(offset)
-                .arg(l.capacity)
+            cmd.arg(l.tag);
+            shape_args(&mut cmd, &l.window);
+            cmd.arg(l.capacity)
                 .arg(l.check_cost())
                 .arg(l.charge_cost())
                 .arg(group);
         }
         for w in charges {
             let c = &w.charge;
-            let (bucket, reach, offset) = shape_us(&c.limit.window);
             let at: i64 = match self.time {
-                TimeSource::Caller => i64::try_from(w.at.as_nanos() / 1000).unwrap_or(i64::MAX),
+                TimeSource::Caller => {
+                    i64::try_from(w.at.as_nanos().div_ceil(1000)).unwrap_or(i64::MAX)
+                }
                 _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
             };
-            cmd.arg(c.limit.tag)
-                .arg(bucket)
-                .arg(reach)
-                .arg(offset)
-                .arg(c.cost)
-                .arg(at)
-                .arg("");
+            cmd.arg(c.limit.tag);
+            shape_args(&mut cmd, &c.limit.window);
+            cmd.arg(c.cost).arg(at).arg("");
         }
         for g in give_back {
-            let (bucket, reach, offset) = shape_us(&g.limit.window);
-            cmd.arg(g.limit.tag)
-                .arg(bucket)
-                .arg(reach)
-                .arg(offset)
-                .arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
+            cmd.arg(g.limit.tag);
+            shape_args(&mut cmd, &g.limit.window);
+            cmd.arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
                 .arg(0)
                 .arg(g.index);
         }
@@ -895,14 +888,14 @@ fn is_noscript(e: &redis::RedisError) -> bool {
     e.code() == Some("NOSCRIPT")
 }
 
-/// (bucket width, buckets still counted before the current one, UTC offset)
-/// of a window, in whole microseconds (bucket rounded up).
-fn shape_us(w: &super::WindowSpec) -> (u64, u64, i64) {
-    let bucket = u64::try_from(w.bucket().as_nanos().div_ceil(1000))
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let offset = i64::from(w.utc_offset_secs().unwrap_or(0)) * 1_000_000;
-    (bucket, w.reach(), offset)
+/// A window's shape as the script reads it: bucket width, buckets still
+/// counted before the current one, UTC offset, and the window length
+/// (0 for a fixed window); milliseconds.
+fn shape_args(cmd: &mut redis::Cmd, w: &super::WindowSpec) {
+    cmd.arg(w.bucket_ms())
+        .arg(w.reach())
+        .arg(w.offset_ms())
+        .arg(if w.is_sliding() { w.window_ms() } else { 0 });
 }
 
 /// Reconnects fast (10 to 100 ms apart): the circuit breaker, not the
@@ -923,8 +916,9 @@ fn log_connect_error(e: &redis::RedisError) {
     let _ = e;
 }
 
-fn ts(us: i64) -> Timestamp {
-    Timestamp::from_nanos(u64::try_from(us).unwrap_or(0).saturating_mul(1000))
+/// An instant the script answered, in milliseconds since the epoch.
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
 }
 
 /// Fills `batch` from the script's answer.

@@ -6,21 +6,40 @@
 //! decision reports ([`View`], [`Refusal`]) are public, through
 //! [`crate::store`]; the counters themselves are private to the memory store.
 //!
+//! # The millisecond clock
+//!
+//! Windows count in whole milliseconds. A charge at instant `t` is
+//! **stamped** `⌈t⌉`, `t` rounded up to the millisecond; a counted cost whose
+//! window ends at the millisecond `e` still counts at `t` while
+//! `⌊t⌋ < e`, i.e. while `t < e`. Window lengths and sub-bucket widths are
+//! whole milliseconds (rounded up).
+//!
 //! # Sliding windows
 //!
-//! A sliding window of length `W` with precision `P` counts admitted cost in
-//! sub-buckets of width `B = W / P`, aligned to the Unix epoch. A request at time
-//! `t` falls in bucket `k = floor(t / B)`; it is admitted when the cost counted
-//! in buckets `k-P ..= k` plus its own cost fits in the capacity.
+//! A sliding window of length `W` counts admitted cost in sub-buckets of
+//! width `B` (about `W / precision`, at least 1 ms), aligned to the Unix
+//! epoch: a charge stamped `s` goes to bucket `floor(s / B)`. Each bucket
+//! remembers its cost and the stamp of its **last** admission `L`; the
+//! bucket's cost counts until `L + W`, then all of it leaves at once. A
+//! request is admitted when the cost still counted plus its own fits in the
+//! capacity.
 //!
-//! Checking `P + 1` buckets (not `P`) is what makes the guarantee hard: every
-//! interval of length `W` lies inside some `P + 1` consecutive buckets, and the
-//! last admission into any such run of buckets saw all of them. So **in every
-//! interval of length `W` the admitted cost never exceeds the capacity**.
-//! The price is coarseness: a cost admitted at `x` stops counting at the end of
-//! bucket `floor(x / B) + P`, which is at most one bucket width `B` later than
-//! an exact sliding log would forget it. A request may therefore be admitted up
-//! to `B` later than an exact log would admit it, never earlier.
+//! * **The hard guarantee.** Every admission is stamped no earlier than it
+//!   happened, so at any admission `x`, every cost admitted in `(x - W, x]`
+//!   sits in a bucket whose last stamp is past `x - W`: it is counted, and
+//!   the check saw it. So **in every interval of length `W` the admitted cost
+//!   never exceeds the capacity**.
+//! * **A burst leaves exactly one window after it.** Cost admitted within one
+//!   bucket stops counting exactly `W` after the last of it was admitted (to
+//!   the millisecond: the stamp rounds up).
+//! * **Spread traffic** is counted at most one bucket late: a cost admitted
+//!   at `y` leaves at its bucket's last stamp plus `W`, which is less than
+//!   `B` after `⌈y⌉ + W`. A request may therefore be admitted up to `B - 1 ms`
+//!   later than an exact sliding log would admit it, never earlier.
+//! * **Figures stay within the window.** Every reset and retry instant is
+//!   some bucket's `L + W` with `L` at most the current stamp, so it is at
+//!   most `W` after the decision (measured from the decision's stamp, which
+//!   stores report as the decision instant).
 //!
 //! # Fixed windows
 //!
@@ -30,9 +49,10 @@
 //!
 //! # Memory
 //!
-//! A counter ([`Cell`]) with a single non-empty bucket is 16 bytes inline; only
-//! when a sliding counter holds cost in two or more buckets does it allocate a
-//! ring of `P + 1` bucket counts.
+//! A counter ([`Cell`]) with a single non-empty bucket is 16 bytes (the
+//! memory store packs it into 8 inside an entry); only when a sliding counter
+//! holds cost in two or more buckets does it allocate a ring of one 8-byte
+//! slot per bucket.
 
 use std::fmt;
 use std::time::Duration;
@@ -45,108 +65,138 @@ mod model_tests;
 /// Default number of sub-buckets of a sliding window.
 ///
 /// With 30, a one-minute window counts in 2-second buckets and a one-hour
-/// window in 2-minute buckets: a request is admitted at most that much later
-/// than an exact sliding log would admit it.
+/// window in 2-minute buckets: spread-out traffic is counted at most that
+/// much longer than an exact sliding log would count it.
 pub const DEFAULT_PRECISION: u32 = 30;
 
 /// Largest accepted precision (sub-buckets per sliding window).
 pub const MAX_PRECISION: u32 = 3600;
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// `now` (ns) rounded up to the millisecond: the stamp of a charge.
+fn ceil_ms(now: u64) -> u64 {
+    now.div_ceil(NANOS_PER_MS)
+}
+
+/// `now` (ns) rounded down to the millisecond: a cost ending at the
+/// millisecond `e` still counts while `floor_ms(now) < e`.
+fn floor_ms(now: u64) -> u64 {
+    now / NANOS_PER_MS
+}
+
+fn ms_to_ns(ms: u64) -> u64 {
+    ms.saturating_mul(NANOS_PER_MS)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(u128::from(NANOS_PER_MS))).unwrap_or(u64::MAX)
+}
 
 /// The shape of one limit's window, as a store needs it to count.
 ///
-/// The helpers ([`WindowSpec::index`], [`WindowSpec::forget_at`]) are the
-/// whole counting rule, so a store written outside this crate counts exactly
-/// as the memory store does:
+/// The helpers are the whole counting rule (see the
+/// [module docs](crate::store#writing-a-store)), so a store written outside
+/// this crate counts exactly as the memory store does:
 ///
-/// * a cost charged at `t` goes to bucket `index(t)`;
-/// * it counts until `forget_at(index(t))`;
+/// * a cost charged at `t` goes to bucket (or fixed window) `index(t)`, and
+///   is stamped `stamp(t)`; a bucket remembers the latest stamp charged to
+///   it;
+/// * the cost of bucket `i` whose latest stamp is `last` counts while
+///   `now < forget_at(i, last)`;
 /// * a request fits when the cost still counted plus its own is at most the
-///   capacity.
+///   capacity; the reset and retry instants are the `forget_at` of the
+///   buckets that must leave.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tierlimit::clock::Timestamp;
 /// use tierlimit::store::WindowSpec;
 ///
-/// // One minute in 30 buckets of 2 s: a cost charged at t = 1000 s (bucket
-/// // 500) counts until the end of bucket 530, at 1062 s.
+/// // One minute in 30 buckets of 2 s: a cost charged at t = 1000.5 s goes to
+/// // bucket 500 and counts for exactly one minute after its stamp.
 /// let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
 /// assert!(spec.is_sliding());
 /// assert_eq!((spec.bucket(), spec.reach()), (Duration::from_secs(2), 30));
-/// let i = spec.index(Timestamp::from_secs(1000));
-/// assert_eq!(spec.forget_at(i), Timestamp::from_secs(1062));
+/// let t = Timestamp::from_nanos(1_000_500_000_000);
+/// let i = spec.index(t);
+/// assert_eq!(i, 500);
+/// assert_eq!(spec.forget_at(i, spec.stamp(t)), Timestamp::from_nanos(1_060_500_000_000));
 /// // A fixed minute resets on the next :00.
 /// let fixed = WindowSpec::fixed(Duration::from_secs(60), 0);
 /// assert_eq!(fixed.utc_offset_secs(), Some(0));
 /// let j = fixed.index(Timestamp::from_secs(1000));
-/// assert_eq!(fixed.forget_at(j), Timestamp::from_secs(1020));
+/// assert_eq!(fixed.forget_at(j, Timestamp::from_secs(1000)), Timestamp::from_secs(1020));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WindowSpec(Shape);
 
-/// The inside of a [`WindowSpec`].
+/// The inside of a [`WindowSpec`]; every length in whole milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shape {
-    /// A sliding window of `precision` buckets of `bucket_nanos` each.
+    /// A sliding window of `window_ms`, counted in buckets of `bucket_ms`.
     Sliding {
-        /// Width of one sub-bucket, in nanoseconds (at least 1).
-        bucket_nanos: u64,
-        /// Number of sub-buckets in the window (`P`, at least 1).
-        precision: u32,
+        /// Width of one sub-bucket (1 ..= `u32::MAX`).
+        bucket_ms: u64,
+        /// Length of the window (at least 1).
+        window_ms: u64,
+        /// Buckets before the current one that may still count:
+        /// `ceil(window_ms / bucket_ms)`.
+        reach: u32,
     },
     /// A window that resets on clock boundaries.
     Fixed {
-        /// Window length in nanoseconds (at least 1).
-        len_nanos: u64,
-        /// Offset of the local time from UTC, in nanoseconds (east positive).
-        offset_nanos: i64,
+        /// Window length (at least 1).
+        len_ms: u64,
+        /// Offset of the local time from UTC (east positive).
+        offset_ms: i64,
     },
 }
 
 impl WindowSpec {
-    /// A sliding window of length `window` split into `precision` sub-buckets
-    /// (clamped to 1 ..= [`MAX_PRECISION`]).
+    /// A sliding window of length `window` (whole milliseconds, rounded up;
+    /// at least 1 ms) counted in `precision` sub-buckets (clamped to
+    /// 1 ..= [`MAX_PRECISION`]).
     ///
-    /// When the window is not a multiple of `precision` nanoseconds, the
-    /// bucket width is rounded up, so the effective window is at most
-    /// `precision - 1` nanoseconds longer (never shorter) than asked. A zero
-    /// window is raised to one nanosecond per bucket.
+    /// Sub-buckets are whole milliseconds: when the window is not a multiple
+    /// of `precision` milliseconds the bucket width is rounded up (so there
+    /// may be fewer buckets), and a window shorter than `precision`
+    /// milliseconds gets 1 ms buckets. The window itself is never changed:
+    /// cost counts exactly `window` after its bucket's last admission.
     pub fn sliding(window: Duration, precision: u32) -> Self {
-        Self::sliding_nanos(
-            u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
-            precision,
-        )
+        Self::sliding_ms(ms(window), precision)
     }
 
-    /// A fixed window of length `len` aligned to clock boundaries in the UTC
-    /// offset `utc_offset_secs` (east positive): a day window resets at that
-    /// offset's midnight.
+    /// A fixed window of length `len` (whole milliseconds, rounded up)
+    /// aligned to clock boundaries in the UTC offset `utc_offset_secs` (east
+    /// positive): a day window resets at that offset's midnight.
     pub fn fixed(len: Duration, utc_offset_secs: i32) -> Self {
-        Self::fixed_nanos(
-            u64::try_from(len.as_nanos()).unwrap_or(u64::MAX),
-            i64::from(utc_offset_secs) * NANOS_PER_SEC as i64,
-        )
+        Self::fixed_ms(ms(len), i64::from(utc_offset_secs) * 1000)
     }
 
-    /// The bucket (sliding) or window (fixed) that `now` falls in.
+    /// The bucket (sliding) or window (fixed) a charge at `now` goes to.
     pub fn index(&self, now: Timestamp) -> u64 {
         self.index_at(now.as_nanos())
     }
 
-    /// When a cost charged in bucket or window `index` stops counting: the
-    /// end of the window for a fixed window; for a sliding window, the end of
-    /// bucket `index + precision`.
-    pub fn forget_at(&self, index: u64) -> Timestamp {
-        Timestamp::from_nanos(self.forget_at_ns(index))
+    /// The stamp of a charge at `now`: `now` rounded up to the millisecond.
+    pub fn stamp(&self, now: Timestamp) -> Timestamp {
+        Timestamp::from_nanos(ms_to_ns(ceil_ms(now.as_nanos())))
     }
 
-    /// How many buckets before the current one still count: the precision
-    /// of a sliding window, 0 for a fixed window.
+    /// When the cost of bucket or window `index` stops counting, given the
+    /// latest stamp `last` charged to it: `last` plus the window for a
+    /// sliding window (`last` rounded up to the millisecond), the end of the
+    /// window `index` for a fixed one (`last` is not needed).
+    pub fn forget_at(&self, index: u64, last: Timestamp) -> Timestamp {
+        Timestamp::from_nanos(ms_to_ns(self.forget_ms(index, ceil_ms(last.as_nanos()))))
+    }
+
+    /// How many buckets before the current one may still count: about the
+    /// precision of a sliding window, 0 for a fixed window.
     pub fn reach(&self) -> u64 {
         match self.0 {
-            Shape::Sliding { precision, .. } => u64::from(precision),
+            Shape::Sliding { reach, .. } => u64::from(reach),
             Shape::Fixed { .. } => 0,
         }
     }
@@ -159,10 +209,7 @@ impl WindowSpec {
     /// The width of one bucket: a sub-bucket of a sliding window, the whole
     /// window of a fixed one.
     pub fn bucket(&self) -> Duration {
-        Duration::from_nanos(match self.0 {
-            Shape::Sliding { bucket_nanos, .. } => bucket_nanos,
-            Shape::Fixed { len_nanos, .. } => len_nanos,
-        })
+        Duration::from_millis(self.bucket_ms())
     }
 
     /// The UTC offset a fixed window's boundaries follow (east positive, in
@@ -170,9 +217,7 @@ impl WindowSpec {
     pub fn utc_offset_secs(&self) -> Option<i32> {
         match self.0 {
             Shape::Sliding { .. } => None,
-            Shape::Fixed { offset_nanos, .. } => {
-                i32::try_from(offset_nanos / NANOS_PER_SEC as i64).ok()
-            }
+            Shape::Fixed { offset_ms, .. } => i32::try_from(offset_ms / 1000).ok(),
         }
     }
 
@@ -182,69 +227,86 @@ impl WindowSpec {
 
     /// The window's length.
     pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window_nanos())
+        Duration::from_millis(self.window_ms())
     }
 
-    pub(crate) fn sliding_nanos(window_nanos: u64, precision: u32) -> Self {
-        let precision = precision.clamp(1, MAX_PRECISION);
-        let bucket_nanos = window_nanos.div_ceil(u64::from(precision)).max(1);
+    pub(crate) fn sliding_ms(window_ms: u64, precision: u32) -> Self {
+        let window_ms = window_ms.max(1);
+        let precision = u64::from(precision.clamp(1, MAX_PRECISION));
+        let bucket_ms = window_ms.div_ceil(precision).clamp(1, u64::from(u32::MAX));
+        let reach = u32::try_from(window_ms.div_ceil(bucket_ms)).unwrap_or(u32::MAX);
         WindowSpec(Shape::Sliding {
-            bucket_nanos,
-            precision,
+            bucket_ms,
+            window_ms,
+            reach,
         })
     }
 
-    pub(crate) fn fixed_nanos(len_nanos: u64, offset_nanos: i64) -> Self {
+    pub(crate) fn fixed_ms(len_ms: u64, offset_ms: i64) -> Self {
         WindowSpec(Shape::Fixed {
-            len_nanos: len_nanos.max(1),
-            offset_nanos,
+            len_ms: len_ms.max(1),
+            offset_ms,
         })
+    }
+
+    pub(crate) fn bucket_ms(&self) -> u64 {
+        match self.0 {
+            Shape::Sliding { bucket_ms, .. } => bucket_ms,
+            Shape::Fixed { len_ms, .. } => len_ms,
+        }
+    }
+
+    pub(crate) fn window_ms(&self) -> u64 {
+        match self.0 {
+            Shape::Sliding { window_ms, .. } => window_ms,
+            Shape::Fixed { len_ms, .. } => len_ms,
+        }
+    }
+
+    /// The offset fixed windows are aligned to (0 for sliding ones).
+    pub(crate) fn offset_ms(&self) -> i64 {
+        match self.0 {
+            Shape::Sliding { .. } => 0,
+            Shape::Fixed { offset_ms, .. } => offset_ms,
+        }
     }
 
     pub(crate) fn index_at(&self, now: u64) -> u64 {
         match self.0 {
-            Shape::Sliding { bucket_nanos, .. } => now / bucket_nanos,
-            Shape::Fixed {
-                len_nanos,
-                offset_nanos,
-            } => {
-                let local = i128::from(now) + i128::from(offset_nanos);
-                let idx = local.div_euclid(i128::from(len_nanos));
-                u64::try_from(idx).unwrap_or(0)
+            Shape::Sliding { bucket_ms, .. } => ceil_ms(now) / bucket_ms,
+            Shape::Fixed { len_ms, offset_ms } => {
+                Self::fixed_index(len_ms, offset_ms, floor_ms(now))
             }
         }
     }
 
-    /// The instant (ns since the epoch) at which window/bucket `idx` ends.
-    fn end_of(&self, idx: u64) -> u64 {
+    /// The millisecond at which window `idx` of a fixed window ends.
+    fn end_ms(len_ms: u64, offset_ms: i64, idx: u64) -> u64 {
+        let end = (i128::from(idx) + 1) * i128::from(len_ms) - i128::from(offset_ms);
+        u64::try_from(end.max(0)).unwrap_or(u64::MAX)
+    }
+
+    /// The millisecond at which bucket/window `idx` stops counting, its
+    /// latest stamp (ms) being `last`.
+    fn forget_ms(&self, idx: u64, last: u64) -> u64 {
         match self.0 {
-            Shape::Sliding { bucket_nanos, .. } => {
-                idx.saturating_add(1).saturating_mul(bucket_nanos)
-            }
-            Shape::Fixed {
-                len_nanos,
-                offset_nanos,
-            } => {
-                let end = (i128::from(idx) + 1) * i128::from(len_nanos) - i128::from(offset_nanos);
-                u64::try_from(end.max(0)).unwrap_or(u64::MAX)
-            }
+            Shape::Sliding { window_ms, .. } => last.saturating_add(window_ms),
+            Shape::Fixed { len_ms, offset_ms } => Self::end_ms(len_ms, offset_ms, idx),
         }
     }
 
-    fn forget_at_ns(&self, idx: u64) -> u64 {
-        match self.0 {
-            Shape::Sliding { precision, .. } => self.end_of(idx + u64::from(precision)),
-            Shape::Fixed { .. } => self.end_of(idx),
-        }
+    /// The fixed window that the millisecond `ms` falls in.
+    fn fixed_index(len_ms: u64, offset_ms: i64, ms: u64) -> u64 {
+        let local = i128::from(ms) + i128::from(offset_ms);
+        u64::try_from(local.div_euclid(i128::from(len_ms))).unwrap_or(0)
     }
 
-    pub(crate) fn window_nanos(&self) -> u64 {
+    /// The bucket (sliding) or window (fixed) of a counter whose `last`
+    /// millisecond is `last` (see [`Cell::One`]).
+    fn index_of_last(&self, last: u64) -> u64 {
         match self.0 {
-            Shape::Sliding {
-                bucket_nanos,
-                precision,
-            } => bucket_nanos.saturating_mul(u64::from(precision)),
-            Shape::Fixed { len_nanos, .. } => len_nanos,
+            Shape::Sliding { bucket_ms, .. } => last / bucket_ms,
+            Shape::Fixed { len_ms, offset_ms } => Self::fixed_index(len_ms, offset_ms, last),
         }
     }
 }
@@ -258,8 +320,8 @@ pub struct View {
     /// Cost counted in the current window (after the charge, when charged).
     pub used: u64,
     /// Instant at which all counted cost has left the window, i.e. when
-    /// `remaining` is back to `capacity`. Equal to "now" when nothing is
-    /// counted.
+    /// `remaining` is back to `capacity`. Equal to the decision's stamp when
+    /// nothing is counted.
     pub reset_at: Timestamp,
 }
 
@@ -297,17 +359,17 @@ pub enum Refusal {
 /// One counter: the state of one limit for one scope key.
 ///
 /// 16 bytes while at most one bucket holds cost; a sliding counter with cost in
-/// several buckets moves to a boxed ring of `P + 1` counts.
+/// several buckets moves to a boxed ring of one slot per bucket.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Cell {
     /// At most one non-empty bucket (always so for fixed windows).
     One {
-        /// Low 32 bits of the bucket/window index.
-        idx: u32,
-        /// Cost counted in that bucket.
+        /// Cost counted in that bucket (0: the counter is empty).
         count: u32,
-        /// Unix second after which the cell is certainly empty.
-        idle_at: u32,
+        /// Milliseconds since the epoch, from which the bucket's index
+        /// follows: sliding, the latest stamp charged to the bucket; fixed,
+        /// the latest charge's instant rounded down.
+        last: u64,
     },
     /// Several non-empty buckets of a sliding window.
     Ring(Box<Ring>),
@@ -316,19 +378,48 @@ pub(crate) enum Cell {
 /// The ring of sub-bucket counts of a busy sliding counter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Ring {
+    /// Index of the newest bucket (the ring's slots are `newest - reach ..=
+    /// newest`).
     newest: u64,
+    /// Sum of the slots' counts.
     total: u64,
-    idle_at: u32,
-    counts: Box<[u32]>,
+    /// Per bucket: its count (low 32 bits) and its latest stamp as
+    /// milliseconds from the bucket's start (high 32 bits).
+    slots: Box<[u64]>,
+}
+
+/// Where a decision stands on the millisecond clock.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    /// The stamp of a charge now (`now` rounded up to the ms).
+    stamp: u64,
+    /// `now` rounded down to the ms: cost ending at `e` counts while
+    /// `floor < e`.
+    floor: u64,
+    /// The effective current bucket/window: never before the newest one
+    /// stored (a clock that went back keeps charging the newest).
+    cur: u64,
+}
+
+fn slot_count(s: u64) -> u32 {
+    s as u32
+}
+
+fn slot_offset(s: u64) -> u64 {
+    s >> 32
+}
+
+fn slot(count: u32, offset: u64) -> u64 {
+    u64::from(count) | offset.min(u64::from(u32::MAX)) << 32
 }
 
 impl fmt::Debug for Cell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cell::One { idx, count, .. } => f
+            Cell::One { count, last } => f
                 .debug_struct("Cell::One")
-                .field("idx", idx)
                 .field("count", count)
+                .field("last", last)
                 .finish(),
             Cell::Ring(r) => f
                 .debug_struct("Cell::Ring")
@@ -341,26 +432,28 @@ impl fmt::Debug for Cell {
 
 impl Default for Cell {
     fn default() -> Self {
-        Cell::One {
-            idx: 0,
-            count: 0,
-            idle_at: 0,
-        }
+        Cell::One { count: 0, last: 0 }
     }
 }
 
-fn secs_ceil(nanos: u64) -> u32 {
-    u32::try_from(nanos.div_ceil(NANOS_PER_SEC)).unwrap_or(u32::MAX)
+fn secs_ceil_ms(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
 }
 
-/// Resolves the full bucket index of a stored low-32-bit index, relative to
-/// the current index. Returns `None` when the stored bucket lies in the future
-/// of `now_idx` (the clock went back), in which case callers treat "now" as
-/// that bucket.
-fn age_of(stored: u32, now_idx: u64) -> i64 {
-    // Wrapping difference interpreted as signed: correct while the stored
-    // bucket is within 2^31 buckets of now, which eviction guarantees.
-    i64::from((now_idx as u32).wrapping_sub(stored) as i32)
+impl Ring {
+    fn slot_of(&self, j: u64) -> usize {
+        (j % self.slots.len() as u64) as usize
+    }
+
+    /// The oldest bucket index the ring can hold.
+    fn oldest(&self) -> u64 {
+        self.newest.saturating_sub(self.slots.len() as u64 - 1)
+    }
+
+    /// The latest stamp (ms) of bucket `j`.
+    fn last_of(&self, j: u64, bucket_ms: u64) -> u64 {
+        j * bucket_ms + slot_offset(self.slots[self.slot_of(j)])
+    }
 }
 
 impl Cell {
@@ -373,122 +466,151 @@ impl Cell {
     }
 
     /// Unix second after which this counter is certainly empty (safe to evict).
-    pub(crate) fn idle_at(&self) -> u32 {
-        match self {
-            Cell::One { idle_at, .. } => *idle_at,
-            Cell::Ring(r) => r.idle_at,
+    pub(crate) fn idle_at(&self, spec: &WindowSpec) -> u32 {
+        match (self, spec.0) {
+            (Cell::One { count: 0, .. }, _) => 0,
+            (Cell::One { last, .. }, _) => {
+                secs_ceil_ms(spec.forget_ms(spec.index_of_last(*last), *last))
+            }
+            (Cell::Ring(r), _) => {
+                let newest = r.last_of(r.newest, spec.bucket_ms());
+                secs_ceil_ms(spec.forget_ms(r.newest, newest))
+            }
         }
     }
 
-    /// Drops cost that has left the window at `now` and returns the effective
-    /// current bucket index (never before the newest stored bucket).
-    fn slide(&mut self, spec: &WindowSpec, now: u64) -> u64 {
-        let now_idx = spec.index_at(now);
-        let reach = spec.reach();
-        match self {
-            Cell::One { idx, count, .. } => {
-                if *count == 0 {
-                    // Empty: whatever index is stored means nothing.
-                    *idx = now_idx as u32;
-                    return now_idx;
-                }
-                let age = age_of(*idx, now_idx);
-                if age < 0 {
-                    // Clock went back: stay in the stored bucket.
-                    return now_idx.wrapping_add(age.unsigned_abs());
-                }
-                if age as u64 > reach {
+    /// Drops cost that has left the window at `now` and says where the
+    /// decision stands.
+    fn slide(&mut self, spec: &WindowSpec, now: u64) -> At {
+        let (stamp, floor) = (ceil_ms(now), floor_ms(now));
+        let k = spec.index_at(now);
+        let at = |cur| At { stamp, floor, cur };
+        match spec.0 {
+            Shape::Fixed { .. } => {
+                let Cell::One { count, last } = self else {
+                    // Fixed windows never use a ring.
+                    *self = Cell::default();
+                    return at(k);
+                };
+                if *count > 0 && spec.index_of_last(*last) < k {
                     *count = 0;
                 }
                 if *count == 0 {
-                    *idx = now_idx as u32;
+                    *last = floor;
                 }
-                now_idx
+                // A clock that went back keeps charging the stored window.
+                at(k.max(spec.index_of_last(*last)))
             }
-            Cell::Ring(ring) => {
-                if now_idx <= ring.newest {
-                    return ring.newest;
-                }
-                let slots = ring.counts.len() as u64;
-                let steps = now_idx - ring.newest;
-                if steps >= slots {
-                    ring.counts.iter_mut().for_each(|c| *c = 0);
-                    ring.total = 0;
-                } else {
-                    for j in ring.newest + 1..=now_idx {
-                        let slot = &mut ring.counts[(j % slots) as usize];
-                        ring.total -= u64::from(*slot);
-                        *slot = 0;
+            Shape::Sliding {
+                bucket_ms,
+                window_ms,
+                ..
+            } => match self {
+                Cell::One { count, last } => {
+                    if *count > 0 && last.saturating_add(window_ms) <= floor {
+                        *count = 0;
                     }
+                    if *count == 0 {
+                        *last = stamp;
+                        return at(k);
+                    }
+                    // A clock that went back keeps charging the stored bucket.
+                    at(k.max(*last / bucket_ms))
                 }
-                ring.newest = now_idx;
-                if ring.total == 0 {
-                    // Quiet again: give the ring back and return to 16 bytes.
-                    *self = Cell::One {
-                        idx: now_idx as u32,
-                        count: 0,
-                        idle_at: 0,
-                    };
+                Cell::Ring(ring) => {
+                    if k > ring.newest {
+                        let slots = ring.slots.len() as u64;
+                        if k - ring.newest >= slots {
+                            ring.slots.iter_mut().for_each(|s| *s = 0);
+                            ring.total = 0;
+                        } else {
+                            for j in ring.newest + 1..=k {
+                                let i = ring.slot_of(j);
+                                ring.total -= u64::from(slot_count(ring.slots[i]));
+                                ring.slots[i] = 0;
+                            }
+                        }
+                        ring.newest = k;
+                    }
+                    // Buckets leave in order: drop the oldest while their
+                    // window has ended.
+                    for j in ring.oldest()..=ring.newest {
+                        let i = ring.slot_of(j);
+                        let c = slot_count(ring.slots[i]);
+                        if c == 0 {
+                            continue;
+                        }
+                        if ring.last_of(j, bucket_ms).saturating_add(window_ms) > floor {
+                            break;
+                        }
+                        ring.total -= u64::from(c);
+                        ring.slots[i] = 0;
+                    }
+                    let newest = ring.newest;
+                    if ring.total == 0 {
+                        // Quiet again: give the ring back and return to 16 bytes.
+                        *self = Cell::One {
+                            count: 0,
+                            last: stamp,
+                        };
+                        return at(k);
+                    }
+                    at(newest)
                 }
-                now_idx
-            }
+            },
         }
     }
 
-    /// Cost counted at `now` (after sliding).
+    /// Cost counted (after sliding).
     fn used(&self) -> u64 {
-        match self {
-            Cell::One { count, .. } => u64::from(*count),
-            Cell::Ring(r) => r.total,
-        }
+        self.held()
     }
 
-    /// The index of the newest non-empty bucket, if any.
-    fn newest_nonempty(&self, cur: u64) -> Option<u64> {
-        match self {
-            Cell::One { count: 0, .. } => None,
-            Cell::One { idx, .. } => Some(cur - age_of(*idx, cur).max(0) as u64),
-            Cell::Ring(r) => {
-                let slots = r.counts.len() as u64;
-                (0..slots)
-                    .map(|back| r.newest - back.min(r.newest))
-                    .find(|&j| r.counts[(j % slots) as usize] > 0)
-            }
-        }
-    }
-
-    fn view(&self, spec: &WindowSpec, capacity: u64, now: u64, cur: u64) -> View {
-        let reset_at = Timestamp::from_nanos(match self.newest_nonempty(cur) {
-            Some(j) => spec.forget_at_ns(j),
-            None => now,
+    /// Bucket index and latest stamp of each non-empty bucket, oldest first.
+    fn buckets(&self, spec: &WindowSpec) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let bucket_ms = spec.bucket_ms();
+        let (one, ring) = match self {
+            Cell::One { count: 0, .. } => (None, None),
+            Cell::One { count, last } => (
+                Some((spec.index_of_last(*last), *last, u64::from(*count))),
+                None,
+            ),
+            Cell::Ring(r) => (None, Some(r)),
+        };
+        let from_ring = ring.into_iter().flat_map(move |r| {
+            (r.oldest()..=r.newest).filter_map(move |j| {
+                let c = slot_count(r.slots[r.slot_of(j)]);
+                (c > 0).then(|| (j, r.last_of(j, bucket_ms), u64::from(c)))
+            })
         });
+        one.into_iter().chain(from_ring)
+    }
+
+    fn view(&self, spec: &WindowSpec, capacity: u64, at: At) -> View {
+        let reset = self
+            .buckets(spec)
+            .map(|(j, last, _)| spec.forget_ms(j, last))
+            .max()
+            .unwrap_or(at.stamp);
         View {
             capacity,
             used: self.used(),
-            reset_at,
+            reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
         }
     }
 
-    /// Earliest instant at which `need` units of counted cost have left.
-    fn freed_at(&self, spec: &WindowSpec, cur: u64, need: u64) -> u64 {
-        match self {
-            Cell::One { idx, .. } => {
-                let j = cur - age_of(*idx, cur).max(0) as u64;
-                spec.forget_at_ns(j)
-            }
-            Cell::Ring(r) => {
-                let slots = r.counts.len() as u64;
-                let oldest = r.newest.saturating_sub(slots - 1);
-                let mut freed = 0u64;
-                for j in oldest..=r.newest {
-                    freed += u64::from(r.counts[(j % slots) as usize]);
-                    if freed >= need {
-                        return spec.forget_at_ns(j);
-                    }
-                }
-                spec.forget_at_ns(r.newest)
+    /// Earliest instant (ms) at which `need` units of counted cost have left.
+    fn freed_at(&self, spec: &WindowSpec, at: At, need: u64) -> u64 {
+        let mut freed = 0u64;
+        let mut when = at.stamp;
+        for (j, last, c) in self.buckets(spec) {
+            freed += c;
+            when = spec.forget_ms(j, last);
+            if freed >= need {
+                break;
             }
         }
+        when
     }
 
     /// Reads the counter at `now` without charging; `cost` is the charge a
@@ -500,12 +622,12 @@ impl Cell {
         now: u64,
         cost: u64,
     ) -> (View, Result<(), Refusal>) {
-        let cur = self.slide(spec, now);
-        let view = self.view(spec, capacity, now, cur);
-        (view, self.fits(spec, capacity, cur, cost))
+        let at = self.slide(spec, now);
+        let view = self.view(spec, capacity, at);
+        (view, self.fits(spec, capacity, at, cost))
     }
 
-    fn fits(&self, spec: &WindowSpec, capacity: u64, cur: u64, cost: u64) -> Result<(), Refusal> {
+    fn fits(&self, spec: &WindowSpec, capacity: u64, at: At, cost: u64) -> Result<(), Refusal> {
         if cost > capacity {
             return Err(Refusal::NeverFits);
         }
@@ -513,8 +635,10 @@ impl Cell {
         if used + cost <= capacity {
             return Ok(());
         }
-        let retry_at = Timestamp::from_nanos(self.freed_at(spec, cur, used + cost - capacity));
-        Err(Refusal::Full { retry_at })
+        let retry = self.freed_at(spec, at, used + cost - capacity);
+        Err(Refusal::Full {
+            retry_at: Timestamp::from_nanos(ms_to_ns(retry)),
+        })
     }
 
     #[cfg(test)]
@@ -554,14 +678,14 @@ impl Cell {
         check: u64,
         charge: u64,
     ) -> Result<(View, u64), (View, Refusal)> {
-        let cur = self.slide(spec, now);
-        if let Err(refusal) = self.fits(spec, capacity, cur, check) {
-            return Err((self.view(spec, capacity, now, cur), refusal));
+        let at = self.slide(spec, now);
+        if let Err(refusal) = self.fits(spec, capacity, at, check) {
+            return Err((self.view(spec, capacity, at), refusal));
         }
         if charge > 0 {
-            self.add(spec, cur, charge);
+            self.add(spec, at, charge);
         }
-        Ok((self.view(spec, capacity, now, cur), cur))
+        Ok((self.view(spec, capacity, at), at.cur))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
@@ -570,78 +694,84 @@ impl Cell {
         if cost == 0 {
             return;
         }
-        let cur = self.slide(spec, now);
-        self.add(spec, cur, cost);
+        let at = self.slide(spec, now);
+        self.add(spec, at, cost);
     }
 
-    /// Adds `cost` to bucket `cur` (the effective current bucket) without any
-    /// capacity check, and keeps the idle time up to date.
-    fn add(&mut self, spec: &WindowSpec, cur: u64, cost: u64) {
+    /// Adds `cost` to bucket `at.cur`, stamped `at.stamp`, without any
+    /// capacity check.
+    fn add(&mut self, spec: &WindowSpec, at: At, cost: u64) {
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
-        let idle = secs_ceil(spec.forget_at_ns(cur));
+        let Shape::Sliding {
+            bucket_ms, reach, ..
+        } = spec.0
+        else {
+            // Fixed: `slide` left one window, the current one (or a later
+            // one, if the clock went back).
+            if let Cell::One { count, last } = self {
+                *count = count.saturating_add(cost32);
+                *last = (*last).max(at.floor);
+            }
+            return;
+        };
+        let cur = at.cur;
+        // The stamp, kept inside the bucket charged (a clock that went back
+        // charges a later bucket, from its start).
+        let start = cur * bucket_ms;
+        let stamp = at.stamp.clamp(start, start + bucket_ms - 1);
         match self {
-            Cell::One {
-                idx,
-                count,
-                idle_at,
-            } => {
-                let age = age_of(*idx, cur);
-                if *count == 0 || age <= 0 {
-                    *idx = if *count == 0 { cur as u32 } else { *idx };
+            Cell::One { count, last } => {
+                if *count == 0 {
+                    *count = cost32;
+                    *last = stamp;
+                    return;
+                }
+                let old = *last / bucket_ms;
+                if old == cur {
                     *count = count.saturating_add(cost32);
-                    *idle_at = idle.max(*idle_at);
+                    *last = (*last).max(stamp);
                     return;
                 }
                 // A second non-empty bucket: move to a ring.
-                let Shape::Sliding { precision, .. } = spec.0 else {
-                    // Fixed windows always slide to the current window first.
-                    *idx = cur as u32;
-                    *count = cost32;
-                    *idle_at = idle;
-                    return;
-                };
-                let slots = u64::from(precision) + 1;
-                let old = cur - age as u64;
-                let mut counts = vec![0u32; slots as usize].into_boxed_slice();
-                counts[(old % slots) as usize] = *count;
-                counts[(cur % slots) as usize] = cost32;
-                let total = u64::from(*count) + u64::from(cost32);
-                *self = Cell::Ring(Box::new(Ring {
+                let mut ring = Ring {
                     newest: cur,
-                    total,
-                    idle_at: idle,
-                    counts,
-                }));
+                    total: u64::from(*count) + u64::from(cost32),
+                    slots: vec![0u64; reach as usize + 1].into_boxed_slice(),
+                };
+                let (i, j) = (ring.slot_of(old), ring.slot_of(cur));
+                ring.slots[i] = slot(*count, *last - old * bucket_ms);
+                ring.slots[j] = slot(cost32, stamp - start);
+                *self = Cell::Ring(Box::new(ring));
             }
             Cell::Ring(r) => {
-                let slots = r.counts.len() as u64;
-                let slot = &mut r.counts[(cur % slots) as usize];
-                let before = *slot;
-                *slot = slot.saturating_add(cost32);
-                r.total += u64::from(*slot - before);
-                r.idle_at = idle.max(r.idle_at);
+                let i = r.slot_of(cur);
+                let before = slot_count(r.slots[i]);
+                let after = before.saturating_add(cost32);
+                let off = slot_offset(r.slots[i]).max(stamp - start);
+                r.slots[i] = slot(after, off);
+                r.total += u64::from(after - before);
             }
         }
     }
 
     /// Gives back `cost` charged in bucket `charged_idx` (as returned by
     /// [`Cell::try_charge`]). Cost whose bucket has left the window is gone
-    /// already and nothing happens.
+    /// already and nothing happens. The bucket keeps its latest stamp.
     pub(crate) fn refund(&mut self, spec: &WindowSpec, now: u64, charged_idx: u64, cost: u64) {
-        let cur = self.slide(spec, now);
+        self.slide(spec, now);
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
         match self {
-            Cell::One { idx, count, .. } => {
-                if *count > 0 && u64::from(*idx) == charged_idx & 0xffff_ffff {
+            Cell::One { count, last } => {
+                if *count > 0 && spec.index_of_last(*last) == charged_idx {
                     *count = count.saturating_sub(cost32);
                 }
             }
             Cell::Ring(r) => {
-                let slots = r.counts.len() as u64;
-                if charged_idx + slots > cur && charged_idx <= r.newest {
-                    let slot = &mut r.counts[(charged_idx % slots) as usize];
-                    let take = (*slot).min(cost32);
-                    *slot -= take;
+                if charged_idx >= r.oldest() && charged_idx <= r.newest {
+                    let i = r.slot_of(charged_idx);
+                    let c = slot_count(r.slots[i]);
+                    let take = c.min(cost32);
+                    r.slots[i] = slot(c - take, slot_offset(r.slots[i]));
                     r.total -= u64::from(take);
                 }
             }
@@ -653,11 +783,12 @@ impl Cell {
 mod tests {
     use super::*;
 
-    const S: u64 = NANOS_PER_SEC;
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = NANOS_PER_MS;
 
     #[test]
-    fn sliding_admits_capacity_then_refuses_with_exact_retry() {
-        let spec = WindowSpec::sliding_nanos(60 * S, 60);
+    fn sliding_admits_capacity_then_refuses_until_one_window_after_the_first() {
+        let spec = WindowSpec::sliding_ms(60_000, 60);
         let mut cell = Cell::default();
         let t0 = 1_000 * S;
         for i in 0..3 {
@@ -666,15 +797,51 @@ mod tests {
         }
         let (view, refusal) = cell.try_charge(&spec, 3, t0 + 3 * S, 1).unwrap_err();
         assert_eq!(view.remaining(), 0);
-        // The first charge (bucket 1000) stops counting at the end of bucket 1060.
+        // The first charge (1000 s, alone in its bucket) leaves at 1060 s.
         assert_eq!(
             refusal,
             Refusal::Full {
-                retry_at: Timestamp::from_secs(1061)
+                retry_at: Timestamp::from_secs(1060)
             }
         );
-        assert!(cell.try_charge(&spec, 3, 1061 * S - 1, 1).is_err());
-        assert!(cell.try_charge(&spec, 3, 1061 * S, 1).is_ok());
+        assert_eq!(view.reset_at, Timestamp::from_secs(1062));
+        assert!(cell.try_charge(&spec, 3, 1060 * S - 1, 1).is_err());
+        assert!(cell.try_charge(&spec, 3, 1060 * S, 1).is_ok());
+    }
+
+    #[test]
+    fn a_burst_leaves_exactly_one_window_after_its_last_request() {
+        // The per-second burst of seed 005: 1 s in 10 buckets of 100 ms.
+        let spec = WindowSpec::sliding_ms(1000, 10);
+        let mut cell = Cell::default();
+        let t0 = 1_700_000_000 * S + 3 * MS;
+        for i in 0..80 {
+            cell.try_charge(&spec, 80, t0 + i * 10_000, 1).unwrap();
+        }
+        let last = t0 + 79 * 10_000; // 3.79 ms: stamped 4 ms
+        let (view, refusal) = cell.try_charge(&spec, 80, last + 1, 1).unwrap_err();
+        let back = Timestamp::from_nanos(1_700_000_001 * S + 4 * MS);
+        assert_eq!(refusal, Refusal::Full { retry_at: back });
+        assert_eq!(view.reset_at, back);
+        // 1.05 s later all 80 fit again.
+        for i in 0..80 {
+            cell.try_charge(&spec, 80, t0 + 1050 * MS + i * 10_000, 1)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn figures_never_point_past_one_window() {
+        let spec = WindowSpec::sliding_ms(60_000, 30);
+        let mut cell = Cell::default();
+        let now = 1_000 * S + 1_999 * MS; // end of a 2 s bucket
+        let (view, _) = cell.try_charge(&spec, 1, now, 1).unwrap();
+        assert_eq!(view.reset_at.as_nanos() - now, 60 * S);
+        let (_, refusal) = cell.try_charge(&spec, 1, now + 1, 1).unwrap_err();
+        let Refusal::Full { retry_at } = refusal else {
+            panic!("{refusal:?}")
+        };
+        assert!(retry_at.as_nanos() - (now + 1) < 60 * S);
     }
 
     #[test]
@@ -693,13 +860,16 @@ mod tests {
             }
         );
         assert!(cell
+            .try_charge(&spec, 1, 19_000 * day + 22 * 3600 * S - 1, 1)
+            .is_err());
+        assert!(cell
             .try_charge(&spec, 1, 19_000 * day + 22 * 3600 * S, 1)
             .is_ok());
     }
 
     #[test]
     fn never_fits_is_its_own_refusal() {
-        let spec = WindowSpec::sliding_nanos(S, 10);
+        let spec = WindowSpec::sliding_ms(1000, 10);
         let mut cell = Cell::default();
         let (_, refusal) = cell.try_charge(&spec, 5, S, 6).unwrap_err();
         assert_eq!(refusal, Refusal::NeverFits);
@@ -707,7 +877,7 @@ mod tests {
 
     #[test]
     fn refund_undoes_a_charge() {
-        let spec = WindowSpec::sliding_nanos(10 * S, 10);
+        let spec = WindowSpec::sliding_ms(10_000, 10);
         let mut cell = Cell::default();
         cell.try_charge(&spec, 2, S, 1).unwrap();
         let (_, idx) = cell.try_charge(&spec, 2, 2 * S, 1).unwrap();
@@ -718,11 +888,32 @@ mod tests {
 
     #[test]
     fn clock_going_back_charges_the_newest_bucket() {
-        let spec = WindowSpec::sliding_nanos(10 * S, 10);
+        let spec = WindowSpec::sliding_ms(10_000, 10);
         let mut cell = Cell::default();
         cell.try_charge(&spec, 2, 100 * S, 1).unwrap();
         cell.try_charge(&spec, 2, 50 * S, 1).unwrap();
         assert!(cell.try_charge(&spec, 2, 100 * S, 1).is_err());
+        // Both leave with the newest bucket's window.
+        assert!(cell.try_charge(&spec, 2, 110 * S - 1, 1).is_err());
+        assert!(cell.try_charge(&spec, 2, 110 * S, 2).is_ok());
+    }
+
+    #[test]
+    fn shapes_round_to_whole_milliseconds() {
+        let spec = WindowSpec::sliding(Duration::from_millis(10), 30);
+        assert_eq!(
+            (spec.bucket(), spec.reach()),
+            (Duration::from_millis(1), 10)
+        );
+        let spec = WindowSpec::sliding(Duration::from_millis(1000), 7);
+        assert_eq!((spec.bucket_ms(), spec.reach()), (143, 7));
+        assert_eq!(spec.window(), Duration::from_secs(1));
+        let spec = WindowSpec::sliding(Duration::from_micros(1500), 1);
+        assert_eq!(spec.window(), Duration::from_millis(2));
+        // A year in one bucket still fits a slot's 32-bit offset.
+        let spec = WindowSpec::sliding(Duration::from_secs(366 * 86_400), 1);
+        assert!(spec.bucket_ms() <= u64::from(u32::MAX));
+        assert_eq!(spec.reach(), 8);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The counting maths against a brute-force model.
 //!
 //! A sliding window must never admit more than its capacity in any interval
-//! of its length, and may admit at most one sub-bucket later than an exact
-//! sliding log. Retry times must be exact. Fixed windows must hold per
-//! clock-aligned window and reset exactly on boundaries.
+//! of its length; a burst inside one sub-bucket must stop counting exactly
+//! one window after its last request (to the millisecond); spread traffic
+//! may be counted at most one sub-bucket late; every reset and retry
+//! instant is exact and at most one window after the decision. Fixed
+//! windows must hold per clock-aligned window and reset exactly on
+//! boundaries.
 
 use proptest::prelude::*;
 
 use super::{Cell, Refusal, WindowSpec};
+
+const MS: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 struct Event {
@@ -22,43 +27,71 @@ fn events(max_gap: u64, max_cost: u64) -> impl Strategy<Value = Vec<Event>> {
     )
 }
 
+/// An admission as the exact log keeps it.
+#[derive(Clone, Copy, Debug)]
+struct Admitted {
+    at: u64,
+    cost: u64,
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn sliding_guarantee_and_bounded_lateness(
-        bucket in 1u64..50,
+    fn sliding_matches_an_exact_log_within_one_bucket(
+        bucket_ms in 1u64..50,
         precision in 1u32..12,
+        shorter in 0u64..3,
         capacity in 1u64..20,
-        start in prop_oneof![0u64..1_000_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
+        start in prop_oneof![0u64..1_000_000_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
+        // Gaps in nanoseconds: mostly whole milliseconds, sometimes not.
         evs in events(120, 6),
+        jitter in prop::collection::vec(prop_oneof![Just(0u64), 0..MS], 200),
     ) {
-        let spec = WindowSpec::sliding_nanos(bucket * u64::from(precision), precision);
-        let window = bucket * u64::from(precision);
+        // The window need not be a multiple of the bucket.
+        let window_ms = (bucket_ms * u64::from(precision)).saturating_sub(shorter).max(1);
+        let spec = WindowSpec::sliding_ms(window_ms, precision);
+        let (b, w) = (spec.bucket_ms() * MS, window_ms * MS);
         let mut cell = Cell::default();
         let mut t = start;
-        let mut admitted: Vec<(u64, u64)> = Vec::new();
-        for e in &evs {
-            t += e.gap;
+        let mut log: Vec<Admitted> = Vec::new();
+        for (n, e) in evs.iter().enumerate() {
+            t += e.gap * MS / 4 + jitter[n];
             let cost = e.cost.min(capacity);
+            let stamp = t.div_ceil(MS) * MS;
+            // The exact log: cost admitted in (t - w, t].
+            let exact: u64 = log.iter().filter(|a| a.at + w > t).map(|a| a.cost).sum();
+            // Cost admitted within one bucket counts exactly one window after
+            // the last of it (its stamp); so the model counts a bucket's cost
+            // while its last stamp + w is after t.
+            let bucket_of = |at: u64| at.div_ceil(MS) * MS / b;
+            let last_of = |k: u64| log.iter().filter(|a| bucket_of(a.at) == k).map(|a| a.at.div_ceil(MS) * MS).max();
+            let model: u64 = log
+                .iter()
+                .filter(|a| last_of(bucket_of(a.at)).unwrap() + w > t)
+                .map(|a| a.cost)
+                .sum();
+            // Never forgets early; at most one bucket late.
+            let widened: u64 = log.iter().filter(|a| a.at + w + b > t).map(|a| a.cost).sum();
+            prop_assert!(exact <= model && model <= widened, "exact {} model {} widened {}", exact, model, widened);
             let before = cell.clone();
             match cell.try_charge(&spec, capacity, t, cost) {
                 Ok((view, _)) => {
-                    admitted.push((t, cost));
-                    prop_assert!(view.used <= capacity);
+                    prop_assert!(model + cost <= capacity, "admitted at {} with {} counted", t, model);
+                    prop_assert_eq!(view.used, model + cost);
+                    log.push(Admitted { at: t, cost });
+                    // Full again exactly one window after this stamp.
+                    prop_assert_eq!(view.reset_at.as_nanos(), stamp + w);
                 }
                 Err((_, Refusal::NeverFits)) => prop_assert!(false, "cost {} fits {}", cost, capacity),
                 Err((view, Refusal::Full { retry_at })) => {
-                    // Bounded lateness: an exact log whose window is one
-                    // bucket longer would refuse this request too.
-                    let lo = t.saturating_sub(window + bucket);
-                    let counted: u64 = admitted.iter().filter(|(at, _)| *at > lo || (lo == 0 && *at == 0)).map(|(_, c)| c).sum();
-                    prop_assert!(counted + cost > capacity,
-                        "refused at {} although only {} counted in the widened window", t, counted);
-                    prop_assert!(view.used + cost > capacity);
-                    // Exact retry time: refused just before, admitted at it.
+                    prop_assert!(model + cost > capacity, "refused at {} with {} counted", t, model);
+                    prop_assert_eq!(view.used, model);
+                    // Within one window of the decision's stamp.
                     let retry_at = retry_at.as_nanos();
-                    prop_assert!(retry_at > t);
+                    prop_assert!(retry_at > t && retry_at <= stamp + w, "retry {} at {}", retry_at, t);
+                    prop_assert!(view.reset_at.as_nanos() <= stamp + w);
+                    // Exact: refused just before it, admitted at it.
                     let mut probe = before.clone();
                     prop_assert!(probe.try_charge(&spec, capacity, retry_at - 1, cost).is_err());
                     let mut probe = before.clone();
@@ -66,30 +99,57 @@ proptest! {
                 }
             }
         }
-        // The hard guarantee: every interval [a, a + window) holds at most
+        // The hard guarantee: every interval [a, a + w) holds at most
         // `capacity`; the worst intervals start at an admission.
-        for (i, &(a, _)) in admitted.iter().enumerate() {
-            let sum: u64 = admitted[i..].iter().take_while(|(at, _)| *at < a + window).map(|(_, c)| c).sum();
-            prop_assert!(sum <= capacity, "{} admitted in [{}, {})", sum, a, a + window);
+        for (i, a) in log.iter().enumerate() {
+            let sum: u64 = log[i..].iter().take_while(|x| x.at < a.at + w).map(|x| x.cost).sum();
+            prop_assert!(sum <= capacity, "{} admitted in [{}, {})", sum, a.at, a.at + w);
         }
     }
 
     #[test]
+    fn a_burst_in_one_bucket_leaves_exactly_one_window_after_its_last_request(
+        bucket_ms in 2u64..1000,
+        precision in 1u32..60,
+        capacity in 1u64..100,
+        start_ms in 1_700_000_000_000u64..1_800_000_000_000,
+        spread in 0u64..1000,
+    ) {
+        let spec = WindowSpec::sliding_ms(bucket_ms * u64::from(precision), precision);
+        let (b, w) = (bucket_ms * MS, bucket_ms * u64::from(precision) * MS);
+        // `capacity` requests within one bucket, the last at `last`.
+        let first = start_ms * MS - (start_ms * MS) % b;
+        let last = first + (spread * MS).min(b - MS);
+        let mut cell = Cell::default();
+        for i in 0..capacity {
+            let at = last - (last - first) * (capacity - 1 - i) / (capacity - 1).max(1);
+            cell.try_charge(&spec, capacity, at, 1).unwrap();
+        }
+        let (_, refusal) = cell.try_charge(&spec, capacity, last, 1).unwrap_err();
+        let Refusal::Full { retry_at } = refusal else { panic!("{refusal:?}") };
+        prop_assert!(retry_at.as_nanos() <= last + w);
+        let mut probe = cell.clone();
+        prop_assert!(probe.try_charge(&spec, capacity, last + w - MS, 1).is_err());
+        prop_assert!(cell.try_charge(&spec, capacity, last + w, capacity).is_ok());
+    }
+
+    #[test]
     fn fixed_windows_hold_and_reset_on_boundaries(
-        len in 1u64..100,
-        offset in -50i64..50,
+        len_ms in 1u64..100,
+        offset_ms in -50i64..50,
         capacity in 1u64..10,
-        start in prop_oneof![0u64..10_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
+        start in prop_oneof![0u64..10_000_000, 1_700_000_000_000_000_000u64..1_800_000_000_000_000_000],
         evs in events(40, 4),
     ) {
-        let spec = WindowSpec::fixed_nanos(len, offset);
+        let spec = WindowSpec::fixed_ms(len_ms, offset_ms);
+        let (len, offset) = (len_ms as i128 * MS as i128, offset_ms as i128 * MS as i128);
         let mut cell = Cell::default();
-        let mut t = start + 100;
-        let mut per_window: std::collections::HashMap<i64, u64> = Default::default();
+        let mut t = start + 100 * MS;
+        let mut per_window: std::collections::HashMap<i128, u64> = Default::default();
         for e in &evs {
-            t += e.gap;
+            t += e.gap * MS / 3;
             let cost = e.cost.min(capacity);
-            let w = (t as i64 + offset).div_euclid(len as i64);
+            let w = (t as i128 + offset).div_euclid(len);
             let used = per_window.get(&w).copied().unwrap_or(0);
             match cell.try_charge(&spec, capacity, t, cost) {
                 Ok(_) => {
@@ -99,7 +159,7 @@ proptest! {
                 Err((_, Refusal::Full { retry_at })) => {
                     // Fixed windows are exact: refused only when full.
                     prop_assert!(used + cost > capacity);
-                    prop_assert_eq!(retry_at.as_nanos() as i64, (w + 1) * len as i64 - offset);
+                    prop_assert_eq!(retry_at.as_nanos() as i128, (w + 1) * len - offset);
                 }
                 Err((_, Refusal::NeverFits)) => prop_assert!(false),
             }
@@ -111,11 +171,11 @@ proptest! {
         capacity in 2u64..20,
         evs in events(30, 3),
     ) {
-        let spec = WindowSpec::sliding_nanos(100, 10);
+        let spec = WindowSpec::sliding_ms(100, 10);
         let mut cell = Cell::default();
-        let mut t = 1000;
+        let mut t = 1000 * MS;
         for e in &evs {
-            t += e.gap;
+            t += e.gap * MS;
             let before = cell.clone();
             if let Ok((_, idx)) = cell.try_charge(&spec, capacity, t, e.cost.min(capacity)) {
                 let mut undone = cell.clone();

@@ -1,10 +1,11 @@
 //! A store written from the crate's public items alone, sharing no code with
-//! the memory store: every counter is an exact log of (bucket index, cost)
-//! charges, and the [`WindowSpec`] helpers say when each stops counting.
+//! the memory store: every counter is a log of charges summed per bucket
+//! index with the bucket's latest stamp, and the [`WindowSpec`] helpers say
+//! when each bucket stops counting.
 //! Both decisions and post-charges are answered at once (the awaited store
 //! covers answers that come later).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tierlimit::clock::Timestamp;
@@ -13,26 +14,39 @@ use tierlimit::store::{
     View, WindowSpec,
 };
 
-type Log = Vec<(u64, u64)>;
+/// Charges summed by bucket index: (latest stamp, cost).
+type Log = BTreeMap<u64, (Timestamp, u64)>;
 
-/// Counters as logs of (bucket index, cost), by (key, tag).
+/// Counters as logs of charges, by (key, tag).
 #[derive(Clone, Debug, Default)]
 pub struct LogStore {
     logs: Arc<Mutex<HashMap<(CounterKey, u16), Log>>>,
 }
 
-/// Cost of `log` still counted at `now`.
-fn counted(log: &Log, w: &WindowSpec, now: Timestamp) -> u64 {
+/// The buckets of `log` still counted at `now`, as (forget instant, cost):
+/// a bucket's cost stops counting at the helper's answer for the latest
+/// stamp charged to it.
+fn live(log: &Log, w: &WindowSpec, now: Timestamp) -> Vec<(Timestamp, u64)> {
     log.iter()
-        .filter(|(idx, _)| w.forget_at(*idx) > now)
-        .map(|(_, c)| c)
-        .sum()
+        .map(|(idx, (last, c))| (w.forget_at(*idx, *last), *c))
+        .filter(|(f, _)| *f > now)
+        .collect()
+}
+
+/// Charges `cost` at `now` (a forgotten bucket is dropped whole first: no
+/// later charge lands in it).
+fn charge(log: &mut Log, w: &WindowSpec, now: Timestamp, cost: u64) {
+    log.retain(|idx, (last, _)| w.forget_at(*idx, *last) > now);
+    let stamp = w.stamp(now);
+    let bucket = log.entry(w.index(now)).or_insert((stamp, 0));
+    bucket.0 = bucket.0.max(stamp);
+    bucket.1 += cost;
 }
 
 fn view(log: &Log, w: &WindowSpec, capacity: u64, now: Timestamp) -> View {
-    let live = log.iter().filter(|(idx, _)| w.forget_at(*idx) > now);
-    let reset = live.map(|(idx, _)| w.forget_at(*idx)).max().unwrap_or(now);
-    View::new(capacity, counted(log, w, now), reset)
+    let live = live(log, w, now);
+    let reset = live.iter().map(|(f, _)| *f).max().unwrap_or(w.stamp(now));
+    View::new(capacity, live.iter().map(|(_, c)| c).sum(), reset)
 }
 
 /// Whether `need` more units fit, and if not, when they will.
@@ -46,23 +60,17 @@ fn fits(
     if need > capacity {
         return Err(Refusal::NeverFits);
     }
-    let used = counted(log, w, now);
+    let mut live = live(log, w, now);
+    let used: u64 = live.iter().map(|(_, c)| c).sum();
     if used + need <= capacity {
         return Ok(());
     }
-    let mut live: Vec<(u64, u64)> = log
-        .iter()
-        .copied()
-        .filter(|(idx, _)| w.forget_at(*idx) > now)
-        .collect();
     live.sort_unstable();
     let mut freed = 0;
-    for (idx, cost) in live {
+    for (at, cost) in live {
         freed += cost;
         if freed >= used + need - capacity {
-            return Err(Refusal::Full {
-                retry_at: w.forget_at(idx),
-            });
+            return Err(Refusal::Full { retry_at: at });
         }
     }
     unreachable!("the live entries add up to `used`")
@@ -75,6 +83,11 @@ impl Store for LogStore {
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let mut logs = self.logs.lock().unwrap();
         let empty = Log::new();
+        // Figures are measured from the decision's stamp.
+        let stamp = batch.limits().next().map(|l| l.window.stamp(now));
+        if let Some(stamp) = stamp {
+            batch.set_decided_at(stamp);
+        }
         // First every verdict, charging nothing.
         let mut i = 0;
         while i < batch.len() {
@@ -116,7 +129,7 @@ impl Store for LogStore {
                     continue;
                 }
                 let log = logs.entry((l.key, l.tag)).or_default();
-                log.push((l.window.index(now), l.charge_cost()));
+                charge(log, &l.window, now, l.charge_cost());
                 let o = *batch.outcome(j).unwrap();
                 batch.record(
                     j,
@@ -131,9 +144,8 @@ impl Store for LogStore {
         let mut logs = self.logs.lock().unwrap();
         for c in charges {
             // The receipt names the counter the store charged at admission.
-            logs.entry((c.receipt.key(), c.limit.tag))
-                .or_default()
-                .push((c.limit.window.index(now), c.cost));
+            let log = logs.entry((c.receipt.key(), c.limit.tag)).or_default();
+            charge(log, &c.limit.window, now, c.cost);
         }
         Answer::Now(Ok(()))
     }
