@@ -52,6 +52,7 @@
 //! | `limit.kind` | `sliding` or `fixed` (clock-aligned) | `sliding` |
 //! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600, each at least 1 ms (see *Sliding windows*) | 30 |
 //! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
+//! | `limit.time_zone` | `fixed` only, feature `tz`: an IANA name (`"Europe/Amsterdam"`) or `"local"` (the server's zone: `TZ`, else `/etc/localtime`, else UTC); windows follow its wall clock across daylight saving changes; not with `utc_offset` | none (UTC) |
 //! | `limit.scope` | identity parts keying the counter: `api_key`, `user`, `tenant`, `ip`, `caller`; `[]` is one global counter | `["caller"]` |
 //! | `limit.cost` | a number (units per request, must fit the capacity), `"requests"`, `"latency"` (ms until the body ends), `{"tokens": "<response header>"}`, `{"error_responses": "500-599"}` | 1 |
 //! | `limit.family` | `qstash` header family: `daily`, `burst`, `chat-requests`, `chat-tokens` | none |
@@ -115,9 +116,30 @@
 //!
 //! # Fixed windows and time zones
 //!
-//! Fixed windows follow a fixed UTC offset (`utc_offset`). Zones with
-//! daylight saving time (IANA names) are not supported: pick the offset in
-//! force, or UTC.
+//! Fixed windows follow UTC, a fixed UTC offset (`utc_offset`), or, with the
+//! `tz` feature, the wall clock of a time zone (`time_zone`): an IANA name
+//! such as `"America/New_York"`, or `"local"` for the server's zone (`TZ`,
+//! else `/etc/localtime`, else UTC). Zones are read from the system's time
+//! zone database, with a copy bundled in the binary for systems that have
+//! none. A limit may not set both, and an unknown zone is refused when the
+//! configuration is built.
+//!
+//! A zoned window resets when the local wall clock crosses a multiple of
+//! its length: a day window at local midnight, an hour window at local
+//! `:00` (also in zones with `:30` or `:45` offsets). Across daylight saving
+//! changes:
+//!
+//! * the day the clocks go forward is 23 hours long, and so is its day
+//!   window; the hour window of the skipped hour is empty;
+//! * the day the clocks go back is 25 hours long, and so is its day window.
+//!   The wall clock repeats an hour; windows never do: the window holding
+//!   the repeated hour lasts until the wall clock first passes its end
+//!   (an hour window there lasts two hours). Windows never come back.
+//!
+//! Several instances sharing counters (Redis) must agree on the zone: name
+//! it rather than using `local` when they may run in different zones. With
+//! Redis, a zoned window's boundary is placed by the deciding instance's
+//! clock.
 //!
 //! A request is checked against its route tier, its plan and the global tier
 //! at once; each limit counts per (tier, limit, scope key), so tiers never
@@ -437,6 +459,10 @@ pub struct Limit {
     /// Fixed windows: the UTC offset whose clock they follow.
     #[serde(default)]
     pub utc_offset: Option<String>,
+    /// Fixed windows: the time zone whose wall clock they follow, an IANA
+    /// name or `local` (feature `tz`). Not together with `utc_offset`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
     /// Identity parts keying the counter.
     #[serde(default = "default_scope")]
     pub scope: Vec<ScopePart>,
@@ -461,6 +487,7 @@ impl Limit {
             kind,
             precision: None,
             utc_offset: None,
+            time_zone: None,
             scope: default_scope(),
             cost: Cost::Requests(1),
             family: None,
@@ -487,6 +514,13 @@ impl Limit {
     /// Sets the UTC offset (`"+HH:MM"`) of a fixed window.
     pub fn utc_offset(mut self, offset: impl Into<String>) -> Self {
         self.utc_offset = Some(offset.into());
+        self
+    }
+
+    /// Sets the time zone of a fixed window: an IANA name
+    /// (`"Europe/Amsterdam"`) or `"local"` (feature `tz`).
+    pub fn time_zone(mut self, zone: impl Into<String>) -> Self {
+        self.time_zone = Some(zone.into());
         self
     }
 

@@ -19,12 +19,22 @@ use tierlimit::store::{
 const MS: u64 = 1_000_000;
 
 fn shape(tag: u16) -> (WindowSpec, u64) {
-    match tag % 3 {
+    match tag % 4 {
         0 => (WindowSpec::sliding(Duration::from_millis(1000), 10), 5),
         1 => (WindowSpec::sliding(Duration::from_millis(5000), 5), 12),
-        _ => (WindowSpec::fixed(Duration::from_millis(2000), 0), 7),
+        2 => (WindowSpec::fixed(Duration::from_millis(2000), 0), 7),
+        // On New York's wall clock, which goes back an hour at START + 20 s:
+        // the window open then lasts until the clock catches up.
+        _ => (
+            WindowSpec::zoned(Duration::from_millis(2000), "America/New_York").unwrap(),
+            6,
+        ),
     }
 }
+
+/// 20 s before New York leaves daylight saving time (1 November 2026,
+/// 06:00 UTC), in Unix ms.
+const START_MS: u64 = 1_793_512_800_000 - 20_000;
 
 /// A request: groups of (key, cost, post); a group of several limits is a
 /// cascade.
@@ -66,7 +76,7 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
             .time(TimeSource::Caller)
             .timeout(Duration::from_secs(2));
         let redis = RedisStore::new(config).unwrap();
-        let mut now = Timestamp::from_nanos(1_700_000_000_000 * MS);
+        let mut now = Timestamp::from_nanos(START_MS * MS);
         for req in reqs {
             now = now + Duration::from_millis(req.gap_ms);
             let mut limits = Vec::new();

@@ -94,7 +94,8 @@ fn the_daily_maximum_of_the_faq() {
         }
     }
     assert_eq!(admitted, 100 * 60 * 24 + 2600 * 24 + 1150);
-    // The daily bucket refreshes at midnight (UTC in the shipped file).
+    // The daily bucket refreshes at midnight (the shipped file says the
+    // server's zone, pinned to UTC by `policy`; see tests/time_zones.rs).
     assert!(!decide(&policy, &store, b"greedy", day + DAY - 1));
     let mut next_day = 0;
     while decide(&policy, &store, b"greedy", day + DAY) {

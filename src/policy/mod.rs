@@ -313,6 +313,9 @@ fn compile_limit(
             if l.utc_offset.is_some() {
                 return Err(err("utc_offset", "applies to fixed windows only".into()));
             }
+            if l.time_zone.is_some() {
+                return Err(err("time_zone", "applies to fixed windows only".into()));
+            }
             let p = l.precision.unwrap_or(DEFAULT_PRECISION);
             if p == 0 || p > MAX_PRECISION {
                 return Err(err(
@@ -332,11 +335,23 @@ fn compile_limit(
             if l.precision.is_some() {
                 return Err(err("precision", "applies to sliding windows only".into()));
             }
-            let offset = match &l.utc_offset {
-                Some(o) => parse_offset(o).map_err(|m| err("utc_offset", m))?,
-                None => 0,
-            };
-            WindowSpec::fixed_ms(window_ms, offset)
+            match (&l.utc_offset, &l.time_zone) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "time_zone",
+                        "set either `time_zone` or `utc_offset`, not both".into(),
+                    ))
+                }
+                (_, Some(name)) => {
+                    let zone = crate::window::lookup_zone(name).map_err(|m| err("time_zone", m))?;
+                    WindowSpec::zoned_ms(window_ms, zone)
+                }
+                (Some(o), None) => WindowSpec::fixed_ms(
+                    window_ms,
+                    parse_offset(o).map_err(|m| err("utc_offset", m))?,
+                ),
+                (None, None) => WindowSpec::fixed_ms(window_ms, 0),
+            }
         }
     };
     let mut seen = Vec::new();
@@ -370,10 +385,18 @@ fn compile_limit(
             h.write_u64(window_ms);
             h.write_u32(reach);
         }
-        Shape::Fixed { len_ms, offset_ms } => {
+        Shape::Fixed {
+            len_ms,
+            offset_ms,
+            zone,
+        } => {
             h.write_u8(4);
             h.write_u64(len_ms);
             h.write_i64(offset_ms);
+            if let Some(z) = zone {
+                h.write(b"zone\0");
+                h.write(z.resolved().as_bytes());
+            }
         }
     }
     for part in &l.scope {

@@ -13,16 +13,21 @@
 -- ARGV[3]  L, the number of limits;  ARGV[4]  C, the number of post-charges
 -- KEYS[1..L]      the counter hash of each limit
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- per limit, 9 values:  tag, bucket, reach, offset, window (0: a fixed
---                       window), capacity, check, charge, cascade group
---                       (0: none)
--- per post-charge, 8:   tag, bucket, reach, offset, window, cost (negative:
---                       given back), when it was measured (microseconds
---                       since the epoch on the caller's clock, or -N for N
---                       microseconds before now), and the bucket index to
---                       charge ("" : the bucket of that instant)
--- bucket, offset and window are milliseconds; a fixed window's bucket is
--- its length.
+-- per limit, 11 values: tag, SHAPE, capacity, check, charge, cascade
+--                       group (0: none)
+-- per post-charge, 10:  tag, SHAPE, cost (negative: given back), when it
+--                       was measured (microseconds since the epoch on the
+--                       caller's clock, or -N for N microseconds before
+--                       now), and the bucket index to charge ("" : the
+--                       bucket of that instant)
+-- SHAPE, 6 values:      bucket, reach, offset, window (0: a fixed window),
+--                       and for a fixed window in a time zone the window
+--                       the caller's clock puts the request in and its end
+--                       (else "" ""): zone rules are the caller's, Lua has
+--                       no time zone database
+-- bucket, offset, window and ends are milliseconds; a fixed window's
+-- bucket is its length. A fixed window's record keeps its end instant
+-- where a sliding bucket keeps its last stamp.
 --
 -- Returns {stamp, admitted, then per limit: verdict, used, reset, retry,
 -- index} (instants in ms). verdict: 0 room, 1 passed (cascade member after
@@ -51,35 +56,57 @@ local function fdiv(a, b)
   return q
 end
 
--- A limit's shape: bucket width, reach, offset, window (0: fixed).
+-- A limit's shape (see SHAPE above): a table.
 local function shape(a)
-  return tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  return {
+    bucket = tonumber(ARGV[a]),
+    reach = tonumber(ARGV[a + 1]),
+    offset = tonumber(ARGV[a + 2]),
+    window = tonumber(ARGV[a + 3]),
+    zidx = tonumber(ARGV[a + 4]),
+    zend = tonumber(ARGV[a + 5]),
+  }
 end
 
 -- The bucket or window of an instant: sliding buckets by stamp, fixed
--- windows by the instant rounded down.
-local function index(s, f, bucket, offset, window)
-  if window > 0 then
-    return fdiv(s, bucket)
+-- windows by the instant rounded down (zoned ones as the caller says).
+local function index(s, f, w)
+  if w.window > 0 then
+    return fdiv(s, w.bucket)
   end
-  return fdiv(f + offset, bucket)
+  if w.zidx then
+    return w.zidx
+  end
+  return fdiv(f + w.offset, w.bucket)
+end
+
+-- The end of fixed window i (0 when only its record knows it).
+local function fend(i, w)
+  if w.zidx then
+    if i == w.zidx then
+      return w.zend
+    end
+    return 0
+  end
+  return (i + 1) * w.bucket - w.offset
 end
 
 -- The latest that the cost of bucket i can stop counting (its key's
 -- expiry covers it).
-local function latest(i, bucket, offset, window)
-  if window > 0 then
-    return (i + 1) * bucket - 1 + window
+local function latest(i, w)
+  if w.window > 0 then
+    return (i + 1) * w.bucket - 1 + w.window
   end
-  return (i + 1) * bucket - offset
+  return fend(i, w)
 end
 
--- When the cost of bucket i, last stamped `last`, stops counting.
-local function forget(i, last, bucket, offset, window)
-  if window > 0 then
-    return last + window
+-- When the cost of bucket i, last stamped `last`, stops counting (a fixed
+-- window's record holds its end).
+local function forget(i, last, w)
+  if w.window > 0 then
+    return last + w.window
   end
-  return (i + 1) * bucket - offset
+  return last
 end
 
 -- A limit's buckets are one string: the total cost it holds, then one
@@ -120,6 +147,9 @@ end
 -- Tags rewritten, by key; and the expiry (ms from now) each key must reach.
 local dirty, expire = {}, {}
 local function extend(key, ms)
+  if ms <= 0 then
+    return
+  end
   if not expire[key] or expire[key] < ms then
     expire[key] = ms
   end
@@ -150,12 +180,15 @@ end
 -- `v` without the buckets that left (see `live`), with `amount` added to
 -- bucket `idx` stamped `s` (a negative amount gives back, never below zero,
 -- and keeps the stamp; a bucket left empty is dropped). Also whether `idx`
--- opened a new newest bucket.
-local function add(v, idx, amount, lo, s, bucket, window)
+-- opened a new newest bucket. A fixed window is stamped with its end.
+local function add(v, idx, amount, lo, s, w)
+  local window, bucket = w.window, w.bucket
   if window > 0 then
     -- The stamp stays inside its bucket (a clock that went back charges
     -- the newest bucket, from its start).
     s = math.min(math.max(s, idx * bucket), (idx + 1) * bucket - 1)
+  else
+    s = fend(idx, w)
   end
   if v == '' then
     if amount > 0 and idx >= lo then
@@ -228,29 +261,30 @@ local function write(key, tag, v)
 end
 
 -- Post-charges first: costs measured after earlier responses.
-local base = 5 + 9 * L
+local LIMIT, POST = 11, 10
+local base = 5 + LIMIT * L
 for c = 1, C do
-  local a = base + 8 * (c - 1)
+  local a = base + POST * (c - 1)
   local key, tag = KEYS[L + c], ARGV[a]
-  local bucket, reach, offset, window = shape(a + 1)
-  local cost = tonumber(ARGV[a + 5])
+  local w = shape(a + 1)
+  local cost = tonumber(ARGV[a + 7])
   local idx
   local s = stamp
-  if ARGV[a + 7] ~= '' then
-    idx = tonumber(ARGV[a + 7])
+  if ARGV[a + 9] ~= '' then
+    idx = tonumber(ARGV[a + 9])
   else
-    local at = tonumber(ARGV[a + 6])
+    local at = tonumber(ARGV[a + 8])
     if at <= 0 then
       at = floor * 1000 + at
     end
     s = math.ceil(at / 1000)
-    idx = index(s, math.floor(at / 1000), bucket, offset, window)
+    idx = index(s, math.floor(at / 1000), w)
   end
-  local lo = index(stamp, floor, bucket, offset, window) - reach
-  local v, opened = add(counters(key)[tag] or '', idx, cost, lo, s, bucket, window)
+  local lo = index(stamp, floor, w) - w.reach
+  local v, opened = add(counters(key)[tag] or '', idx, cost, lo, s, w)
   write(key, tag, v)
   if opened then
-    extend(key, latest(idx, bucket, offset, window) - floor + 1000)
+    extend(key, latest(idx, w) - floor + 1000)
   end
 end
 
@@ -258,11 +292,11 @@ local out = {stamp, 0}
 local admitted = true
 local group, group_room = 0, false
 for i = 1, L do
-  local a = 5 + 9 * (i - 1)
+  local a = 5 + LIMIT * (i - 1)
   local key, tag = KEYS[i], ARGV[a]
-  local bucket, reach, offset, window = shape(a + 1)
-  local cap, check = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local g = tonumber(ARGV[a + 8])
+  local w = shape(a + 1)
+  local cap, check = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+  local g = tonumber(ARGV[a + 10])
   if g ~= group then
     if group ~= 0 and not group_room then
       admitted = false
@@ -270,7 +304,7 @@ for i = 1, L do
     group, group_room = g, false
   end
   local v = counters(key)[tag] or ''
-  local cur = index(stamp, floor, bucket, offset, window)
+  local cur = index(stamp, floor, w)
   if v ~= '' then
     -- A clock that went back counts in the newest bucket.
     local newest = rec(v, size(v))
@@ -278,11 +312,11 @@ for i = 1, L do
       cur = newest
     end
   end
-  local used, first, n = live(v, cur - reach, window)
+  local used, first, n = live(v, cur - w.reach, w.window)
   local reset = stamp
   if first <= n then
     local ni, _, nl = rec(v, n)
-    reset = forget(ni, nl, bucket, offset, window)
+    reset = forget(ni, nl, w)
   end
   local verdict, retry = 0, 0
   if g ~= 0 and group_room then
@@ -297,7 +331,7 @@ for i = 1, L do
     for k = first, n do
       local ri, c, rl = rec(v, k)
       freed = freed + c
-      retry = forget(ri, rl, bucket, offset, window)
+      retry = forget(ri, rl, w)
       if freed >= need then
         break
       end
@@ -317,22 +351,22 @@ end
 
 if admitted then
   for i = 1, L do
-    local a = 5 + 9 * (i - 1)
+    local a = 5 + LIMIT * (i - 1)
     local o = 2 + 5 * (i - 1)
-    local charge = tonumber(ARGV[a + 7])
+    local charge = tonumber(ARGV[a + 9])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
-      local bucket, reach, offset, window = shape(a + 1)
-      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - reach, stamp, bucket, window)
+      local w = shape(a + 1)
+      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - w.reach, stamp, w)
       write(key, tag, v)
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.
       local ni, _, nl = rec(v, size(v))
-      out[o + 3] = forget(ni, nl, bucket, offset, window)
+      out[o + 3] = forget(ni, nl, w)
       if opened then
         -- The key lives a second past the latest its newest bucket can
         -- count (later charges to the bucket need no new expiry).
-        extend(key, latest(cur, bucket, offset, window) - floor + 1000)
+        extend(key, latest(cur, w) - floor + 1000)
       end
     end
   end

@@ -32,6 +32,13 @@
 //! [`TimeSource::Caller`] uses the instant the layer passes instead (its
 //! [`Clock`](crate::clock::Clock)): for tests with a manual clock.
 //!
+//! Fixed windows in a time zone (`time_zone`, feature `tz`) are the
+//! exception: Lua has no time zone rules, so the deciding instance says
+//! which window its own clock puts the request in and when that window
+//! ends. With synchronised clocks that is the same window everywhere; an
+//! instance whose clock is off by `d` moves a zoned window's boundary by
+//! `d` for its own requests.
+//!
 //! # Post-charges
 //!
 //! Costs measured after responses (latency, tokens, error responses) are
@@ -788,6 +795,8 @@ impl Inner {
         // On the caller's clock, a call without a decision (the flusher)
         // takes the newest measurement it carries as "now".
         let now = now.or_else(|| charges.iter().map(|w| w.at).max());
+        // Zoned fixed windows are placed by this clock (Lua has no zones).
+        let caller_now = now.unwrap_or(Timestamp::EPOCH);
         match (self.time, now) {
             (TimeSource::Caller, Some(t)) => cmd
                 .arg(t.as_nanos() / 1_000_000)
@@ -798,7 +807,7 @@ impl Inner {
         for l in batch.limits() {
             let group = l.cascade.map_or(0, u32::from);
             cmd.arg(l.tag);
-            shape_args(&mut cmd, &l.window);
+            shape_args(&mut cmd, &l.window, || l.window.index(caller_now));
             cmd.arg(l.capacity)
                 .arg(l.check_cost())
                 .arg(l.charge_cost())
@@ -813,12 +822,12 @@ impl Inner {
                 _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
             };
             cmd.arg(c.limit.tag);
-            shape_args(&mut cmd, &c.limit.window);
+            shape_args(&mut cmd, &c.limit.window, || c.limit.window.index(w.at));
             cmd.arg(c.cost).arg(at).arg("");
         }
         for g in give_back {
             cmd.arg(g.limit.tag);
-            shape_args(&mut cmd, &g.limit.window);
+            shape_args(&mut cmd, &g.limit.window, || g.index);
             cmd.arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
                 .arg(0)
                 .arg(g.index);
@@ -889,13 +898,20 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 }
 
 /// A window's shape as the script reads it: bucket width, buckets still
-/// counted before the current one, UTC offset, and the window length
-/// (0 for a fixed window); milliseconds.
-fn shape_args(cmd: &mut redis::Cmd, w: &super::WindowSpec) {
+/// counted before the current one, UTC offset, the window length (0 for a
+/// fixed window); for a fixed window in a time zone, the window `index`
+/// gives and its end (the script has no time zone rules); milliseconds.
+fn shape_args(cmd: &mut redis::Cmd, w: &super::WindowSpec, index: impl FnOnce() -> u64) {
     cmd.arg(w.bucket_ms())
         .arg(w.reach())
         .arg(w.offset_ms())
         .arg(if w.is_sliding() { w.window_ms() } else { 0 });
+    if w.zone().is_some() {
+        let i = index();
+        cmd.arg(i).arg(w.end_ms(i));
+    } else {
+        cmd.arg("").arg("");
+    }
 }
 
 /// Reconnects fast (10 to 100 ms apart): the circuit breaker, not the

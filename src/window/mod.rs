@@ -45,7 +45,9 @@
 //!
 //! A fixed window of length `W` with a UTC offset `o` resets whenever
 //! `t + o` crosses a multiple of `W`: a one-minute window at `:00` seconds,
-//! an hour at `:00`, a day at local midnight of that offset.
+//! an hour at `:00`, a day at local midnight of that offset. With a time
+//! zone (feature `tz`), the same on the zone's wall clock, across daylight
+//! saving changes (see `zone.rs`).
 //!
 //! # Memory
 //!
@@ -61,6 +63,11 @@ use crate::clock::Timestamp;
 
 #[cfg(test)]
 mod model_tests;
+mod zone;
+#[cfg(all(test, feature = "tz"))]
+mod zone_tests;
+
+pub(crate) use zone::{lookup as lookup_zone, ZoneRef};
 
 /// Default number of sub-buckets of a sliding window.
 ///
@@ -148,8 +155,11 @@ pub(crate) enum Shape {
     Fixed {
         /// Window length (at least 1).
         len_ms: u64,
-        /// Offset of the local time from UTC (east positive).
+        /// Offset of the local time from UTC (east positive); 0 with a zone.
         offset_ms: i64,
+        /// The time zone whose wall clock the boundaries follow, if any
+        /// (then `offset_ms` is not used).
+        zone: Option<ZoneRef>,
     },
 }
 
@@ -172,6 +182,17 @@ impl WindowSpec {
     /// positive): a day window resets at that offset's midnight.
     pub fn fixed(len: Duration, utc_offset_secs: i32) -> Self {
         Self::fixed_ms(ms(len), i64::from(utc_offset_secs) * 1000)
+    }
+
+    /// A fixed window of length `len` (whole milliseconds, rounded up)
+    /// aligned to the wall clock of a time zone: an IANA name
+    /// (`"Europe/Amsterdam"`) or `"local"`. A day window resets at local
+    /// midnight, also on 23- and 25-hour days (see the `config` module docs,
+    /// *Fixed windows and time zones*). `None` when the zone is unknown, or
+    /// without the `tz` feature.
+    pub fn zoned(len: Duration, time_zone: &str) -> Option<Self> {
+        let zone = lookup_zone(time_zone).ok()?;
+        Some(Self::zoned_ms(ms(len), zone))
     }
 
     /// The bucket (sliding) or window (fixed) a charge at `now` goes to.
@@ -217,6 +238,7 @@ impl WindowSpec {
     pub fn utc_offset_secs(&self) -> Option<i32> {
         match self.0 {
             Shape::Sliding { .. } => None,
+            Shape::Fixed { zone: Some(_), .. } => None,
             Shape::Fixed { offset_ms, .. } => i32::try_from(offset_ms / 1000).ok(),
         }
     }
@@ -246,7 +268,33 @@ impl WindowSpec {
         WindowSpec(Shape::Fixed {
             len_ms: len_ms.max(1),
             offset_ms,
+            zone: None,
         })
+    }
+
+    pub(crate) fn zoned_ms(len_ms: u64, zone: ZoneRef) -> Self {
+        WindowSpec(Shape::Fixed {
+            len_ms: len_ms.max(1),
+            offset_ms: 0,
+            zone: Some(zone),
+        })
+    }
+
+    /// The time zone a fixed window follows (an IANA name, or `local`), when
+    /// it follows one rather than a fixed UTC offset.
+    pub fn time_zone(&self) -> Option<&'static str> {
+        match self.0 {
+            Shape::Fixed { zone: Some(z), .. } => Some(z.name()),
+            _ => None,
+        }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis store's
+    pub(crate) fn zone(&self) -> Option<ZoneRef> {
+        match self.0 {
+            Shape::Fixed { zone, .. } => zone,
+            Shape::Sliding { .. } => None,
+        }
     }
 
     pub(crate) fn bucket_ms(&self) -> u64 {
@@ -264,6 +312,7 @@ impl WindowSpec {
     }
 
     /// The offset fixed windows are aligned to (0 for sliding ones).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis store's
     pub(crate) fn offset_ms(&self) -> i64 {
         match self.0 {
             Shape::Sliding { .. } => 0,
@@ -274,15 +323,28 @@ impl WindowSpec {
     pub(crate) fn index_at(&self, now: u64) -> u64 {
         match self.0 {
             Shape::Sliding { bucket_ms, .. } => ceil_ms(now) / bucket_ms,
-            Shape::Fixed { len_ms, offset_ms } => {
-                Self::fixed_index(len_ms, offset_ms, floor_ms(now))
-            }
+            Shape::Fixed { .. } => self.fixed_index(floor_ms(now)),
         }
     }
 
     /// The millisecond at which window `idx` of a fixed window ends.
-    fn end_ms(len_ms: u64, offset_ms: i64, idx: u64) -> u64 {
-        let end = (i128::from(idx) + 1) * i128::from(len_ms) - i128::from(offset_ms);
+    pub(crate) fn end_ms(&self, idx: u64) -> u64 {
+        let Shape::Fixed {
+            len_ms,
+            offset_ms,
+            zone,
+        } = self.0
+        else {
+            return 0;
+        };
+        let local_end = (i128::from(idx) + 1) * i128::from(len_ms);
+        let end = match zone {
+            None => local_end - i128::from(offset_ms),
+            Some(z) => {
+                let wall = i64::try_from(local_end).unwrap_or(i64::MAX);
+                i128::from(z.instant_of_wall(wall))
+            }
+        };
         u64::try_from(end.max(0)).unwrap_or(u64::MAX)
     }
 
@@ -291,13 +353,26 @@ impl WindowSpec {
     fn forget_ms(&self, idx: u64, last: u64) -> u64 {
         match self.0 {
             Shape::Sliding { window_ms, .. } => last.saturating_add(window_ms),
-            Shape::Fixed { len_ms, offset_ms } => Self::end_ms(len_ms, offset_ms, idx),
+            Shape::Fixed { .. } => self.end_ms(idx),
         }
     }
 
-    /// The fixed window that the millisecond `ms` falls in.
-    fn fixed_index(len_ms: u64, offset_ms: i64, ms: u64) -> u64 {
-        let local = i128::from(ms) + i128::from(offset_ms);
+    /// The fixed window that the millisecond `ms` falls in: the local time
+    /// (in the offset, or on the zone's running wall clock) divided by the
+    /// length.
+    fn fixed_index(&self, ms: u64) -> u64 {
+        let Shape::Fixed {
+            len_ms,
+            offset_ms,
+            zone,
+        } = self.0
+        else {
+            return 0;
+        };
+        let local = match zone {
+            None => i128::from(ms) + i128::from(offset_ms),
+            Some(z) => i128::from(z.wall_ms(i64::try_from(ms).unwrap_or(i64::MAX))),
+        };
         u64::try_from(local.div_euclid(i128::from(len_ms))).unwrap_or(0)
     }
 
@@ -306,7 +381,7 @@ impl WindowSpec {
     fn index_of_last(&self, last: u64) -> u64 {
         match self.0 {
             Shape::Sliding { bucket_ms, .. } => last / bucket_ms,
-            Shape::Fixed { len_ms, offset_ms } => Self::fixed_index(len_ms, offset_ms, last),
+            Shape::Fixed { .. } => self.fixed_index(last),
         }
     }
 }

@@ -229,13 +229,18 @@ pub async fn get_as(app: &Router, key: &str, path: &str) -> Reply {
     .await
 }
 
-/// Loads a shipped policy file.
+/// Loads a shipped policy file. So that no test depends on the zone of the
+/// machine it runs on, a `"time_zone": "local"` is pinned to UTC here
+/// (`tests/time_zones.rs` checks `local` itself, in a child process with
+/// its own `TZ`).
 pub fn policy(name: &str) -> tierlimit::Config {
     let path = format!(
         "{}/examples/policies/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
-    tierlimit::Config::from_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = text.replace(r#""time_zone": "local""#, r#""time_zone": "UTC""#);
+    tierlimit::Config::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// The demo API behind the layer, as the example gateway serves it:
