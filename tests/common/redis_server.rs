@@ -134,13 +134,57 @@ pub struct RedisCluster {
     dir: std::path::PathBuf,
 }
 
+/// A port for a cluster node whose bus port (+10 000) is free too, both
+/// below the ephemeral range (32 768 and up on Linux), so that no outgoing
+/// connection of a test can take either meanwhile.
 fn cluster_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread the starting points of concurrent test processes.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(97);
     loop {
-        let p = free_port();
-        if p <= 55_535 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(seed);
+        let p = 20_000 + k % 2_700;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
             return p;
         }
     }
+}
+
+/// Starts a cluster node in `dir` and waits until it answers; a node that
+/// could not bind its port (taken meanwhile) is started again on another.
+fn start_node(dir: &std::path::Path) -> (Child, u16) {
+    for _ in 0..20 {
+        let port = cluster_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let node = RedisServer { child: None, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if node.ping() {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break; // exited: its port was taken
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {port} did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    panic!("no cluster node could start in 20 tries");
 }
 
 impl RedisCluster {
@@ -172,30 +216,9 @@ impl RedisCluster {
             dir,
         };
         for _ in 0..3 {
-            let port = cluster_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--save", "", "--appendonly", "no"])
-                .current_dir(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
+            let (child, port) = start_node(&cluster.dir);
             cluster.nodes.push(child);
             cluster.ports.push(port);
-        }
-        for &p in &cluster.ports {
-            let node = RedisServer {
-                child: None,
-                port: p,
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !node.ping() {
-                assert!(Instant::now() < deadline, "cluster node {p} did not answer");
-                std::thread::sleep(Duration::from_millis(5));
-            }
         }
         let addrs: Vec<String> = cluster
             .ports
