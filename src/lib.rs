@@ -151,6 +151,8 @@
 //! every client shares the balancer's budget; never list `0.0.0.0/0`, or any
 //! client can pick its own address. See [`identity`].
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod identity;

@@ -1,0 +1,866 @@
+//! The other side of the wire (feature `client`): an HTTP client layer that
+//! waits what rate-limited APIs ask, never wastes a request and never
+//! hammers.
+//!
+//! [`RetryLayer`] wraps any `tower` HTTP client (`Service<http::Request<B>>`,
+//! e.g. hyper-util's); with feature `reqwest`, [`RetryMiddleware`] does the
+//! same for `reqwest-middleware`. Both share one [`RetryPolicy`] and one
+//! state (pacing, retry budget, statistics) across every clone.
+//!
+//! # What it does with a response
+//!
+//! * **429** is retried for any method (the request was not processed);
+//!   **503** for idempotent methods only, unless
+//!   [`RetryPolicy::retry_503`] says otherwise. Everything else is returned
+//!   as is.
+//! * **How long to wait** comes from the response, in every dialect this
+//!   crate and the big APIs send: `Retry-After` (seconds or an HTTP-date),
+//!   `retry-after-ms`, else the reset of the limits reported spent
+//!   (`X-RateLimit-*`, `RateLimit-*`, `Burst-RateLimit-*`,
+//!   `x-ratelimit-*-requests` / `-tokens`, IETF `RateLimit` with `r`/`t`).
+//!   Reset values are told apart safely: at or above 10^12 Unix
+//!   milliseconds, at or above 10^9 Unix seconds, below that a delay in
+//!   seconds; `1m30s` / `12ms` durations are read too. A header wait gets up
+//!   to [`RetryPolicy::jitter`] of itself added (at most 1 s), so a fleet
+//!   does not come back in the same millisecond.
+//! * **When nothing says how long**, it backs off exponentially with full
+//!   jitter: a random wait up to `base × 2^(attempt-1)` (1 s, 2 s, 4 s…,
+//!   at most [`RetryPolicy::backoff`]'s maximum).
+//! * **It gives up** with a typed [`GaveUp`] error carrying the last
+//!   response when: the wait asked for is longer than
+//!   [`RetryPolicy::max_wait`] (default 2 minutes; it fails at once rather
+//!   than sleeping for an hour); retries are exhausted
+//!   ([`RetryPolicy::max_retries`], default 5); the wait would pass the
+//!   [`RetryPolicy::deadline`]; the shared retry budget is spent; or the
+//!   request body cannot be sent again ([`ReplayBody`]).
+//!
+//! # Pacing
+//!
+//! When a response says the caller's budget is spent (a remaining figure of
+//! 0 with a known reset, or a 429), later requests to the same host with
+//! the same credentials (`authorization`, `x-api-key`; see
+//! [`RetryPolicy::key_headers`]) wait until the reset **before** being sent,
+//! instead of earning a 429. Every clone of the layer shares this.
+//!
+//! # Retry budget
+//!
+//! Retries are limited across all clones to a share of the requests
+//! ([`RetryPolicy::budget`]: by default 20 % of requests plus 10 retries a
+//! second), so a fleet of clients cannot turn an outage into a storm.
+//!
+//! # Bodies
+//!
+//! A retried request is sent again with a copy of its body, which only
+//! bodies that are buffered can give: see [`ReplayBody`] (implemented for
+//! `()`, `String`, `Vec<u8>`, `Bytes`, `http_body_util::Full` and `Empty`,
+//! and axum's `Body` when it is empty). A request whose body cannot be
+//! replayed is sent once; if it is refused, the refusal comes back as
+//! [`GiveUpReason::NotReplayable`] with the response as it was.
+//!
+//! # Observability
+//!
+//! Every wait is a `tracing` event (feature `tracing`, target
+//! `tierlimit::client`, DEBUG); with feature `metrics`:
+//! `tierlimit_client_retries_total`, `tierlimit_client_waits_total`
+//! (`cause`: `retry` or `pace`), `tierlimit_client_wait_seconds_total` and
+//! `tierlimit_client_gave_up_total` (`reason`). [`RetryLayer::stats`] has
+//! the same figures.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tierlimit::client::{RetryLayer, RetryPolicy};
+//!
+//! let layer = RetryLayer::new(
+//!     RetryPolicy::default()
+//!         .max_retries(5)
+//!         .max_wait(Duration::from_secs(120))
+//!         .deadline(Duration::from_secs(300)),
+//! );
+//! // let client = tower::ServiceBuilder::new().layer(layer).service(hyper_client);
+//! # let _ = layer;
+//! ```
+
+mod headers;
+#[cfg(feature = "reqwest")]
+mod reqwest;
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::clock::{Clock, SystemClock};
+
+pub use headers::{Advice, MAX_FIGURE};
+#[cfg(feature = "reqwest")]
+pub use reqwest::RetryMiddleware;
+
+/// Which 503 responses are retried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retry503 {
+    /// Only for idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE): the server may have done part of the work.
+    #[default]
+    Idempotent,
+    /// For every method.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// How retries share a budget: at most `ratio` of the requests, plus
+/// `min_per_sec` retries a second (at most ten seconds' worth saved up).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBudget {
+    /// Retries earned by each request (0.2: one retry per five requests).
+    pub ratio: f64,
+    /// Retries always allowed per second, whatever the ratio.
+    pub min_per_sec: f64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.2,
+            min_per_sec: 10.0,
+        }
+    }
+}
+
+/// How the client retries and paces itself.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    max_wait: Duration,
+    deadline: Option<Duration>,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    jitter: f64,
+    retry_503: Retry503,
+    budget: Option<RetryBudget>,
+    pacing: bool,
+    key_headers: Vec<HeaderName>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            max_wait: Duration::from_secs(120),
+            deadline: None,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            jitter: 0.1,
+            retry_503: Retry503::Idempotent,
+            budget: Some(RetryBudget::default()),
+            pacing: true,
+            key_headers: vec![
+                http::header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Retries after the first attempt (default 5, as the seeds' samples).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The longest wait the client accepts (default 2 minutes); a response
+    /// asking for longer fails at once with [`GiveUpReason::WaitTooLong`].
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// The longest a call may take, waits included (default: none).
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// Exponential backoff when no header says how long: a random wait up
+    /// to `base × 2^(attempt-1)`, at most `max` (default 1 s and 60 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max.max(base);
+        self
+    }
+
+    /// The share of a header's wait added at random (0 ..= 1, default 0.1;
+    /// never more than 1 s).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// Which 503 responses are retried (default: idempotent methods).
+    pub fn retry_503(mut self, which: Retry503) -> Self {
+        self.retry_503 = which;
+        self
+    }
+
+    /// The retry budget shared by every clone (`None`: unlimited).
+    pub fn budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Whether requests wait for a spent budget's reset before being sent
+    /// (default on).
+    pub fn pacing(mut self, on: bool) -> Self {
+        self.pacing = on;
+        self
+    }
+
+    /// Request headers that tell callers apart for pacing (default
+    /// `authorization` and `x-api-key`; with none, one pace per host).
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.key_headers = names.into_iter().collect();
+        self
+    }
+}
+
+/// Why the client gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The response (or the pace of earlier ones) asked for a wait longer
+    /// than [`RetryPolicy::max_wait`].
+    WaitTooLong {
+        /// The wait asked for.
+        asked: Duration,
+    },
+    /// Every retry was used and the last answer still said "later".
+    RetriesExhausted,
+    /// Waiting would pass the call's deadline.
+    Deadline {
+        /// The wait asked for.
+        asked: Duration,
+    },
+    /// The retry budget shared by every clone is spent.
+    BudgetSpent,
+    /// The request body cannot be sent twice (see [`ReplayBody`]).
+    NotReplayable,
+}
+
+impl GiveUpReason {
+    /// A short label (`wait_too_long`, `retries_exhausted`, `deadline`,
+    /// `budget`, `not_replayable`), as in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            GiveUpReason::WaitTooLong { .. } => "wait_too_long",
+            GiveUpReason::RetriesExhausted => "retries_exhausted",
+            GiveUpReason::Deadline { .. } => "deadline",
+            GiveUpReason::BudgetSpent => "budget",
+            GiveUpReason::NotReplayable => "not_replayable",
+        }
+    }
+}
+
+/// The client gave up: why, after how many attempts, and the last response
+/// (none when it gave up before sending, pacing on an earlier one).
+pub struct GaveUp<B> {
+    /// Why.
+    pub reason: GiveUpReason,
+    /// Requests sent.
+    pub attempts: u32,
+    /// The last response, as it came.
+    pub response: Option<Response<B>>,
+}
+
+impl<B> fmt::Debug for GaveUp<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GaveUp")
+            .field("reason", &self.reason)
+            .field("attempts", &self.attempts)
+            .field("status", &self.response.as_ref().map(|r| r.status()))
+            .finish()
+    }
+}
+
+impl<B> fmt::Display for GaveUp<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gave up after {} attempt(s): ", self.attempts)?;
+        match self.reason {
+            GiveUpReason::WaitTooLong { asked } => {
+                write!(f, "the server asked to wait {asked:?}, longer than allowed")
+            }
+            GiveUpReason::RetriesExhausted => write!(f, "every retry was refused"),
+            GiveUpReason::Deadline { asked } => {
+                write!(f, "waiting {asked:?} would pass the deadline")
+            }
+            GiveUpReason::BudgetSpent => write!(f, "the retry budget is spent"),
+            GiveUpReason::NotReplayable => {
+                write!(f, "the request body cannot be sent again")
+            }
+        }?;
+        if let Some(r) = &self.response {
+            write!(f, " (last status {})", r.status())?;
+        }
+        Ok(())
+    }
+}
+
+impl<B> std::error::Error for GaveUp<B> {}
+
+/// The error of a [`RetryClient`]: the inner client's, or a give-up.
+pub enum ClientError<E, B> {
+    /// The inner client failed (connection, timeout...): not retried here.
+    Inner(E),
+    /// Rate limited, and the client gave up.
+    GaveUp(GaveUp<B>),
+}
+
+impl<E: fmt::Debug, B> fmt::Debug for ClientError<E, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Inner(e) => f.debug_tuple("Inner").field(e).finish(),
+            ClientError::GaveUp(g) => f.debug_tuple("GaveUp").field(g).finish(),
+        }
+    }
+}
+
+impl<E: fmt::Display, B> fmt::Display for ClientError<E, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Inner(e) => e.fmt(f),
+            ClientError::GaveUp(g) => g.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static, B: 'static> std::error::Error for ClientError<E, B> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Inner(e) => Some(e),
+            ClientError::GaveUp(g) => Some(g),
+        }
+    }
+}
+
+/// A request body that can be sent again: `replay` gives a copy when the
+/// body is buffered, `None` when it is a stream that can be read once.
+pub trait ReplayBody: Sized {
+    /// A copy of the body to send again, if it can be had.
+    fn replay(&self) -> Option<Self>;
+}
+
+macro_rules! replay_by_clone {
+    ($($t:ty),*) => {$(
+        impl ReplayBody for $t {
+            fn replay(&self) -> Option<Self> {
+                Some(self.clone())
+            }
+        }
+    )*};
+}
+
+replay_by_clone!((), String, Vec<u8>, Bytes);
+
+impl<D: bytes::Buf + Clone> ReplayBody for http_body_util::Full<D> {
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D> ReplayBody for http_body_util::Empty<D> {
+    fn replay(&self) -> Option<Self> {
+        Some(http_body_util::Empty::new())
+    }
+}
+
+#[cfg(feature = "axum")]
+impl ReplayBody for axum::body::Body {
+    /// An empty body is replayed; any other is a stream read once.
+    fn replay(&self) -> Option<Self> {
+        use http_body::Body as _;
+        (self.size_hint().exact() == Some(0)).then(axum::body::Body::empty)
+    }
+}
+
+/// Counters of everything the client did (shared by every clone).
+#[derive(Debug, Default)]
+pub struct Stats {
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    refusals: AtomicU64,
+    waits: AtomicU64,
+    waited_ns: AtomicU64,
+    gave_up: AtomicU64,
+}
+
+/// A copy of the [`Stats`] figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Requests sent (first attempts and retries).
+    pub attempts: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// 429 and retryable 503 responses seen.
+    pub refusals: u64,
+    /// Waits (before a retry, or pacing before a send).
+    pub waits: u64,
+    /// Total time waited.
+    pub waited: Duration,
+    /// Calls given up.
+    pub gave_up: u64,
+}
+
+impl Stats {
+    /// The figures now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            refusals: self.refusals.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            waited: Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            gave_up: self.gave_up.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What to do after a response.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// Hand the response to the caller.
+    Done,
+    /// Send again after this wait.
+    Retry(Duration),
+    /// Stop, for this reason.
+    GiveUp(GiveUpReason),
+}
+
+/// Pacing entries kept before expired ones are swept.
+const PACE_SWEEP_AT: usize = 4096;
+
+/// The state every clone shares.
+pub(crate) struct Shared {
+    policy: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    /// Until when requests of a (host, credentials) key wait.
+    pace: DashMap<u64, Instant>,
+    /// Retry budget: (tokens, last refill).
+    budget: Mutex<(f64, Instant)>,
+    stats: Stats,
+    hasher: RandomState,
+    rng: AtomicU64,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("policy", &self.policy)
+            .field("paced_keys", &self.pace.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl Shared {
+    fn new(policy: RetryPolicy, clock: Arc<dyn Clock>) -> Self {
+        let hasher = RandomState::new();
+        let seed = hasher.hash_one(0x7469_6572_6c69_6d69u64) | 1;
+        let burst = policy.budget.map_or(0.0, |b| b.min_per_sec);
+        Shared {
+            policy,
+            clock,
+            pace: DashMap::new(),
+            budget: Mutex::new((burst, Instant::now())),
+            stats: Stats::default(),
+            hasher,
+            rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// A uniform random number in [0, 1) (splitmix64 over a shared counter).
+    fn random(&self) -> f64 {
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The pacing key of a request: its host and credentials.
+    pub(crate) fn key(&self, authority: Option<&str>, headers: &HeaderMap) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        authority.hash(&mut h);
+        for name in &self.policy.key_headers {
+            for v in headers.get_all(name) {
+                v.as_bytes().hash(&mut h);
+            }
+            0xffu8.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// A first attempt: counts it and earns retry budget.
+    pub(crate) fn begin(&self) {
+        if let Some(b) = self.policy.budget {
+            if let Ok(mut s) = self.budget.lock() {
+                s.0 = (s.0 + b.ratio).min(b.min_per_sec.max(1.0) * 10.0);
+            }
+        }
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    fn withdraw(&self) -> bool {
+        let Some(b) = self.policy.budget else {
+            return true;
+        };
+        let Ok(mut s) = self.budget.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(s.1).as_secs_f64() * b.min_per_sec;
+        let cap = b.min_per_sec.max(1.0) * 10.0;
+        s.0 = (s.0 + refill).min(cap);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long a request with this key must wait before being sent.
+    pub(crate) fn pace_wait(&self, key: u64) -> Option<Duration> {
+        if !self.policy.pacing {
+            return None;
+        }
+        let until = *self.pace.get(&key)?;
+        let wait = until.saturating_duration_since(Instant::now());
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    fn pace_until(&self, key: u64, wait: Duration) {
+        if !self.policy.pacing {
+            return;
+        }
+        let now = Instant::now();
+        let Some(until) = now.checked_add(wait) else {
+            return;
+        };
+        if self.pace.len() >= PACE_SWEEP_AT {
+            self.pace.retain(|_, u| *u > now);
+        }
+        self.pace
+            .entry(key)
+            .and_modify(|u| *u = (*u).max(until))
+            .or_insert(until);
+    }
+
+    /// Checks a wait against the cap and the deadline.
+    pub(crate) fn admissible(&self, wait: Duration, started: Instant) -> Result<(), GiveUpReason> {
+        if wait > self.policy.max_wait {
+            return Err(GiveUpReason::WaitTooLong { asked: wait });
+        }
+        if let Some(deadline) = self.policy.deadline {
+            if started.elapsed().saturating_add(wait) > deadline {
+                return Err(GiveUpReason::Deadline { asked: wait });
+            }
+        }
+        Ok(())
+    }
+
+    /// What to do after response number `attempt` (from 1) of a call that
+    /// started at `started`.
+    pub(crate) fn after(
+        &self,
+        key: u64,
+        method: &Method,
+        status: StatusCode,
+        headers: &HeaderMap,
+        attempt: u32,
+        started: Instant,
+    ) -> Step {
+        let advice = Advice::read(headers, self.clock.now().to_system_time());
+        // Pace later requests when a budget is reported spent.
+        if let Some(reset) = advice.spent.iter().flatten().max() {
+            if !reset.is_zero() {
+                self.pace_until(key, *reset);
+            }
+        }
+        let retryable = status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE
+                && match self.policy.retry_503 {
+                    Retry503::Always => true,
+                    Retry503::Idempotent => idempotent(method),
+                    Retry503::Never => false,
+                });
+        if !retryable {
+            return Step::Done;
+        }
+        self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+        let asked = advice.wait();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(w) = asked {
+                self.pace_until(key, w);
+            }
+        }
+        if attempt > self.policy.max_retries {
+            return Step::GiveUp(GiveUpReason::RetriesExhausted);
+        }
+        let wait = match asked {
+            Some(w) => {
+                if let Err(r) = self.admissible(w, started) {
+                    return Step::GiveUp(r);
+                }
+                let extra = (w.as_secs_f64() * self.policy.jitter).min(1.0) * self.random();
+                w + Duration::from_secs_f64(extra)
+            }
+            None => {
+                let exp = 2f64.powi(attempt.saturating_sub(1).min(62) as i32);
+                let top = (self.policy.backoff_base.as_secs_f64() * exp)
+                    .min(self.policy.backoff_max.as_secs_f64());
+                Duration::from_secs_f64(top * self.random())
+            }
+        };
+        if let Err(r) = self.admissible(wait, started) {
+            return Step::GiveUp(r);
+        }
+        if !self.withdraw() {
+            return Step::GiveUp(GiveUpReason::BudgetSpent);
+        }
+        Step::Retry(wait)
+    }
+
+    /// Counts a give-up.
+    pub(crate) fn gave_up(&self, reason: GiveUpReason) {
+        self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tierlimit_client_gave_up_total", "reason" => reason.label())
+            .increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: "tierlimit::client", reason = reason.label(), "gave up");
+        let _ = reason;
+    }
+
+    /// Counts a request sent.
+    pub(crate) fn sent(&self, retry: bool) {
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        if retry {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::counter!("tierlimit_client_retries_total").increment(1);
+        }
+    }
+
+    /// Waits `d` (a retry's wait, or pacing), counted.
+    pub(crate) async fn wait(&self, d: Duration, cause: &'static str) {
+        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        self.stats.waited_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("tierlimit_client_waits_total", "cause" => cause).increment(1);
+            metrics::counter!("tierlimit_client_wait_seconds_total", "cause" => cause)
+                .increment(d.as_secs());
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: "tierlimit::client", cause, wait_ms = d.as_millis() as u64, "waiting");
+        let _ = cause;
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// The client layer: wraps an HTTP client service in a [`RetryClient`].
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl RetryLayer {
+    /// A layer with `policy`, reading Unix timestamps and HTTP-dates against
+    /// the system clock.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self::with_clock(policy, SystemClock)
+    }
+
+    /// A layer whose wall clock (for HTTP-dates and Unix timestamps in
+    /// headers) is `clock`; waits use tokio's clock, so tests can pause it.
+    pub fn with_clock(policy: RetryPolicy, clock: impl Clock) -> Self {
+        RetryLayer {
+            shared: Arc::new(Shared::new(policy, Arc::new(clock))),
+        }
+    }
+
+    /// What the client did so far, over every clone.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new(RetryPolicy::default())
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryClient<S>;
+
+    fn layer(&self, inner: S) -> RetryClient<S> {
+        RetryClient {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// An HTTP client that waits and retries as rate-limited APIs ask (see the
+/// [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct RetryClient<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> RetryClient<S> {
+    /// What the client did so far, over every clone.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for RetryClient<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: ReplayBody + Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = ClientError<S::Error, RB>;
+    type Future = BoxFuture<Result<Response<RB>, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(ClientError::Inner)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready service takes this call; the clone serves the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(run(shared, inner, req))
+    }
+}
+
+async fn run<S, B, RB>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<B>,
+) -> Result<Response<RB>, ClientError<S::Error, RB>>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    B: ReplayBody,
+{
+    let started = Instant::now();
+    let key = shared.key(req.uri().authority().map(|a| a.as_str()), req.headers());
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut attempt = 0u32;
+    let mut first = true;
+    shared.begin();
+    loop {
+        if let Some(wait) = shared.pace_wait(key) {
+            if let Err(reason) = shared.admissible(wait, started) {
+                shared.gave_up(reason);
+                return Err(ClientError::GaveUp(GaveUp {
+                    reason,
+                    attempts: attempt,
+                    response: None,
+                }));
+            }
+            shared.wait(wait, "pace").await;
+        }
+        let Some(this) = body.take() else {
+            unreachable!("a body is kept for every attempt that is sent");
+        };
+        let again = this.replay();
+        if !first {
+            std::future::poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .map_err(ClientError::Inner)?;
+        }
+        shared.sent(!first);
+        first = false;
+        let resp = inner
+            .call(Request::from_parts(parts.clone(), this))
+            .await
+            .map_err(ClientError::Inner)?;
+        attempt += 1;
+        let step = shared.after(
+            key,
+            &parts.method,
+            resp.status(),
+            resp.headers(),
+            attempt,
+            started,
+        );
+        let reason = match step {
+            Step::Done => return Ok(resp),
+            Step::Retry(wait) => match again {
+                Some(b) => {
+                    body = Some(b);
+                    shared.wait(wait, "retry").await;
+                    continue;
+                }
+                None => GiveUpReason::NotReplayable,
+            },
+            Step::GiveUp(reason) => reason,
+        };
+        shared.gave_up(reason);
+        return Err(ClientError::GaveUp(GaveUp {
+            reason,
+            attempts: attempt,
+            response: Some(resp),
+        }));
+    }
+}

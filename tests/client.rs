@@ -1,0 +1,600 @@
+//! The client layer (`tierlimit::client`): against the example gateway's
+//! five vendor policies in-process on tokio's paused clock, every give-up
+//! path against a scripted server, and the `reqwest` middleware against a
+//! real socket.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tierlimit::client::{ClientError, GiveUpReason, Retry503, RetryLayer, RetryPolicy};
+use tierlimit::clock::{Clock, Timestamp};
+use tierlimit::RateLimitLayer;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// A wall clock that follows tokio's (paused) clock from `T0`, so that the
+/// gateway's Unix timestamps and the client's waits agree.
+#[derive(Clone, Debug)]
+struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    fn new() -> Self {
+        TokioClock {
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_secs(common::T0) + self.start.elapsed()
+    }
+}
+
+/// The example gateway's demo API behind `policy`, on `clock`: identity
+/// headers `x-user-id` / `x-tenant-id` become extensions.
+fn gateway(policy: &str, clock: &TokioClock) -> Router {
+    use axum::middleware::{self, Next};
+    use tierlimit::identity::{ClientAddr, TenantId, UserId};
+    let layer = RateLimitLayer::builder(common::policy(policy).build().unwrap())
+        .clock(clock.clone())
+        .build();
+    let auth = |mut req: Request<Body>, next: Next| async move {
+        let (user, tenant) = {
+            let h = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (h("x-user-id"), h("x-tenant-id"))
+        };
+        if let Some(u) = user {
+            req.extensions_mut().insert(UserId(u));
+        }
+        if let Some(t) = tenant {
+            req.extensions_mut().insert(TenantId(t));
+        }
+        req.extensions_mut()
+            .insert(ClientAddr(([127, 0, 0, 1], 40000).into()));
+        next.run(req).await
+    };
+    Router::new()
+        .fallback(axum::routing::any(|| async { "{\"ok\":true}" }))
+        .layer(layer)
+        .layer(middleware::from_fn(auth))
+}
+
+struct Scenario {
+    policy: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    requests: u32,
+    /// The time the limits need for all of them when the client paces
+    /// itself by the headers, and when it only waits out 429s.
+    paced: Duration,
+    unpaced: Duration,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    // 60 a minute (sliding): 150 requests need two more minutes.
+    Scenario {
+        policy: "qarion",
+        method: "GET",
+        path: "/api/datasets",
+        headers: &[("x-api-key", "k")],
+        requests: 150,
+        paced: Duration::from_secs(120),
+        unpaced: Duration::from_secs(120),
+    },
+    // 100 a minute and 1000 an hour.
+    Scenario {
+        policy: "gather",
+        method: "GET",
+        path: "/qsi/gather/questions",
+        headers: &[("x-api-key", "k")],
+        requests: 250,
+        paced: Duration::from_secs(120),
+        unpaced: Duration::from_secs(120),
+    },
+    // 100 a second (burst, 100 ms buckets).
+    Scenario {
+        policy: "qstash",
+        method: "GET",
+        path: "/v2/messages/m1",
+        headers: &[("authorization", "Bearer k")],
+        requests: 350,
+        paced: Duration::from_secs(3),
+        unpaced: Duration::from_secs(3),
+    },
+    // A cascade of fixed buckets, minute (100) first: the headers report the
+    // bucket drawn from, so a pacing client waits for each new minute
+    // although the hour bucket has room (see `RetryPolicy::pacing`).
+    Scenario {
+        policy: "dataapi",
+        method: "GET",
+        path: "/data/items",
+        headers: &[("x-api-key", "k")],
+        requests: 250,
+        paced: Duration::from_secs(120),
+        // The cascade serves all 250 at once from the hour bucket.
+        unpaced: Duration::ZERO,
+    },
+    // The reloads endpoint: 10 a minute per user.
+    Scenario {
+        policy: "qlik",
+        method: "POST",
+        path: "/api/v1/reloads",
+        headers: &[("x-tenant-id", "acme"), ("x-user-id", "alice")],
+        requests: 25,
+        paced: Duration::from_secs(120),
+        unpaced: Duration::from_secs(120),
+    },
+];
+
+fn request(s: &Scenario) -> Request<Body> {
+    let mut b = Request::builder().method(s.method).uri(s.path);
+    for (k, v) in s.headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// Runs `s` through a client with `policy`; returns (429s seen, time
+/// waited, time taken).
+async fn run(s: &Scenario, policy: RetryPolicy) -> (u64, Duration, Duration) {
+    let clock = TokioClock::new();
+    let layer = RetryLayer::with_clock(policy, clock.clone());
+    let mut client = layer.layer(gateway(s.policy, &clock));
+    let start = tokio::time::Instant::now();
+    for i in 0..s.requests {
+        let resp = ServiceExt::<Request<Body>>::ready(&mut client)
+            .await
+            .unwrap()
+            .call(request(s))
+            .await
+            .unwrap_or_else(|e| panic!("{}: request {i}: {e}", s.policy));
+        assert_eq!(resp.status(), StatusCode::OK, "{}: request {i}", s.policy);
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.gave_up, 0);
+    assert_eq!(stats.attempts, u64::from(s.requests) + stats.retries);
+    (stats.refusals, stats.waited, start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_vendor_policy_is_waited_out_without_a_request_given_up() {
+    for s in SCENARIOS {
+        // Pacing on: the client waits for the reset the headers announce
+        // before it is refused.
+        let (refusals, waited, took) = run(s, RetryPolicy::default()).await;
+        assert!(refusals <= 1, "{}: {refusals} 429s with pacing", s.policy);
+        within(s.policy, waited, s.paced);
+        // Time passes only in waits (tokio's timer rounds each up to 1 ms).
+        assert!(
+            took >= waited && took - waited < Duration::from_millis(50),
+            "{}: took {took:?}, waited {waited:?}",
+            s.policy
+        );
+
+        // Pacing off: one 429 per window crossed, each waited out.
+        let (refusals, waited, _) = run(s, RetryPolicy::default().pacing(false)).await;
+        if s.unpaced.is_zero() {
+            assert_eq!(refusals, 0, "{}", s.policy);
+        } else {
+            assert!(
+                (1..=3).contains(&refusals),
+                "{}: {refusals} 429s without pacing",
+                s.policy
+            );
+        }
+        within(s.policy, waited, s.unpaced);
+    }
+}
+
+/// Exactly what the headers asked, plus jitter (at most 10 % of each wait,
+/// and 1 s): never less than the limits need.
+fn within(policy: &str, waited: Duration, ideal: Duration) {
+    assert!(waited >= ideal, "{policy}: waited {waited:?} < {ideal:?}");
+    assert!(
+        waited <= ideal.mul_f64(1.1) + Duration::from_secs(1),
+        "{policy}: waited {waited:?} for {ideal:?}"
+    );
+}
+
+/// A server answering from a script: (status, headers) per request, the
+/// last one repeated; counts requests.
+#[derive(Clone)]
+struct Scripted {
+    script: Arc<Vec<(u16, Vec<(&'static str, String)>)>>,
+    seen: Arc<AtomicU32>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Scripted {
+    fn new(script: Vec<(u16, Vec<(&'static str, String)>)>) -> Self {
+        Scripted {
+            script: Arc::new(script),
+            seen: Arc::default(),
+            bodies: Arc::default(),
+        }
+    }
+
+    fn service<B>(
+        &self,
+    ) -> impl Service<
+        Request<B>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Debug,
+    {
+        let me = self.clone();
+        service_fn(move |req: Request<B>| {
+            let me = me.clone();
+            async move {
+                let n = me.seen.fetch_add(1, Ordering::SeqCst) as usize;
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                me.bodies.lock().unwrap().push(body);
+                let (status, headers) = &me.script[n.min(me.script.len() - 1)];
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+                *resp.status_mut() = StatusCode::from_u16(*status).unwrap();
+                for (k, v) in headers {
+                    resp.headers_mut().insert(*k, v.parse().unwrap());
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    }
+}
+
+/// The give-up of a client whose inner service cannot fail.
+fn gave_up<B>(err: ClientError<Infallible, B>) -> tierlimit::client::GaveUp<B> {
+    match err {
+        ClientError::GaveUp(g) => g,
+        ClientError::Inner(never) => match never {},
+    }
+}
+
+fn refuse(retry_after: &str) -> (u16, Vec<(&'static str, String)>) {
+    (429, vec![("retry-after", retry_after.to_owned())])
+}
+
+fn ok() -> (u16, Vec<(&'static str, String)>) {
+    (200, vec![])
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("http://api.test/x")
+        .header("x-api-key", "k")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_is_waited_out_exactly_as_asked() {
+    let server = Scripted::new(vec![refuse("7"), ok()]);
+    let layer = RetryLayer::new(RetryPolicy::default().jitter(0.0));
+    let client = layer.layer(server.service());
+    let start = tokio::time::Instant::now();
+    let resp = client.oneshot(get()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(7));
+    assert_eq!(server.seen.load(Ordering::SeqCst), 2);
+    let stats = layer.stats();
+    assert_eq!((stats.retries, stats.refusals, stats.waits), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_past_the_cap_fails_at_once_with_what_was_asked() {
+    let server = Scripted::new(vec![refuse("3600")]);
+    let client = RetryLayer::default().layer(server.service());
+    let start = tokio::time::Instant::now();
+    let err = client.oneshot(get()).await.unwrap_err();
+    let g = gave_up(err);
+    assert_eq!(
+        g.reason,
+        GiveUpReason::WaitTooLong {
+            asked: Duration::from_secs(3600)
+        }
+    );
+    assert_eq!(g.attempts, 1);
+    assert_eq!(g.response.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(start.elapsed(), Duration::ZERO, "no waiting for a give-up");
+    // An epoch reset mistaken for a delay would be 1.7 billion seconds; read
+    // as a timestamp it is 30 s.
+    let clock = TokioClock::new();
+    let server = Scripted::new(vec![
+        (
+            429,
+            vec![
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", (common::T0 + 30).to_string()),
+            ],
+        ),
+        ok(),
+    ]);
+    let client =
+        RetryLayer::with_clock(RetryPolicy::default().jitter(0.0), clock).layer(server.service());
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        client.oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_bounded() {
+    let server = Scripted::new(vec![refuse("1")]);
+    let layer = RetryLayer::new(RetryPolicy::default().max_retries(5));
+    let err = layer
+        .layer(server.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    let g = gave_up(err);
+    assert_eq!(g.reason, GiveUpReason::RetriesExhausted);
+    assert_eq!(g.attempts, 6);
+    assert_eq!(server.seen.load(Ordering::SeqCst), 6);
+    assert_eq!(layer.stats().gave_up, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_never_passed() {
+    let server = Scripted::new(vec![refuse("10")]);
+    let client = RetryLayer::new(
+        RetryPolicy::default()
+            .jitter(0.0)
+            .deadline(Duration::from_secs(25)),
+    )
+    .layer(server.service());
+    let start = tokio::time::Instant::now();
+    let err = client.oneshot(get()).await.unwrap_err();
+    let g = gave_up(err);
+    // Waits at 0 s and 10 s fit; the one at 20 s would end at 30 s.
+    assert_eq!(
+        g.reason,
+        GiveUpReason::Deadline {
+            asked: Duration::from_secs(10)
+        }
+    );
+    assert_eq!(g.attempts, 3);
+    assert_eq!(start.elapsed(), Duration::from_secs(20));
+}
+
+/// A request body that can be read once.
+struct Once(Option<Bytes>);
+
+impl http_body::Body for Once {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+impl tierlimit::client::ReplayBody for Once {
+    fn replay(&self) -> Option<Self> {
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_cannot_be_replayed_is_sent_once() {
+    let server = Scripted::new(vec![refuse("1"), ok()]);
+    let client = RetryLayer::default().layer(server.service());
+    let req = Request::post("http://api.test/upload")
+        .body(Once(Some(Bytes::from_static(b"stream"))))
+        .unwrap();
+    let err = client.oneshot(req).await.unwrap_err();
+    let g = gave_up(err);
+    assert_eq!(g.reason, GiveUpReason::NotReplayable);
+    assert_eq!(g.response.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(server.seen.load(Ordering::SeqCst), 1);
+    // A buffered body is sent again, whole.
+    let server = Scripted::new(vec![refuse("1"), ok()]);
+    let client = RetryLayer::default().layer(server.service());
+    let req = Request::post("http://api.test/upload")
+        .body(Full::new(Bytes::from_static(b"buffered")))
+        .unwrap();
+    assert_eq!(client.oneshot(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        *server.bodies.lock().unwrap(),
+        vec![Bytes::from_static(b"buffered"); 2]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_is_retried_for_idempotent_methods_only() {
+    let unavailable = (503, vec![("retry-after", "2".to_owned())]);
+    let server = Scripted::new(vec![unavailable.clone(), ok()]);
+    let client = RetryLayer::default().layer(server.service());
+    assert_eq!(
+        client.oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // POST: returned as is.
+    let server = Scripted::new(vec![unavailable.clone(), ok()]);
+    let client = RetryLayer::default().layer(server.service());
+    let post = Request::post("http://api.test/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.oneshot(post).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.seen.load(Ordering::SeqCst), 1);
+    // Unless configured.
+    let server = Scripted::new(vec![unavailable, ok()]);
+    let client =
+        RetryLayer::new(RetryPolicy::default().retry_503(Retry503::Always)).layer(server.service());
+    let post = Request::post("http://api.test/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.oneshot(post).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_header_it_backs_off_exponentially_with_full_jitter() {
+    let server = Scripted::new(vec![(429, vec![])]);
+    let client =
+        RetryLayer::new(RetryPolicy::default().max_retries(4).budget(None)).layer(server.service());
+    let start = tokio::time::Instant::now();
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        ClientError::GaveUp(ref g) if g.reason == GiveUpReason::RetriesExhausted
+    ));
+    // Waits of at most 1, 2, 4 and 8 s.
+    assert!(
+        start.elapsed() <= Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.seen.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_stops_a_storm() {
+    // Every request refused: retries are limited to the budget (10 saved up
+    // at the start, then 20 % of requests plus 10 a second).
+    let server = Scripted::new(vec![refuse("0")]);
+    let layer = RetryLayer::new(RetryPolicy::default().max_retries(1000).jitter(0.0));
+    let client = layer.layer(server.service());
+    let mut budget_spent = 0;
+    for _ in 0..20 {
+        if let Err(ClientError::GaveUp(g)) = client.clone().oneshot(get()).await {
+            if g.reason == GiveUpReason::BudgetSpent {
+                budget_spent += 1;
+            }
+        }
+    }
+    assert_eq!(budget_spent, 20);
+    // 20 first attempts earned 4 retries; 10 were saved up: at most 14
+    // (time does not pass: every wait is 0).
+    let retries = layer.stats().retries;
+    assert!(retries <= 14, "{retries} retries");
+    assert!(retries >= 10, "{retries} retries");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pacing_is_shared_by_clones_and_kept_per_key() {
+    let clock = TokioClock::new();
+    let spent = (
+        200,
+        vec![
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", (common::T0 + 20).to_string()),
+        ],
+    );
+    let server = Scripted::new(vec![spent, ok()]);
+    let layer = RetryLayer::with_clock(RetryPolicy::default(), clock);
+    let client = layer.layer(server.service());
+    assert_eq!(client.clone().oneshot(get()).await.unwrap().status(), 200);
+    // Another key is not held back.
+    let start = tokio::time::Instant::now();
+    let other = Request::get("http://api.test/x")
+        .header("x-api-key", "other")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.clone().oneshot(other).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The same key, through another clone, waits for the reset: no 429.
+    client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(20));
+    assert_eq!(layer.stats().refusals, 0);
+}
+
+/// The reqwest middleware, against the gateway on a real socket (the
+/// QStash burst: one-second waits, in real time).
+#[tokio::test]
+async fn the_reqwest_middleware_paces_through_a_burst_limit() {
+    use tierlimit::client::RetryMiddleware;
+    let app = {
+        let layer = RateLimitLayer::new(common::policy("qstash").build().unwrap());
+        Router::new()
+            .fallback(axum::routing::any(|| async { "ok" }))
+            .layer(layer)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let middleware = RetryMiddleware::new(RetryPolicy::default());
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(middleware.clone())
+        .build();
+    for i in 0..150 {
+        let resp = client
+            .get(format!("http://{addr}/v2/messages/m1"))
+            .header("authorization", "Bearer r")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    let stats = middleware.stats();
+    assert_eq!(stats.gave_up, 0);
+    assert!(stats.refusals <= 2, "{stats:?}");
+    assert!(stats.waits >= 1, "{stats:?}");
+    // A give-up carries the response, body read.
+    let refusing = Router::new().fallback(axum::routing::any(|| async {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "86400")],
+            "later",
+        )
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, refusing).await.unwrap() });
+    let err = client
+        .get(format!("http://{addr}/x"))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(e) = err else {
+        panic!("{err:?}")
+    };
+    let g = e
+        .downcast_ref::<tierlimit::client::GaveUp<Bytes>>()
+        .expect("a GaveUp");
+    assert_eq!(
+        g.reason,
+        GiveUpReason::WaitTooLong {
+            asked: Duration::from_secs(86_400)
+        }
+    );
+    assert_eq!(
+        g.response.as_ref().unwrap().body(),
+        &Bytes::from_static(b"later")
+    );
+}
