@@ -213,17 +213,20 @@ fn within(policy: &str, waited: Duration, ideal: Duration) {
     );
 }
 
-/// A server answering from a script: (status, headers) per request, the
-/// last one repeated; counts requests.
+/// One scripted answer: status and headers.
+type Answer = (u16, Vec<(&'static str, String)>);
+
+/// A server answering from a script: one answer per request, the last one
+/// repeated; counts requests.
 #[derive(Clone)]
 struct Scripted {
-    script: Arc<Vec<(u16, Vec<(&'static str, String)>)>>,
+    script: Arc<Vec<Answer>>,
     seen: Arc<AtomicU32>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl Scripted {
-    fn new(script: Vec<(u16, Vec<(&'static str, String)>)>) -> Self {
+    fn new(script: Vec<Answer>) -> Self {
         Scripted {
             script: Arc::new(script),
             seen: Arc::default(),
@@ -275,11 +278,11 @@ fn gave_up<B>(err: ClientError<Infallible, B>) -> tierlimit::client::GaveUp<B> {
     }
 }
 
-fn refuse(retry_after: &str) -> (u16, Vec<(&'static str, String)>) {
+fn refuse(retry_after: &str) -> Answer {
     (429, vec![("retry-after", retry_after.to_owned())])
 }
 
-fn ok() -> (u16, Vec<(&'static str, String)>) {
+fn ok() -> Answer {
     (200, vec![])
 }
 
@@ -597,4 +600,63 @@ async fn the_reqwest_middleware_paces_through_a_burst_limit() {
         g.response.as_ref().unwrap().body(),
         &Bytes::from_static(b"later")
     );
+}
+
+/// `examples/client.rs` against the example gateway on `qstash.json`: 250
+/// requests at 100 a second, paced, none given up (real time: about 2 s).
+#[test]
+fn the_example_client_paces_itself_through_the_gateway() {
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = format!(
+        "{}/examples/policies/qstash.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut gateway = std::process::Command::new(examples.join("gateway"))
+        .args([
+            "--config",
+            &policy,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--no-metrics"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = std::process::Command::new(examples.join("client"))
+        .args(["--url", &format!("http://127.0.0.1:{port}/v2/messages/m1")])
+        .args(["--requests", "250", "--concurrency", "4"])
+        .args(["--header", "authorization: Bearer example"])
+        .output()
+        .unwrap();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["sent"], 250, "{last}");
+    assert_eq!(v["ok"], 250, "{last}");
+    assert_eq!(v["gave_up"], 0, "{last}");
+    assert_eq!(v["errors"], 0, "{last}");
+    // 250 at 100 a second: at least two waits of about a second.
+    assert!(v["waited_ms"].as_u64().unwrap() >= 1_000, "{last}");
 }

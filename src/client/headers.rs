@@ -49,7 +49,7 @@ impl Advice {
             if let Some(d) = v
                 .to_str()
                 .ok()
-                .and_then(|s| number(s))
+                .and_then(number)
                 .map(|ms| secs_f64(ms / 1000.0))
             {
                 advice.retry_after = Some(advice.retry_after.map_or(d, |a| a.max(d)));

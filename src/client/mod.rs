@@ -728,6 +728,7 @@ impl RetryLayer {
         self.shared.stats.snapshot()
     }
 
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))] // the middleware's
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
