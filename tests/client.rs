@@ -660,3 +660,28 @@ fn the_example_client_paces_itself_through_the_gateway() {
     // 250 at 100 a second: at least two waits of about a second.
     assert!(v["waited_ms"].as_u64().unwrap() >= 1_000, "{last}");
 }
+
+/// Retries, waits and give-ups are counted in metrics.
+#[tokio::test(start_paused = true)]
+async fn retries_waits_and_give_ups_are_counted_in_metrics() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let server = Scripted::new(vec![refuse("1")]);
+    let client = RetryLayer::new(RetryPolicy::default().max_retries(2)).layer(server.service());
+    let g = gave_up(client.oneshot(get()).await.unwrap_err());
+    assert_eq!(g.reason, GiveUpReason::RetriesExhausted);
+    let text = handle.render();
+    // Other tests of this binary may count too: at least this one's.
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+    };
+    assert!(value("tierlimit_client_retries_total ") >= 2.0);
+    assert!(value("tierlimit_client_waits_total{cause=\"retry\"}") >= 2.0);
+    assert!(value("tierlimit_client_gave_up_total{reason=\"retries_exhausted\"}") >= 1.0);
+    assert!(value("tierlimit_client_wait_seconds_count{cause=\"retry\"}") >= 2.0);
+}

@@ -62,7 +62,8 @@
 //! Every wait is a `tracing` event (feature `tracing`, target
 //! `tierlimit::client`, DEBUG); with feature `metrics`:
 //! `tierlimit_client_retries_total`, `tierlimit_client_waits_total`
-//! (`cause`: `retry` or `pace`), `tierlimit_client_wait_seconds_total` and
+//! (`cause`: `retry` or `pace`), the histogram
+//! `tierlimit_client_wait_seconds` (`cause`) and
 //! `tierlimit_client_gave_up_total` (`reason`). [`RetryLayer::stats`] has
 //! the same figures.
 //!
@@ -692,8 +693,8 @@ impl Shared {
         #[cfg(feature = "metrics")]
         {
             metrics::counter!("tierlimit_client_waits_total", "cause" => cause).increment(1);
-            metrics::counter!("tierlimit_client_wait_seconds_total", "cause" => cause)
-                .increment(d.as_secs());
+            metrics::histogram!("tierlimit_client_wait_seconds", "cause" => cause)
+                .record(d.as_secs_f64());
         }
         #[cfg(feature = "tracing")]
         tracing::debug!(target: "tierlimit::client", cause, wait_ms = d.as_millis() as u64, "waiting");
