@@ -32,6 +32,7 @@ pub(crate) use none::*;
 mod imp {
     use std::fmt;
     use std::hash::{Hash, Hasher};
+    use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     use jiff::tz::TimeZone;
@@ -53,6 +54,64 @@ mod imp {
         /// The IANA name it resolved to, when known.
         resolved: Option<Box<str>>,
         tz: TimeZone,
+        /// The stretch of time around the latest lookup where the wall
+        /// clock is simply `t + offset`.
+        period: Period,
+    }
+
+    /// `[from, until)` (Unix ms) where the running wall clock is `t + off`:
+    /// no offset change, and past any raised wall clock of a fall back.
+    /// A sequence lock over atomics: readers never block or contend.
+    #[derive(Debug)]
+    struct Period {
+        seq: AtomicU64,
+        from: AtomicI64,
+        until: AtomicI64,
+        off: AtomicI64,
+    }
+
+    impl Period {
+        fn new() -> Self {
+            Period {
+                seq: AtomicU64::new(0),
+                from: AtomicI64::new(i64::MAX),
+                until: AtomicI64::new(i64::MIN),
+                off: AtomicI64::new(0),
+            }
+        }
+
+        /// (from, until, off), unless a writer is busy.
+        fn get(&self) -> Option<(i64, i64, i64)> {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                return None;
+            }
+            let got = (
+                self.from.load(Ordering::Relaxed),
+                self.until.load(Ordering::Relaxed),
+                self.off.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            (self.seq.load(Ordering::Relaxed) == s1).then_some(got)
+        }
+
+        /// Replaces the period, unless another writer is busy.
+        fn set(&self, from: i64, until: i64, off: i64) {
+            let s = self.seq.load(Ordering::Relaxed);
+            if s & 1 == 1
+                || self
+                    .seq
+                    .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
+            }
+            fence(Ordering::Release);
+            self.from.store(from, Ordering::Relaxed);
+            self.until.store(until, Ordering::Relaxed);
+            self.off.store(off, Ordering::Relaxed);
+            self.seq.store(s + 2, Ordering::Release);
+        }
     }
 
     /// A reference to an interned [`Zone`]; equal when the zone is.
@@ -107,6 +166,7 @@ mod imp {
             name: name.into(),
             resolved,
             tz,
+            period: Period::new(),
         }));
         zones.push(zone);
         Ok(ZoneRef(zone))
@@ -135,6 +195,39 @@ mod imp {
         /// The running maximum of the wall clock at `ms`: local time as
         /// milliseconds since the local epoch, never going back.
         pub(crate) fn wall_ms(&self, ms: i64) -> i64 {
+            if let Some((from, until, off)) = self.0.period.get() {
+                if from <= ms && ms < until {
+                    return ms + off;
+                }
+            }
+            let wall = self.wall_ms_slow(ms);
+            self.remember(ms, wall);
+            wall
+        }
+
+        /// Remembers the period around `ms` when the wall clock there is
+        /// plainly `ms + offset`: it stays so until the next offset change
+        /// (a raised wall clock only falls behind as time goes on).
+        fn remember(&self, ms: i64, wall: i64) {
+            let off = self.offset_ms(ms);
+            if wall != ms.saturating_add(off) {
+                return;
+            }
+            let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
+                return;
+            };
+            let until = self
+                .0
+                .tz
+                .following(ts)
+                .map(|tr| tr.timestamp().as_millisecond())
+                .find(|at| *at > ms)
+                .unwrap_or(i64::MAX);
+            self.0.period.set(ms, until, off);
+        }
+
+        /// [`wall_ms`](Self::wall_ms) from the zone's rules alone.
+        pub(crate) fn wall_ms_slow(&self, ms: i64) -> i64 {
             let mut wall = ms.saturating_add(self.offset_ms(ms));
             let Ok(next) = jiff::Timestamp::from_millisecond(ms.saturating_add(1)) else {
                 return wall;
@@ -161,6 +254,20 @@ mod imp {
         /// The first instant (Unix ms) at which the running wall clock
         /// reaches `wall` (local ms).
         pub(crate) fn instant_of_wall(&self, wall: i64) -> i64 {
+            if let Some((from, until, off)) = self.0.period.get() {
+                // Inside the period the wall clock is `t + off` and rises
+                // by 1 per ms: it first reaches `wall` at `wall - off`.
+                let at = wall.saturating_sub(off);
+                if from < at && at < until {
+                    return at;
+                }
+            }
+            self.instant_of_wall_slow(wall)
+        }
+
+        /// [`instant_of_wall`](Self::instant_of_wall) from the zone's rules
+        /// alone.
+        pub(crate) fn instant_of_wall_slow(&self, wall: i64) -> i64 {
             // The wall clock is below `wall` here, whatever the zone.
             let mut cur = wall.saturating_sub(OFFSET_BOUND_MS + 1);
             for _ in 0..MAX_STEPS {

@@ -224,3 +224,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The remembered period answers exactly as the zone's rules do, in
+    /// whatever order instants come.
+    #[test]
+    fn the_remembered_period_agrees_with_the_rules(
+        (zone, base) in prop::sample::select(vec![
+            ("Europe/Amsterdam", 1_792_890_000_000i64),   // falls back
+            ("Europe/Amsterdam", 1_774_746_000_000),      // springs forward
+            ("America/New_York", 1_793_512_800_000),      // falls back
+            ("Australia/Lord_Howe", 1_775_314_800_000),   // falls back 30 min
+            ("Asia/Kolkata", 1_775_314_800_000),          // no change
+        ]),
+        offsets in prop::collection::vec(-3 * HOUR as i64..3 * HOUR as i64, 1..60),
+        len in prop::sample::select(vec![HOUR as i64, DAY as i64, 30 * 60_000, 60_000]),
+    ) {
+        let z = lookup_zone(zone).unwrap();
+        for d in offsets {
+            let t = base + d;
+            prop_assert_eq!(z.wall_ms(t), z.wall_ms_slow(t), "{} at {}", zone, t);
+            let w = (z.wall_ms(t).div_euclid(len) + 1) * len;
+            prop_assert_eq!(z.instant_of_wall(w), z.instant_of_wall_slow(w), "{} to {}", zone, w);
+        }
+    }
+}
