@@ -1,37 +1,49 @@
 #!/usr/bin/env bash
-# Load test of the example gateway with oha, on loopback only, bounded in time.
+# Load test of the example gateway with wrk, on loopback only, bounded in time:
+# this crate next to tower_governor and to the bare server, in one run.
 #
-#   bash benches/load.sh            # DURATION=4s ROUNDS=5 CONNS=32 by default
+#   bash benches/load.sh            # DURATION=4s ROUNDS=3 CONNS=50 KEYS=1000
 #
-# About 70 s of load plus the release build of the gateway (about 90 s from
-# cold); installing oha the first time takes a few minutes more.
+# About 2 minutes of load plus the release build of the gateway (about 90 s
+# from cold); wrk is installed with apt-get when missing (as root).
 #
-# Three scenarios, each measured ROUNDS times, interleaved, on one gateway
-# binary built in release mode:
-#   bare      the demo API without limiting (--no-limit): the baseline
-#   open      qarion.json's policy shape (two sliding limits per request) with
-#             capacities raised so that nothing is rejected
-#   rejecting qarion.json as shipped, one API key: after 60 requests every
-#             request is answered 429 by the layer
-#   redis     the open scenario with its counters in Redis (--redis, a
-#             redis-server of its own on a free port); only when redis-server
-#             is installed. Compared with `open` as well as with `bare`.
+# Scenarios, each measured ROUNDS times, interleaved, on one gateway binary
+# built in release mode, all serving the same demo route (`/api/items`):
+#   bare           the demo API without limiting (--no-limit): the baseline
+#   open           qarion.json's policy shape (two sliding limits per request,
+#                  three X-RateLimit-* headers) with capacities raised so
+#                  that nothing is rejected; one API key
+#   gov-open       tower_governor (--governor 4000000000: one GCRA quota per
+#                  x-api-key, its two headers on), nothing rejected; one key
+#   open-keys      `open` with KEYS distinct API keys (a wrk Lua script varies
+#                  x-api-key per request)
+#   gov-keys       `gov-open` with KEYS distinct API keys
+#   rejecting      qarion.json as shipped, one API key: after 60 requests
+#                  every request is answered 429 by the layer
+#   gov-rejecting  tower_governor at 60 a minute, one key: nearly all 429
+#   redis          `open` with its counters in Redis (--redis, a redis-server
+#                  of its own on a free port); only when redis-server is
+#                  installed. Compared with `open` as well as with `bare`.
 # It prints requests/s, p50/p99 latency, server CPU per request (utime+stime
 # of the gateway process over the run / requests) and the ratios to `bare`
 # measured in the same invocation (median round of each scenario, with the
-# spread of the rounds, since one machine runs both load and server).
-# oha and the gateway share this machine's cores: expect a few % of noise.
+# spread of the rounds). wrk and the gateway share this machine's cores:
+# compare ratios from one run, never absolute figures across runs.
 #
 #   PIN=1 bash benches/load.sh      # Redis on a core of its own
+#   ONLY="bare open gov-open" bash benches/load.sh   # a subset
 #
 # With PIN=1 (and at least 2 cores) redis-server runs alone on the last
-# core and the gateway and oha share the others, in every scenario: a model
-# of Redis on a host of its own, where the Redis server's work does not
-# compete with the gateway's. Without it, all three share every core.
+# core and the gateway and wrk share the others, in every scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-4s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-50}
+KEYS=${KEYS:-1000}
+THREADS=${THREADS:-2}
+ONLY=${ONLY:-bare open gov-open open-keys gov-keys rejecting gov-rejecting redis}
 PIN=${PIN:-}
 ON_APP=()
 ON_REDIS=()
@@ -39,14 +51,12 @@ if [ -n "$PIN" ] && [ "$(nproc)" -ge 2 ]; then
   last=$(( $(nproc) - 1 ))
   ON_APP=(taskset -c "0-$(( last - 1 ))")
   ON_REDIS=(taskset -c "$last")
-  echo "PIN=1: redis-server on core $last, the gateway and oha on cores 0-$(( last - 1 ))" >&2
+  echo "PIN=1: redis-server on core $last, the gateway and wrk on cores 0-$(( last - 1 ))" >&2
 fi
-ROUNDS=${ROUNDS:-5}
-CONNS=${CONNS:-32}
 
-if ! command -v oha >/dev/null 2>&1; then
-  echo "oha not found: installing it (cargo install oha --locked)" >&2
-  cargo install oha --locked
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "wrk not found: installing it (apt-get install wrk)" >&2
+  apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
 fi
 cargo build --release --example gateway >&2
 BIN=target/release/examples/gateway
@@ -64,6 +74,32 @@ for tier in cfg["tiers"].values():
 json.dump(cfg, open(sys.argv[1], "w"))
 PY
 
+# wrk: x-api-key from KEYS keys (one key when KEYS=1); counts statuses.
+cat >"$work/keys.lua" <<'LUA'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  keys = tonumber(os.getenv("WRK_KEYS") or "1")
+  n, ok, rej, other = 0, 0, 0, 0
+end
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, { ["x-api-key"] = "load-test-key-" .. (n % keys) })
+end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 elseif status == 429 then rej = rej + 1 else other = other + 1 end
+end
+function done(summary, latency, requests)
+  local o, r, x = 0, 0, 0
+  for _, t in ipairs(threads) do
+    o = o + t:get("ok"); r = r + t:get("rej"); x = x + t:get("other")
+  end
+  x = x + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT\t%.1f\t%.0f\t%.0f\t%d\t%d\t%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), o, r, x))
+end
+LUA
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -72,10 +108,10 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
-run() { # name config extra-args...
-  local name=$1 config=$2; shift 2
+run() { # name keys config extra-args...
+  local name=$1 keys=$2 config=$3; shift 3
   local port; port=$(free_port)
-  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" "$@" >"$work/$name.log" 2>&1 &
+  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" --no-metrics "$@" >"$work/$name.log" 2>&1 &
   GW=$!
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -85,26 +121,25 @@ run() { # name config extra-args...
     echo "the gateway did not start:" >&2; cat "$work/$name.log" >&2; exit 1
   fi
   local before; before=$(cpu_ticks "$GW")
-  "${ON_APP[@]}" oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json \
-    -H "x-api-key: load-test-key" "http://127.0.0.1:$port/api/items" >"$work/$name.json"
+  WRK_KEYS=$keys "${ON_APP[@]}" wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" -s "$work/keys.lua" \
+    "http://127.0.0.1:$port/api/items" >"$work/$name.out"
   local after; after=$(cpu_ticks "$GW")
   kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=
-  python3 - "$work/$name.json" "$name" "$((after - before))" "$(getconf CLK_TCK)" >>"$work/results.tsv" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
+  python3 - "$work/$name.out" "$name" "$((after - before))" "$(getconf CLK_TCK)" >>"$work/results.tsv" <<'PY'
+import sys
+line = next(l for l in open(sys.argv[1]) if l.startswith("RESULT"))
+_, rps, p50, p99, ok, rej, other = line.rstrip("\n").split("\t")
 name, ticks, hz = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-codes = d["statusCodeDistribution"]
-total = sum(codes.values())
-rps = d["summary"]["requestsPerSec"]
-p50 = d["latencyPercentiles"]["p50"] * 1e6
-p99 = d["latencyPercentiles"]["p99"] * 1e6
+total = int(ok) + int(rej) + int(other)
 cpu_us = ticks / hz / max(total, 1) * 1e6
-print(f"{name}\t{rps:.0f}\t{p50:.0f}\t{p99:.0f}\t{cpu_us:.2f}\t{codes.get('200', 0)}\t{codes.get('429', 0)}\t{total - codes.get('200', 0) - codes.get('429', 0)}")
+print(f"{name}\t{rps}\t{p50}\t{p99}\t{cpu_us:.2f}\t{ok}\t{rej}\t{other}")
 PY
 }
 
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+
 REDIS_PID=
-if command -v redis-server >/dev/null 2>&1; then
+if wanted redis && command -v redis-server >/dev/null 2>&1; then
   rport=$(free_port)
   "${ON_REDIS[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
   REDIS_PID=$!
@@ -114,36 +149,45 @@ fi
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  run bare examples/policies/qarion.json --no-limit
-  run open "$work/open-policy.json"
-  run rejecting examples/policies/qarion.json
+  wanted bare && run bare 1 examples/policies/qarion.json --no-limit
+  wanted open && run open 1 "$work/open-policy.json"
+  wanted gov-open && run gov-open 1 examples/policies/qarion.json --governor 4000000000
+  wanted open-keys && run open-keys "$KEYS" "$work/open-policy.json"
+  wanted gov-keys && run gov-keys "$KEYS" examples/policies/qarion.json --governor 4000000000
+  wanted rejecting && run rejecting 1 examples/policies/qarion.json
+  wanted gov-rejecting && run gov-rejecting 1 examples/policies/qarion.json --governor 60
   if [ -n "$REDIS_PID" ]; then
-    run redis "$work/open-policy.json" --redis "redis://127.0.0.1:$rport"
+    run redis 1 "$work/open-policy.json" --redis "redis://127.0.0.1:$rport"
   fi
 done
 
-python3 - "$work/results.tsv" "$DURATION" "$CONNS" "${PIN:+ (PIN=1: redis-server on a core of its own)}" <<'PY'
+python3 - "$work/results.tsv" "$DURATION" "$CONNS" "$THREADS" "$KEYS" "${PIN:+ (PIN=1: redis-server on a core of its own)}" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 runs = {}
 for name, rps, p50, p99, cpu, ok, rej, other in rows:
     runs.setdefault(name, []).append(dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), ok=int(ok), rej=int(rej), other=int(other)))
 med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
-print(f"oha -z {sys.argv[2]} -c {sys.argv[3]}{sys.argv[4]}: median of {len(runs['bare'])} interleaved rounds per scenario")
-print(f"{'scenario':<10} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
-base = med["bare"]
-for name in [n for n in ["bare", "open", "rejecting", "redis"] if n in med]:
+dur, conns, threads, keys, pin = sys.argv[2:7]
+print(f"wrk -t{threads} -c{conns} -d{dur} (keys scenarios: {keys} keys){pin}: median of {len(next(iter(runs.values())))} interleaved rounds per scenario")
+print(f"{'scenario':<14} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
+base = med.get("bare")
+order = ["bare", "open", "gov-open", "open-keys", "gov-keys", "rejecting", "gov-rejecting", "redis"]
+for name in [n for n in order if n in med]:
     r, rs = med[name], runs[name]
     share = sum(x["rej"] for x in rs) / max(1, sum(x["ok"] + x["rej"] + x["other"] for x in rs))
     lo, hi = min(x["rps"] for x in rs), max(x["rps"] for x in rs)
-    print(f"{name:<10} {r['rps']:>8.0f} {lo:>7.0f}..{hi:<7.0f} {r['p50']:>7.0f} {r['p99']:>7.0f} {r['cpu']:>10.2f} {share:>9.4f}   {r['rps']/base['rps']:>8.3f}  {r['cpu']/base['cpu']:>8.3f}")
-if "redis" in med:
-    r, o = med["redis"], med["open"]
-    print(f"redis vs open (memory store): rps {r['rps']/o['rps']:.3f}, p99 {r['p99']:.0f} us vs {o['p99']:.0f} us, cpu {r['cpu']/o['cpu']:.3f}")
-else:
-    print("redis scenario skipped: redis-server not installed")
-if any(x["rej"] for n in ("open", "redis") if n in runs for x in runs[n]):
-    print("WARNING: the open scenario rejected requests")
+    rel = f"{r['rps']/base['rps']:>8.3f}  {r['cpu']/base['cpu']:>8.3f}" if base else ""
+    print(f"{name:<14} {r['rps']:>8.0f} {lo:>7.0f}..{hi:<7.0f} {r['p50']:>7.0f} {r['p99']:>7.0f} {r['cpu']:>10.2f} {share:>9.4f}   {rel}")
+def cmp(a, b, what):
+    if a in med and b in med:
+        print(f"{a} vs {b}: cpu/req {med[a]['cpu']/med[b]['cpu']:.3f}, rps {med[a]['rps']/med[b]['rps']:.3f}  ({what})")
+cmp("open", "gov-open", "admitted path, one key")
+cmp("open-keys", "gov-keys", "admitted path, many keys")
+cmp("rejecting", "gov-rejecting", "rejection path")
+cmp("redis", "open", "Redis store vs memory store")
+if any(x["rej"] for n in ("open", "gov-open", "open-keys", "gov-keys", "redis") if n in runs for x in runs[n]):
+    print("WARNING: an open scenario rejected requests")
 if any(x["other"] for rs in runs.values() for x in rs):
     print("WARNING: some requests failed or got other statuses")
 PY

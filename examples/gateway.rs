@@ -7,6 +7,8 @@
 //! cargo run --release --example gateway -- --config examples/policies/qarion.json
 //! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
 //! #          --no-metrics (no Prometheus recorder; /metrics answers 404)
+//! #          --governor N (limit with tower_governor instead: N a minute per
+//! #          x-api-key, its headers on; the load script's comparison)
 //! #          --redis redis://127.0.0.1:6379 (counters in Redis, overriding the
 //! #          file's store.redis: run two gateways on one Redis, one budget)
 //! #          --redis-cluster redis://127.0.0.1:7000,redis://127.0.0.1:7001 (a cluster)
@@ -66,6 +68,21 @@ pub struct Options {
     pub no_limit: bool,
     pub no_metrics: bool,
     pub redis: Option<RedisFlag>,
+    /// `--governor N`: limit the demo API with `tower_governor` instead (N
+    /// requests a minute per `x-api-key`, headers on): the load script's
+    /// point of comparison.
+    pub governor: Option<u32>,
+}
+
+/// What limits the demo API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limiter {
+    /// This crate, as the policy file says.
+    Tierlimit,
+    /// Nothing (`--no-limit`): the baseline.
+    None,
+    /// `tower_governor`, N requests a minute per `x-api-key` (`--governor`).
+    Governor(u32),
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -74,6 +91,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
     let mut no_limit = false;
     let mut no_metrics = false;
     let mut redis = None;
+    let mut governor = None;
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -86,6 +104,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
             }
             "--no-limit" => no_limit = true,
             "--no-metrics" => no_metrics = true,
+            "--governor" => {
+                let v = args.next().ok_or("--governor needs a count per minute")?;
+                governor = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(format!("--governor `{v}`: a count of at least 1"))?,
+                );
+            }
             "--redis" => redis = Some(RedisFlag::Url(args.next().ok_or("--redis needs a URL")?)),
             "--redis-cluster" => {
                 let v = args.next().ok_or("--redis-cluster needs URL,URL,...")?;
@@ -93,7 +120,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--redis URL | --redis-cluster URL,URL,...]"
+                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--governor N] [--redis URL | --redis-cluster URL,URL,...]"
                         .into(),
                 )
             }
@@ -107,6 +134,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
         no_limit,
         no_metrics,
         redis,
+        governor,
     })
 }
 
@@ -198,6 +226,22 @@ pub fn build_with(
     no_limit: bool,
     redis: Option<RedisFlag>,
 ) -> Result<(Router, Gateway), BoxError> {
+    let limiter = if no_limit {
+        Limiter::None
+    } else {
+        Limiter::Tierlimit
+    };
+    build_full(config_path, admin_token, metrics, limiter, redis)
+}
+
+/// [`build_with`], with any [`Limiter`].
+pub fn build_full(
+    config_path: &Path,
+    admin_token: Option<String>,
+    metrics: Option<PrometheusHandle>,
+    limiter: Limiter,
+    redis: Option<RedisFlag>,
+) -> Result<(Router, Gateway), BoxError> {
     let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
     let layer = RateLimitLayer::configured(config.build()?)?.build();
@@ -210,7 +254,11 @@ pub fn build_with(
         tokens_header,
     };
     let demo = Router::new().fallback(demo).with_state(gw.clone());
-    let demo = if no_limit { demo } else { demo.layer(layer) };
+    let demo = match limiter {
+        Limiter::Tierlimit => demo.layer(layer),
+        Limiter::None => demo,
+        Limiter::Governor(n) => demo.layer(governor_layer(n)?),
+    };
     let router = Router::new()
         .route(
             "/health",
@@ -223,6 +271,46 @@ pub fn build_with(
         .merge(demo)
         .layer(middleware::from_fn(stand_in_auth));
     Ok((router, gw))
+}
+
+/// `tower_governor` keyed by `x-api-key`.
+#[derive(Clone, Copy, Debug)]
+struct ApiKeyHeader;
+
+impl tower_governor::key_extractor::KeyExtractor for ApiKeyHeader {
+    type Key = HeaderValue;
+
+    fn extract<T>(
+        &self,
+        req: &axum::http::Request<T>,
+    ) -> Result<HeaderValue, tower_governor::GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .cloned()
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// `tower_governor` with `n` requests a minute (burst `n`) per `x-api-key`,
+/// with its rate-limit headers on.
+fn governor_layer(
+    n: u32,
+) -> Result<
+    tower_governor::GovernorLayer<
+        ApiKeyHeader,
+        governor::middleware::StateInformationMiddleware,
+        Body,
+    >,
+    BoxError,
+> {
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .key_extractor(ApiKeyHeader)
+        .period(Duration::from_secs(60) / n)
+        .burst_size(n)
+        .use_headers()
+        .finish()
+        .ok_or("--governor: an invalid quota")?;
+    Ok(tower_governor::GovernorLayer::new(config))
 }
 
 /// Moves the demo identity headers into the extensions tierlimit reads.
@@ -420,13 +508,12 @@ async fn main() {
         });
     }
     let token = std::env::var("TIERLIMIT_ADMIN_TOKEN").ok();
-    let built = build_with(
-        &opts.config,
-        token,
-        metrics,
-        opts.no_limit,
-        opts.redis.clone(),
-    );
+    let limiter = match (opts.no_limit, opts.governor) {
+        (true, _) => Limiter::None,
+        (false, Some(n)) => Limiter::Governor(n),
+        (false, None) => Limiter::Tierlimit,
+    };
+    let built = build_full(&opts.config, token, metrics, limiter, opts.redis.clone());
     let (router, gw) = match built {
         Ok(r) => r,
         Err(e) => {
