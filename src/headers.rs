@@ -96,11 +96,44 @@ fn number(v: u64) -> HeaderValue {
         if let Some((_, Some(hv))) = r.iter().find(|(k, hv)| *k == v && hv.is_some()) {
             return hv.clone();
         }
-        let hv = HeaderValue::from(v);
+        let hv = shared_number(v);
         r.rotate_right(1);
         r[0] = (v, Some(hv.clone()));
         hv
     })
+}
+
+/// The decimal digits of a number, as the owner of a `Bytes`.
+struct Digits {
+    buf: [u8; 20],
+    start: u8,
+}
+
+impl AsRef<[u8]> for Digits {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[usize::from(self.start)..]
+    }
+}
+
+/// A header value for `v` in one allocation whose clones only count
+/// references (`HeaderValue::from` makes a vector that its first clone
+/// moves into a second, shared allocation).
+fn shared_number(mut v: u64) -> HeaderValue {
+    let mut d = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
+    loop {
+        d.start -= 1;
+        d.buf[usize::from(d.start)] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Digits are always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(d))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Headers computed at decision time, written onto the response later.
@@ -265,6 +298,26 @@ pub(crate) fn render<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_numbers_are_the_plain_ones() {
+        for v in [
+            0,
+            7,
+            10,
+            255,
+            256,
+            1_000,
+            65_535,
+            1_708_200_062,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let hv = shared_number(v);
+            assert_eq!(hv, HeaderValue::from(v), "{v}");
+            assert_eq!(hv.clone().to_str().unwrap(), v.to_string());
+        }
+    }
 
     #[test]
     fn numbers_render_the_same_from_every_cache() {

@@ -111,62 +111,6 @@ fn human_window(w: Duration) -> String {
 }
 
 #[derive(Serialize)]
-struct QarionBody {
-    detail: String,
-}
-
-#[derive(Serialize)]
-struct QlikBody {
-    errors: [QlikError; 1],
-}
-
-#[derive(Serialize)]
-struct QlikError {
-    code: &'static str,
-    title: &'static str,
-    detail: String,
-}
-
-#[derive(Serialize)]
-struct GatherBody {
-    error: GatherError,
-    meta: GatherMeta,
-}
-
-#[derive(Serialize)]
-struct GatherError {
-    code: &'static str,
-    message: &'static str,
-    details: GatherDetails,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GatherDetails {
-    limit: u64,
-    remaining: u64,
-    reset_at: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GatherMeta {
-    request_id: String,
-    timestamp: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct QstashBody<'a> {
-    error: String,
-    limit: &'a str,
-    max: u64,
-    remaining: u64,
-    reset: u64,
-    retry_after: u64,
-}
-
-#[derive(Serialize)]
 struct ProblemBody<'a> {
     r#type: &'static str,
     title: &'static str,
@@ -218,36 +162,166 @@ fn rfc3339(t: Timestamp, millis: bool) -> String {
     }
 }
 
+/// A compact JSON object written straight into a buffer. A 429's body is
+/// small and of a fixed shape; building it through `serde_json` and
+/// `format!` was most of a rejection's cost. Keys are constants; string
+/// values go through [`push_str`] (escaped exactly as `serde_json` does).
+struct Json {
+    out: Vec<u8>,
+    first: bool,
+}
+
+impl Json {
+    fn new() -> Self {
+        let mut out = Vec::with_capacity(192);
+        out.push(b'{');
+        Json { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        push_str(&mut self.out, v);
+        self
+    }
+
+    fn num(&mut self, k: &str, v: u64) -> &mut Self {
+        self.key(k);
+        push_u64(&mut self.out, v);
+        self
+    }
+
+    /// Opens a nested object (`[` first when `in_array`).
+    fn open(&mut self, k: &str, in_array: bool) -> &mut Self {
+        self.key(k);
+        if in_array {
+            self.out.push(b'[');
+        }
+        self.out.push(b'{');
+        self.first = true;
+        self
+    }
+
+    fn close(&mut self, in_array: bool) -> &mut Self {
+        self.out.push(b'}');
+        if in_array {
+            self.out.push(b']');
+        }
+        self.first = false;
+        self
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+/// `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Rare (names from the configuration with quotes or controls):
+        // serde_json's own escaping. Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// The decimal digits of `v`.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// A text made of literal parts and numbers, as a JSON string value.
+fn text(parts: &[Part<'_>]) -> String {
+    let mut out = Vec::with_capacity(96);
+    for p in parts {
+        match p {
+            Part::S(s) => out.extend_from_slice(s.as_bytes()),
+            Part::N(n) => push_u64(&mut out, *n),
+        }
+    }
+    // Only ASCII literals, UTF-8 names and digits went in.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+enum Part<'a> {
+    S(&'a str),
+    N(u64),
+}
+
 /// The body and content type of a 429 in `format`.
 pub(crate) fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, Vec<u8>) {
+    use Part::{N, S};
     let n = r.retry_after_secs();
-    let body = match format {
-        ErrorFormat::Qarion => json(&QarionBody {
-            detail: format!("Rate limit exceeded. Try again in {n} seconds."),
-        }),
-        ErrorFormat::Qlik => json(&QlikBody {
-            errors: [QlikError {
-                code: "HTTP-429",
-                title: "API rate limit reached.",
-                detail: format!("You need to wait {n} seconds until limit is lifted."),
-            }],
-        }),
-        ErrorFormat::Gather => json(&GatherBody {
-            error: GatherError {
-                code: "RATE_LIMIT_EXCEEDED",
-                message: "Rate limit exceeded. Please try again later.",
-                details: GatherDetails {
-                    limit: r.capacity,
-                    remaining: r.remaining,
-                    reset_at: rfc3339(Timestamp::from_secs(r.reset.as_secs_ceil()), false),
-                },
-            },
-            meta: GatherMeta {
-                request_id: uuid::Uuid::new_v4().to_string(),
-                timestamp: rfc3339(r.at, true),
-            },
-        }),
+    let mut j = Json::new();
+    match format {
+        ErrorFormat::Qarion => {
+            j.str(
+                "detail",
+                &text(&[
+                    S("Rate limit exceeded. Try again in "),
+                    N(n),
+                    S(" seconds."),
+                ]),
+            );
+        }
+        ErrorFormat::Qlik => {
+            j.open("errors", true)
+                .str("code", "HTTP-429")
+                .str("title", "API rate limit reached.")
+                .str(
+                    "detail",
+                    &text(&[
+                        S("You need to wait "),
+                        N(n),
+                        S(" seconds until limit is lifted."),
+                    ]),
+                )
+                .close(true);
+        }
+        ErrorFormat::Gather => {
+            j.open("error", false)
+                .str("code", "RATE_LIMIT_EXCEEDED")
+                .str("message", "Rate limit exceeded. Please try again later.")
+                .open("details", false)
+                .num("limit", r.capacity)
+                .num("remaining", r.remaining)
+                .str(
+                    "resetAt",
+                    &rfc3339(Timestamp::from_secs(r.reset.as_secs_ceil()), false),
+                )
+                .close(false)
+                .close(false)
+                .open("meta", false)
+                .str("requestId", &uuid::Uuid::new_v4().to_string())
+                .str("timestamp", &rfc3339(r.at, true))
+                .close(false);
+        }
         ErrorFormat::Qstash => {
+            let described;
             let (which, what) = match r.family {
                 Some(f) => (
                     f.label(),
@@ -256,45 +330,47 @@ pub(crate) fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, Vec<u8>
                         Family::Burst => "burst rate limit exceeded",
                         Family::ChatRequests => "chat-based rate limit exceeded (requests)",
                         Family::ChatTokens => "chat-based rate limit exceeded (tokens)",
-                    }
-                    .to_owned(),
+                    },
                 ),
-                None => (
-                    r.limit.as_str(),
-                    format!("rate limit `{}` exceeded", r.limit),
-                ),
+                None => {
+                    described = format!("rate limit `{}` exceeded", r.limit);
+                    (r.limit.as_str(), described.as_str())
+                }
             };
-            json(&QstashBody {
-                error: what,
-                limit: which,
-                max: r.capacity,
-                remaining: r.remaining,
-                reset: r.reset.as_secs_ceil(),
-                retry_after: n,
-            })
+            j.str("error", what)
+                .str("limit", which)
+                .num("max", r.capacity)
+                .num("remaining", r.remaining)
+                .num("reset", r.reset.as_secs_ceil())
+                .num("retryAfter", n);
         }
         ErrorFormat::Problem => {
-            let detail = format!(
-                "Rate limit `{}` of {} per {} exceeded; retry in {n} seconds.",
-                r.limit,
-                r.capacity,
-                human_window(r.window)
-            );
-            return (
-                "application/problem+json",
-                json(&ProblemBody {
-                    limit: Some(&r.limit),
-                    tier: Some(&r.tier),
-                    capacity: Some(r.capacity),
-                    remaining: Some(r.remaining),
-                    retry_after: Some(n),
-                    reset: Some(r.reset.as_secs_ceil()),
-                    ..ProblemBody::plain("Too Many Requests", StatusCode::TOO_MANY_REQUESTS, detail)
-                }),
-            );
+            let window = human_window(r.window);
+            let detail = text(&[
+                S("Rate limit `"),
+                S(&r.limit),
+                S("` of "),
+                N(r.capacity),
+                S(" per "),
+                S(&window),
+                S(" exceeded; retry in "),
+                N(n),
+                S(" seconds."),
+            ]);
+            j.str("type", "about:blank")
+                .str("title", "Too Many Requests")
+                .num("status", 429)
+                .str("detail", &detail)
+                .str("limit", &r.limit)
+                .str("tier", &r.tier)
+                .num("capacity", r.capacity)
+                .num("remaining", r.remaining)
+                .num("retry_after", n)
+                .num("reset", r.reset.as_secs_ceil());
+            return ("application/problem+json", j.finish());
         }
-    };
-    ("application/json", body)
+    }
+    ("application/json", j.finish())
 }
 
 /// The full 429 response for `r`.
@@ -416,6 +492,27 @@ mod tests {
 
     fn text(format: ErrorFormat) -> String {
         String::from_utf8(body(format, &r()).1).unwrap()
+    }
+
+    #[test]
+    fn names_with_quotes_and_controls_stay_valid_json() {
+        let odd = "we\"ird\\ naméé\u{1}\n`x`";
+        let mut rej = r();
+        rej.limit = odd.into();
+        rej.tier = "t\"1".into();
+        for format in [ErrorFormat::Problem, ErrorFormat::Qstash] {
+            let bytes = body(format, &rej).1;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["limit"], odd, "{format:?}");
+            // Escaped byte for byte as serde_json escapes it.
+            let escaped = serde_json::to_string(odd).unwrap();
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.contains(&format!("\"limit\":{escaped}")), "{text}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body(ErrorFormat::Problem, &rej).1).unwrap();
+        assert_eq!(v["tier"], "t\"1");
+        assert!(v["detail"].as_str().unwrap().contains(odd));
     }
 
     #[test]

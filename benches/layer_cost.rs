@@ -1,0 +1,124 @@
+//! Instructions the layer adds per request, measured under callgrind (a
+//! figure that does not move with machine noise):
+//!
+//! ```sh
+//! cargo bench --bench layer_cost --no-run
+//! B=$(ls -t target/release/deps/layer_cost-* | grep -v '\.d$' | head -1)
+//! for mode in bare layer; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode $B $mode 20000
+//! done
+//! ```
+//!
+//! or simply `bash benches/instructions.sh`. Each run sends N requests
+//! (`GET /api/items`, one API key) through a service answering 200 with a
+//! small body, bare or behind the layer with qarion.json's shape (two
+//! sliding limits, raised so that nothing is rejected; `x-ratelimit`
+//! headers), on a current-thread runtime, after 1 000 requests of warm-up;
+//! the difference of the two totals divided by N is what the layer adds.
+//! `reject` runs the same with capacity 1, so every request after the first
+//! is answered 429 by the layer.
+//!
+//! Without arguments (as `cargo bench` runs it) it does one short run of
+//! each mode and prints wall time per request, for a quick look only.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::RateLimitLayer;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+fn policy(capacity: u64) -> tierlimit::Policy {
+    Config::new()
+        .tier(
+            "standard",
+            Tier::new()
+                .limit(Limit::sliding(
+                    "per-minute",
+                    capacity,
+                    Duration::from_secs(60),
+                ))
+                .limit(Limit::sliding(
+                    "per-hour",
+                    capacity,
+                    Duration::from_secs(3600),
+                )),
+        )
+        .default_tier("standard")
+        .build()
+        .expect("a valid policy")
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::get("/api/items")
+        .header("host", "127.0.0.1")
+        .header("x-api-key", "load-test-key")
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+async fn drive<S, B>(mut svc: S, n: u64) -> u64
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>,
+{
+    let mut ok = 0;
+    for _ in 0..n {
+        let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+        ok += u64::from(resp.status() == 200);
+        std::hint::black_box(resp);
+    }
+    ok
+}
+
+/// Runs `n` requests in `mode`; returns how many got 200.
+fn run(mode: &str, n: u64) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inner = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"{\"ok\":true,\"method\":\"GET\",\"path\":\"/api/items\"}",
+        ))))
+    });
+    rt.block_on(async {
+        match mode {
+            "bare" => {
+                drive(inner, 1000).await;
+                drive(inner, n).await
+            }
+            "layer" | "reject" => {
+                let capacity = if mode == "layer" { 4_000_000_000 } else { 1 };
+                let svc = RateLimitLayer::new(policy(capacity)).layer(inner);
+                drive(svc.clone(), 1000).await;
+                drive(svc, n).await
+            }
+            other => panic!("mode `{other}`: bare, layer or reject"),
+        }
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let [mode, n] = args.as_slice() {
+        let n: u64 = n.parse().expect("a request count");
+        let ok = run(mode, n);
+        eprintln!("{mode}: {n} requests, {ok} answered 200");
+        return;
+    }
+    for mode in ["bare", "layer", "reject"] {
+        let n = 200_000;
+        let t = Instant::now();
+        run(mode, n);
+        println!(
+            "{mode}: {:?} per request (wall time, a quick look)",
+            t.elapsed() / n as u32
+        );
+    }
+}
