@@ -661,12 +661,24 @@ impl Cell {
         one.into_iter().chain(from_ring)
     }
 
+    /// Index and latest stamp of the newest non-empty bucket: the one whose
+    /// cost leaves last (a bucket's stamps lie within it, so a newer bucket's
+    /// latest stamp is always later).
+    fn newest(&self, spec: &WindowSpec) -> Option<(u64, u64)> {
+        match self {
+            Cell::One { count: 0, .. } => None,
+            Cell::One { last, .. } => Some((spec.index_of_last(*last), *last)),
+            Cell::Ring(r) => (r.oldest()..=r.newest)
+                .rev()
+                .find(|&j| slot_count(r.slots[r.slot_of(j)]) > 0)
+                .map(|j| (j, r.last_of(j, spec.bucket_ms()))),
+        }
+    }
+
     fn view(&self, spec: &WindowSpec, capacity: u64, at: At) -> View {
         let reset = self
-            .buckets(spec)
-            .map(|(j, last, _)| spec.forget_ms(j, last))
-            .max()
-            .unwrap_or(at.stamp);
+            .newest(spec)
+            .map_or(at.stamp, |(j, last)| spec.forget_ms(j, last));
         View {
             capacity,
             used: self.used(),
