@@ -456,6 +456,31 @@ pub(crate) enum Step {
     GiveUp(GiveUpReason),
 }
 
+/// What a call does next, once a response's [`Step`] meets what it has
+/// to send again (`T`: a copy of the request or of its body).
+pub(crate) enum Next<T> {
+    /// Hand the response to the caller.
+    Done,
+    /// Wait, then send this copy.
+    Retry(Duration, T),
+    /// Give up for this reason.
+    GiveUp(GiveUpReason),
+}
+
+impl Step {
+    /// The next move, given the copy to send again if there is one.
+    pub(crate) fn with<T>(self, again: Option<T>) -> Next<T> {
+        match self {
+            Step::Done => Next::Done,
+            Step::Retry(wait) => match again {
+                Some(copy) => Next::Retry(wait, copy),
+                None => Next::GiveUp(GiveUpReason::NotReplayable),
+            },
+            Step::GiveUp(reason) => Next::GiveUp(reason),
+        }
+    }
+}
+
 /// Pacing entries kept before expired ones are swept.
 const PACE_SWEEP_AT: usize = 4096;
 
@@ -846,17 +871,14 @@ where
             attempt,
             started,
         );
-        let reason = match step {
-            Step::Done => return Ok(resp),
-            Step::Retry(wait) => match again {
-                Some(b) => {
-                    body = Some(b);
-                    shared.wait(wait, "retry").await;
-                    continue;
-                }
-                None => GiveUpReason::NotReplayable,
-            },
-            Step::GiveUp(reason) => reason,
+        let reason = match step.with(again) {
+            Next::Done => return Ok(resp),
+            Next::Retry(wait, b) => {
+                body = Some(b);
+                shared.wait(wait, "retry").await;
+                continue;
+            }
+            Next::GiveUp(reason) => reason,
         };
         shared.gave_up(reason);
         return Err(ClientError::GaveUp(GaveUp {

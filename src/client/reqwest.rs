@@ -7,7 +7,7 @@ use http::{Extensions, Response};
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
-use super::{GaveUp, GiveUpReason, RetryLayer, RetryPolicy, Shared, StatsSnapshot, Step};
+use super::{GaveUp, GiveUpReason, Next as Then, RetryLayer, RetryPolicy, Shared, StatsSnapshot};
 use crate::clock::Clock;
 
 /// [`RetryLayer`]'s logic for `reqwest` through `reqwest-middleware`:
@@ -128,17 +128,14 @@ impl Middleware for RetryMiddleware {
                 attempt,
                 started,
             );
-            let reason = match step {
-                Step::Done => return Ok(resp),
-                Step::Retry(wait) => match again {
-                    Some(r) => {
-                        req = Some(r);
-                        shared.wait(wait, "retry").await;
-                        continue;
-                    }
-                    None => GiveUpReason::NotReplayable,
-                },
-                Step::GiveUp(reason) => reason,
+            let reason = match step.with(again) {
+                Then::Done => return Ok(resp),
+                Then::Retry(wait, r) => {
+                    req = Some(r);
+                    shared.wait(wait, "retry").await;
+                    continue;
+                }
+                Then::GiveUp(reason) => reason,
             };
             return Err(give_up(shared, reason, attempt, Some(buffered(resp).await)));
         }

@@ -327,14 +327,21 @@ impl WindowSpec {
         }
     }
 
+    /// A fixed window's length, offset and zone.
+    fn fixed_parts(&self) -> Option<(u64, i64, Option<ZoneRef>)> {
+        match self.0 {
+            Shape::Fixed {
+                len_ms,
+                offset_ms,
+                zone,
+            } => Some((len_ms, offset_ms, zone)),
+            Shape::Sliding { .. } => None,
+        }
+    }
+
     /// The millisecond at which window `idx` of a fixed window ends.
     pub(crate) fn end_ms(&self, idx: u64) -> u64 {
-        let Shape::Fixed {
-            len_ms,
-            offset_ms,
-            zone,
-        } = self.0
-        else {
+        let Some((len_ms, offset_ms, zone)) = self.fixed_parts() else {
             return 0;
         };
         let local_end = (i128::from(idx) + 1) * i128::from(len_ms);
@@ -361,12 +368,7 @@ impl WindowSpec {
     /// (in the offset, or on the zone's running wall clock) divided by the
     /// length.
     fn fixed_index(&self, ms: u64) -> u64 {
-        let Shape::Fixed {
-            len_ms,
-            offset_ms,
-            zone,
-        } = self.0
-        else {
+        let Some((len_ms, offset_ms, zone)) = self.fixed_parts() else {
             return 0;
         };
         let local = match zone {
