@@ -83,13 +83,11 @@ fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
 /// 30 ns saved per response.
 fn number(v: u64) -> HeaderValue {
     use std::cell::RefCell;
-    const SMALL: u64 = 256;
     thread_local! {
-        static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
         static RECENT: RefCell<[(u64, Option<HeaderValue>); 4]> = const { RefCell::new([(0, None), (0, None), (0, None), (0, None)]) };
     }
     if v < SMALL {
-        return TABLE.with(|t| t[v as usize].clone());
+        return small(v);
     }
     RECENT.with(|r| {
         let mut r = r.borrow_mut();
@@ -101,6 +99,27 @@ fn number(v: u64) -> HeaderValue {
         r[0] = (v, Some(hv.clone()));
         hv
     })
+}
+
+/// Numbers below this come from a per-thread table.
+const SMALL: u64 = 256;
+
+fn small(v: u64) -> HeaderValue {
+    thread_local! {
+        static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
+    }
+    TABLE.with(|t| t[v as usize].clone())
+}
+
+/// A header value for a number that rarely repeats (a large remaining
+/// figure counting down): built directly, so that it does not push the
+/// values that do repeat (capacities, reset times) out of the cache.
+fn fresh_number(v: u64) -> HeaderValue {
+    if v < SMALL {
+        small(v)
+    } else {
+        shared_number(v)
+    }
 }
 
 /// The decimal digits of a number, as the owner of a `Bytes`.
@@ -155,7 +174,7 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
         Rendered::XRateLimit(report) => {
             headers.reserve(3);
             headers.insert(X_RATELIMIT_LIMIT.clone(), number(report.limit));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), number(report.remaining));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), fresh_number(report.remaining));
             headers.insert(X_RATELIMIT_RESET.clone(), number(report.reset));
         }
         Rendered::List(list) => {
@@ -316,6 +335,7 @@ mod tests {
             let hv = shared_number(v);
             assert_eq!(hv, HeaderValue::from(v), "{v}");
             assert_eq!(hv.clone().to_str().unwrap(), v.to_string());
+            assert_eq!(fresh_number(v), HeaderValue::from(v), "{v}");
         }
     }
 
