@@ -174,7 +174,10 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
         Rendered::XRateLimit(report) => {
             headers.reserve(3);
             headers.insert(X_RATELIMIT_LIMIT.clone(), number(report.limit));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), fresh_number(report.remaining));
+            headers.insert(
+                X_RATELIMIT_REMAINING.clone(),
+                fresh_number(report.remaining),
+            );
             headers.insert(X_RATELIMIT_RESET.clone(), number(report.reset));
         }
         Rendered::List(list) => {
