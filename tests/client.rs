@@ -685,3 +685,79 @@ async fn retries_waits_and_give_ups_are_counted_in_metrics() {
     assert!(value("tierlimit_client_gave_up_total{reason=\"retries_exhausted\"}") >= 1.0);
     assert!(value("tierlimit_client_wait_seconds_count{cause=\"retry\"}") >= 2.0);
 }
+
+mod header_fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: &[&str] = &[
+        "retry-after",
+        "retry-after-ms",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "burst-ratelimit-remaining",
+        "burst-ratelimit-reset",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,12}",
+            "[0-9]{1,3}\\.[0-9]{1,3}",
+            "[0-9hmsu.]{1,8}",
+            "\"b\";r=[0-9]{1,3};t=[0-9]{1,6}",
+            (0u64..200_000).prop_map(|d| (common::T0 + d).to_string()),
+            (0u64..200_000).prop_map(|d| ((common::T0 + d) * 1000).to_string()),
+            "[ -~]{0,20}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Whatever a 429, 503 or 200 says, the client never panics and
+        /// never waits longer than its cap (plus at most 1 s of jitter) at
+        /// a time, before a retry or pacing a later request.
+        #[test]
+        fn no_wait_passes_the_cap(
+            status in prop::sample::select(vec![429u16, 503, 200]),
+            headers in prop::collection::vec((prop::sample::select(NAMES), value()), 0..5),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let answer: Answer = (status, headers.clone());
+                let server = Scripted::new(vec![answer.clone(), answer, ok()]);
+                let cap = Duration::from_secs(120);
+                let layer = RetryLayer::with_clock(
+                    RetryPolicy::default().max_retries(2).max_wait(cap),
+                    TokioClock::new(),
+                );
+                let client = layer.layer(server.service());
+                let start = tokio::time::Instant::now();
+                // A second call sees the pace the first one left.
+                for _ in 0..2 {
+                    match client.clone().oneshot(get()).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let g = gave_up(e);
+                            prop_assert!(g.attempts <= 3);
+                        }
+                    }
+                }
+                let s = layer.stats();
+                let most = (cap + Duration::from_secs(1)) * u32::try_from(s.waits).unwrap();
+                prop_assert!(s.waited <= most, "{:?} in {} waits", s.waited, s.waits);
+                prop_assert!(start.elapsed() <= most + Duration::from_millis(50));
+                Ok(())
+            })?;
+        }
+    }
+}
