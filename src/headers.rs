@@ -122,34 +122,39 @@ fn fresh_number(v: u64) -> HeaderValue {
     }
 }
 
+/// The decimal digits of `v` at the end of a buffer (a `u64` has at most
+/// 20), and where they start.
+pub(crate) fn decimal(mut v: u64) -> ([u8; 20], usize) {
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return (buf, start);
+        }
+    }
+}
+
 /// The decimal digits of a number, as the owner of a `Bytes`.
 struct Digits {
     buf: [u8; 20],
-    start: u8,
+    start: usize,
 }
 
 impl AsRef<[u8]> for Digits {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[usize::from(self.start)..]
+        &self.buf[self.start..]
     }
 }
 
 /// A header value for `v` in one allocation whose clones only count
 /// references (`HeaderValue::from` makes a vector that its first clone
 /// moves into a second, shared allocation).
-fn shared_number(mut v: u64) -> HeaderValue {
-    let mut d = Digits {
-        buf: [0; 20],
-        start: 20,
-    };
-    loop {
-        d.start -= 1;
-        d.buf[usize::from(d.start)] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+fn shared_number(v: u64) -> HeaderValue {
+    let (buf, start) = decimal(v);
+    let d = Digits { buf, start };
     // Digits are always a valid header value.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(d))
         .unwrap_or(HeaderValue::from_static("0"))

@@ -240,18 +240,9 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The decimal digits of `v`.
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let (buf, start) = crate::headers::decimal(v);
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// A text made of literal parts and numbers, as a JSON string value.

@@ -134,6 +134,13 @@ pub struct RetryBudget {
     pub min_per_sec: f64,
 }
 
+impl RetryBudget {
+    /// The most retries saved up: ten seconds' worth.
+    fn most(&self) -> f64 {
+        self.min_per_sec.max(1.0) * 10.0
+    }
+}
+
 impl Default for RetryBudget {
     fn default() -> Self {
         RetryBudget {
@@ -559,7 +566,7 @@ impl Shared {
     pub(crate) fn begin(&self) {
         if let Some(b) = self.policy.budget {
             if let Ok(mut s) = self.budget.lock() {
-                s.0 = (s.0 + b.ratio).min(b.min_per_sec.max(1.0) * 10.0);
+                s.0 = (s.0 + b.ratio).min(b.most());
             }
         }
     }
@@ -574,8 +581,7 @@ impl Shared {
         };
         let now = Instant::now();
         let refill = now.saturating_duration_since(s.1).as_secs_f64() * b.min_per_sec;
-        let cap = b.min_per_sec.max(1.0) * 10.0;
-        s.0 = (s.0 + refill).min(cap);
+        s.0 = (s.0 + refill).min(b.most());
         s.1 = now;
         if s.0 >= 1.0 {
             s.0 -= 1.0;

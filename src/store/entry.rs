@@ -243,7 +243,7 @@ mod tests {
         assert!(matches!(e, Entry::Inline { .. }));
         // Read back later: the sliding cost leaves exactly 1 s after its
         // stamp (t rounded up to the millisecond).
-        let stamp = t.div_ceil(1_000_000) * 1_000_000;
+        let stamp = crate::window::stamp_nanos(t);
         assert_eq!(used(&mut e, 1, &sliding, stamp + S - 1), 3);
         assert_eq!(used(&mut e, 2, &fixed, t + 3600 * S), 4);
         // A count past 24 bits moves the entry to the heap, keeping both.

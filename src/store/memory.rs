@@ -58,7 +58,7 @@ use dashmap::mapref::one::RefMut;
 
 use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
 use crate::clock::Timestamp;
-use crate::window::{Cell, Refusal};
+use crate::window::{stamp_nanos, Cell, Refusal};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const INLINE_SWEEP_MAX: usize = 65_536;
@@ -255,7 +255,7 @@ impl MemoryStore {
         let now = now.as_nanos();
         // Figures are measured from the decision's stamp (see `WindowSpec`):
         // a reset is then never more than one window away.
-        batch.set_decided_at(Timestamp::from_nanos(now.div_ceil(1_000_000) * 1_000_000));
+        batch.set_decided_at(Timestamp::from_nanos(stamp_nanos(now)));
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;

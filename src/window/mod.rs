@@ -96,6 +96,12 @@ fn ms_to_ns(ms: u64) -> u64 {
     ms.saturating_mul(NANOS_PER_MS)
 }
 
+/// The stamp of a charge at `now` (ns): `now` rounded up to the
+/// millisecond, in nanoseconds. What a decision reports as its instant.
+pub(crate) fn stamp_nanos(now: u64) -> u64 {
+    ms_to_ns(ceil_ms(now))
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(u128::from(NANOS_PER_MS))).unwrap_or(u64::MAX)
 }
@@ -202,7 +208,7 @@ impl WindowSpec {
 
     /// The stamp of a charge at `now`: `now` rounded up to the millisecond.
     pub fn stamp(&self, now: Timestamp) -> Timestamp {
-        Timestamp::from_nanos(ms_to_ns(ceil_ms(now.as_nanos())))
+        Timestamp::from_nanos(stamp_nanos(now.as_nanos()))
     }
 
     /// When the cost of bucket or window `index` stops counting, given the
@@ -283,18 +289,11 @@ impl WindowSpec {
     /// The time zone a fixed window follows (an IANA name, or `local`), when
     /// it follows one rather than a fixed UTC offset.
     pub fn time_zone(&self) -> Option<&'static str> {
-        match self.0 {
-            Shape::Fixed { zone: Some(z), .. } => Some(z.name()),
-            _ => None,
-        }
+        self.zone().map(|z| z.name())
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis store's
     pub(crate) fn zone(&self) -> Option<ZoneRef> {
-        match self.0 {
-            Shape::Fixed { zone, .. } => zone,
-            Shape::Sliding { .. } => None,
-        }
+        self.fixed_parts().and_then(|(_, _, zone)| zone)
     }
 
     pub(crate) fn bucket_ms(&self) -> u64 {
