@@ -47,8 +47,15 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
         return;
     };
     let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
-    let store =
-        RedisStore::new(RedisStoreConfig::new(server.url()).time(TimeSource::Caller)).unwrap();
+    // A generous timeout, as in the other Redis tests: a decision that times
+    // out under a loaded machine may still run, and the script calls are
+    // counted below.
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
     let layer = RateLimitLayer::builder(policy())
         .clock(clock.clone())
         .store(store.clone())
@@ -98,4 +105,30 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
     assert_eq!(call("j").await.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(store.refusals_served(), served);
     assert_eq!(evals(&server), evals_before + 1);
+}
+
+/// An idle store sends no script: the background flusher calls Redis only
+/// when post-charges wait (it used to send an empty call every 10 ms).
+#[tokio::test]
+async fn an_idle_store_sends_no_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
+    let svc = RateLimitLayer::builder(policy())
+        .clock(clock)
+        .store(store)
+        .build()
+        .layer(Ok200);
+    assert_eq!(get_key(&svc, "k").await.status(), StatusCode::OK);
+    let before = evals(&server);
+    // Twenty flusher ticks, in real time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(evals(&server), before);
 }

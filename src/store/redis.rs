@@ -648,9 +648,14 @@ impl Inner {
         mine
     }
 
-    /// Charges grouped by slot (one group on a single server).
+    /// Charges grouped by slot (one group on a single server, none when no
+    /// charge waits).
     fn by_slot(&self, charges: Vec<Waiting>) -> Vec<Vec<Waiting>> {
-        if !self.is_cluster() || charges.is_empty() {
+        if charges.is_empty() {
+            // Nothing waits: no call at all (the flusher ticks every 10 ms).
+            return Vec::new();
+        }
+        if !self.is_cluster() {
             return vec![charges];
         }
         group_by(charges, |w| self.slot(w.charge.receipt.key()))
