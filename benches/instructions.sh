@@ -19,7 +19,7 @@ BIN=$(ls -t target/release/deps/layer_cost-* | grep -v '\.d$' | head -1)
 # is the cost of one request, without any one-time cost (the clock's TSC
 # calibration, building the policy, first-use tables).
 declare -A slope
-for mode in bare layer reject; do
+for mode in bare layer reject decide governor; do
   t1=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$mode" "$N" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
   t2=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$mode" "$((2 * N))" 2>&1 \
@@ -31,3 +31,5 @@ echo "  bare: ${slope[bare]} (building the request and answering it)"
 for mode in layer reject; do
   echo "  $mode: ${slope[$mode]}, the layer adds $(( slope[$mode] - slope[bare] ))"
 done
+echo "instructions per decision (decide.rs hot_key, no layer):"
+echo "  tierlimit (2 sliding limits): ${slope[decide]}; governor (1 GCRA quota): ${slope[governor]}"

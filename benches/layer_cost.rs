@@ -17,7 +17,9 @@
 //! after 1 000 requests of warm-up;
 //! the difference of the two totals divided by N is what the layer adds.
 //! `reject` runs the same with capacity 1, so every request after the first
-//! is answered 429 by the layer.
+//! is answered 429 by the layer. `decide` and `governor` run one decision
+//! of `benches/decide.rs`'s `hot_key` group (no layer, no request), ours and
+//! governor's, on the same step clock for ours.
 //!
 //! Without arguments (as `cargo bench` runs it) it does one short run of
 //! each mode and prints wall time per request, for a quick look only.
@@ -89,8 +91,53 @@ where
     ok
 }
 
+/// `n` decisions of `benches/decide.rs`'s `hot_key` group without the
+/// layer: ours (a 60/min + 1000/h sliding plan: batch, hash, both windows)
+/// or governor's `check_key` (one 60/min GCRA quota), on one key, the clock
+/// moving 1 ms per decision; returns how many were admitted.
+fn decisions(mode: &str, n: u64) -> u64 {
+    use std::hint::black_box;
+    let key = "hot-key-00000001".to_string();
+    let mut ok = 0;
+    if mode == "governor" {
+        let gov: governor::DefaultKeyedRateLimiter<String> = governor::RateLimiter::keyed(
+            governor::Quota::per_minute(std::num::NonZeroU32::new(60).expect("60 > 0")),
+        );
+        for _ in 0..n {
+            ok += u64::from(gov.check_key(black_box(&key)).is_ok());
+        }
+        return ok;
+    }
+    let policy = Config::new()
+        .tier(
+            "standard",
+            Tier::new()
+                .limit(Limit::sliding("per-minute", 60, Duration::from_secs(60)))
+                .limit(Limit::sliding("per-hour", 1000, Duration::from_secs(3600))),
+        )
+        .default_tier("standard")
+        .build()
+        .expect("a valid policy");
+    let store = tierlimit::store::MemoryStore::default();
+    let clock = StepClock::default();
+    for _ in 0..n {
+        let id = tierlimit::identity::Identity {
+            api_key: Some(black_box(key.as_bytes())),
+            ..tierlimit::identity::Identity::default()
+        };
+        let Some(batch) = policy.batch_for(&http::Method::GET, "/items", &id) else {
+            continue;
+        };
+        ok += u64::from(store.decide_now(clock.now(), batch).admitted());
+    }
+    ok
+}
+
 /// Runs `n` requests in `mode`; returns how many got 200.
 fn run(mode: &str, n: u64) -> u64 {
+    if mode == "decide" || mode == "governor" {
+        return decisions(mode, n);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +162,7 @@ fn run(mode: &str, n: u64) -> u64 {
                 drive(svc.clone(), 1000).await;
                 drive(svc, n).await
             }
-            other => panic!("mode `{other}`: bare, layer or reject"),
+            other => panic!("mode `{other}`: bare, layer, reject, decide or governor"),
         }
     })
 }

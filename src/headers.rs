@@ -71,7 +71,7 @@ fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
 }
 
 /// A header value for a number, without allocating in the common cases:
-/// small numbers come from a per-thread table, and the last few large ones
+/// small numbers are static values, and the last few large ones
 /// (reset times repeat for a whole second, capacities for ever) from a
 /// per-thread cache. Per thread, so that clones never share a reference
 /// count across cores.
@@ -101,14 +101,49 @@ fn number(v: u64) -> HeaderValue {
     })
 }
 
-/// Numbers below this come from a per-thread table.
+/// Numbers below this are static header values.
 const SMALL: u64 = 256;
 
-fn small(v: u64) -> HeaderValue {
-    thread_local! {
-        static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
+/// Bytes of every number below [`SMALL`] written out one after another
+/// ("0123456789101112…255").
+const SMALL_LEN: usize = 10 + 90 * 2 + (SMALL as usize - 100) * 3;
+
+const fn small_digits() -> [u8; SMALL_LEN] {
+    let mut out = [0u8; SMALL_LEN];
+    let (mut n, mut at) = (0usize, 0usize);
+    while n < SMALL as usize {
+        if n >= 100 {
+            out[at] = b'0' + (n / 100) as u8;
+            at += 1;
+        }
+        if n >= 10 {
+            out[at] = b'0' + (n / 10 % 10) as u8;
+            at += 1;
+        }
+        out[at] = b'0' + (n % 10) as u8;
+        at += 1;
+        n += 1;
     }
-    TABLE.with(|t| t[v as usize].clone())
+    out
+}
+
+const SMALL_DIGITS: [u8; SMALL_LEN] = small_digits();
+
+static SMALL_STR: &str = match std::str::from_utf8(&SMALL_DIGITS) {
+    Ok(s) => s,
+    Err(_) => "",
+};
+
+/// A number below [`SMALL`] as a static header value: no allocation, and
+/// its clones count no references.
+fn small(v: u64) -> HeaderValue {
+    let n = v.min(SMALL - 1) as usize;
+    let (start, len) = match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + (n - 10) * 2, 2),
+        _ => (190 + (n - 100) * 3, 3),
+    };
+    HeaderValue::from_static(SMALL_STR.get(start..start + len).unwrap_or("0"))
 }
 
 /// A header value for a number that rarely repeats (a large remaining
@@ -137,27 +172,36 @@ pub(crate) fn decimal(mut v: u64) -> ([u8; 20], usize) {
     }
 }
 
-/// The decimal digits of a number, as the owner of a `Bytes`.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
+/// Bytes of the per-thread buffer that number values are cut from.
+const CHUNK: usize = 4096;
 
-impl AsRef<[u8]> for Digits {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-/// A header value for `v` in one allocation whose clones only count
-/// references (`HeaderValue::from` makes a vector that its first clone
-/// moves into a second, shared allocation).
+/// A header value for `v`, cut from a per-thread buffer of [`CHUNK`]
+/// bytes: one allocation for some hundreds of values instead of one each
+/// (`HeaderValue::from` allocates a vector per value, and its first clone
+/// a second, shared allocation). A value only counts a reference to its
+/// buffer; a buffer is freed when its last value is.
 fn shared_number(v: u64) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+    }
     let (buf, start) = decimal(v);
-    let d = Digits { buf, start };
+    let digits = &buf[start..];
+    let cut = BUF.try_with(|b| {
+        let mut b = b.try_borrow_mut().ok()?;
+        if b.capacity() - b.len() < digits.len() {
+            *b = bytes::BytesMut::with_capacity(CHUNK);
+        }
+        b.extend_from_slice(digits);
+        Some(b.split().freeze())
+    });
+    let bytes = match cut {
+        Ok(Some(bytes)) => bytes,
+        // Only while the thread's storage is torn down.
+        _ => bytes::Bytes::copy_from_slice(digits),
+    };
     // Digits are always a valid header value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(d))
-        .unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Headers computed at decision time, written onto the response later.

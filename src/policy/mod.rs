@@ -164,6 +164,12 @@ pub(crate) struct CompiledLimit {
     /// Which counter under the key: from the limit's definition, so a
     /// reload keeps counters exactly when the definition is unchanged.
     tag: u16,
+    /// Limits with equal scopes have equal ids (per policy): a request
+    /// hashes each scope once.
+    scope_id: u16,
+    /// The store limit of a request before its key, cascade group and any
+    /// capacity change are filled in (made once the policy is complete).
+    template: LimitSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -426,7 +432,40 @@ fn compile_limit(
         group_mask: group(b"group\0"),
         overflow_key: group(b"overflow\0"),
         tag,
+        scope_id: 0,
+        template: LimitSpec::new(CounterKey::default(), spec, 1, 1),
     })
+}
+
+/// Fills in each limit's scope id and store template, once every limit of
+/// the policy is known (a limit's label is its index).
+fn finish_limits(limits: &mut [CompiledLimit]) {
+    let mut scopes: Vec<Vec<ScopePart>> = Vec::new();
+    for (li, l) in limits.iter_mut().enumerate() {
+        let id = match scopes.iter().position(|s| *s == l.scope) {
+            Some(i) => i,
+            None => {
+                scopes.push(l.scope.clone());
+                scopes.len() - 1
+            }
+        };
+        l.scope_id = u16::try_from(id).unwrap_or(u16::MAX);
+        let charge = match l.cost {
+            Cost::Requests(n) => Charge::Now(n),
+            _ => Charge::After,
+        };
+        l.template = LimitSpec::new(CounterKey::default(), l.spec, scaled(l.capacity as f64), 1)
+            .with_charge(charge)
+            .with_tag(l.tag)
+            .with_overflow_key(CounterKey::from_u128(l.overflow_key))
+            .with_label(u32::try_from(li).unwrap_or(u32::MAX));
+    }
+}
+
+/// A capacity (times a modifier's factor) rounded down, within
+/// 1 ..= `u32::MAX`.
+fn scaled(capacity: f64) -> u64 {
+    (capacity.floor() as u64).clamp(1, u64::from(u32::MAX))
 }
 
 impl TryFrom<&Config> for Policy {
@@ -728,6 +767,7 @@ impl Policy {
             max_key_len: id.max_key_len,
             ipv6_prefix: id.ipv6_prefix,
         };
+        finish_limits(&mut limits);
         Ok(Policy {
             limits,
             tiers,
@@ -919,7 +959,7 @@ impl Policy {
             .sum();
         let mut batch = Batch::with_capacity(count);
         // Hash each distinct scope once (requests rarely have more than 4).
-        let mut memo: [Option<(&[ScopePart], u128)>; 4] = [None; 4];
+        let mut memo: [Option<(u16, u128)>; 4] = [None; 4];
         let mut cascade_id = 0u16;
         for &t in picked.iter().flatten() {
             for (range, cascade) in &self.tiers[t].groups {
@@ -927,39 +967,32 @@ impl Policy {
                     cascade_id += 1;
                     cascade_id
                 });
-                for li in range.clone() {
-                    let l = &self.limits[li];
+                for l in &self.limits[range.clone()] {
                     let known = memo
                         .iter()
                         .flatten()
-                        .find(|(s, _)| *s == l.scope.as_slice())
+                        .find(|(s, _)| *s == l.scope_id)
                         .map(|(_, h)| *h);
                     let scope_hash = known.unwrap_or_else(|| {
                         let h = scope_hash(self.secret, &l.scope, id);
                         if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
-                            *free = Some((&l.scope, h));
+                            *free = Some((l.scope_id, h));
                         }
                         h
                     });
-                    let mut capacity = l.capacity as f64 * factor;
-                    if let Some(agg) = l.aggregate {
-                        let users = id.tenant.map_or(1, |t| (self.tenant_users.0)(t).max(1));
-                        capacity *= users as f64 * agg;
+                    let mut spec = l.template;
+                    spec.key = CounterKey::from_u128(scope_hash ^ l.group_mask ^ mod_mask);
+                    spec.overflow_key = CounterKey::from_u128(l.overflow_key ^ mod_mask);
+                    spec.cascade = group;
+                    if factor != 1.0 || l.aggregate.is_some() {
+                        let mut capacity = l.capacity as f64 * factor;
+                        if let Some(agg) = l.aggregate {
+                            let users = id.tenant.map_or(1, |t| (self.tenant_users.0)(t).max(1));
+                            capacity *= users as f64 * agg;
+                        }
+                        spec.capacity = scaled(capacity);
                     }
-                    let capacity = (capacity.floor() as u64).clamp(1, u64::from(u32::MAX));
-                    let charge = match l.cost {
-                        Cost::Requests(n) => Charge::Now(n),
-                        _ => Charge::After,
-                    };
-                    let key = CounterKey::from_u128(scope_hash ^ l.group_mask ^ mod_mask);
-                    batch.push(
-                        LimitSpec::new(key, l.spec, capacity, 1)
-                            .with_charge(charge)
-                            .with_tag(l.tag)
-                            .with_overflow_key(CounterKey::from_u128(l.overflow_key ^ mod_mask))
-                            .in_cascade(group)
-                            .with_label(li as u32),
-                    );
+                    batch.push(spec);
                 }
             }
         }

@@ -112,6 +112,7 @@ mod model_tests;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::cell::Cell;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -321,15 +322,44 @@ pub const MAX_LIMITS: usize = 64;
 /// [`Outcome`] per limit out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    items: Vec<(LimitSpec, Option<Outcome>)>,
+    items: Items,
     decided_at: Option<Timestamp>,
+}
+
+type Items = Vec<(LimitSpec, Option<Outcome>)>;
+
+thread_local! {
+    /// The storage of the last batch dropped on this thread, kept for the
+    /// next one made here (one per thread: a request has one batch at a time).
+    static SPARE: Cell<Items> = const { Cell::new(Vec::new()) };
+}
+
+/// Gives a dropped batch's storage to the next batch of this thread
+/// (storage for more than [`MAX_LIMITS`] is freed).
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let cap = self.items.capacity();
+        if cap == 0 || cap > MAX_LIMITS {
+            return;
+        }
+        let mut items = std::mem::take(&mut self.items);
+        items.clear();
+        // Outside thread-local storage (a thread being torn down) it is
+        // simply freed.
+        let _ = SPARE.try_with(|s| drop(s.replace(items)));
+    }
 }
 
 impl Batch {
     /// An empty batch with room for `n` limits.
+    ///
+    /// The storage of the batch this thread dropped last is reused (see
+    /// [`Batch`]'s `Drop`), so a request's batch costs no allocation.
     pub fn with_capacity(n: usize) -> Self {
+        let mut items = SPARE.try_with(Cell::take).unwrap_or_default();
+        items.reserve(n);
         Batch {
-            items: Vec::with_capacity(n),
+            items,
             decided_at: None,
         }
     }

@@ -459,6 +459,10 @@ pub(crate) struct Ring {
     newest: u64,
     /// Sum of the slots' counts.
     total: u64,
+    /// No bucket before this one holds cost: scans start here rather than
+    /// at the oldest slot, so sparse traffic (a few non-empty buckets in a
+    /// long window) does not pay for the empty ones on every decision.
+    first: u64,
     /// Per bucket: its count (low 32 bits) and its latest stamp as
     /// milliseconds from the bucket's start (high 32 bits).
     slots: Box<[u64]>,
@@ -524,6 +528,11 @@ impl Ring {
     /// The oldest bucket index the ring can hold.
     fn oldest(&self) -> u64 {
         self.newest.saturating_sub(self.slots.len() as u64 - 1)
+    }
+
+    /// The buckets that may hold cost, oldest first.
+    fn live(&self) -> std::ops::RangeInclusive<u64> {
+        self.oldest().max(self.first)..=self.newest
     }
 
     /// The latest stamp (ms) of bucket `j`.
@@ -610,13 +619,14 @@ impl Cell {
                     }
                     // Buckets leave in order: drop the oldest while their
                     // window has ended.
-                    for j in ring.oldest()..=ring.newest {
+                    for j in ring.live() {
                         let i = ring.slot_of(j);
                         let c = slot_count(ring.slots[i]);
                         if c == 0 {
                             continue;
                         }
                         if ring.last_of(j, bucket_ms).saturating_add(window_ms) > floor {
+                            ring.first = j;
                             break;
                         }
                         ring.total -= u64::from(c);
@@ -654,7 +664,7 @@ impl Cell {
             Cell::Ring(r) => (None, Some(r)),
         };
         let from_ring = ring.into_iter().flat_map(move |r| {
-            (r.oldest()..=r.newest).filter_map(move |j| {
+            r.live().filter_map(move |j| {
                 let c = slot_count(r.slots[r.slot_of(j)]);
                 (c > 0).then(|| (j, r.last_of(j, bucket_ms), u64::from(c)))
             })
@@ -669,7 +679,8 @@ impl Cell {
         match self {
             Cell::One { count: 0, .. } => None,
             Cell::One { last, .. } => Some((spec.index_of_last(*last), *last)),
-            Cell::Ring(r) => (r.oldest()..=r.newest)
+            Cell::Ring(r) => r
+                .live()
                 .rev()
                 .find(|&j| slot_count(r.slots[r.slot_of(j)]) > 0)
                 .map(|j| (j, r.last_of(j, spec.bucket_ms()))),
@@ -823,6 +834,7 @@ impl Cell {
                 // A second non-empty bucket: move to a ring.
                 let mut ring = Ring {
                     newest: cur,
+                    first: old,
                     total: u64::from(*count) + u64::from(cost32),
                     slots: vec![0u64; reach as usize + 1].into_boxed_slice(),
                 };
