@@ -110,6 +110,24 @@ impl Entry {
         u64::from(self.idle_at()) * 1_000_000_000 <= now
     }
 
+    /// A copy of the counter tagged `tag` at `now` (ns since the epoch; an
+    /// empty one if absent), when it holds at most one bucket; `None` for a
+    /// ring of buckets, which is not copied (it would allocate).
+    pub(crate) fn copy_cell(&self, tag: u16, now: u64) -> Option<Cell> {
+        match self {
+            Entry::Inline { tags, cells, .. } => Some(
+                tags.iter()
+                    .position(|t| *t == tag)
+                    .map_or_else(Cell::default, |p| unpack(cells[p], now_ms(now))),
+            ),
+            Entry::Heap(s) => match s.cells.iter().find(|(t, _)| *t == tag) {
+                None => Some(Cell::default()),
+                Some((_, c @ Cell::One { .. })) => Some(c.clone()),
+                Some(_) => None,
+            },
+        }
+    }
+
     /// Runs `f` on the counter tagged `tag` of window `spec` (an empty one
     /// if absent) at `now`, and stores the result back.
     pub(crate) fn with_cell<R>(

@@ -54,7 +54,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::entry::Entry;
-use dashmap::mapref::one::RefMut;
+use dashmap::mapref::one::{Ref, RefMut};
 
 use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
 use crate::clock::Timestamp;
@@ -67,6 +67,8 @@ const SWEEP_INTERVAL_S: u64 = 60;
 const POOL: usize = 4096;
 /// Candidates compared per eviction.
 const SAMPLES: u32 = 8;
+/// Places in the table of recent refusals (a power of two).
+const HINTS: usize = 4096;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +167,18 @@ struct Inner {
     pool: Box<[AtomicU64]>,
     pool_next: AtomicUsize,
     evictions: AtomicU64,
+    /// Recent refusals, by the first key of the refused batch: a
+    /// fingerprint of the key (high 32 bits) and the Unix second until
+    /// which its batch was refused (low 32 bits). Only a hint of which
+    /// path to try first: see [`MemoryStore::refuse_shared`].
+    hints: Box<[AtomicU64]>,
+}
+
+/// A key's place in the table of recent refusals and its fingerprint there.
+fn hint_of(key: u128) -> (usize, u64) {
+    let place = (key as usize) & (HINTS - 1);
+    let print = (((key >> 64) as u64) | 1) << 32;
+    (place, print)
 }
 
 /// The in-process store. Cloning is cheap and clones share the counters.
@@ -217,6 +231,7 @@ impl MemoryStore {
                     .collect(),
                 pool_next: AtomicUsize::new(0),
                 evictions: AtomicU64::new(0),
+                hints: (0..HINTS).map(|_| AtomicU64::new(0)).collect(),
             }),
         }
     }
@@ -256,6 +271,35 @@ impl MemoryStore {
         // Figures are measured from the decision's stamp (see `WindowSpec`):
         // a reset is then never more than one window away.
         batch.set_decided_at(Timestamp::from_nanos(stamp_nanos(now)));
+        let inner = &*self.inner;
+        // A key refused a moment ago is most likely refused again: try that
+        // under shared locks first, writing nothing.
+        let hint = batch.items.first().map(|(l, _)| hint_of(l.key.as_u128()));
+        if let Some((place, print)) = hint {
+            let h = inner.hints[place].load(Ordering::Relaxed);
+            if h & !0xffff_ffff == print && now / NANOS_PER_SEC < h & 0xffff_ffff {
+                if self.refuse_shared(now, &mut batch) {
+                    self.maybe_sweep(now, false);
+                    return batch;
+                }
+                // Room after all: the exclusive path decides, from scratch.
+                let _ =
+                    inner.hints[place].compare_exchange(h, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+        self.decide_exclusive(now, batch, hint)
+    }
+
+    /// Decides `batch` at `now` (ns; the batch's decision instant set)
+    /// under the entries' write locks, charging when every group has room;
+    /// remembers a refusal at `hint` (the place and fingerprint of the
+    /// batch's first key among the recent refusals).
+    pub(super) fn decide_exclusive(
+        &self,
+        now: u64,
+        mut batch: Batch,
+        hint: Option<(usize, u64)>,
+    ) -> Batch {
         let inner = &*self.inner;
         let mut ok = true;
         let mut hit_cap = false;
@@ -348,6 +392,15 @@ impl MemoryStore {
             ok = false;
         }
         drop(held);
+        if let (false, Some((place, print))) = (ok, hint) {
+            // Until the refused batch would fit (a cost that never fits:
+            // for a second).
+            let until = batch
+                .retry_at()
+                .map_or(now / NANOS_PER_SEC + 1, |t| t.as_secs_ceil());
+            let until = until.min(u64::from(u32::MAX));
+            inner.hints[place].store(print | until, Ordering::Relaxed);
+        }
         if !ok {
             for (limit, slot) in batch.items.iter_mut() {
                 let Some(outcome) = slot.as_mut() else {
@@ -374,6 +427,66 @@ impl MemoryStore {
         }
         self.maybe_sweep(now, hit_cap);
         batch
+    }
+
+    /// Decides `batch` at `now` (ns) under shared locks, charging and
+    /// creating nothing: `true` when it is refused (every outcome
+    /// recorded, exactly as the exclusive path would record them: what a
+    /// refused batch reports is the counters without its charges);
+    /// `false` when it would be admitted, or a counter is a ring of
+    /// buckets, and the exclusive path must decide.
+    ///
+    /// Refusals are then answered as `governor` answers them, without a
+    /// write lock: callers hammering a spent key do not queue behind each
+    /// other, nor behind the callers that are admitted.
+    pub(super) fn refuse_shared(&self, now: u64, batch: &mut Batch) -> bool {
+        let inner = &*self.inner;
+        let mut ok = true;
+        let mut held: Option<(u128, Option<Ref<'_, MapKey, Entry>>)> = None;
+        let mut group: Option<u16> = None;
+        let mut group_chosen = false;
+        for (limit, slot) in batch.items.iter_mut() {
+            if limit.cascade != group {
+                if group.is_some() && !group_chosen {
+                    ok = false;
+                }
+                group = limit.cascade;
+                group_chosen = false;
+            }
+            let key = limit.key.as_u128();
+            if held.as_ref().is_none_or(|(k, _)| *k != key) {
+                // One shard lock at a time (two keys may share a shard).
+                drop(held.take());
+                held = Some((key, inner.map.get(&MapKey::from(key))));
+            }
+            let Some((_, entry)) = held.as_ref() else {
+                continue;
+            };
+            let copy = match entry {
+                Some(e) => e.copy_cell(limit.tag, now),
+                None => Some(Cell::default()),
+            };
+            let Some(mut cell) = copy else {
+                return false;
+            };
+            let (view, fit) = cell.peek(&limit.window, limit.capacity, now, limit.check_cost());
+            let verdict = match fit {
+                _ if group.is_some() && group_chosen => Verdict::Passed,
+                Err(refusal) => {
+                    ok &= group.is_some();
+                    Verdict::Refused(refusal)
+                }
+                Ok(()) => {
+                    group_chosen |= group.is_some();
+                    Verdict::Room(Receipt::new(CounterKey::from_u128(key), u64::MAX))
+                }
+            };
+            *slot = Some(Outcome::new(view, verdict));
+        }
+        if group.is_some() && !group_chosen {
+            ok = false;
+        }
+        !ok
     }
 
     fn charge_after_sync(&self, now: Timestamp, charges: Vec<PostCharge>) {

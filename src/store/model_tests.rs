@@ -213,3 +213,56 @@ proptest! {
         }
     }
 }
+
+/// What a decided limit says, receipts aside (a refused batch's receipts
+/// are never used).
+fn said(b: &Batch, i: usize) -> (crate::window::View, Option<crate::window::Refusal>, bool) {
+    let o = b.outcome(i).unwrap();
+    (o.view, o.refusal(), matches!(o.verdict, Verdict::Passed))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A refusal answered under shared locks (for a key refused a moment
+    /// ago) is the refusal the exclusive path gives: same views, same
+    /// refusals and retry instants, same passed cascade members.
+    #[test]
+    fn refusals_under_shared_locks_are_the_exclusive_ones(reqs in reqs()) {
+        let store = MemoryStore::default();
+        let mut now = 1_700_000_000_000 * MS;
+        let mut shared_refusals = 0;
+        for req in &reqs {
+            now += req.gap_ms * MS / 4;
+            let mut slots = Vec::new();
+            for (g, group) in req.groups.iter().enumerate() {
+                let cascade = (group.len() > 1).then_some(g as u16 + 1);
+                for &(key, tag, cost, post) in group {
+                    let (w, cap) = shape_of(tag);
+                    let charge = if post { Charge::After } else { Charge::Now(cost.min(cap)) };
+                    slots.push(spec(key, w, cap, 1, tag).with_charge(charge).in_cascade(cascade));
+                }
+            }
+            let mut batch = Batch::from_limits(slots);
+            batch.set_decided_at(Timestamp::from_nanos(now));
+            let mut shared = batch.clone();
+            if store.refuse_shared(now, &mut shared) {
+                shared_refusals += 1;
+                let exclusive = store.decide_exclusive(now, batch, None);
+                prop_assert!(!exclusive.admitted());
+                prop_assert!(!shared.admitted());
+                for i in 0..exclusive.len() {
+                    prop_assert_eq!(said(&shared, i), said(&exclusive, i), "limit {}", i);
+                }
+                prop_assert_eq!(shared.retry_at(), exclusive.retry_at());
+                prop_assert_eq!(shared.blocking(), exclusive.blocking());
+            } else {
+                store.decide_exclusive(now, batch, None);
+            }
+        }
+        // Not a test that cannot fail: long runs of requests do get refused.
+        if reqs.len() > 60 {
+            prop_assert!(shared_refusals > 0);
+        }
+    }
+}
