@@ -15,14 +15,16 @@ N=${N:-20000}
 command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind; }
 cargo bench --bench layer_cost --no-run >&2
 BIN=$(ls -t target/release/deps/layer_cost-* | grep -v '\.d$' | head -1)
-# Each mode runs N and 2N requests: the difference of the two totals over N
-# is the cost of one request, without any one-time cost (the clock's TSC
-# calibration, building the policy, first-use tables).
+# Only the measured part of each run is counted (--toggle-collect: after
+# building everything and 1 000 requests of warm-up, so neither the TSC
+# clock's calibration, which varies by millions of instructions from run to
+# run, nor first-use tables count), and each mode runs N and 2N requests:
+# the difference of the two counts over N is the cost of one request.
 declare -A slope
 for mode in bare layer reject decide governor; do
-  t1=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$mode" "$N" 2>&1 \
+  t1=$(valgrind --tool=callgrind --toggle-collect='layer_cost::measured*' --callgrind-out-file=/dev/null "$BIN" "$mode" "$N" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
-  t2=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$mode" "$((2 * N))" 2>&1 \
+  t2=$(valgrind --tool=callgrind --toggle-collect='layer_cost::measured*' --callgrind-out-file=/dev/null "$BIN" "$mode" "$((2 * N))" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
   slope[$mode]=$(( (t2 - t1) / N ))
 done

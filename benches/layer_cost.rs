@@ -103,10 +103,15 @@ fn decisions(mode: &str, n: u64) -> u64 {
         let gov: governor::DefaultKeyedRateLimiter<String> = governor::RateLimiter::keyed(
             governor::Quota::per_minute(std::num::NonZeroU32::new(60).expect("60 > 0")),
         );
-        for _ in 0..n {
+        for _ in 0..1000 {
             ok += u64::from(gov.check_key(black_box(&key)).is_ok());
         }
-        return ok;
+        return measured(|| {
+            for _ in 0..n {
+                ok += u64::from(gov.check_key(black_box(&key)).is_ok());
+            }
+            ok
+        });
     }
     let policy = Config::new()
         .tier(
@@ -120,17 +125,24 @@ fn decisions(mode: &str, n: u64) -> u64 {
         .expect("a valid policy");
     let store = tierlimit::store::MemoryStore::default();
     let clock = StepClock::default();
-    for _ in 0..n {
+    let decide = || {
         let id = tierlimit::identity::Identity {
             api_key: Some(black_box(key.as_bytes())),
             ..tierlimit::identity::Identity::default()
         };
-        let Some(batch) = policy.batch_for(&http::Method::GET, "/items", &id) else {
-            continue;
-        };
-        ok += u64::from(store.decide_now(clock.now(), batch).admitted());
+        policy
+            .batch_for(&http::Method::GET, "/items", &id)
+            .is_some_and(|batch| store.decide_now(clock.now(), batch).admitted())
+    };
+    for _ in 0..1000 {
+        ok += u64::from(decide());
     }
-    ok
+    measured(|| {
+        for _ in 0..n {
+            ok += u64::from(decide());
+        }
+        ok
+    })
 }
 
 /// Runs `n` requests in `mode`; returns how many got 200.
@@ -142,29 +154,44 @@ fn run(mode: &str, n: u64) -> u64 {
         .enable_all()
         .build()
         .unwrap();
+    // A JSON answer with its content type, as every real handler gives
+    // (axum's `Json`, the example gateway's demo route): the response's
+    // header map exists before the layer adds to it.
     let inner = service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+        let mut resp = Response::new(Full::new(Bytes::from_static(
             b"{\"ok\":true,\"method\":\"GET\",\"path\":\"/api/items\"}",
-        ))))
+        )));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok::<_, Infallible>(resp)
     });
-    rt.block_on(async {
-        match mode {
-            "bare" => {
-                drive(inner, 1000).await;
-                drive(inner, n).await
-            }
-            "layer" | "reject" => {
-                let capacity = if mode == "layer" { 4_000_000_000 } else { 1 };
-                let svc = RateLimitLayer::builder(policy(capacity))
-                    .clock(StepClock::default())
-                    .build()
-                    .layer(inner);
-                drive(svc.clone(), 1000).await;
-                drive(svc, n).await
-            }
-            other => panic!("mode `{other}`: bare, layer, reject, decide or governor"),
+    // Everything is built and warmed up (1 000 requests: first-use
+    // allocations, the TSC clock's calibration) before `measured` runs.
+    match mode {
+        "bare" => {
+            rt.block_on(drive(inner, 1000));
+            measured(|| rt.block_on(drive(inner, n)))
         }
-    })
+        "layer" | "reject" => {
+            let capacity = if mode == "layer" { 4_000_000_000 } else { 1 };
+            let svc = RateLimitLayer::builder(policy(capacity))
+                .clock(StepClock::default())
+                .build()
+                .layer(inner);
+            rt.block_on(drive(svc.clone(), 1000));
+            measured(|| rt.block_on(drive(svc, n)))
+        }
+        other => panic!("mode `{other}`: bare, layer, reject, decide or governor"),
+    }
+}
+
+/// The part of a run that `benches/instructions.sh` counts
+/// (`valgrind --tool=callgrind --toggle-collect='layer_cost::measured*'`).
+#[inline(never)]
+fn measured<R>(f: impl FnOnce() -> R) -> R {
+    std::hint::black_box(f())
 }
 
 fn main() {

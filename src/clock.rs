@@ -176,6 +176,21 @@ fn anchored() -> &'static Anchored {
     })
 }
 
+/// The CPU's timestamp counter, raw (for measuring short durations with
+/// [`elapsed_nanos`]: a few ns a read, where `Instant::now` costs a
+/// `clock_gettime`).
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn raw_ticks() -> u64 {
+    anchored().tsc.raw()
+}
+
+/// Nanoseconds from the raw reading `since` ([`raw_ticks`]) to now.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn elapsed_nanos(since: u64) -> u64 {
+    let a = anchored();
+    a.tsc.delta_as_nanos(since, a.tsc.raw())
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.now_nanos())

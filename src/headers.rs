@@ -160,16 +160,31 @@ fn fresh_number(v: u64) -> HeaderValue {
 /// The decimal digits of `v` at the end of a buffer (a `u64` has at most
 /// 20), and where they start.
 pub(crate) fn decimal(mut v: u64) -> ([u8; 20], usize) {
+    // Two digits a step, from a table of "00" ..= "99".
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [0u8; 20];
     let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return (buf, start);
-        }
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        start -= 2;
+        buf[start] = PAIRS[pair];
+        buf[start + 1] = PAIRS[pair + 1];
     }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        start -= 2;
+        buf[start] = PAIRS[pair];
+        buf[start + 1] = PAIRS[pair + 1];
+    } else {
+        start -= 1;
+        buf[start] = b'0' + v as u8;
+    }
+    (buf, start)
 }
 
 /// Bytes of the per-thread buffer that number values are cut from.
@@ -388,6 +403,27 @@ mod tests {
             assert_eq!(hv, HeaderValue::from(v), "{v}");
             assert_eq!(hv.clone().to_str().unwrap(), v.to_string());
             assert_eq!(fresh_number(v), HeaderValue::from(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn decimal_digits_are_the_plain_ones() {
+        let mut values: Vec<u64> = (0..20_000).collect();
+        for p in 0..20 {
+            let t = 10u64.pow(p);
+            values.extend([t - 1, t, t + 1, t.saturating_mul(7).saturating_add(3)]);
+        }
+        values.extend([u64::MAX - 1, u64::MAX]);
+        for v in values {
+            let (buf, start) = decimal(v);
+            assert_eq!(&buf[start..], v.to_string().as_bytes(), "{v}");
+        }
+    }
+
+    #[test]
+    fn small_numbers_are_static_and_plain() {
+        for v in 0..SMALL {
+            assert_eq!(small(v), HeaderValue::from(v), "{v}");
         }
     }
 
