@@ -6,8 +6,7 @@
 //!
 //! Groups: `hot_key` (one key, one thread), `many_keys` (1M distinct String
 //! keys round robin), `contended_2_threads` (two threads, one key),
-//! `distinct_2_threads` (two threads, own keys), `header_numbers` (the three
-//! `X-RateLimit-*` values, plain vs per-thread cache). After the groups, the bench
+//! `distinct_2_threads` (two threads, own keys). After the groups, the bench
 //! measures bytes per tracked key at 1M keys for both (RSS delta in a child
 //! process each, so neither sees the other's freed memory).
 //!
@@ -238,62 +237,6 @@ fn measure_memory(which: &str) {
     println!("{which}: {per_key:.1} bytes per tracked key ({MANY} String keys)");
 }
 
-/// The three `X-RateLimit-*` numbers of one response (limit, remaining,
-/// reset), made as `HeaderValue`s: plainly, and the way `src/headers.rs`
-/// does it (a per-thread table of small numbers and a per-thread cache of
-/// the last few large ones). Decides whether that cache pays for itself.
-fn header_numbers(c: &mut Criterion) {
-    use http::HeaderValue;
-    use std::cell::RefCell;
-    const SMALL: u64 = 256;
-    thread_local! {
-        static TABLE: Vec<HeaderValue> = (0..SMALL).map(HeaderValue::from).collect();
-        static RECENT: RefCell<[(u64, Option<HeaderValue>); 4]> =
-            const { RefCell::new([(0, None), (0, None), (0, None), (0, None)]) };
-    }
-    fn cached(v: u64) -> HeaderValue {
-        if v < SMALL {
-            return TABLE.with(|t| t[v as usize].clone());
-        }
-        RECENT.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some((_, Some(hv))) = r.iter().find(|(k, hv)| *k == v && hv.is_some()) {
-                return hv.clone();
-            }
-            let hv = HeaderValue::from(v);
-            r.rotate_right(1);
-            r[0] = (v, Some(hv.clone()));
-            hv
-        })
-    }
-    let mut g = c.benchmark_group("header_numbers");
-    g.throughput(Throughput::Elements(3));
-    // A 60/min limit counting down, with a reset second that repeats.
-    let mut i = 0u64;
-    g.bench_function("plain_from_u64", |b| {
-        b.iter(|| {
-            i += 1;
-            black_box((
-                HeaderValue::from(black_box(60u64)),
-                HeaderValue::from(black_box(59 - i % 60)),
-                HeaderValue::from(black_box(1_763_900_062 + i / 1000)),
-            ))
-        })
-    });
-    let mut i = 0u64;
-    g.bench_function("per_thread_cache", |b| {
-        b.iter(|| {
-            i += 1;
-            black_box((
-                cached(black_box(60u64)),
-                cached(black_box(59 - i % 60)),
-                cached(black_box(1_763_900_062 + i / 1000)),
-            ))
-        })
-    });
-    g.finish();
-}
-
 /// All timed groups.
 fn benches() {
     let mut c = Criterion::default().configure_from_args();
@@ -301,7 +244,6 @@ fn benches() {
     many_keys(&mut c);
     contended(&mut c);
     distinct(&mut c);
-    header_numbers(&mut c);
 }
 
 fn main() {

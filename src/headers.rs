@@ -76,11 +76,9 @@ fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
 /// per-thread cache. Per thread, so that clones never share a reference
 /// count across cores.
 ///
-/// Kept because it pays: `cargo bench --bench decide -- header_numbers`
-/// (the three `X-RateLimit-*` values of a 60/min limit counting down) gave
-/// 63 ns with these caches against 91 ns (and 100 ns in an earlier run) with
-/// `HeaderValue::from` in the same run, on the 2-core reference VM: about
-/// 30 ns saved per response.
+/// Kept because it pays: under callgrind (`bash benches/instructions.sh`,
+/// `layer` mode) a hit costs about 70 instructions and writing the value
+/// anew ([`shared_number`]) about 320.
 fn number(v: u64) -> HeaderValue {
     use std::cell::RefCell;
     thread_local! {
