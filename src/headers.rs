@@ -147,7 +147,7 @@ fn small(v: u64) -> HeaderValue {
 /// A header value for a number that rarely repeats (a large remaining
 /// figure counting down): built directly, so that it does not push the
 /// values that do repeat (capacities, reset times) out of the cache.
-fn fresh_number(v: u64) -> HeaderValue {
+pub(crate) fn fresh_number(v: u64) -> HeaderValue {
     if v < SMALL {
         small(v)
     } else {

@@ -4,6 +4,7 @@
 //! The figures in every body are the real ones of the blocking limit: `N` is
 //! the `Retry-After` value (whole seconds, rounded up, at least 1).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,20 +94,20 @@ impl fmt::Debug for Hook {
     }
 }
 
-fn human_window(w: Duration) -> String {
+fn human_window(w: Duration) -> Cow<'static, str> {
     let s = w.as_secs();
     if w.subsec_nanos() != 0 || s == 0 {
-        return format!("{} ms", w.as_millis());
+        return format!("{} ms", w.as_millis()).into();
     }
     match s {
         86_400 => "day".into(),
         3600 => "hour".into(),
         60 => "minute".into(),
         1 => "second".into(),
-        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
-        s if s % 3600 == 0 => format!("{} hours", s / 3600),
-        s if s % 60 == 0 => format!("{} minutes", s / 60),
-        s => format!("{s} seconds"),
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400).into(),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600).into(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60).into(),
+        s => format!("{s} seconds").into(),
     }
 }
 
@@ -173,7 +174,8 @@ struct Json {
 
 impl Json {
     fn new() -> Self {
-        let mut out = Vec::with_capacity(192);
+        // The longest built-in body (problem) is about 300 bytes.
+        let mut out = Vec::with_capacity(384);
         out.push(b'{');
         Json { out, first: true }
     }
@@ -191,6 +193,21 @@ impl Json {
     fn str(&mut self, k: &str, v: &str) -> &mut Self {
         self.key(k);
         push_str(&mut self.out, v);
+        self
+    }
+
+    /// A string value made of parts, written in place (no intermediate
+    /// string): the same bytes as [`push_str`] of the parts joined.
+    fn text(&mut self, k: &str, parts: &[Part<'_>]) -> &mut Self {
+        self.key(k);
+        self.out.push(b'"');
+        for p in parts {
+            match p {
+                Part::S(s) => push_escaped(&mut self.out, s),
+                Part::N(n) => push_u64(&mut self.out, *n),
+            }
+        }
+        self.out.push(b'"');
         self
     }
 
@@ -226,16 +243,31 @@ impl Json {
     }
 }
 
+/// Whether `s` needs no escaping in a JSON string. Checks every byte
+/// without an early exit, which the compiler turns into wide compares.
+fn plain(s: &str) -> bool {
+    !s.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 /// `s` as a JSON string.
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
+    out.push(b'"');
+    push_escaped(out, s);
+    out.push(b'"');
+}
+
+/// `s` escaped for the inside of a JSON string.
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    if plain(s) {
         out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
     } else {
         // Rare (names from the configuration with quotes or controls):
-        // serde_json's own escaping. Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        // serde_json's own escaping, without its quotes.
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        let inner = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or("");
+        out.extend_from_slice(inner.as_bytes());
     }
 }
 
@@ -243,19 +275,6 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 fn push_u64(out: &mut Vec<u8>, v: u64) {
     let (buf, start) = crate::headers::decimal(v);
     out.extend_from_slice(&buf[start..]);
-}
-
-/// A text made of literal parts and numbers, as a JSON string value.
-fn text(parts: &[Part<'_>]) -> String {
-    let mut out = Vec::with_capacity(96);
-    for p in parts {
-        match p {
-            Part::S(s) => out.extend_from_slice(s.as_bytes()),
-            Part::N(n) => push_u64(&mut out, *n),
-        }
-    }
-    // Only ASCII literals, UTF-8 names and digits went in.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 enum Part<'a> {
@@ -270,26 +289,26 @@ pub(crate) fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, Vec<u8>
     let mut j = Json::new();
     match format {
         ErrorFormat::Qarion => {
-            j.str(
+            j.text(
                 "detail",
-                &text(&[
+                &[
                     S("Rate limit exceeded. Try again in "),
                     N(n),
                     S(" seconds."),
-                ]),
+                ],
             );
         }
         ErrorFormat::Qlik => {
             j.open("errors", true)
                 .str("code", "HTTP-429")
                 .str("title", "API rate limit reached.")
-                .str(
+                .text(
                     "detail",
-                    &text(&[
+                    &[
                         S("You need to wait "),
                         N(n),
                         S(" seconds until limit is lifted."),
-                    ]),
+                    ],
                 )
                 .close(true);
         }
@@ -337,21 +356,23 @@ pub(crate) fn body(format: ErrorFormat, r: &Rejection) -> (&'static str, Vec<u8>
         }
         ErrorFormat::Problem => {
             let window = human_window(r.window);
-            let detail = text(&[
-                S("Rate limit `"),
-                S(&r.limit),
-                S("` of "),
-                N(r.capacity),
-                S(" per "),
-                S(&window),
-                S(" exceeded; retry in "),
-                N(n),
-                S(" seconds."),
-            ]);
             j.str("type", "about:blank")
                 .str("title", "Too Many Requests")
                 .num("status", 429)
-                .str("detail", &detail)
+                .text(
+                    "detail",
+                    &[
+                        S("Rate limit `"),
+                        S(&r.limit),
+                        S("` of "),
+                        N(r.capacity),
+                        S(" per "),
+                        S(&window),
+                        S(" exceeded; retry in "),
+                        N(n),
+                        S(" seconds."),
+                    ],
+                )
                 .str("limit", &r.limit)
                 .str("tier", &r.tier)
                 .num("capacity", r.capacity)
@@ -384,7 +405,7 @@ pub(crate) fn response(
     };
     resp.headers_mut()
         .entry(header::RETRY_AFTER)
-        .or_insert_with(|| HeaderValue::from(r.retry_after_secs()));
+        .or_insert_with(|| crate::headers::fresh_number(r.retry_after_secs()));
     resp
 }
 
@@ -495,6 +516,11 @@ mod tests {
             let bytes = body(format, &rej).1;
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(v["limit"], odd, "{format:?}");
+            if format == ErrorFormat::Problem {
+                // A name inside a longer text is escaped in place.
+                let detail = v["detail"].as_str().unwrap();
+                assert!(detail.starts_with(&format!("Rate limit `{odd}` of 60 per minute")));
+            }
             // Escaped byte for byte as serde_json escapes it.
             let escaped = serde_json::to_string(odd).unwrap();
             let text = String::from_utf8(bytes).unwrap();
