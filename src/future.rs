@@ -38,16 +38,24 @@ pin_project! {
         Deciding {
             #[pin]
             fut: D,
-            ctx: Option<Decided>,
-            finish: Arc<dyn Finish>,
-            inner: Option<S>,
-            parts: Option<Parts>,
-            body: Option<B>,
+            // Boxed: a request head is large, and only requests whose store
+            // must be awaited carry one; the common future stays small and
+            // cheap to move.
+            wait: Box<Waiting<S, B>>,
         },
         Done {
             resp: Option<Response<Bytes>>,
         },
     }
+}
+
+/// What a request waiting for its store's decision keeps.
+struct Waiting<S, B> {
+    ctx: Option<Decided>,
+    finish: Arc<dyn Finish>,
+    inner: Option<S>,
+    parts: Option<Parts>,
+    body: Option<B>,
 }
 
 impl<F, S, B, D> std::fmt::Debug for ResponseFuture<F, S, B, D> {
@@ -79,11 +87,13 @@ impl<F, S, B, D> ResponseFuture<F, S, B, D> {
         ResponseFuture {
             state: State::Deciding {
                 fut: pending.fut,
-                ctx: Some(pending.ctx),
-                finish,
-                inner: Some(inner),
-                parts: Some(parts),
-                body: Some(body),
+                wait: Box::new(Waiting {
+                    ctx: Some(pending.ctx),
+                    finish,
+                    inner: Some(inner),
+                    parts: Some(parts),
+                    body: Some(body),
+                }),
             },
         }
     }
@@ -124,15 +134,15 @@ where
                     }
                     return Poll::Ready(Ok(resp));
                 }
-                StateProj::Deciding {
-                    fut,
-                    ctx,
-                    finish,
-                    inner,
-                    parts,
-                    body,
-                } => {
+                StateProj::Deciding { fut, wait } => {
                     let decided = ready!(fut.poll(cx));
+                    let Waiting {
+                        ctx,
+                        finish,
+                        inner,
+                        parts,
+                        body,
+                    } = &mut **wait;
                     let new_state = match (ctx.take(), inner.take(), parts.take(), body.take()) {
                         (Some(ctx), Some(mut inner), Some(parts), Some(body)) => {
                             match Arc::clone(finish).finish(ctx, &parts, decided) {
