@@ -42,6 +42,19 @@
 //! happens under abuse, and pair key-scoped limits with an IP-scoped one: a
 //! random key costs the attacker nothing, an address does.
 //!
+//! # Locking
+//!
+//! A decision that may charge takes the write lock of its entry's map shard
+//! for the few hundred nanoseconds it needs. A key whose last decision was
+//! a refusal (a table of 4 096 recent refusals remembers it until its retry
+//! second) is decided first under the shard's shared lock, reading a copy
+//! of each counter and writing nothing; only when that finds room after all
+//! (or a counter holds several buckets, which is not copied) does the
+//! request take the write lock and decide again from scratch. Refusals are
+//! the same either way (a property test compares them), so callers
+//! hammering a spent key neither queue behind one another nor slow the
+//! callers being admitted.
+//!
 //! When no candidate can be found (the pool's keys are all gone), the
 //! request is counted in a **shared overflow entry** of its tier and scope
 //! (the slot's `overflow_key`) instead, and a sweep is started; nothing is
