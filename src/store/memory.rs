@@ -42,6 +42,11 @@
 //! happens under abuse, and pair key-scoped limits with an IP-scoped one: a
 //! random key costs the attacker nothing, an address does.
 //!
+//! When no candidate can be found (the pool's keys are all gone), the
+//! request is counted in a **shared overflow entry** of its tier and scope
+//! (the slot's `overflow_key`) instead, and a sweep is started; nothing is
+//! ever admitted beyond a limit's capacity for the counter that charged it.
+//!
 //! # Locking
 //!
 //! A decision that may charge takes the write lock of its entry's map shard
@@ -54,11 +59,6 @@
 //! the same either way (a property test compares them), so callers
 //! hammering a spent key neither queue behind one another nor slow the
 //! callers being admitted.
-//!
-//! When no candidate can be found (the pool's keys are all gone), the
-//! request is counted in a **shared overflow entry** of its tier and scope
-//! (the slot's `overflow_key`) instead, and a sweep is started; nothing is
-//! ever admitted beyond a limit's capacity for the counter that charged it.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
