@@ -463,10 +463,10 @@ impl<St: Store> Engine<St> {
     ) -> Option<PostGuard> {
         let mut items = Vec::new();
         for i in 0..batch.len() {
-            let limit = *batch.limit(i);
-            if limit.charge != Charge::After {
+            if batch.limit(i).charge != Charge::After {
                 continue;
             }
+            let limit = *batch.limit(i);
             let Some(Verdict::Room(receipt)) = batch.outcome(i).map(|o| o.verdict) else {
                 continue;
             };
