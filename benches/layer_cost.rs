@@ -49,19 +49,20 @@ impl Clock for StepClock {
     }
 }
 
-fn policy(capacity: u64) -> tierlimit::Policy {
+/// A per-minute and a per-hour sliding limit on every request.
+fn policy(per_minute: u64, per_hour: u64) -> tierlimit::Policy {
     Config::new()
         .tier(
             "standard",
             Tier::new()
                 .limit(Limit::sliding(
                     "per-minute",
-                    capacity,
+                    per_minute,
                     Duration::from_secs(60),
                 ))
                 .limit(Limit::sliding(
                     "per-hour",
-                    capacity,
+                    per_hour,
                     Duration::from_secs(3600),
                 )),
         )
@@ -113,16 +114,7 @@ fn decisions(mode: &str, n: u64) -> u64 {
             ok
         });
     }
-    let policy = Config::new()
-        .tier(
-            "standard",
-            Tier::new()
-                .limit(Limit::sliding("per-minute", 60, Duration::from_secs(60)))
-                .limit(Limit::sliding("per-hour", 1000, Duration::from_secs(3600))),
-        )
-        .default_tier("standard")
-        .build()
-        .expect("a valid policy");
+    let policy = policy(60, 1000);
     let store = tierlimit::store::MemoryStore::default();
     let clock = StepClock::default();
     let decide = || {
@@ -176,7 +168,7 @@ fn run(mode: &str, n: u64) -> u64 {
         }
         "layer" | "reject" => {
             let capacity = if mode == "layer" { 4_000_000_000 } else { 1 };
-            let svc = RateLimitLayer::builder(policy(capacity))
+            let svc = RateLimitLayer::builder(policy(capacity, capacity))
                 .clock(StepClock::default())
                 .build()
                 .layer(inner);

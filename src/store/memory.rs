@@ -187,6 +187,61 @@ struct Inner {
     hints: Box<[AtomicU64]>,
 }
 
+/// The groups of a batch walked in order (see the store contract): a plain
+/// limit must have room, a cascade needs one member with room.
+#[derive(Debug)]
+struct Groups {
+    /// The cascade of the limit being decided (`None`: a plain limit).
+    group: Option<u16>,
+    /// Whether a member of that cascade had room.
+    chosen: bool,
+    /// Whether every group so far has room.
+    ok: bool,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            group: None,
+            chosen: false,
+            ok: true,
+        }
+    }
+}
+
+impl Groups {
+    /// Moves on to a limit of `cascade`, closing the cascade before it.
+    fn enter(&mut self, cascade: Option<u16>) {
+        if cascade != self.group {
+            self.ok &= self.group.is_none() || self.chosen;
+            self.group = cascade;
+            self.chosen = false;
+        }
+    }
+
+    /// Whether an earlier member of this cascade took the charge.
+    fn taken(&self) -> bool {
+        self.group.is_some() && self.chosen
+    }
+
+    /// The limit has room.
+    fn room(&mut self) {
+        self.chosen |= self.group.is_some();
+    }
+
+    /// The limit refused: the batch is refused unless it is a cascade
+    /// member (then its group decides).
+    fn refused(&mut self) {
+        self.ok &= self.group.is_some();
+    }
+
+    /// Whether every group had room, the last one closed.
+    fn finish(mut self) -> bool {
+        self.enter(None);
+        self.ok
+    }
+}
+
 /// A key's place in the table of recent refusals and its fingerprint there.
 fn hint_of(key: u128) -> (usize, u64) {
     let place = (key as usize) & (HINTS - 1);
@@ -314,22 +369,15 @@ impl MemoryStore {
         hint: Option<(usize, u64)>,
     ) -> Batch {
         let inner = &*self.inner;
-        let mut ok = true;
         let mut hit_cap = false;
         // The entry of the previous limit stays locked while the next limit
         // uses the same key (the policy lists a tier's limits together).
         let mut held: Option<Held<'_>> = None;
-        let mut group: Option<u16> = None;
-        let mut group_chosen = false;
+        let mut walk = Groups::default();
         // This module is inside `store`: it fills the batch's items in place.
         for (limit, slot) in batch.items.iter_mut() {
-            if limit.cascade != group {
-                if group.is_some() && !group_chosen {
-                    ok = false;
-                }
-                group = limit.cascade;
-                group_chosen = false;
-            }
+            walk.enter(limit.cascade);
+            let ok = walk.ok;
             let key = limit.key.as_u128();
             if held.as_ref().is_none_or(|(k, _, _)| *k != key) {
                 // Unlock before locking another entry (it may share a shard).
@@ -361,19 +409,19 @@ impl MemoryStore {
             };
             let (spec, cap) = (limit.window, limit.capacity);
             let (check, charge) = (limit.check_cost(), limit.charge_cost());
-            let taken = group.is_some() && group_chosen;
+            let taken = walk.taken();
             let outcome = match entry.as_mut() {
                 Some(e) if ok && !taken => {
                     match e.with_cell(limit.tag, &spec, now, |c| {
                         c.try_charge_with(&spec, cap, now, check, charge)
                     }) {
                         Ok((view, idx)) => {
-                            group_chosen |= group.is_some();
+                            walk.room();
                             let receipt = Receipt::new(CounterKey::from_u128(*stored_at), idx);
                             Outcome::new(view, Verdict::Room(receipt))
                         }
                         Err((view, refusal)) => {
-                            ok &= group.is_some();
+                            walk.refused();
                             Outcome::new(view, Verdict::Refused(refusal))
                         }
                     }
@@ -391,7 +439,7 @@ impl MemoryStore {
                         _ if taken => Verdict::Passed,
                         Err(refusal) => Verdict::Refused(refusal),
                         Ok(()) => {
-                            group_chosen |= group.is_some();
+                            walk.room();
                             // Nothing charged (the batch is refused already).
                             Verdict::Room(Receipt::new(CounterKey::from_u128(*stored_at), u64::MAX))
                         }
@@ -401,9 +449,7 @@ impl MemoryStore {
             };
             *slot = Some(outcome);
         }
-        if group.is_some() && !group_chosen {
-            ok = false;
-        }
+        let ok = walk.finish();
         drop(held);
         if let (false, Some((place, print))) = (ok, hint) {
             // Until the refused batch would fit (a cost that never fits:
@@ -454,18 +500,10 @@ impl MemoryStore {
     /// other, nor behind the callers that are admitted.
     pub(super) fn refuse_shared(&self, now: u64, batch: &mut Batch) -> bool {
         let inner = &*self.inner;
-        let mut ok = true;
         let mut held: Option<(u128, Option<Ref<'_, MapKey, Entry>>)> = None;
-        let mut group: Option<u16> = None;
-        let mut group_chosen = false;
+        let mut walk = Groups::default();
         for (limit, slot) in batch.items.iter_mut() {
-            if limit.cascade != group {
-                if group.is_some() && !group_chosen {
-                    ok = false;
-                }
-                group = limit.cascade;
-                group_chosen = false;
-            }
+            walk.enter(limit.cascade);
             let key = limit.key.as_u128();
             if held.as_ref().is_none_or(|(k, _)| *k != key) {
                 // One shard lock at a time (two keys may share a shard).
@@ -484,22 +522,19 @@ impl MemoryStore {
             };
             let (view, fit) = cell.peek(&limit.window, limit.capacity, now, limit.check_cost());
             let verdict = match fit {
-                _ if group.is_some() && group_chosen => Verdict::Passed,
+                _ if walk.taken() => Verdict::Passed,
                 Err(refusal) => {
-                    ok &= group.is_some();
+                    walk.refused();
                     Verdict::Refused(refusal)
                 }
                 Ok(()) => {
-                    group_chosen |= group.is_some();
+                    walk.room();
                     Verdict::Room(Receipt::new(CounterKey::from_u128(key), u64::MAX))
                 }
             };
             *slot = Some(Outcome::new(view, verdict));
         }
-        if group.is_some() && !group_chosen {
-            ok = false;
-        }
-        !ok
+        !walk.finish()
     }
 
     fn charge_after_sync(&self, now: Timestamp, charges: Vec<PostCharge>) {

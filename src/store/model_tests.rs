@@ -140,6 +140,28 @@ fn shape_of(tag: u16) -> (WindowSpec, u64) {
     limit(tag % 3 + 1)
 }
 
+/// The store limits of a request: a group of several slots is a cascade.
+fn limits_of(req: &Req) -> Vec<LimitSpec> {
+    let mut slots = Vec::new();
+    for (g, group) in req.groups.iter().enumerate() {
+        let cascade = (group.len() > 1).then_some(g as u16 + 1);
+        for &(key, tag, cost, post) in group {
+            let (w, cap) = shape_of(tag);
+            let charge = if post {
+                Charge::After
+            } else {
+                Charge::Now(cost.min(cap))
+            };
+            slots.push(
+                spec(key, w, cap, 1, tag)
+                    .with_charge(charge)
+                    .in_cascade(cascade),
+            );
+        }
+    }
+    slots
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -150,15 +172,7 @@ proptest! {
         let mut now = 1_700_000_000_000 * MS;
         for req in &reqs {
             now += req.gap_ms * MS;
-            let mut slots = Vec::new();
-            for (g, group) in req.groups.iter().enumerate() {
-                let cascade = (group.len() > 1).then_some(g as u16 + 1);
-                for &(key, tag, cost, post) in group {
-                    let (w, cap) = shape_of(tag);
-                    let charge = if post { Charge::After } else { Charge::Now(cost.min(cap)) };
-                    slots.push(spec(key, w, cap, 1, tag).with_charge(charge).in_cascade(cascade));
-                }
-            }
+            let slots = limits_of(req);
             let out = decide(&store, now, slots.clone());
 
             let mut trial = model.clone();
@@ -234,15 +248,7 @@ proptest! {
         let mut shared_refusals = 0;
         for req in &reqs {
             now += req.gap_ms * MS / 4;
-            let mut slots = Vec::new();
-            for (g, group) in req.groups.iter().enumerate() {
-                let cascade = (group.len() > 1).then_some(g as u16 + 1);
-                for &(key, tag, cost, post) in group {
-                    let (w, cap) = shape_of(tag);
-                    let charge = if post { Charge::After } else { Charge::Now(cost.min(cap)) };
-                    slots.push(spec(key, w, cap, 1, tag).with_charge(charge).in_cascade(cascade));
-                }
-            }
+            let slots = limits_of(req);
             let mut batch = Batch::from_limits(slots);
             batch.set_decided_at(Timestamp::from_nanos(now));
             let mut shared = batch.clone();
