@@ -147,7 +147,13 @@ impl Entry {
                     }
                 };
                 let out = f(&mut s.cells[pos].1);
-                s.idle_at = s.idle_at.max(s.cells[pos].1.idle_at(spec));
+                // Written only when it moves (once a second at most under
+                // steady traffic): a busy key's entry is shared by every
+                // core that serves it, and an unchanged line stays shared.
+                let idle = s.cells[pos].1.idle_at(spec);
+                if idle > s.idle_at {
+                    s.idle_at = idle;
+                }
                 out
             }
             Entry::Inline { tags, cells, .. } => {
@@ -180,7 +186,9 @@ impl Entry {
             if let Some(p) = place {
                 tags[p] = tag;
                 cells[p] = packed;
-                *idle_at = (*idle_at).max(NonZeroU32::new(cell_idle).unwrap_or(NonZeroU32::MIN));
+                if cell_idle > idle_at.get() {
+                    *idle_at = NonZeroU32::new(cell_idle).unwrap_or(NonZeroU32::MIN);
+                }
                 return;
             }
         }
