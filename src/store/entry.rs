@@ -31,7 +31,51 @@ pub(crate) enum Entry {
 pub(crate) struct Spilled {
     /// Unix second after which every counter here is empty.
     idle_at: u32,
-    cells: Vec<(u16, Cell)>,
+    cells: Cells,
+}
+
+/// Tagged counters: the first two in place (tag 0 marks a free one), so
+/// that the common spilled entry — two limits, one of them a ring of
+/// buckets — is one allocation fewer to follow on every decision; any
+/// further ones in a vector.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Cells {
+    head: [(u16, Cell); 2],
+    rest: Vec<(u16, Cell)>,
+}
+
+impl Cells {
+    fn iter(&self) -> impl Iterator<Item = &(u16, Cell)> {
+        self.head
+            .iter()
+            .filter(|(t, _)| *t != 0)
+            .chain(self.rest.iter())
+    }
+
+    fn get(&self, tag: u16) -> Option<&Cell> {
+        self.iter().find(|(t, _)| *t == tag).map(|(_, c)| c)
+    }
+
+    /// The counter tagged `tag` (never 0), made empty if absent.
+    fn get_or_insert(&mut self, tag: u16) -> &mut Cell {
+        if let Some(i) = self.head.iter().position(|(t, _)| *t == tag) {
+            return &mut self.head[i].1;
+        }
+        if let Some(i) = self.rest.iter().position(|(t, _)| *t == tag) {
+            return &mut self.rest[i].1;
+        }
+        self.push(tag, Cell::default())
+    }
+
+    fn push(&mut self, tag: u16, cell: Cell) -> &mut Cell {
+        if let Some(i) = self.head.iter().position(|(t, _)| *t == 0) {
+            self.head[i] = (tag, cell);
+            return &mut self.head[i].1;
+        }
+        self.rest.push((tag, cell));
+        let last = self.rest.len() - 1;
+        &mut self.rest[last].1
+    }
 }
 
 impl Default for Entry {
@@ -120,9 +164,9 @@ impl Entry {
                     .position(|t| *t == tag)
                     .map_or_else(Cell::default, |p| unpack(cells[p], now_ms(now))),
             ),
-            Entry::Heap(s) => match s.cells.iter().find(|(t, _)| *t == tag) {
+            Entry::Heap(s) => match s.cells.get(tag) {
                 None => Some(Cell::default()),
-                Some((_, c @ Cell::One { .. })) => Some(c.clone()),
+                Some(c @ Cell::One { .. }) => Some(c.clone()),
                 Some(_) => None,
             },
         }
@@ -139,18 +183,12 @@ impl Entry {
     ) -> R {
         match self {
             Entry::Heap(s) => {
-                let pos = match s.cells.iter().position(|(t, _)| *t == tag) {
-                    Some(p) => p,
-                    None => {
-                        s.cells.push((tag, Cell::default()));
-                        s.cells.len() - 1
-                    }
-                };
-                let out = f(&mut s.cells[pos].1);
+                let cell = s.cells.get_or_insert(tag);
+                let out = f(cell);
                 // Written only when it moves (once a second at most under
                 // steady traffic): a busy key's entry is shared by every
                 // core that serves it, and an unchanged line stays shared.
-                let idle = s.cells[pos].1.idle_at(spec);
+                let idle = cell.idle_at(spec);
                 if idle > s.idle_at {
                     s.idle_at = idle;
                 }
@@ -194,11 +232,13 @@ impl Entry {
         }
         // Does not fit inline: move everything to the heap.
         let idle = idle_at.get().max(cell_idle);
-        let mut spilled: Vec<(u16, Cell)> = (0..2)
-            .filter(|&i| tags[i] != 0 && Some(i) != found && cells[i] & COUNT_MASK != 0)
-            .map(|i| (tags[i], unpack(cells[i], now_ms(now))))
-            .collect();
-        spilled.push((tag, cell));
+        let mut spilled = Cells::default();
+        for i in 0..2 {
+            if tags[i] != 0 && Some(i) != found && cells[i] & COUNT_MASK != 0 {
+                spilled.push(tags[i], unpack(cells[i], now_ms(now)));
+            }
+        }
+        spilled.push(tag, cell);
         *self = Entry::Heap(Box::new(Spilled {
             idle_at: idle,
             cells: spilled,

@@ -56,9 +56,13 @@
 //! of each counter and writing nothing; only when that finds room after all
 //! (or a counter holds several buckets, which is not copied) does the
 //! request take the write lock and decide again from scratch. Refusals are
-//! the same either way (a property test compares them), so callers
-//! hammering a spent key neither queue behind one another nor slow the
-//! callers being admitted.
+//! the same either way — verdicts, counts, retry instants (a property test
+//! compares them) — so callers hammering a spent key neither queue behind
+//! one another nor slow the callers being admitted. One difference, on the
+//! safe side: the exclusive path charges the limits that have room and
+//! gives the cost back, and a bucket keeps the stamp of the request that
+//! touched it, so its cost may leave up to one sub-bucket later; the shared
+//! path leaves the counters as they were.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -733,6 +737,41 @@ mod tests {
 
     fn decide(store: &MemoryStore, now: Timestamp, limits: Vec<LimitSpec>) -> Batch {
         store.decide_now(now, Batch::from_limits(limits))
+    }
+
+    #[test]
+    fn a_key_refused_a_moment_ago_is_refused_without_a_write() {
+        // Limit 1 has room, limit 2 is spent: every batch is refused. The
+        // first refusal (exclusive path) charges limit 1 and gives it back,
+        // its bucket keeping that request's stamp; the next ones, under the
+        // shared lock, write nothing, so the stamp stays where it was.
+        let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
+        let a = LimitSpec::new(CounterKey::from_u128(1), spec, 5, 1);
+        let b = LimitSpec::new(CounterKey::from_u128(1), spec, 1, 1).with_tag(2);
+        let store = MemoryStore::default();
+        let t0 = 1_700_000_000 * S;
+        let ms = |n: u64| Timestamp::from_nanos(t0 + n * 1_000_000);
+        assert!(store
+            .decide_now(ms(0), Batch::from_limits([a, b]))
+            .admitted());
+        assert!(!store
+            .decide_now(ms(1), Batch::from_limits([a, b]))
+            .admitted());
+        for n in 2..10 {
+            assert!(!store
+                .decide_now(ms(n), Batch::from_limits([a, b]))
+                .admitted());
+        }
+        // Limit 1 read alone (room, so the exclusive path): its cost leaves
+        // one minute after the first refusal's stamp, not the last one's.
+        let probe = LimitSpec::new(CounterKey::from_u128(1), spec, 1000, 0);
+        let seen = store.decide_now(ms(10), Batch::from_limits([probe]));
+        let view = seen.outcome(0).unwrap().view;
+        assert_eq!(view.used, 1);
+        assert_eq!(
+            view.reset_at,
+            Timestamp::from_nanos(ms(1).as_nanos() + 60 * S)
+        );
     }
 
     #[test]
