@@ -71,7 +71,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::entry::Entry;
-use dashmap::mapref::one::{Ref, RefMut};
+use dashmap::mapref::one::RefMut;
 
 use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
 use crate::clock::Timestamp;
@@ -86,6 +86,8 @@ const POOL: usize = 4096;
 const SAMPLES: u32 = 8;
 /// Places in the table of recent refusals (a power of two).
 const HINTS: usize = 4096;
+/// Most limits on one key copied under one shared lock.
+const RUN: usize = 4;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -504,39 +506,55 @@ impl MemoryStore {
     /// other, nor behind the callers that are admitted.
     pub(super) fn refuse_shared(&self, now: u64, batch: &mut Batch) -> bool {
         let inner = &*self.inner;
-        let mut held: Option<(u128, Option<Ref<'_, MapKey, Entry>>)> = None;
+        let items = &mut batch.items;
         let mut walk = Groups::default();
-        for (limit, slot) in batch.items.iter_mut() {
-            walk.enter(limit.cascade);
-            let key = limit.key.as_u128();
-            if held.as_ref().is_none_or(|(k, _)| *k != key) {
-                // One shard lock at a time (two keys may share a shard).
-                drop(held.take());
-                held = Some((key, inner.map.get(&MapKey::from(key))));
+        let mut i = 0;
+        while i < items.len() {
+            // A run of limits on one key (up to `RUN` of them) is copied
+            // under one shared lock, held only for the copies: a lock word
+            // that two cores keep changing is the cost of a contended key,
+            // and the shorter it is held the less often its release misses.
+            let key = items[i].0.key;
+            let end = items[i..]
+                .iter()
+                .take(RUN)
+                .take_while(|(l, _)| l.key == key)
+                .count()
+                + i;
+            let mut copies: [Option<Cell>; RUN] = Default::default();
+            {
+                let entry = inner.map.get(&MapKey::from(key.as_u128()));
+                for (copy, (limit, _)) in copies.iter_mut().zip(&items[i..end]) {
+                    *copy = match &entry {
+                        Some(e) => e.copy_cell(limit.tag, now),
+                        None => Some(Cell::default()),
+                    };
+                    if copy.is_none() {
+                        // A ring of buckets: not copied.
+                        return false;
+                    }
+                }
             }
-            let Some((_, entry)) = held.as_ref() else {
-                continue;
-            };
-            let copy = match entry {
-                Some(e) => e.copy_cell(limit.tag, now),
-                None => Some(Cell::default()),
-            };
-            let Some(mut cell) = copy else {
-                return false;
-            };
-            let (view, fit) = cell.peek(&limit.window, limit.capacity, now, limit.check_cost());
-            let verdict = match fit {
-                _ if walk.taken() => Verdict::Passed,
-                Err(refusal) => {
-                    walk.refused();
-                    Verdict::Refused(refusal)
-                }
-                Ok(()) => {
-                    walk.room();
-                    Verdict::Room(Receipt::new(CounterKey::from_u128(key), u64::MAX))
-                }
-            };
-            *slot = Some(Outcome::new(view, verdict));
+            for (copy, (limit, slot)) in copies.iter_mut().zip(&mut items[i..end]) {
+                walk.enter(limit.cascade);
+                let Some(cell) = copy.as_mut() else {
+                    return false;
+                };
+                let (view, fit) = cell.peek(&limit.window, limit.capacity, now, limit.check_cost());
+                let verdict = match fit {
+                    _ if walk.taken() => Verdict::Passed,
+                    Err(refusal) => {
+                        walk.refused();
+                        Verdict::Refused(refusal)
+                    }
+                    Ok(()) => {
+                        walk.room();
+                        Verdict::Room(Receipt::new(key, u64::MAX))
+                    }
+                };
+                *slot = Some(Outcome::new(view, verdict));
+            }
+            i = end;
         }
         !walk.finish()
     }
