@@ -566,6 +566,7 @@ impl Cell {
 
     /// Drops cost that has left the window at `now` and says where the
     /// decision stands.
+    #[inline(always)]
     fn slide(&mut self, spec: &WindowSpec, now: u64) -> At {
         let (stamp, floor) = (ceil_ms(now), floor_ms(now));
         let k = spec.index_at(now);
@@ -687,6 +688,7 @@ impl Cell {
         }
     }
 
+    #[inline(always)]
     fn view(&self, spec: &WindowSpec, capacity: u64, at: At) -> View {
         let reset = self
             .newest(spec)
@@ -726,6 +728,7 @@ impl Cell {
         (view, self.fits(spec, capacity, at, cost))
     }
 
+    #[inline(always)]
     fn fits(&self, spec: &WindowSpec, capacity: u64, at: At, cost: u64) -> Result<(), Refusal> {
         if cost > capacity {
             return Err(Refusal::NeverFits);
@@ -799,6 +802,7 @@ impl Cell {
 
     /// Adds `cost` to bucket `at.cur`, stamped `at.stamp`, without any
     /// capacity check.
+    #[inline(always)]
     fn add(&mut self, spec: &WindowSpec, at: At, cost: u64) {
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
         let Shape::Sliding {
