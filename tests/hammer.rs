@@ -69,3 +69,43 @@ fn two_limits_from_many_threads_charge_all_or_nothing() {
     assert!(out.admitted());
     assert_eq!(out.outcome(0).unwrap().view.used, 301);
 }
+
+#[test]
+fn refusals_remembered_for_one_batch_do_not_refuse_another() {
+    // Every request counts on limit 1 (1 000 a minute); half of them also
+    // on limit 2 (one a minute), under the same first key: after its first
+    // request, that half is refused and remembered as refused, and the
+    // other half must still get all of limit 1 — no more, no less — while
+    // both kinds race on eight threads.
+    let store = MemoryStore::default();
+    let spec = WindowSpec::sliding(60 * S, 30);
+    let wide = limit(7, spec, 1000);
+    let narrow = LimitSpec::new(CounterKey::from_u128(7), spec, 1, 1).with_tag(2);
+    let t0 = Timestamp::from_secs(1_700_000_000);
+    let admitted = Arc::new(AtomicU64::new(0));
+    thread::scope(|scope| {
+        for t in 0..8 {
+            let admitted = Arc::clone(&admitted);
+            let store = store.clone();
+            scope.spawn(move || {
+                for i in 0..1_000 {
+                    let batch = if (i + t) % 2 == 0 {
+                        Batch::from_limits([wide])
+                    } else {
+                        Batch::from_limits([wide, narrow])
+                    };
+                    if store.decide_now(t0, batch).admitted() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    let probe = store.decide_now(t0, Batch::from_limits([limit(7, spec, 10_000)]));
+    assert_eq!(
+        probe.outcome(0).unwrap().view.used,
+        1001,
+        "no charge leaked"
+    );
+}
