@@ -51,11 +51,12 @@
 //!
 //! A decision that may charge takes the write lock of its entry's map shard
 //! for the few hundred nanoseconds it needs. A key whose last decision was
-//! a refusal (a table of 4 096 recent refusals remembers it until its retry
-//! second) is decided first under the shard's shared lock, reading a copy
-//! of each counter and writing nothing; only when that finds room after all
-//! (or a counter holds several buckets, which is not copied) does the
-//! request take the write lock and decide again from scratch. Refusals are
+//! a refusal (a table of 4 096 recent refusals, 32 KiB a store, remembers
+//! it until its retry second) is decided first under the shard's shared
+//! lock, held only to copy the key's counters, writing nothing; only when
+//! that finds room after all (or a counter holds several buckets, which is
+//! not copied) does the request take the write lock and decide again from
+//! scratch. Refusals are
 //! the same either way — verdicts, counts, retry instants (a property test
 //! compares them) — so callers hammering a spent key neither queue behind
 //! one another nor slow the callers being admitted. One difference, on the
