@@ -244,7 +244,7 @@ impl Json {
 }
 
 /// Whether `s` needs no escaping in a JSON string: no control byte, `"`
-/// or `\\`. Eight bytes a step: a word is tested for a byte below 0x20
+/// or backslash. Eight bytes a step: a word is tested for a byte below 0x20
 /// or equal to one of the two (exact: a flagged word is checked byte by
 /// byte, so the bit tricks only have to find every such byte).
 fn plain(s: &str) -> bool {
