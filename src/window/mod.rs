@@ -780,6 +780,9 @@ impl Cell {
         check: u64,
         charge: u64,
     ) -> Result<(View, u64), (View, Refusal)> {
+        if let Some(done) = self.charge_newest(spec, capacity, now, check, charge) {
+            return Ok(done);
+        }
         let at = self.slide(spec, now);
         if let Err(refusal) = self.fits(spec, capacity, at, check) {
             return Err((self.view(spec, capacity, at), refusal));
@@ -788,6 +791,78 @@ impl Cell {
             self.add(spec, at, charge);
         }
         Ok((self.view(spec, capacity, at), at.cur))
+    }
+
+    /// The common case of a sliding counter in one step: the charge falls
+    /// in its newest bucket, its oldest counted bucket still counts (so
+    /// nothing leaves), and it fits. Exactly what [`Cell::slide`],
+    /// [`Cell::fits`], [`Cell::add`] and [`Cell::view`] give then; `None`
+    /// in any other case, which they decide.
+    fn charge_newest(
+        &mut self,
+        spec: &WindowSpec,
+        capacity: u64,
+        now: u64,
+        check: u64,
+        charge: u64,
+    ) -> Option<(View, u64)> {
+        let Shape::Sliding {
+            bucket_ms,
+            window_ms,
+            ..
+        } = spec.0
+        else {
+            return None;
+        };
+        let stamp = ceil_ms(now);
+        let charge32 = u32::try_from(charge).unwrap_or(u32::MAX);
+        let r = match self {
+            // One bucket: the newest stamp is `last`.
+            Cell::One { count, last } => {
+                if charge == 0
+                    || *count == 0
+                    || stamp / bucket_ms != *last / bucket_ms
+                    || last.saturating_add(window_ms) <= floor_ms(now)
+                    || u64::from(*count).saturating_add(check) > capacity
+                {
+                    return None;
+                }
+                *count = count.saturating_add(charge32);
+                *last = (*last).max(stamp);
+                let view = View {
+                    capacity,
+                    used: u64::from(*count),
+                    reset_at: Timestamp::from_nanos(ms_to_ns(last.saturating_add(window_ms))),
+                };
+                return Some((view, *last / bucket_ms));
+            }
+            Cell::Ring(r) => r,
+        };
+        if charge == 0 || stamp / bucket_ms != r.newest {
+            return None;
+        }
+        let oldest = r.first.max(r.oldest());
+        let first = r.slots[r.slot_of(oldest)];
+        let ends = r.last_of(oldest, bucket_ms).saturating_add(window_ms);
+        if slot_count(first) == 0 || ends <= floor_ms(now) {
+            return None;
+        }
+        if r.total.saturating_add(check) > capacity {
+            return None;
+        }
+        let i = r.slot_of(r.newest);
+        let before = slot_count(r.slots[i]);
+        let after = before.saturating_add(charge32);
+        let offset = slot_offset(r.slots[i]).max(stamp - r.newest * bucket_ms);
+        r.slots[i] = slot(after, offset);
+        r.total += u64::from(after - before);
+        let reset = (r.newest * bucket_ms + offset).saturating_add(window_ms);
+        let view = View {
+            capacity,
+            used: r.total,
+            reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
+        };
+        Some((view, r.newest))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
