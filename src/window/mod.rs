@@ -723,6 +723,24 @@ impl Cell {
         now: u64,
         cost: u64,
     ) -> (View, Result<(), Refusal>) {
+        // A sliding counter with one bucket still counting (a burst that
+        // spent a limit, the common refusal): its cost all leaves at once,
+        // one window after its latest stamp. What the general steps give.
+        if let (Cell::One { count, last }, Shape::Sliding { window_ms, .. }) = (&*self, spec.0) {
+            let ends = last.saturating_add(window_ms);
+            if *count > 0 && ends > floor_ms(now) {
+                let used = u64::from(*count);
+                let at = Timestamp::from_nanos(ms_to_ns(ends));
+                let fit = if cost > capacity {
+                    Err(Refusal::NeverFits)
+                } else if used.saturating_add(cost) <= capacity {
+                    Ok(())
+                } else {
+                    Err(Refusal::Full { retry_at: at })
+                };
+                return (View::new(capacity, used, at), fit);
+            }
+        }
         let at = self.slide(spec, now);
         let view = self.view(spec, capacity, at);
         (view, self.fits(spec, capacity, at, cost))
@@ -733,11 +751,11 @@ impl Cell {
         if cost > capacity {
             return Err(Refusal::NeverFits);
         }
-        let used = self.used();
-        if used + cost <= capacity {
+        let used = self.used().saturating_add(cost);
+        if used <= capacity {
             return Ok(());
         }
-        let retry = self.freed_at(spec, at, used + cost - capacity);
+        let retry = self.freed_at(spec, at, used - capacity);
         Err(Refusal::Full {
             retry_at: Timestamp::from_nanos(ms_to_ns(retry)),
         })
