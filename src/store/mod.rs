@@ -460,6 +460,13 @@ impl Batch {
     /// Whether the request was admitted: every group has a limit with room.
     /// An undecided limit counts as no room.
     pub fn admitted(&self) -> bool {
+        // Without cascades every limit is a group of its own.
+        if self.items.iter().all(|(l, _)| l.cascade.is_none()) {
+            return self
+                .items
+                .iter()
+                .all(|(_, o)| o.is_some_and(|o| o.has_room()));
+        }
         self.groups().all(|g| self.group_has_room(g))
     }
 
@@ -509,6 +516,7 @@ impl Batch {
     /// Whether limit `i` reports in headers: plain limits always; in a
     /// cascade, the member with room (the one charged), or when none has
     /// room, the one that frees up first.
+    #[inline]
     pub(crate) fn reports(&self, i: usize) -> bool {
         let Some(g) = self.items[i].0.cascade else {
             return true;
