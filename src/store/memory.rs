@@ -56,14 +56,13 @@
 //! lock, held only to copy the key's counters, writing nothing; only when
 //! that finds room after all (or a counter holds several buckets, which is
 //! not copied) does the request take the write lock and decide again from
-//! scratch. Refusals are
-//! the same either way — verdicts, counts, retry instants (a property test
-//! compares them) — so callers hammering a spent key neither queue behind
-//! one another nor slow the callers being admitted. One difference, on the
-//! safe side: the exclusive path charges the limits that have room and
-//! gives the cost back, and a bucket keeps the stamp of the request that
-//! touched it, so its cost may leave up to one sub-bucket later; the shared
-//! path leaves the counters as they were.
+//! scratch. Refusals are the same either way — verdicts, counts, retry
+//! instants (a property test compares them) — so callers hammering a spent
+//! key neither queue behind one another nor slow the callers being
+//! admitted. One difference, on the safe side: the exclusive path charges
+//! the limits that have room and gives the cost back, and a bucket keeps
+//! the stamp of the request that touched it, so its cost may leave up to
+//! one sub-bucket later; the shared path leaves the counters as they were.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -249,11 +248,25 @@ impl Groups {
     }
 }
 
-/// A key's place in the table of recent refusals and its fingerprint there.
+/// A key's place in the table of recent refusals and its fingerprint there
+/// (the high 32 bits of a place's value; the low 32 bits are the Unix
+/// second until which the key's batch was refused).
 fn hint_of(key: u128) -> (usize, u64) {
     let place = (key as usize) & (HINTS - 1);
     let print = (((key >> 64) as u64) | 1) << 32;
     (place, print)
+}
+
+/// Whether the place's value `h` says the key of fingerprint `print` was
+/// refused until after `now` (ns).
+fn hinted(h: u64, print: u64, now: u64) -> bool {
+    h & !0xffff_ffff == print && now / NANOS_PER_SEC < h & 0xffff_ffff
+}
+
+/// The place's value for the key of fingerprint `print`, refused until
+/// the Unix second `until`.
+fn hint_value(print: u64, until: u64) -> u64 {
+    print | until.min(0xffff_ffff)
 }
 
 /// The in-process store. Cloning is cheap and clones share the counters.
@@ -352,7 +365,7 @@ impl MemoryStore {
         let hint = batch.items.first().map(|(l, _)| hint_of(l.key.as_u128()));
         if let Some((place, print)) = hint {
             let h = inner.hints[place].load(Ordering::Relaxed);
-            if h & !0xffff_ffff == print && now / NANOS_PER_SEC < h & 0xffff_ffff {
+            if hinted(h, print, now) {
                 if self.refuse_shared(now, &mut batch) {
                     self.maybe_sweep(now, false);
                     return batch;
@@ -464,8 +477,7 @@ impl MemoryStore {
             let until = batch
                 .retry_at()
                 .map_or(now / NANOS_PER_SEC + 1, |t| t.as_secs_ceil());
-            let until = until.min(u64::from(u32::MAX));
-            inner.hints[place].store(print | until, Ordering::Relaxed);
+            inner.hints[place].store(hint_value(print, until), Ordering::Relaxed);
         }
         if !ok {
             for (limit, slot) in batch.items.iter_mut() {
@@ -522,25 +534,21 @@ impl MemoryStore {
                 .take_while(|(l, _)| l.key == key)
                 .count()
                 + i;
-            let mut copies: [Option<Cell>; RUN] = Default::default();
+            let mut copies: [Cell; RUN] = Default::default();
             {
                 let entry = inner.map.get(&MapKey::from(key.as_u128()));
-                for (copy, (limit, _)) in copies.iter_mut().zip(&items[i..end]) {
-                    *copy = match &entry {
-                        Some(e) => e.copy_cell(limit.tag, now),
-                        None => Some(Cell::default()),
-                    };
-                    if copy.is_none() {
-                        // A ring of buckets: not copied.
-                        return false;
+                if let Some(e) = &entry {
+                    for (copy, (limit, _)) in copies.iter_mut().zip(&items[i..end]) {
+                        // A ring of buckets is not copied.
+                        let Some(cell) = e.copy_cell(limit.tag, now) else {
+                            return false;
+                        };
+                        *copy = cell;
                     }
                 }
             }
-            for (copy, (limit, slot)) in copies.iter_mut().zip(&mut items[i..end]) {
+            for (cell, (limit, slot)) in copies.iter_mut().zip(&mut items[i..end]) {
                 walk.enter(limit.cascade);
-                let Some(cell) = copy.as_mut() else {
-                    return false;
-                };
                 let (view, fit) = cell.peek(&limit.window, limit.capacity, now, limit.check_cost());
                 let verdict = match fit {
                     _ if walk.taken() => Verdict::Passed,
