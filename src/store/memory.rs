@@ -59,10 +59,16 @@
 //! scratch. Refusals are the same either way — verdicts, counts, retry
 //! instants (a property test compares them) — so callers hammering a spent
 //! key neither queue behind one another nor slow the callers being
-//! admitted. One difference, on the safe side: the exclusive path charges
-//! the limits that have room and gives the cost back, and a bucket keeps
-//! the stamp of the request that touched it, so its cost may leave up to
-//! one sub-bucket later; the shared path leaves the counters as they were.
+//! admitted.
+//!
+//! A refused batch leaves the counters as they were. The exclusive path
+//! charges as it goes and takes the charges back on refusal: exactly (count
+//! and stamp) for the limits on the entry still locked, which is every
+//! limit of a batch on one key, the common case; a limit on an entry let go
+//! before the refusal (a batch over several keys) is refunded instead, and
+//! its bucket keeps the refused request's stamp, because restoring the old
+//! stamp could undo another request's charge made in between: that cost may
+//! leave up to one sub-bucket later, on the safe side.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -75,7 +81,7 @@ use dashmap::mapref::one::RefMut;
 
 use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
 use crate::clock::Timestamp;
-use crate::window::{stamp_nanos, Cell, Refusal};
+use crate::window::{stamp_nanos, Cell, Mark, Refusal};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const INLINE_SWEEP_MAX: usize = 65_536;
@@ -88,6 +94,10 @@ const SAMPLES: u32 = 8;
 const HINTS: usize = 4096;
 /// Most limits on one key copied under one shared lock.
 const RUN: usize = 4;
+
+/// Charges under one held entry that a refused batch undoes exactly (the
+/// rest, rare, are refunded): a tier's limits on one key.
+const UNDO: usize = 8;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,15 +403,22 @@ impl MemoryStore {
         // The entry of the previous limit stays locked while the next limit
         // uses the same key (the policy lists a tier's limits together).
         let mut held: Option<Held<'_>> = None;
+        // The first item charged under the entry held now, and what the
+        // charges since made of their buckets: a refused batch takes those
+        // back exactly (nobody else can have charged that entry meanwhile).
+        let mut held_from = 0;
+        let mut marks: [Option<Mark>; UNDO] = [None; UNDO];
         let mut walk = Groups::default();
         // This module is inside `store`: it fills the batch's items in place.
-        for (limit, slot) in batch.items.iter_mut() {
+        for (n, (limit, slot)) in batch.items.iter_mut().enumerate() {
             walk.enter(limit.cascade);
             let ok = walk.ok;
             let key = limit.key.as_u128();
             if held.as_ref().is_none_or(|(k, _, _)| *k != key) {
                 // Unlock before locking another entry (it may share a shard).
                 drop(held.take());
+                held_from = n;
+                marks = [None; UNDO];
                 let mut stored_at = key;
                 let mut entry = inner.map.get_mut(&MapKey::from(key));
                 if entry.is_none() && ok {
@@ -435,9 +452,12 @@ impl MemoryStore {
                     match e.with_cell(limit.tag, &spec, now, |c| {
                         c.try_charge_with(&spec, cap, now, check, charge)
                     }) {
-                        Ok((view, idx)) => {
+                        Ok((view, mark)) => {
                             walk.room();
-                            let receipt = Receipt::new(CounterKey::from_u128(*stored_at), idx);
+                            if let Some(m) = marks.get_mut(n - held_from) {
+                                *m = Some(mark);
+                            }
+                            let receipt = Receipt::new(CounterKey::from_u128(*stored_at), mark.idx);
                             Outcome::new(view, Verdict::Room(receipt))
                         }
                         Err((view, refusal)) => {
@@ -470,6 +490,23 @@ impl MemoryStore {
             *slot = Some(outcome);
         }
         let ok = walk.finish();
+        // Refused: the charges made under the entry still held are undone
+        // exactly, before anyone else sees them; those under entries let go
+        // already are refunded below.
+        let mut undone = 0..0;
+        if let (false, Some((_, _, Some(e)))) = (ok, held.as_mut()) {
+            undone = held_from..held_from + UNDO.min(batch.items.len() - held_from);
+            for (mark, (limit, slot)) in marks.iter().zip(&mut batch.items[undone.clone()]) {
+                let (Some(mark), Some(outcome)) = (mark, slot.as_mut()) else {
+                    continue;
+                };
+                let (spec, cap, check) = (limit.window, limit.capacity, limit.check_cost());
+                outcome.view = e.with_cell(limit.tag, &spec, now, |c| {
+                    c.undo(&spec, now, *mark);
+                    c.peek(&spec, cap, now, check).0
+                });
+            }
+        }
         drop(held);
         if let (false, Some((place, print))) = (ok, hint) {
             // Until the refused batch would fit (a cost that never fits:
@@ -480,10 +517,13 @@ impl MemoryStore {
             inner.hints[place].store(hint_value(print, until), Ordering::Relaxed);
         }
         if !ok {
-            for (limit, slot) in batch.items.iter_mut() {
+            for (n, (limit, slot)) in batch.items.iter_mut().enumerate() {
                 let Some(outcome) = slot.as_mut() else {
                     continue;
                 };
+                if undone.contains(&n) {
+                    continue;
+                }
                 let Verdict::Room(receipt) = outcome.verdict else {
                     continue;
                 };
@@ -768,13 +808,15 @@ mod tests {
 
     #[test]
     fn a_key_refused_a_moment_ago_is_refused_without_a_write() {
-        // Limit 1 has room, limit 2 is spent: every batch is refused. The
-        // first refusal (exclusive path) charges limit 1 and gives it back,
-        // its bucket keeping that request's stamp; the next ones, under the
-        // shared lock, write nothing, so the stamp stays where it was.
+        // Limit 1 has room, limit 2 (on another key) is spent: every batch
+        // is refused. The first refusal (exclusive path) charges limit 1,
+        // lets its entry go to lock limit 2's, and gives the cost back, the
+        // bucket keeping that request's stamp (restoring it could undo a
+        // charge made meanwhile); the next ones, under the shared lock,
+        // write nothing, so the stamp stays where it was.
         let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
         let a = LimitSpec::new(CounterKey::from_u128(1), spec, 5, 1);
-        let b = LimitSpec::new(CounterKey::from_u128(1), spec, 1, 1).with_tag(2);
+        let b = LimitSpec::new(CounterKey::from_u128(2), spec, 1, 1).with_tag(2);
         let store = MemoryStore::default();
         let t0 = 1_700_000_000 * S;
         let ms = |n: u64| Timestamp::from_nanos(t0 + n * 1_000_000);

@@ -468,6 +468,17 @@ pub(crate) struct Ring {
     slots: Box<[u64]>,
 }
 
+/// Where a charge went and what its bucket held before it: enough for
+/// [`Cell::undo`] to take it back exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The bucket (sliding) or window (fixed) charged.
+    pub(crate) idx: u64,
+    /// The bucket's count and latest stamp (ms) before the charge; `None`
+    /// when nothing was charged (a cost known only after the response).
+    prev: Option<(u32, u64)>,
+}
+
 /// Where a decision stands on the millisecond clock.
 #[derive(Clone, Copy, Debug)]
 struct At {
@@ -780,6 +791,7 @@ impl Cell {
         cost: u64,
     ) -> Result<(View, u64), (View, Refusal)> {
         self.try_charge_with(spec, capacity, now, cost, cost)
+            .map(|(view, mark)| (view, mark.idx))
     }
 
     /// Like [`Cell::try_charge`], but checks room for `check` units and
@@ -797,7 +809,7 @@ impl Cell {
         now: u64,
         check: u64,
         charge: u64,
-    ) -> Result<(View, u64), (View, Refusal)> {
+    ) -> Result<(View, Mark), (View, Refusal)> {
         if let Some(done) = self.charge_newest(spec, capacity, now, check, charge) {
             return Ok(done);
         }
@@ -805,10 +817,9 @@ impl Cell {
         if let Err(refusal) = self.fits(spec, capacity, at, check) {
             return Err((self.view(spec, capacity, at), refusal));
         }
-        if charge > 0 {
-            self.add(spec, at, charge);
-        }
-        Ok((self.view(spec, capacity, at), at.cur))
+        let prev = (charge > 0).then(|| self.add(spec, at, charge));
+        let mark = Mark { idx: at.cur, prev };
+        Ok((self.view(spec, capacity, at), mark))
     }
 
     /// The common case of a sliding counter in one step: the charge falls
@@ -823,7 +834,7 @@ impl Cell {
         now: u64,
         check: u64,
         charge: u64,
-    ) -> Option<(View, u64)> {
+    ) -> Option<(View, Mark)> {
         let Shape::Sliding {
             bucket_ms,
             window_ms,
@@ -845,6 +856,7 @@ impl Cell {
                 {
                     return None;
                 }
+                let prev = Some((*count, *last));
                 *count = count.saturating_add(charge32);
                 *last = (*last).max(stamp);
                 let view = View {
@@ -852,7 +864,8 @@ impl Cell {
                     used: u64::from(*count),
                     reset_at: Timestamp::from_nanos(ms_to_ns(last.saturating_add(window_ms))),
                 };
-                return Some((view, *last / bucket_ms));
+                let idx = *last / bucket_ms;
+                return Some((view, Mark { idx, prev }));
             }
             Cell::Ring(r) => r,
         };
@@ -871,7 +884,9 @@ impl Cell {
         let i = r.slot_of(r.newest);
         let before = slot_count(r.slots[i]);
         let after = before.saturating_add(charge32);
-        let offset = slot_offset(r.slots[i]).max(stamp - r.newest * bucket_ms);
+        let start = r.newest * bucket_ms;
+        let prev = Some((before, start + slot_offset(r.slots[i])));
+        let offset = slot_offset(r.slots[i]).max(stamp - start);
         r.slots[i] = slot(after, offset);
         r.total += u64::from(after - before);
         let reset = (r.newest * bucket_ms + offset).saturating_add(window_ms);
@@ -880,7 +895,13 @@ impl Cell {
             used: r.total,
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
         };
-        Some((view, r.newest))
+        Some((
+            view,
+            Mark {
+                idx: r.newest,
+                prev,
+            },
+        ))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
@@ -896,7 +917,7 @@ impl Cell {
     /// Adds `cost` to bucket `at.cur`, stamped `at.stamp`, without any
     /// capacity check.
     #[inline(always)]
-    fn add(&mut self, spec: &WindowSpec, at: At, cost: u64) {
+    fn add(&mut self, spec: &WindowSpec, at: At, cost: u64) -> (u32, u64) {
         let cost32 = u32::try_from(cost).unwrap_or(u32::MAX);
         let Shape::Sliding {
             bucket_ms, reach, ..
@@ -904,11 +925,13 @@ impl Cell {
         else {
             // Fixed: `slide` left one window, the current one (or a later
             // one, if the clock went back).
-            if let Cell::One { count, last } = self {
-                *count = count.saturating_add(cost32);
-                *last = (*last).max(at.floor);
-            }
-            return;
+            let Cell::One { count, last } = self else {
+                return (0, 0);
+            };
+            let prev = (*count, *last);
+            *count = count.saturating_add(cost32);
+            *last = (*last).max(at.floor);
+            return prev;
         };
         let cur = at.cur;
         // The stamp, kept inside the bucket charged (a clock that went back
@@ -917,16 +940,17 @@ impl Cell {
         let stamp = at.stamp.clamp(start, start + bucket_ms - 1);
         match self {
             Cell::One { count, last } => {
+                let prev = (*count, *last);
                 if *count == 0 {
                     *count = cost32;
                     *last = stamp;
-                    return;
+                    return prev;
                 }
                 let old = *last / bucket_ms;
                 if old == cur {
                     *count = count.saturating_add(cost32);
                     *last = (*last).max(stamp);
-                    return;
+                    return prev;
                 }
                 // A second non-empty bucket: move to a ring.
                 let mut ring = Ring {
@@ -939,14 +963,15 @@ impl Cell {
                 ring.slots[i] = slot(*count, *last - old * bucket_ms);
                 ring.slots[j] = slot(cost32, stamp - start);
                 *self = Cell::Ring(Box::new(ring));
+                (0, start)
             }
             Cell::Ring(r) => {
                 let i = r.slot_of(cur);
-                let before = slot_count(r.slots[i]);
+                let (before, was) = (slot_count(r.slots[i]), slot_offset(r.slots[i]));
                 let after = before.saturating_add(cost32);
-                let off = slot_offset(r.slots[i]).max(stamp - start);
-                r.slots[i] = slot(after, off);
+                r.slots[i] = slot(after, was.max(stamp - start));
                 r.total += u64::from(after - before);
+                (before, start + was)
             }
         }
     }
@@ -970,6 +995,35 @@ impl Cell {
                     let take = c.min(cost32);
                     r.slots[i] = slot(c - take, slot_offset(r.slots[i]));
                     r.total -= u64::from(take);
+                }
+            }
+        }
+    }
+
+    /// Undoes the charge `mark` describes exactly (count and latest stamp of
+    /// its bucket as they were), after [`Cell::slide`] dropped whatever has
+    /// left the window since. Only for a counter nobody else has charged
+    /// since (its entry stayed locked): then the counter reads as if the
+    /// charge had never been made. [`Cell::refund`] is for the other case.
+    pub(crate) fn undo(&mut self, spec: &WindowSpec, now: u64, mark: Mark) {
+        let Some((count_was, last_was)) = mark.prev else {
+            return;
+        };
+        self.slide(spec, now);
+        match self {
+            Cell::One { count, last } => {
+                if *count > 0 && spec.index_of_last(*last) == mark.idx {
+                    *count = count_was;
+                    *last = last_was;
+                }
+            }
+            Cell::Ring(r) => {
+                if mark.idx >= r.oldest() && mark.idx <= r.newest {
+                    let i = r.slot_of(mark.idx);
+                    let now_count = slot_count(r.slots[i]);
+                    let start = mark.idx * spec.bucket_ms();
+                    r.slots[i] = slot(count_was, last_was.saturating_sub(start));
+                    r.total = r.total - u64::from(now_count) + u64::from(count_was);
                 }
             }
         }

@@ -188,4 +188,52 @@ proptest! {
             }
         }
     }
+
+    /// An undone charge leaves nothing behind: from then on the counter
+    /// gives exactly the answers (counts, resets, refusals and retry
+    /// instants) of one that was never charged, sliding or fixed, whether
+    /// the charge went through the one-step path or the general steps, into
+    /// an empty, a busy or a new bucket, with saturating counts too.
+    #[test]
+    fn an_undone_charge_leaves_no_trace(
+        sliding in any::<bool>(),
+        precision in 1u32..8,
+        capacity in prop_oneof![2u64..20, Just(u64::from(u32::MAX) + 5)],
+        evs in events(60, 3),
+        undo_at in prop::collection::vec(any::<bool>(), 200),
+        huge in prop::collection::vec(prop_oneof![9 => Just(false), 1 => Just(true)], 200),
+        probes in prop::collection::vec((0u64..150, 1u64..4), 1..6),
+    ) {
+        let spec = if sliding {
+            WindowSpec::sliding_ms(100, precision)
+        } else {
+            WindowSpec::fixed_ms(100, 0)
+        };
+        let mut cell = Cell::default();
+        let mut t = 1000 * MS + 400_000;
+        for (n, e) in evs.iter().enumerate() {
+            t += e.gap * MS / 2;
+            let cost = if huge[n] { capacity.min(u64::from(u32::MAX)) } else { e.cost.min(capacity) };
+            let before = cell.clone();
+            let Ok((_, mark)) = cell.try_charge_with(&spec, capacity, t, cost, cost) else {
+                continue;
+            };
+            if !undo_at[n] {
+                continue;
+            }
+            cell.undo(&spec, t, mark);
+            let (mut a, mut b) = (before.clone(), cell.clone());
+            for &(later, check) in &probes {
+                let at = t + later * MS;
+                let (va, fa) = a.peek(&spec, capacity, at, check);
+                let (vb, fb) = b.peek(&spec, capacity, at, check);
+                prop_assert_eq!(va, vb, "{} ms after the undo", later);
+                prop_assert_eq!(fa, fb, "{} ms after the undo", later);
+            }
+            // And charging goes on the same way.
+            let ra = before.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| v);
+            let rb = cell.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| v);
+            prop_assert_eq!(ra, rb);
+        }
+    }
 }
