@@ -97,7 +97,7 @@ const RUN: usize = 4;
 
 /// Charges under one held entry that a refused batch undoes exactly (the
 /// rest, rare, are refunded): a tier's limits on one key.
-const UNDO: usize = 8;
+const UNDO: usize = 4;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,7 +407,9 @@ impl MemoryStore {
         // charges since made of their buckets: a refused batch takes those
         // back exactly (nobody else can have charged that entry meanwhile).
         let mut held_from = 0;
-        let mut marks: [Option<Mark>; UNDO] = [None; UNDO];
+        let mut marks = [Mark::default(); UNDO];
+        // Which of `marks` (from `held_from` on) hold a charge.
+        let mut marked = 0u8;
         let mut walk = Groups::default();
         // This module is inside `store`: it fills the batch's items in place.
         for (n, (limit, slot)) in batch.items.iter_mut().enumerate() {
@@ -418,7 +420,7 @@ impl MemoryStore {
                 // Unlock before locking another entry (it may share a shard).
                 drop(held.take());
                 held_from = n;
-                marks = [None; UNDO];
+                marked = 0;
                 let mut stored_at = key;
                 let mut entry = inner.map.get_mut(&MapKey::from(key));
                 if entry.is_none() && ok {
@@ -455,7 +457,8 @@ impl MemoryStore {
                         Ok((view, mark)) => {
                             walk.room();
                             if let Some(m) = marks.get_mut(n - held_from) {
-                                *m = Some(mark);
+                                *m = mark;
+                                marked |= 1 << (n - held_from);
                             }
                             let receipt = Receipt::new(CounterKey::from_u128(*stored_at), mark.idx);
                             Outcome::new(view, Verdict::Room(receipt))
@@ -496,8 +499,9 @@ impl MemoryStore {
         let mut undone = 0..0;
         if let (false, Some((_, _, Some(e)))) = (ok, held.as_mut()) {
             undone = held_from..held_from + UNDO.min(batch.items.len() - held_from);
-            for (mark, (limit, slot)) in marks.iter().zip(&mut batch.items[undone.clone()]) {
-                let (Some(mark), Some(outcome)) = (mark, slot.as_mut()) else {
+            let items = marks.iter().zip(&mut batch.items[undone.clone()]);
+            for (j, (mark, (limit, slot))) in items.enumerate() {
+                let (true, Some(outcome)) = (marked & 1 << j != 0, slot.as_mut()) else {
                     continue;
                 };
                 let (spec, cap, check) = (limit.window, limit.capacity, limit.check_cost());

@@ -470,13 +470,28 @@ pub(crate) struct Ring {
 
 /// Where a charge went and what its bucket held before it: enough for
 /// [`Cell::undo`] to take it back exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mark {
     /// The bucket (sliding) or window (fixed) charged.
     pub(crate) idx: u64,
-    /// The bucket's count and latest stamp (ms) before the charge; `None`
-    /// when nothing was charged (a cost known only after the response).
-    prev: Option<(u32, u64)>,
+    /// The bucket's latest stamp (ms) before the charge.
+    last: u64,
+    /// The bucket's count before the charge.
+    count: u32,
+    /// Whether anything was charged (not so for a cost known only after
+    /// the response).
+    charged: bool,
+}
+
+impl Mark {
+    fn new(idx: u64, (count, last): (u32, u64)) -> Self {
+        Mark {
+            idx,
+            last,
+            count,
+            charged: true,
+        }
+    }
 }
 
 /// Where a decision stands on the millisecond clock.
@@ -817,8 +832,14 @@ impl Cell {
         if let Err(refusal) = self.fits(spec, capacity, at, check) {
             return Err((self.view(spec, capacity, at), refusal));
         }
-        let prev = (charge > 0).then(|| self.add(spec, at, charge));
-        let mark = Mark { idx: at.cur, prev };
+        let mark = if charge > 0 {
+            Mark::new(at.cur, self.add(spec, at, charge))
+        } else {
+            Mark {
+                idx: at.cur,
+                ..Mark::default()
+            }
+        };
         Ok((self.view(spec, capacity, at), mark))
     }
 
@@ -856,7 +877,7 @@ impl Cell {
                 {
                     return None;
                 }
-                let prev = Some((*count, *last));
+                let prev = (*count, *last);
                 *count = count.saturating_add(charge32);
                 *last = (*last).max(stamp);
                 let view = View {
@@ -865,7 +886,7 @@ impl Cell {
                     reset_at: Timestamp::from_nanos(ms_to_ns(last.saturating_add(window_ms))),
                 };
                 let idx = *last / bucket_ms;
-                return Some((view, Mark { idx, prev }));
+                return Some((view, Mark::new(idx, prev)));
             }
             Cell::Ring(r) => r,
         };
@@ -885,7 +906,7 @@ impl Cell {
         let before = slot_count(r.slots[i]);
         let after = before.saturating_add(charge32);
         let start = r.newest * bucket_ms;
-        let prev = Some((before, start + slot_offset(r.slots[i])));
+        let prev = (before, start + slot_offset(r.slots[i]));
         let offset = slot_offset(r.slots[i]).max(stamp - start);
         r.slots[i] = slot(after, offset);
         r.total += u64::from(after - before);
@@ -895,13 +916,7 @@ impl Cell {
             used: r.total,
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
         };
-        Some((
-            view,
-            Mark {
-                idx: r.newest,
-                prev,
-            },
-        ))
+        Some((view, Mark::new(r.newest, prev)))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
@@ -1006,9 +1021,10 @@ impl Cell {
     /// since (its entry stayed locked): then the counter reads as if the
     /// charge had never been made. [`Cell::refund`] is for the other case.
     pub(crate) fn undo(&mut self, spec: &WindowSpec, now: u64, mark: Mark) {
-        let Some((count_was, last_was)) = mark.prev else {
+        if !mark.charged {
             return;
-        };
+        }
+        let (count_was, last_was) = (mark.count, mark.last);
         self.slide(spec, now);
         match self {
             Cell::One { count, last } => {
