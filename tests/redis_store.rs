@@ -64,6 +64,82 @@ async fn decide<S: Store>(store: &S, now: Timestamp, batch: Batch) -> Batch {
     }
 }
 
+/// The limits of `req`: one tag per limit, shapes by tag.
+fn limits_of(req: &Req) -> Vec<LimitSpec> {
+    let mut limits = Vec::new();
+    let mut tag = 1u16;
+    for (g, group) in req.groups.iter().enumerate() {
+        let cascade = (group.len() > 1).then_some(g as u16 + 1);
+        for &(key, cost, post) in group {
+            tag += 1;
+            let (w, cap) = shape(tag);
+            let charge = if post {
+                Charge::After
+            } else {
+                Charge::Now(cost)
+            };
+            limits.push(
+                LimitSpec::new(CounterKey::from_u128(key), w, cap, 1)
+                    .with_tag(tag)
+                    .with_charge(charge)
+                    .in_cascade(cascade),
+            );
+        }
+    }
+    limits
+}
+
+/// Post-charges of an admitted batch's post-charged limits (cost by tag).
+fn post_charges(batch: &Batch) -> Vec<PostCharge> {
+    (0..batch.len())
+        .filter_map(|i| {
+            let l = *batch.limit(i);
+            match batch.outcome(i)?.verdict {
+                Verdict::Room(r) if l.charge == Charge::After => {
+                    Some(PostCharge::new(l, r, 1 + u64::from(l.tag) % 4))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The memory store's answer `a` and Redis's `b` to `req` agree: same
+/// admission, figures and verdicts (`cached`: Redis answered from its cache
+/// of refusals, whose retry instant can only be earlier).
+fn agree(a: &Batch, b: &Batch, req: &Req, cached: bool) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.admitted(), b.admitted(), "{:?}", req);
+    if cached {
+        // Answered from the cache of refusals: the same refusal, with
+        // the figures of when it was cached. Cost added since can only
+        // have pushed the real retry instant later, never earlier.
+        prop_assert!(!a.admitted());
+        prop_assert!(
+            a.retry_at() >= b.retry_at(),
+            "{:?} < {:?}",
+            a.retry_at(),
+            b.retry_at()
+        );
+        return Ok(());
+    }
+    for i in 0..a.len() {
+        let (x, y) = (a.outcome(i).unwrap(), b.outcome(i).unwrap());
+        prop_assert_eq!(x.view, y.view, "limit {} of {:?}", i, req);
+        let kind = |v: &Verdict| match v {
+            Verdict::Room(_) => "room".to_string(),
+            other => format!("{other:?}"),
+        };
+        prop_assert_eq!(
+            kind(&x.verdict),
+            kind(&y.verdict),
+            "limit {} of {:?}",
+            i,
+            req
+        );
+    }
+    Ok(())
+}
+
 fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,76 +155,16 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
         let mut now = Timestamp::from_nanos(START_MS * MS);
         for req in reqs {
             now = now + Duration::from_millis(req.gap_ms);
-            let mut limits = Vec::new();
-            let mut tag = 1u16;
-            for (g, group) in req.groups.iter().enumerate() {
-                let cascade = (group.len() > 1).then_some(g as u16 + 1);
-                for &(key, cost, post) in group {
-                    tag += 1;
-                    let (w, cap) = shape(tag);
-                    let charge = if post {
-                        Charge::After
-                    } else {
-                        Charge::Now(cost)
-                    };
-                    limits.push(
-                        LimitSpec::new(CounterKey::from_u128(key), w, cap, 1)
-                            .with_tag(tag)
-                            .with_charge(charge)
-                            .in_cascade(cascade),
-                    );
-                }
-            }
+            let limits = limits_of(req);
             let a = decide(&memory, now, Batch::from_limits(limits.clone())).await;
             let served = redis.refusals_served();
             let b = decide(&redis, now, Batch::from_limits(limits.clone())).await;
-            prop_assert_eq!(a.admitted(), b.admitted());
             prop_assert_eq!(b.decided_at(), Some(now));
-            if redis.refusals_served() > served {
-                // Answered from the cache of refusals: the same refusal, with
-                // the figures of when it was cached. Cost added since can only
-                // have pushed the real retry instant later, never earlier.
-                prop_assert!(!a.admitted());
-                prop_assert!(
-                    a.retry_at() >= b.retry_at(),
-                    "{:?} < {:?}",
-                    a.retry_at(),
-                    b.retry_at()
-                );
-                continue;
-            }
-            for i in 0..limits.len() {
-                let (x, y) = (a.outcome(i).unwrap(), b.outcome(i).unwrap());
-                prop_assert_eq!(x.view, y.view, "limit {} of {:?}", i, req);
-                let kind = |v: &Verdict| match v {
-                    Verdict::Room(_) => "room".to_string(),
-                    other => format!("{other:?}"),
-                };
-                prop_assert_eq!(
-                    kind(&x.verdict),
-                    kind(&y.verdict),
-                    "limit {} of {:?}",
-                    i,
-                    req
-                );
-            }
+            agree(&a, &b, req, redis.refusals_served() > served)?;
             if a.admitted() {
                 // Post-charge both the same way.
-                let charges = |batch: &Batch| -> Vec<PostCharge> {
-                    (0..batch.len())
-                        .filter_map(|i| {
-                            let l = *batch.limit(i);
-                            match batch.outcome(i)?.verdict {
-                                Verdict::Room(r) if l.charge == Charge::After => {
-                                    Some(PostCharge::new(l, r, 1 + u64::from(l.tag) % 4))
-                                }
-                                _ => None,
-                            }
-                        })
-                        .collect()
-                };
-                let _ = memory.charge_after(now, charges(&a));
-                let _ = redis.charge_after(now, charges(&b));
+                let _ = memory.charge_after(now, post_charges(&a));
+                let _ = redis.charge_after(now, post_charges(&b));
             }
         }
         prop_assert_eq!(redis.charges_dropped(), 0);
@@ -179,6 +195,182 @@ fn redis_decides_as_the_memory_store() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Requests sent together: decided in as few script calls as the store
+/// makes of them, in the order they were sent, at one instant.
+fn together() -> impl Strategy<Value = Vec<(u64, Vec<Req>)>> {
+    let limit = (1u128..3, 1u64..5, any::<bool>());
+    let group = prop::collection::vec(limit, 1..4);
+    let req = prop::collection::vec(group, 1..3).prop_map(|groups| Req { gap_ms: 0, groups });
+    let round = (0u64..900, prop::collection::vec(req, 1..12));
+    prop::collection::vec(round, 1..12)
+}
+
+/// Decisions of `batches` at `now`, sent in order before any is awaited
+/// (each joins the store's queue when first polled).
+async fn decide_together(
+    store: &RedisStore,
+    now: Timestamp,
+    batches: Vec<Batch>,
+) -> Vec<(Batch, bool)> {
+    type Pending = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Batch, tierlimit::store::StoreError>> + Send>,
+    >;
+    let mut answers: Vec<Result<(Batch, bool), Pending>> = batches
+        .into_iter()
+        .map(|b| match store.decide(now, b) {
+            Answer::Now(r) => Ok((r.unwrap(), true)),
+            Answer::Later(f) => Err(f),
+        })
+        .collect();
+    for a in &mut answers {
+        if let Err(f) = a {
+            let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                f.as_mut().poll(cx).is_pending(),
+                "nothing is sent before the first await"
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for a in answers {
+        out.push(match a {
+            Ok(done) => done,
+            Err(f) => (f.await.unwrap(), false),
+        });
+    }
+    out
+}
+
+fn run_together(rounds: &[(u64, Vec<Req>)], url: &str, prefix: &str) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let memory = MemoryStore::default();
+        let config = RedisStoreConfig::new(url)
+            .prefix(prefix)
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2));
+        let redis = RedisStore::new(config).unwrap();
+        let mut now = Timestamp::from_nanos(START_MS * MS);
+        let (mut sent, calls_before) = (0u64, redis.script_calls());
+        for (gap_ms, reqs) in rounds {
+            now = now + Duration::from_millis(*gap_ms);
+            let batches = reqs
+                .iter()
+                .map(|r| Batch::from_limits(limits_of(r)))
+                .collect();
+            let got = decide_together(&redis, now, batches).await;
+            // Costs known after the responses come after every decision
+            // of the round, in both stores.
+            let mut after = Vec::new();
+            for (req, (b, cached)) in reqs.iter().zip(&got) {
+                let a = decide(&memory, now, Batch::from_limits(limits_of(req))).await;
+                agree(&a, b, req, *cached)?;
+                sent += u64::from(!*cached);
+                if a.admitted() {
+                    after.push((post_charges(&a), post_charges(b)));
+                }
+            }
+            for (a, b) in after {
+                let _ = memory.charge_after(now, a);
+                let _ = redis.charge_after(now, b);
+            }
+        }
+        // Requests sent together shared calls (post-charges may add some).
+        let calls = redis.script_calls() - calls_before;
+        let rounds = rounds.len() as u64;
+        prop_assert!(
+            calls <= 2 * rounds + rounds,
+            "{} calls for {} decisions in {} rounds",
+            calls,
+            sent,
+            rounds
+        );
+        prop_assert_eq!(redis.charges_dropped(), 0);
+        Ok(())
+    })
+}
+
+#[test]
+fn requests_sent_together_are_decided_in_order_as_one_by_one() {
+    // One script call decides a whole group, each request seeing the
+    // charges of those before it: the memory store deciding them one after
+    // the other gives the same answers.
+    let Some(server) = server() else { return };
+    let config = ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32),
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let case = AtomicUsize::new(0);
+    let result = runner.run(&together(), |rounds| {
+        let prefix = format!("together{}", case.fetch_add(1, Ordering::Relaxed));
+        run_together(&rounds, &server.url(), &prefix)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .prefix("crowd")
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    store.connect().await.unwrap();
+    let w = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let tight = LimitSpec::new(CounterKey::from_u128(1), w, 50, 1);
+    let wide = LimitSpec::new(CounterKey::from_u128(2), w, 1000, 1).with_tag(2);
+    let now = Timestamp::from_secs(1_708_200_000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        let store = store.clone();
+        tasks.spawn(async move { decide(&store, now, Batch::from_limits([tight, wide])).await });
+    }
+    let mut used_when_admitted = Vec::new();
+    let mut refused = 0;
+    while let Some(b) = tasks.join_next().await {
+        let b = b.unwrap();
+        if b.admitted() {
+            used_when_admitted.push(b.outcome(0).unwrap().view.used);
+        } else {
+            refused += 1;
+            assert_eq!(b.outcome(0).unwrap().view.used, 50);
+        }
+    }
+    // Exactly the capacity, each admitted request counted after those
+    // before it (1, 2, ... 50: no two saw the same count).
+    used_when_admitted.sort_unstable();
+    assert_eq!(used_when_admitted, (1..=50).collect::<Vec<u64>>());
+    assert_eq!(refused, 350);
+    let probe = decide(&store, now, Batch::from_limits([wide])).await;
+    assert_eq!(
+        probe.outcome(0).unwrap().view.used,
+        51,
+        "the wide limit was charged by the 50 admitted only"
+    );
+    // 400 decisions (refusals after the first are mostly answered from the
+    // cache) in far fewer calls than decisions.
+    let sent = 400 - store.refusals_served();
+    assert!(
+        store.script_calls() < sent,
+        "{} calls for {} decisions sent",
+        store.script_calls(),
+        sent
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
--- tierlimit: apply pending post-charges, then check and charge every limit
--- of one request, all or nothing, in one atomic call.
+-- tierlimit: apply pending post-charges, then decide requests one after
+-- the other (every limit of a request checked and charged all or nothing),
+-- in one atomic call: requests that arrived together share one round trip,
+-- and each sees the charges of those before it.
 --
 -- Times are whole milliseconds since the epoch (below 2^53, exact in Lua
 -- numbers), as in the memory store: a charge at instant t is stamped t
@@ -10,10 +12,11 @@
 --
 -- ARGV[1], ARGV[2]  now rounded down and up to the millisecond, or "" to
 --                   read the server's clock (TIME)
--- ARGV[3]  L, the number of limits;  ARGV[4]  C, the number of post-charges
--- KEYS[1..L]      the counter hash of each limit
+-- ARGV[3]  R, the number of requests;  ARGV[4]  C, the number of post-charges
+-- ARGV[5..4+R]    the number of limits of each request; L, their sum
+-- KEYS[1..L]      the counter hash of each limit, request after request
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- per limit, 11 values: tag, SHAPE, capacity, check, charge, cascade
+-- then per limit, 11 values: tag, SHAPE, capacity, check, charge, cascade
 --                       group (0: none)
 -- per post-charge, 10:  tag, SHAPE, cost (negative: given back), when it
 --                       was measured (microseconds since the epoch on the
@@ -29,9 +32,10 @@
 -- bucket is its length. A fixed window's record keeps its end instant
 -- where a sliding bucket keeps its last stamp.
 --
--- Returns {stamp, admitted, then per limit: verdict, used, reset, retry,
--- index} (instants in ms). verdict: 0 room, 1 passed (cascade member after
--- the one charged), 2 full (retry = when it has room), 3 never fits.
+-- Returns {stamp, then per request: admitted, then per limit: verdict,
+-- used, reset, retry, index} (instants in ms). verdict: 0 room, 1 passed
+-- (cascade member after the one charged), 2 full (retry = when it has
+-- room), 3 never fits.
 
 local floor, stamp
 if ARGV[1] == '' then
@@ -42,8 +46,14 @@ if ARGV[1] == '' then
 else
   floor, stamp = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
-local L = tonumber(ARGV[3])
+local R = tonumber(ARGV[3])
 local C = tonumber(ARGV[4])
+local L = 0
+for r = 1, R do
+  L = L + tonumber(ARGV[4 + r])
+end
+-- Where the limits' values start.
+local FIRST = 5 + R
 
 -- floor(a / b) for integers below 2^53, corrected for rounding.
 local function fdiv(a, b)
@@ -262,7 +272,7 @@ end
 
 -- Post-charges first: costs measured after earlier responses.
 local LIMIT, POST = 11, 10
-local base = 5 + LIMIT * L
+local base = FIRST + LIMIT * L
 for c = 1, C do
   local a = base + POST * (c - 1)
   local key, tag = KEYS[L + c], ARGV[a]
@@ -288,71 +298,77 @@ for c = 1, C do
   end
 end
 
-local out = {stamp, 0}
-local admitted = true
-local group, group_room = 0, false
-for i = 1, L do
-  local a = 5 + LIMIT * (i - 1)
-  local key, tag = KEYS[i], ARGV[a]
-  local w = shape(a + 1)
-  local cap, check = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-  local g = tonumber(ARGV[a + 10])
-  if g ~= group then
-    if group ~= 0 and not group_room then
-      admitted = false
+local out = {stamp}
+
+-- Decides request r, whose limits are the n from number k0 + 1 on.
+local function decide(k0, n)
+  local at = #out + 1
+  out[at] = 0
+  local admitted = true
+  local group, group_room = 0, false
+  for i = k0 + 1, k0 + n do
+    local a = FIRST + LIMIT * (i - 1)
+    local key, tag = KEYS[i], ARGV[a]
+    local w = shape(a + 1)
+    local cap, check = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+    local g = tonumber(ARGV[a + 10])
+    if g ~= group then
+      if group ~= 0 and not group_room then
+        admitted = false
+      end
+      group, group_room = g, false
     end
-    group, group_room = g, false
-  end
-  local v = counters(key)[tag] or ''
-  local cur = index(stamp, floor, w)
-  if v ~= '' then
-    -- A clock that went back counts in the newest bucket.
-    local newest = rec(v, size(v))
-    if newest > cur then
-      cur = newest
-    end
-  end
-  local used, first, n = live(v, cur - w.reach, w.window)
-  local reset = stamp
-  if first <= n then
-    local ni, _, nl = rec(v, n)
-    reset = forget(ni, nl, w)
-  end
-  local verdict, retry = 0, 0
-  if g ~= 0 and group_room then
-    verdict = 1
-  elseif check > cap then
-    verdict = 3
-  elseif used + check <= cap then
-    verdict = 0
-  else
-    verdict = 2
-    local need, freed = used + check - cap, 0
-    for k = first, n do
-      local ri, c, rl = rec(v, k)
-      freed = freed + c
-      retry = forget(ri, rl, w)
-      if freed >= need then
-        break
+    local v = counters(key)[tag] or ''
+    local cur = index(stamp, floor, w)
+    if v ~= '' then
+      -- A clock that went back counts in the newest bucket.
+      local newest = rec(v, size(v))
+      if newest > cur then
+        cur = newest
       end
     end
+    local used, first, m = live(v, cur - w.reach, w.window)
+    local reset = stamp
+    if first <= m then
+      local ni, _, nl = rec(v, m)
+      reset = forget(ni, nl, w)
+    end
+    local verdict, retry = 0, 0
+    if g ~= 0 and group_room then
+      verdict = 1
+    elseif check > cap then
+      verdict = 3
+    elseif used + check <= cap then
+      verdict = 0
+    else
+      verdict = 2
+      local need, freed = used + check - cap, 0
+      for k = first, m do
+        local ri, c, rl = rec(v, k)
+        freed = freed + c
+        retry = forget(ri, rl, w)
+        if freed >= need then
+          break
+        end
+      end
+    end
+    if verdict == 0 then
+      group_room = g ~= 0
+    elseif g == 0 and verdict ~= 1 then
+      admitted = false
+    end
+    local o = #out
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
   end
-  if verdict == 0 then
-    group_room = g ~= 0
-  elseif g == 0 and verdict ~= 1 then
+  if group ~= 0 and not group_room then
     admitted = false
   end
-  local o = #out
-  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
-end
-if group ~= 0 and not group_room then
-  admitted = false
-end
-
-if admitted then
-  for i = 1, L do
-    local a = 5 + LIMIT * (i - 1)
-    local o = 2 + 5 * (i - 1)
+  if not admitted then
+    return
+  end
+  for i = k0 + 1, k0 + n do
+    local a = FIRST + LIMIT * (i - 1)
+    local o = at + 5 * (i - k0 - 1)
     local charge = tonumber(ARGV[a + 9])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
@@ -370,7 +386,14 @@ if admitted then
       end
     end
   end
-  out[2] = 1
+  out[at] = 1
+end
+
+local k0 = 0
+for r = 1, R do
+  local n = tonumber(ARGV[4 + r])
+  decide(k0, n)
+  k0 = k0 + n
 end
 
 -- Every rewritten limit of a key in one HSET (HDEL when nothing is left).

@@ -39,6 +39,23 @@
 //! instance whose clock is off by `d` moves a zoned window's boundary by
 //! `d` for its own requests.
 //!
+//! # One round trip for many decisions
+//!
+//! On a single server, decisions that arrive while a script call is on the
+//! wire wait for the next one and go together: one `EVALSHA` decides up
+//! to 64 requests (512 limits), one after the other, each all or nothing
+//! and each seeing the charges of those before it, exactly as separate
+//! calls would, and its answer is handed to each. At most two such calls are
+//! in flight at once, so a lone request goes at once and under load the
+//! groups grow by themselves: the round trips, the commands Redis parses
+//! and the script runs are shared, which is most of what a decision costs
+//! on either side. A group is decided at the latest instant among its
+//! requests (a request that waited is decided when it is sent, not
+//! earlier). The timeout counts from the moment a decision joins the
+//! queue; a decision given up before its call is sent is dropped unsent
+//! (not charged). [`RedisStore::script_calls`] counts the calls. A
+//! cluster decides each request in its own call (its keys' slots differ).
+//!
 //! # Post-charges
 //!
 //! Costs measured after responses (latency, tokens, error responses) are
@@ -280,6 +297,10 @@ struct Inner {
     time: TimeSource,
     pending: Mutex<Vec<Waiting>>,
     max_pending: usize,
+    /// Decisions waiting for a script call (single server; see
+    /// [coalescing](self#one-round-trip-for-many-decisions)).
+    queue: Mutex<Queue>,
+    calls: AtomicU64,
     dropped: AtomicU64,
     uncertain: AtomicU64,
     flusher: AtomicBool,
@@ -348,6 +369,54 @@ struct Waiting {
     queued: Instant,
 }
 
+/// A decision waiting for its script call.
+#[derive(Debug)]
+struct Queued {
+    now: Timestamp,
+    batch: Batch,
+    /// The batch's shape, to remember its refusal.
+    shape: u64,
+    answer: tokio::sync::oneshot::Sender<Result<Batch, StoreError>>,
+}
+
+/// The decisions waiting, and how many tasks send them.
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: std::collections::VecDeque<Queued>,
+    senders: usize,
+}
+
+/// Script calls in flight at once for queued decisions: while one is on
+/// the wire the next group gathers.
+const SENDERS: usize = 2;
+/// Most decisions in one script call, and most limits.
+const GROUP: usize = 64;
+const GROUP_LIMITS: usize = 512;
+
+/// A copy of `e` for each of several callers (a store error is not `Clone`:
+/// its source is kept as text).
+fn copy_error(e: &StoreError) -> StoreError {
+    use std::error::Error as _;
+    match e.source() {
+        Some(s) => StoreError::new(e.kind(), s.to_string()),
+        None => StoreError::from_kind(e.kind()),
+    }
+}
+
+/// Gives a sender's place back when its task ends, however it ends.
+struct Sender(Arc<Inner>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut q = self
+            .0
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.senders = q.senders.saturating_sub(1);
+    }
+}
+
 /// A limit's charge given back to the bucket it was charged in.
 #[derive(Clone, Copy, Debug)]
 struct GiveBack {
@@ -387,6 +456,8 @@ impl RedisStore {
                 time: config.time,
                 pending: Mutex::new(Vec::new()),
                 max_pending: config.max_pending_charges.max(1),
+                queue: Mutex::new(Queue::default()),
+                calls: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 uncertain: AtomicU64::new(0),
                 flusher: AtomicBool::new(false),
@@ -437,6 +508,12 @@ impl RedisStore {
     /// plan changes).
     pub fn forget_cached(&self) {
         self.inner.refusals.clear();
+    }
+
+    /// Script calls made (decisions, post-charges, give-backs): fewer than
+    /// the decisions when concurrent decisions share calls.
+    pub fn script_calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::Relaxed)
     }
 
     /// Post-charges waiting to be sent.
@@ -546,7 +623,7 @@ impl Inner {
             // One call per slot (a cluster takes one slot per script).
             let all = inner.take_pending();
             for charges in inner.by_slot(all) {
-                let call = inner.call(&conn, None, &Batch::default(), &charges, &[]);
+                let call = inner.call(&conn, None, &[], &charges, &[]);
                 let _ = inner.finish_call(call.await, charges);
             }
         });
@@ -690,7 +767,7 @@ impl Inner {
         for (slot, idx) in &parts {
             let sub = Batch::from_limits(idx.iter().map(|&i| *batch.limit(i)));
             let charges = self.take_pending_in(Some(*slot));
-            let call = self.call(conn, Some(now), &sub, &charges, &[]);
+            let call = self.call(conn, Some(now), &[&sub], &charges, &[]);
             calls.push((sub, charges, tokio::spawn(call)));
         }
         let mut decided = Vec::new();
@@ -700,7 +777,7 @@ impl Inner {
                 Ok(r) => self.finish_call(r, charges),
                 Err(e) => Err(StoreError::new(StoreErrorKind::Protocol, e)),
             };
-            match res.and_then(|v| fill(&mut sub, &v)) {
+            match res.and_then(|v| fill_one(&mut sub, &v)) {
                 Ok(()) => decided.push(sub),
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -756,7 +833,7 @@ impl Inner {
             o.view.used = o.view.used.saturating_sub(l.charge_cost());
             sub.record(i, o);
         }
-        let call = self.call(conn, Some(now), &Batch::default(), &[], &back);
+        let call = self.call(conn, Some(now), &[], &[], &back);
         if self.finish_call(call.await, Vec::new()).is_err() {
             #[cfg(feature = "tracing")]
             tracing::warn!(target: "tierlimit", "a refund across cluster slots failed");
@@ -776,19 +853,22 @@ impl Inner {
     }
 
     /// One script call (`EVALSHA`, and `SCRIPT LOAD` then again after a
-    /// `NOSCRIPT`): post-charges and give-backs, then the batch's limits.
+    /// `NOSCRIPT`): post-charges and give-backs, then the batches, one
+    /// after the other, decided at `now`.
     fn call(
         &self,
         conn: &Conn,
         now: Option<Timestamp>,
-        batch: &Batch,
+        batches: &[&Batch],
         charges: &[Waiting],
         give_back: &[GiveBack],
     ) -> impl Future<Output = CallResult> + Send + 'static {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let limits: usize = batches.iter().map(|b| b.len()).sum();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
-            .arg(batch.len() + charges.len() + give_back.len());
-        for l in batch.limits() {
+            .arg(limits + charges.len() + give_back.len());
+        for l in batches.iter().flat_map(|b| b.limits()) {
             cmd.arg(self.redis_key(l.key));
         }
         for w in charges {
@@ -808,8 +888,11 @@ impl Inner {
                 .arg(t.as_nanos().div_ceil(1_000_000)),
             _ => cmd.arg("").arg(""),
         };
-        cmd.arg(batch.len()).arg(charges.len() + give_back.len());
-        for l in batch.limits() {
+        cmd.arg(batches.len()).arg(charges.len() + give_back.len());
+        for b in batches {
+            cmd.arg(b.len());
+        }
+        for l in batches.iter().flat_map(|b| b.limits()) {
             let group = l.cascade.map_or(0, u32::from);
             cmd.arg(l.tag);
             shape_args(&mut cmd, &l.window, || l.window.index(caller_now));
@@ -942,16 +1025,27 @@ fn ts(ms: i64) -> Timestamp {
     Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
 }
 
-/// Fills `batch` from the script's answer.
-fn fill(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
-    let bad = |why: &'static str| StoreError::new(StoreErrorKind::Protocol, why);
+/// The script's answer for one batch.
+fn fill_one(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
     if v.len() != 2 + 5 * batch.len() {
-        return Err(bad("the script answered the wrong number of values"));
+        return Err(bad_answer("the script answered the wrong number of values"));
     }
+    fill(batch, v, 1)
+}
+
+fn bad_answer(why: &'static str) -> StoreError {
+    StoreError::new(StoreErrorKind::Protocol, why)
+}
+
+/// Fills `batch` from the script's answer `v` (its stamp first), whose
+/// values for the batch start at `at` (its admission, then five per
+/// limit); the caller has checked that they are there.
+fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreError> {
+    let bad = bad_answer;
     batch.set_decided_at(ts(v[0]));
     for i in 0..batch.len() {
         let l = *batch.limit(i);
-        let r = &v[2 + 5 * i..2 + 5 * i + 5];
+        let r = &v[at + 1 + 5 * i..at + 6 + 5 * i];
         let view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
         let verdict = match r[0] {
             0 => Verdict::Room(Receipt::new(l.key, u64::try_from(r[4]).unwrap_or(0))),
@@ -962,13 +1056,131 @@ fn fill(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
         };
         batch.record(i, Outcome::new(view, verdict));
     }
-    if (v[1] == 1) != batch.admitted() {
+    if (v[at] == 1) != batch.admitted() {
         return Err(bad("the script's admission disagrees with its verdicts"));
     }
     Ok(())
 }
 
 impl Inner {
+    /// Decides `batch` in the next script call for queued decisions (one
+    /// server): joins the queue, starts a sender when fewer than
+    /// [`SENDERS`] run, and waits for the answer, within the timeout from
+    /// now. A decision given up before its call leaves the queue unsent.
+    async fn queued(
+        self: Arc<Self>,
+        now: Timestamp,
+        batch: Batch,
+        shape: u64,
+    ) -> Result<Batch, StoreError> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.waiting.push_back(Queued {
+                now,
+                batch,
+                shape,
+                answer,
+            });
+            let start = q.senders < SENDERS;
+            q.senders += usize::from(start);
+            start
+        };
+        if start {
+            tokio::spawn(Arc::clone(&self).send_queued());
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the task sending this decision to Redis ended without an answer",
+            )),
+            // Its call may be on the wire (that call's own timeout counts
+            // towards the circuit breaker, once for all its decisions).
+            Err(elapsed) => Err(StoreError::new(StoreErrorKind::Timeout, elapsed)),
+        }
+    }
+
+    /// The next decisions waiting (at most [`GROUP`], [`GROUP_LIMITS`]
+    /// limits), in arrival order, without those whose caller has gone.
+    fn next_group(&self) -> Vec<Queued> {
+        let mut q = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut group = Vec::new();
+        let mut limits = 0;
+        while let Some(next) = q.waiting.front() {
+            if !group.is_empty()
+                && (group.len() == GROUP || limits + next.batch.len() > GROUP_LIMITS)
+            {
+                break;
+            }
+            let Some(next) = q.waiting.pop_front() else {
+                break;
+            };
+            if next.answer.is_closed() {
+                continue;
+            }
+            limits += next.batch.len();
+            group.push(next);
+        }
+        group
+    }
+
+    /// Sends queued decisions, a group per script call, until none waits.
+    async fn send_queued(self: Arc<Self>) {
+        let _place = Sender(Arc::clone(&self));
+        loop {
+            let group = self.next_group();
+            if group.is_empty() {
+                return;
+            }
+            let conn = match self.first_connect().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    for q in group {
+                        let _ = q.answer.send(Err(copy_error(&e)));
+                    }
+                    continue;
+                }
+            };
+            self.start_flusher();
+            self.start_plan_sync();
+            // The group is decided at its latest instant (each request's
+            // decision stamp is the call's).
+            let now = group.iter().map(|q| q.now).max();
+            let charges = self.take_pending_in(None);
+            let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
+            let call = self.call(&conn, now, &batches, &charges, &[]);
+            let answer = self.finish_call(call.await, charges).and_then(|v| {
+                let want = 1 + group.iter().map(|q| 1 + 5 * q.batch.len()).sum::<usize>();
+                if v.len() == want {
+                    Ok(v)
+                } else {
+                    Err(bad_answer("the script answered the wrong number of values"))
+                }
+            });
+            let mut at = 1;
+            for mut q in group {
+                let here = at;
+                at += 1 + 5 * q.batch.len();
+                let res = match &answer {
+                    Ok(v) => fill(&mut q.batch, v, here).map(|()| {
+                        if !q.batch.admitted() {
+                            self.remember_refusal(q.shape, &q.batch);
+                        }
+                        q.batch
+                    }),
+                    Err(e) => Err(copy_error(e)),
+                };
+                let _ = q.answer.send(res);
+            }
+        }
+    }
     /// The cached refusal of `batch`'s shape, filled in, if still in force.
     fn cached_refusal(&self, key: u64, caller_now: Timestamp, batch: &mut Batch) -> bool {
         let Some(r) = self.refusals.get(&key) else {
@@ -1043,6 +1255,9 @@ impl Store for RedisStore {
                 "Redis failed repeatedly; retrying shortly",
             )));
         }
+        if !inner.is_cluster() {
+            return Answer::Later(Box::pin(inner.queued(now, batch, key)));
+        }
         Answer::Later(Box::pin(async move {
             let conn = inner.first_connect().await?;
             inner.start_flusher();
@@ -1060,9 +1275,9 @@ impl Store for RedisStore {
                 return Ok(batch);
             }
             let charges = inner.take_pending_in(slots.first().copied());
-            let call = inner.call(&conn, Some(now), &batch, &charges, &[]);
+            let call = inner.call(&conn, Some(now), &[&batch], &charges, &[]);
             let v = inner.finish_call(call.await, charges)?;
-            fill(&mut batch, &v)?;
+            fill_one(&mut batch, &v)?;
             if !batch.admitted() {
                 inner.remember_refusal(key, &batch);
             }
