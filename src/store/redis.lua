@@ -13,16 +13,18 @@
 -- ARGV[1], ARGV[2]  now rounded down and up to the millisecond, or "" to
 --                   read the server's clock (TIME)
 -- ARGV[3]  R, the number of requests;  ARGV[4]  C, the number of post-charges
--- ARGV[5..4+R]    the number of limits of each request; L, their sum
+-- ARGV[5]  S, the number of distinct window shapes
+-- ARGV[6..5+R]    the number of limits of each request; L, their sum
 -- KEYS[1..L]      the counter hash of each limit, request after request
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- then per limit, 11 values: tag, SHAPE, capacity, check, charge, cascade
---                       group (0: none)
--- per post-charge, 10:  tag, SHAPE, cost (negative: given back), when it
---                       was measured (microseconds since the epoch on the
---                       caller's clock, or -N for N microseconds before
---                       now), and the bucket index to charge ("" : the
---                       bucket of that instant)
+-- then S SHAPEs (each read once, however many limits use it),
+-- then per limit, 6 values: tag, shape number (from 1), capacity, check,
+--                       charge, cascade group (0: none)
+-- per post-charge, 5:   tag, shape number, cost (negative: given back),
+--                       when it was measured (microseconds since the epoch
+--                       on the caller's clock, or -N for N microseconds
+--                       before now), and the bucket index to charge ("" :
+--                       the bucket of that instant)
 -- SHAPE, 6 values:      bucket, reach, offset, window (0: a fixed window),
 --                       and for a fixed window in a time zone the window
 --                       the caller's clock puts the request in and its end
@@ -37,27 +39,34 @@
 -- (cascade member after the one charged), 2 full (retry = when it has
 -- room), 3 never fits.
 
+-- Globals are table lookups on every use: the ones used per limit are
+-- read once, here.
+local tonumber, unpack_, pack = tonumber, struct.unpack, struct.pack
+local sub, max, min, mfloor, ceil = string.sub, math.max, math.min, math.floor, math.ceil
+local KEYS, ARGV = KEYS, ARGV
+
 local floor, stamp
 if ARGV[1] == '' then
   local t = redis.call('TIME')
   local s, us = tonumber(t[1]), tonumber(t[2])
-  floor = s * 1000 + math.floor(us / 1000)
-  stamp = s * 1000 + math.ceil(us / 1000)
+  floor = s * 1000 + mfloor(us / 1000)
+  stamp = s * 1000 + ceil(us / 1000)
 else
   floor, stamp = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
 local R = tonumber(ARGV[3])
 local C = tonumber(ARGV[4])
+local S = tonumber(ARGV[5])
 local L = 0
 for r = 1, R do
-  L = L + tonumber(ARGV[4 + r])
+  L = L + tonumber(ARGV[5 + r])
 end
 -- Where the limits' values start.
-local FIRST = 5 + R
+local FIRST = 6 + R + 6 * S
 
 -- floor(a / b) for integers below 2^53, corrected for rounding.
 local function fdiv(a, b)
-  local q = math.floor(a / b)
+  local q = mfloor(a / b)
   if q * b > a then
     q = q - 1
   elseif (q + 1) * b <= a then
@@ -76,6 +85,12 @@ local function shape(a)
     zidx = tonumber(ARGV[a + 4]),
     zend = tonumber(ARGV[a + 5]),
   }
+end
+
+-- The shapes of the call, by number.
+local shapes = {}
+for k = 1, S do
+  shapes[k] = shape(6 + R + 6 * (k - 1))
 end
 
 -- The bucket or window of an instant: sliding buckets by stamp, fixed
@@ -122,20 +137,51 @@ end
 -- A limit's buckets are one string: the total cost it holds, then one
 -- record (index, cost, last stamp) per bucket, indices ascending; all
 -- doubles (exact below 2^53). A decision reads the total and the records
--- at the edges (struct.unpack at an offset), not every bucket.
+-- at the edges (unpack_ at an offset), not every bucket.
 local HEAD, REC = 8, 24
 
-local function size(v)
-  return (#v - HEAD) / REC
+-- While a call runs, a limit's value is a table: the string `s`, plus
+-- cost `d` charged to its newest record since, whose latest stamp is then
+-- at least `t`. Charges to the newest bucket (nearly all of them) only
+-- move `d` and `t`; the string is rebuilt when another change needs it,
+-- and once before it is written: a call deciding many requests on one key
+-- builds it once, not once a request.
+local function size(o)
+  if o.s == '' then
+    return 0
+  end
+  return (#o.s - HEAD) / REC
 end
 
 -- Index, cost and last stamp of record k (from 1).
-local function rec(v, k)
-  return struct.unpack('<ddd', v, HEAD + 1 + REC * (k - 1))
+local function rec(o, k)
+  local i, c, l = unpack_('<ddd', o.s, HEAD + 1 + REC * (k - 1))
+  if o.d ~= 0 and k == size(o) then
+    c = c + o.d
+    if o.t > l then
+      l = o.t
+    end
+  end
+  return i, c, l
 end
 
--- Buckets of a key, by tag: {tag = string}, read once per key. A value
--- that is not such a string (written by something else) counts as empty.
+local function total(o)
+  return unpack_('<d', o.s, 1) + o.d
+end
+
+-- The value as one string, what was charged since applied.
+local function flat(o)
+  if o.d ~= 0 then
+    local i, c, l = rec(o, size(o))
+    o.s = pack('<d', total(o)) .. sub(o.s, HEAD + 1, -(REC + 1))
+      .. pack('<ddd', i, c, l)
+    o.d, o.t = 0, 0
+  end
+  return o.s
+end
+
+-- Buckets of a key, by tag, read once per key. A value that is not such a
+-- string (written by something else) counts as empty.
 local cache = {}
 local function counters(key)
   local c = cache[key]
@@ -143,15 +189,26 @@ local function counters(key)
     return c
   end
   c = {}
-  local flat = redis.call('HGETALL', key)
-  for j = 1, #flat, 2 do
-    local v = flat[j + 1]
+  local all = redis.call('HGETALL', key)
+  for j = 1, #all, 2 do
+    local v = all[j + 1]
     if #v > HEAD and (#v - HEAD) % REC == 0 then
-      c[flat[j]] = v
+      c[all[j]] = {s = v, d = 0, t = 0}
     end
   end
   cache[key] = c
   return c
+end
+
+-- The value of limit `tag` of `key` (an empty one when it has none).
+local function get(key, tag)
+  local c = counters(key)
+  local o = c[tag]
+  if not o then
+    o = {s = '', d = 0, t = 0}
+    c[tag] = o
+  end
+  return o
 end
 
 -- Tags rewritten, by key; and the expiry (ms from now) each key must reach.
@@ -165,68 +222,75 @@ local function extend(key, ms)
   end
 end
 
--- The live part of `v`: buckets from `lo` on whose window has not ended
+-- The live part of `o`: buckets from `lo` on whose window has not ended
 -- (`window` > 0: sliding, where buckets leave oldest first). Returns the
 -- total, the index of the first live record and the number of records.
-local function live(v, lo, window)
-  local n = 0
-  local total = 0
-  if v ~= '' then
-    n = size(v)
-    total = struct.unpack('<d', v, 1)
+local function live(o, lo, window)
+  local n = size(o)
+  local sum = 0
+  if n > 0 then
+    sum = total(o)
   end
   local first = 1
   while first <= n do
-    local i, c, last = rec(v, first)
+    local i, c, last = rec(o, first)
     if i >= lo and (window == 0 or last + window > floor) then
       break
     end
-    total = total - c
+    sum = sum - c
     first = first + 1
   end
-  return total, first, n
+  return sum, first, n
 end
 
--- `v` without the buckets that left (see `live`), with `amount` added to
--- bucket `idx` stamped `s` (a negative amount gives back, never below zero,
--- and keeps the stamp; a bucket left empty is dropped). Also whether `idx`
--- opened a new newest bucket. A fixed window is stamped with its end.
-local function add(v, idx, amount, lo, s, w)
+-- Makes `o` its buckets without those that left (see `live`), with
+-- `amount` added to bucket `idx` stamped `s` (a negative amount gives back,
+-- never below zero, and keeps the stamp; a bucket left empty is dropped).
+-- Returns whether `idx` opened a new newest bucket. A fixed window is
+-- stamped with its end.
+local function add(o, idx, amount, lo, s, w)
   local window, bucket = w.window, w.bucket
   if window > 0 then
     -- The stamp stays inside its bucket (a clock that went back charges
     -- the newest bucket, from its start).
-    s = math.min(math.max(s, idx * bucket), (idx + 1) * bucket - 1)
+    s = min(max(s, idx * bucket), (idx + 1) * bucket - 1)
   else
     s = fend(idx, w)
   end
-  if v == '' then
+  if o.s == '' then
     if amount > 0 and idx >= lo then
-      return struct.pack('<dddd', amount, idx, amount, s), true
+      o.s = pack('<dddd', amount, idx, amount, s)
+      return true
     end
-    return '', false
+    return false
   end
-  local total, first, n = live(v, lo, window)
+  local total, first, n = live(o, lo, window)
   if first == 1 and amount > 0 then
     -- Nothing to drop (the usual case): charge the newest bucket, or open
     -- a newer one.
-    local last, c, ls = rec(v, n)
+    local last = rec(o, n)
     if last == idx then
-      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1, -(REC + 1))
-        .. struct.pack('<ddd', idx, c + amount, math.max(ls, s)), false
+      o.d = o.d + amount
+      if s > o.t then
+        o.t = s
+      end
+      return false
     elseif last < idx then
-      return struct.pack('<d', total + amount) .. string.sub(v, HEAD + 1) .. struct.pack('<ddd', idx, amount, s), true
+      o.s = pack('<d', total + amount) .. sub(flat(o), HEAD + 1)
+        .. pack('<ddd', idx, amount, s)
+      return true
     end
   end
+  local v = flat(o)
   local body = ''
   if first <= n then
-    body = string.sub(v, HEAD + 1 + REC * (first - 1))
+    body = sub(v, HEAD + 1 + REC * (first - 1))
   end
   local m = n - first + 1
   -- k: the last record whose index is at most idx (0: none).
   local k, at = m, nil
   while k >= 1 do
-    at = struct.unpack('<d', body, 1 + REC * (k - 1))
+    at = unpack_('<d', body, 1 + REC * (k - 1))
     if at <= idx then
       break
     end
@@ -234,34 +298,36 @@ local function add(v, idx, amount, lo, s, w)
   end
   local opened = false
   if k >= 1 and at == idx then
-    local _, c, ls = struct.unpack('<ddd', body, 1 + REC * (k - 1))
+    local _, c, ls = unpack_('<ddd', body, 1 + REC * (k - 1))
     local left = c + amount
     if left < 0 then
       left = 0
     end
     if amount > 0 then
-      ls = math.max(ls, s)
+      ls = max(ls, s)
     end
     total = total + left - c
-    local rest = string.sub(body, REC * k + 1)
+    local rest = sub(body, REC * k + 1)
     if left > 0 then
-      body = string.sub(body, 1, REC * (k - 1)) .. struct.pack('<ddd', idx, left, ls) .. rest
+      body = sub(body, 1, REC * (k - 1)) .. pack('<ddd', idx, left, ls) .. rest
     else
-      body = string.sub(body, 1, REC * (k - 1)) .. rest
+      body = sub(body, 1, REC * (k - 1)) .. rest
     end
   elseif amount > 0 and idx >= lo then
     total = total + amount
-    body = string.sub(body, 1, REC * k) .. struct.pack('<ddd', idx, amount, s) .. string.sub(body, REC * k + 1)
+    body = sub(body, 1, REC * k) .. pack('<ddd', idx, amount, s) .. sub(body, REC * k + 1)
     opened = k == m
   end
   if body == '' then
-    return '', opened
+    o.s = ''
+  else
+    o.s = pack('<d', total) .. body
   end
-  return struct.pack('<d', total) .. body, opened
+  return opened
 end
 
-local function write(key, tag, v)
-  cache[key][tag] = v
+-- Limit `tag` of `key` is to be written back.
+local function write(key, tag)
   local d = dirty[key]
   if not d then
     d = {}
@@ -271,28 +337,28 @@ local function write(key, tag, v)
 end
 
 -- Post-charges first: costs measured after earlier responses.
-local LIMIT, POST = 11, 10
+local LIMIT, POST = 6, 5
 local base = FIRST + LIMIT * L
 for c = 1, C do
   local a = base + POST * (c - 1)
   local key, tag = KEYS[L + c], ARGV[a]
-  local w = shape(a + 1)
-  local cost = tonumber(ARGV[a + 7])
+  local w = shapes[tonumber(ARGV[a + 1])]
+  local cost = tonumber(ARGV[a + 2])
   local idx
   local s = stamp
-  if ARGV[a + 9] ~= '' then
-    idx = tonumber(ARGV[a + 9])
+  if ARGV[a + 4] ~= '' then
+    idx = tonumber(ARGV[a + 4])
   else
-    local at = tonumber(ARGV[a + 8])
+    local at = tonumber(ARGV[a + 3])
     if at <= 0 then
       at = floor * 1000 + at
     end
-    s = math.ceil(at / 1000)
-    idx = index(s, math.floor(at / 1000), w)
+    s = ceil(at / 1000)
+    idx = index(s, mfloor(at / 1000), w)
   end
   local lo = index(stamp, floor, w) - w.reach
-  local v, opened = add(counters(key)[tag] or '', idx, cost, lo, s, w)
-  write(key, tag, v)
+  local opened = add(get(key, tag), idx, cost, lo, s, w)
+  write(key, tag)
   if opened then
     extend(key, latest(idx, w) - floor + 1000)
   end
@@ -309,18 +375,18 @@ local function decide(k0, n)
   for i = k0 + 1, k0 + n do
     local a = FIRST + LIMIT * (i - 1)
     local key, tag = KEYS[i], ARGV[a]
-    local w = shape(a + 1)
-    local cap, check = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-    local g = tonumber(ARGV[a + 10])
+    local w = shapes[tonumber(ARGV[a + 1])]
+    local cap, check = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local g = tonumber(ARGV[a + 5])
     if g ~= group then
       if group ~= 0 and not group_room then
         admitted = false
       end
       group, group_room = g, false
     end
-    local v = counters(key)[tag] or ''
+    local v = get(key, tag)
     local cur = index(stamp, floor, w)
-    if v ~= '' then
+    if v.s ~= '' then
       -- A clock that went back counts in the newest bucket.
       local newest = rec(v, size(v))
       if newest > cur then
@@ -369,12 +435,13 @@ local function decide(k0, n)
   for i = k0 + 1, k0 + n do
     local a = FIRST + LIMIT * (i - 1)
     local o = at + 5 * (i - k0 - 1)
-    local charge = tonumber(ARGV[a + 9])
+    local charge = tonumber(ARGV[a + 4])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
-      local w = shape(a + 1)
-      local v, opened = add(counters(key)[tag] or '', cur, charge, cur - w.reach, stamp, w)
-      write(key, tag, v)
+      local w = shapes[tonumber(ARGV[a + 1])]
+      local v = get(key, tag)
+      local opened = add(v, cur, charge, cur - w.reach, stamp, w)
+      write(key, tag)
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.
       local ni, _, nl = rec(v, size(v))
@@ -391,7 +458,7 @@ end
 
 local k0 = 0
 for r = 1, R do
-  local n = tonumber(ARGV[4 + r])
+  local n = tonumber(ARGV[5 + r])
   decide(k0, n)
   k0 = k0 + n
 end
@@ -401,7 +468,7 @@ for key, tags in pairs(dirty) do
   local c = cache[key]
   local set, del = {}, {}
   for tag, _ in pairs(tags) do
-    local v = c[tag]
+    local v = flat(c[tag])
     if v ~= '' then
       set[#set + 1] = tag
       set[#set + 1] = v

@@ -888,20 +888,44 @@ impl Inner {
                 .arg(t.as_nanos().div_ceil(1_000_000)),
             _ => cmd.arg("").arg(""),
         };
-        cmd.arg(batches.len()).arg(charges.len() + give_back.len());
+        // Each distinct window shape is sent once, and numbered: the script
+        // reads a shape's six values once however many limits use it.
+        let mut shapes = Shapes::default();
+        let limit_shapes: Vec<usize> = batches
+            .iter()
+            .flat_map(|b| b.limits())
+            .map(|l| shapes.number(&l.window, || l.window.index(caller_now)))
+            .collect();
+        let charge_shapes: Vec<usize> = charges
+            .iter()
+            .map(|w| {
+                let l = &w.charge.limit;
+                shapes.number(&l.window, || l.window.index(w.at))
+            })
+            .collect();
+        let back_shapes: Vec<usize> = give_back
+            .iter()
+            .map(|g| shapes.number(&g.limit.window, || g.index))
+            .collect();
+        cmd.arg(batches.len())
+            .arg(charges.len() + give_back.len())
+            .arg(shapes.0.len());
         for b in batches {
             cmd.arg(b.len());
         }
-        for l in batches.iter().flat_map(|b| b.limits()) {
+        for shape in &shapes.0 {
+            shape.args(&mut cmd);
+        }
+        for (l, shape) in batches.iter().flat_map(|b| b.limits()).zip(limit_shapes) {
             let group = l.cascade.map_or(0, u32::from);
-            cmd.arg(l.tag);
-            shape_args(&mut cmd, &l.window, || l.window.index(caller_now));
-            cmd.arg(l.capacity)
+            cmd.arg(l.tag)
+                .arg(shape)
+                .arg(l.capacity)
                 .arg(l.check_cost())
                 .arg(l.charge_cost())
                 .arg(group);
         }
-        for w in charges {
+        for (w, shape) in charges.iter().zip(charge_shapes) {
             let c = &w.charge;
             let at: i64 = match self.time {
                 TimeSource::Caller => {
@@ -909,14 +933,12 @@ impl Inner {
                 }
                 _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
             };
-            cmd.arg(c.limit.tag);
-            shape_args(&mut cmd, &c.limit.window, || c.limit.window.index(w.at));
-            cmd.arg(c.cost).arg(at).arg("");
+            cmd.arg(c.limit.tag).arg(shape).arg(c.cost).arg(at).arg("");
         }
-        for g in give_back {
-            cmd.arg(g.limit.tag);
-            shape_args(&mut cmd, &g.limit.window, || g.index);
-            cmd.arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
+        for (g, shape) in give_back.iter().zip(back_shapes) {
+            cmd.arg(g.limit.tag)
+                .arg(shape)
+                .arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
                 .arg(0)
                 .arg(g.index);
         }
@@ -989,16 +1011,56 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 /// counted before the current one, UTC offset, the window length (0 for a
 /// fixed window); for a fixed window in a time zone, the window `index`
 /// gives and its end (the script has no time zone rules); milliseconds.
-fn shape_args(cmd: &mut redis::Cmd, w: &super::WindowSpec, index: impl FnOnce() -> u64) {
-    cmd.arg(w.bucket_ms())
-        .arg(w.reach())
-        .arg(w.offset_ms())
-        .arg(if w.is_sliding() { w.window_ms() } else { 0 });
-    if w.zone().is_some() {
-        let i = index();
-        cmd.arg(i).arg(w.end_ms(i));
-    } else {
-        cmd.arg("").arg("");
+/// A window shape as the script reads it: bucket, reach, offset, window
+/// (0: fixed), and a zoned fixed window's index and end on the caller's
+/// clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShapeArgs {
+    bucket: u64,
+    reach: u64,
+    offset: i64,
+    window: u64,
+    zoned: Option<(u64, u64)>,
+}
+
+impl ShapeArgs {
+    fn args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.bucket)
+            .arg(self.reach)
+            .arg(self.offset)
+            .arg(self.window);
+        match self.zoned {
+            Some((i, end)) => cmd.arg(i).arg(end),
+            None => cmd.arg("").arg(""),
+        };
+    }
+}
+
+/// The distinct shapes of one call, in order of first use.
+#[derive(Debug, Default)]
+struct Shapes(Vec<ShapeArgs>);
+
+impl Shapes {
+    /// The number (from 1) of `w`'s shape, `index` giving a zoned window's
+    /// index.
+    fn number(&mut self, w: &super::WindowSpec, index: impl FnOnce() -> u64) -> usize {
+        let shape = ShapeArgs {
+            bucket: w.bucket_ms(),
+            reach: w.reach(),
+            offset: w.offset_ms(),
+            window: if w.is_sliding() { w.window_ms() } else { 0 },
+            zoned: w.zone().map(|_| {
+                let i = index();
+                (i, w.end_ms(i))
+            }),
+        };
+        match self.0.iter().position(|s| *s == shape) {
+            Some(k) => k + 1,
+            None => {
+                self.0.push(shape);
+                self.0.len()
+            }
+        }
     }
 }
 
