@@ -374,6 +374,49 @@ async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
 }
 
 #[tokio::test]
+async fn cost_stops_counting_exactly_one_window_after_its_stamp() {
+    // The script's shortcut for "nothing leaves" must agree with the
+    // general steps at the very millisecond a bucket leaves: one window
+    // after its latest stamp, not a millisecond later.
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .prefix("edge")
+            .time(TimeSource::Caller),
+    )
+    .unwrap();
+    let w = WindowSpec::sliding(Duration::from_millis(1000), 10);
+    let t0 = Timestamp::from_nanos(START_MS * MS);
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let one = LimitSpec::new(CounterKey::from_u128(1), w, 2, 1);
+    let used = |b: &Batch| b.outcome(0).unwrap().view.used;
+    // Two buckets hold cost: stamps t0 and t0 + 150 ms.
+    assert!(decide(&store, at(0), Batch::from_limits([one]))
+        .await
+        .admitted());
+    assert!(decide(&store, at(150), Batch::from_limits([one]))
+        .await
+        .admitted());
+    let full = decide(&store, at(999), Batch::from_limits([one])).await;
+    assert!(!full.admitted());
+    assert_eq!(used(&full), 2);
+    // At t0 + 1 s the first has left: room for one.
+    let b = decide(&store, at(1000), Batch::from_limits([one])).await;
+    assert!(b.admitted(), "{:?}", b.outcome(0));
+    assert_eq!(used(&b), 2);
+    // One bucket left (t0 + 1 s stamp among them): at t0 + 1.15 s the
+    // second leaves too.
+    let c = decide(&store, at(1150), Batch::from_limits([one])).await;
+    assert!(c.admitted());
+    assert_eq!(used(&c), 2, "t0 + 1 s and t0 + 1.15 s");
+    let probe = LimitSpec::new(CounterKey::from_u128(1), w, 2, 0);
+    let p = decide(&store, at(2000), Batch::from_limits([probe])).await;
+    assert_eq!(used(&p), 1, "only t0 + 1.15 s still counts");
+    let p = decide(&store, at(2150), Batch::from_limits([probe])).await;
+    assert_eq!(used(&p), 0);
+}
+
+#[tokio::test]
 async fn counters_expire_by_themselves_after_their_longest_window() {
     let Some(server) = server() else { return };
     let server = &server;

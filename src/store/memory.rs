@@ -62,13 +62,15 @@
 //! admitted.
 //!
 //! A refused batch leaves the counters as they were. The exclusive path
-//! charges as it goes and takes the charges back on refusal: exactly (count
-//! and stamp) for the limits on the entry still locked, which is every
-//! limit of a batch on one key, the common case; a limit on an entry let go
-//! before the refusal (a batch over several keys) is refunded instead, and
-//! its bucket keeps the refused request's stamp, because restoring the old
-//! stamp could undo another request's charge made in between: that cost may
-//! leave up to one sub-bucket later, on the safe side.
+//! charges as it goes and takes the charges back on refusal: exactly (the
+//! bucket's count and latest stamp as they were) when the bucket is still
+//! as that charge left it, which is always so for the entry still locked
+//! (every limit of a batch on one key) and nearly always for the others.
+//! When another request charged the same bucket in between (a batch over
+//! several keys, whose first entry was let go), only the cost is given
+//! back: the bucket keeps the latest stamp, so its cost may leave up to one
+//! sub-bucket later, on the safe side; restoring the stamp could shorten
+//! that other request's charge.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,7 +81,9 @@ use dashmap::DashMap;
 use super::entry::Entry;
 use dashmap::mapref::one::RefMut;
 
-use super::{Answer, Batch, CounterKey, Outcome, PostCharge, Receipt, Store, StoreError, Verdict};
+use super::{
+    Answer, Batch, CounterKey, LimitSpec, Outcome, PostCharge, Receipt, Store, StoreError, Verdict,
+};
 use crate::clock::Timestamp;
 use crate::window::{stamp_nanos, Cell, Mark, Refusal};
 
@@ -95,9 +99,9 @@ const HINTS: usize = 4096;
 /// Most limits on one key copied under one shared lock.
 const RUN: usize = 4;
 
-/// Charges under one held entry that a refused batch undoes exactly (the
-/// rest, rare, are refunded): a tier's limits on one key.
-const UNDO: usize = 4;
+/// Charges of a batch that a refused batch can take back exactly (the
+/// first ones; the rest, rare, are refunded).
+const UNDO: usize = 8;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +205,53 @@ struct Inner {
     /// which its batch was refused (low 32 bits). Only a hint of which
     /// path to try first: see [`MemoryStore::refuse_shared`].
     hints: Box<[AtomicU64]>,
+    /// Refusals decided under shared locks (for the tests).
+    #[cfg(test)]
+    shared_refusals: AtomicU64,
+}
+
+/// The key of the entry an item of a refused batch charged, if it charged.
+fn charged_key((limit, slot): &(LimitSpec, Option<Outcome>)) -> Option<u128> {
+    let Verdict::Room(receipt) = slot.as_ref()?.verdict else {
+        return None;
+    };
+    // `u64::MAX`: had room, but the batch was refused already.
+    (limit.charge_cost() > 0 && receipt.data() != u64::MAX).then(|| receipt.key().as_u128())
+}
+
+/// Takes back what an item of a refused batch charged in `entry` (see
+/// [`Cell::take_back`]; a refund without its `mark`), and reports the
+/// counter as it stands after (its reset too: the bucket may have been its
+/// newest).
+fn take_back(
+    item: &mut (LimitSpec, Option<Outcome>),
+    entry: &mut Entry,
+    now: u64,
+    mark: Option<Mark>,
+) {
+    if charged_key(item).is_none() {
+        return;
+    }
+    let (limit, slot) = item;
+    let Some(outcome) = slot.as_mut() else {
+        return;
+    };
+    let Verdict::Room(receipt) = outcome.verdict else {
+        return;
+    };
+    let (spec, cap, check, cost) = (
+        limit.window,
+        limit.capacity,
+        limit.check_cost(),
+        limit.charge_cost(),
+    );
+    outcome.view = entry.with_cell(limit.tag, &spec, now, |c| {
+        match mark {
+            Some(m) => c.take_back(&spec, now, m, cost),
+            None => c.refund(&spec, now, receipt.data(), cost),
+        }
+        c.peek(&spec, cap, now, check).0
+    });
 }
 
 /// The groups of a batch walked in order (see the store contract): a plain
@@ -330,6 +381,8 @@ impl MemoryStore {
                 pool_next: AtomicUsize::new(0),
                 evictions: AtomicU64::new(0),
                 hints: (0..HINTS).map(|_| AtomicU64::new(0)).collect(),
+                #[cfg(test)]
+                shared_refusals: AtomicU64::new(0),
             }),
         }
     }
@@ -377,6 +430,8 @@ impl MemoryStore {
             let h = inner.hints[place].load(Ordering::Relaxed);
             if hinted(h, print, now) {
                 if self.refuse_shared(now, &mut batch) {
+                    #[cfg(test)]
+                    inner.shared_refusals.fetch_add(1, Ordering::Relaxed);
                     self.maybe_sweep(now, false);
                     return batch;
                 }
@@ -403,12 +458,12 @@ impl MemoryStore {
         // The entry of the previous limit stays locked while the next limit
         // uses the same key (the policy lists a tier's limits together).
         let mut held: Option<Held<'_>> = None;
-        // The first item charged under the entry held now, and what the
-        // charges since made of their buckets: a refused batch takes those
-        // back exactly (nobody else can have charged that entry meanwhile).
+        // The first item under the entry held now, and what the charges of
+        // the first `UNDO` items made of their buckets: a refused batch
+        // takes those back exactly where nobody else charged them since.
         let mut held_from = 0;
         let mut marks = [Mark::default(); UNDO];
-        // Which of `marks` (from `held_from` on) hold a charge.
+        // Which of `marks` hold a charge.
         let mut marked = 0u8;
         let mut walk = Groups::default();
         // This module is inside `store`: it fills the batch's items in place.
@@ -420,7 +475,6 @@ impl MemoryStore {
                 // Unlock before locking another entry (it may share a shard).
                 drop(held.take());
                 held_from = n;
-                marked = 0;
                 let mut stored_at = key;
                 let mut entry = inner.map.get_mut(&MapKey::from(key));
                 if entry.is_none() && ok {
@@ -456,9 +510,9 @@ impl MemoryStore {
                     }) {
                         Ok((view, mark)) => {
                             walk.room();
-                            if let Some(m) = marks.get_mut(n - held_from) {
+                            if let Some(m) = marks.get_mut(n) {
                                 *m = mark;
-                                marked |= 1 << (n - held_from);
+                                marked |= 1 << n;
                             }
                             let receipt = Receipt::new(CounterKey::from_u128(*stored_at), mark.idx);
                             Outcome::new(view, Verdict::Room(receipt))
@@ -493,22 +547,12 @@ impl MemoryStore {
             *slot = Some(outcome);
         }
         let ok = walk.finish();
-        // Refused: the charges made under the entry still held are undone
-        // exactly, before anyone else sees them; those under entries let go
-        // already are refunded below.
-        let mut undone = 0..0;
+        // Refused: the charges are taken back, those under the entry still
+        // held before anyone else can see them.
+        let mark = |n: usize| (marked & 1 << n != 0).then(|| marks[n]);
         if let (false, Some((_, _, Some(e)))) = (ok, held.as_mut()) {
-            undone = held_from..held_from + UNDO.min(batch.items.len() - held_from);
-            let items = marks.iter().zip(&mut batch.items[undone.clone()]);
-            for (j, (mark, (limit, slot))) in items.enumerate() {
-                let (true, Some(outcome)) = (marked & 1 << j != 0, slot.as_mut()) else {
-                    continue;
-                };
-                let (spec, cap, check) = (limit.window, limit.capacity, limit.check_cost());
-                outcome.view = e.with_cell(limit.tag, &spec, now, |c| {
-                    c.undo(&spec, now, *mark);
-                    c.peek(&spec, cap, now, check).0
-                });
+            for n in held_from..batch.items.len() {
+                take_back(&mut batch.items[n], e, now, mark(n));
             }
         }
         drop(held);
@@ -521,29 +565,12 @@ impl MemoryStore {
             inner.hints[place].store(hint_value(print, until), Ordering::Relaxed);
         }
         if !ok {
-            for (n, (limit, slot)) in batch.items.iter_mut().enumerate() {
-                let Some(outcome) = slot.as_mut() else {
+            for n in 0..held_from {
+                let Some(key) = charged_key(&batch.items[n]) else {
                     continue;
                 };
-                if undone.contains(&n) {
-                    continue;
-                }
-                let Verdict::Room(receipt) = outcome.verdict else {
-                    continue;
-                };
-                let cost = limit.charge_cost();
-                if cost == 0 || receipt.data() == u64::MAX {
-                    continue;
-                }
-                let (spec, cap, check) = (limit.window, limit.capacity, limit.check_cost());
-                if let Some(mut e) = inner.map.get_mut(&MapKey::from(receipt.key().as_u128())) {
-                    // Report the counter as it stands after the refund (its
-                    // reset instant too: the refunded bucket may have been
-                    // its newest).
-                    outcome.view = e.with_cell(limit.tag, &spec, now, |c| {
-                        c.refund(&spec, now, receipt.data(), cost);
-                        c.peek(&spec, cap, now, check).0
-                    });
+                if let Some(mut e) = inner.map.get_mut(&MapKey::from(key)) {
+                    take_back(&mut batch.items[n], &mut e, now, mark(n));
                 }
             }
         }
@@ -812,38 +839,40 @@ mod tests {
 
     #[test]
     fn a_key_refused_a_moment_ago_is_refused_without_a_write() {
-        // Limit 1 has room, limit 2 (on another key) is spent: every batch
-        // is refused. The first refusal (exclusive path) charges limit 1,
-        // lets its entry go to lock limit 2's, and gives the cost back, the
-        // bucket keeping that request's stamp (restoring it could undo a
-        // charge made meanwhile); the next ones, under the shared lock,
-        // write nothing, so the stamp stays where it was.
+        // Limit 1 has room, limit 2 is spent: every batch is refused. The
+        // first refusal is decided under the write lock (it charges limit
+        // 1 and takes the charge back); it is remembered, and the next ones
+        // are decided under the shared lock, writing nothing. Both leave
+        // the counters exactly as they were.
         let spec = WindowSpec::sliding(Duration::from_secs(60), 30);
         let a = LimitSpec::new(CounterKey::from_u128(1), spec, 5, 1);
-        let b = LimitSpec::new(CounterKey::from_u128(2), spec, 1, 1).with_tag(2);
+        let b = LimitSpec::new(CounterKey::from_u128(1), spec, 1, 1).with_tag(2);
         let store = MemoryStore::default();
         let t0 = 1_700_000_000 * S;
         let ms = |n: u64| Timestamp::from_nanos(t0 + n * 1_000_000);
+        let shared = || store.inner.shared_refusals.load(Ordering::Relaxed);
         assert!(store
             .decide_now(ms(0), Batch::from_limits([a, b]))
             .admitted());
         assert!(!store
             .decide_now(ms(1), Batch::from_limits([a, b]))
             .admitted());
+        assert_eq!(shared(), 0, "the first refusal takes the write lock");
         for n in 2..10 {
             assert!(!store
                 .decide_now(ms(n), Batch::from_limits([a, b]))
                 .admitted());
         }
-        // Limit 1 read alone (room, so the exclusive path): its cost leaves
-        // one minute after the first refusal's stamp, not the last one's.
+        assert_eq!(shared(), 8, "the next ones do not");
+        // Limit 1 read alone (room, so the exclusive path): one charge,
+        // leaving one minute after the admitted request's stamp.
         let probe = LimitSpec::new(CounterKey::from_u128(1), spec, 1000, 0);
         let seen = store.decide_now(ms(10), Batch::from_limits([probe]));
         let view = seen.outcome(0).unwrap().view;
         assert_eq!(view.used, 1);
         assert_eq!(
             view.reset_at,
-            Timestamp::from_nanos(ms(1).as_nanos() + 60 * S)
+            Timestamp::from_nanos(ms(0).as_nanos() + 60 * S)
         );
     }
 

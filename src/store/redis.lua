@@ -87,12 +87,6 @@ local function shape(a)
   }
 end
 
--- The shapes of the call, by number.
-local shapes = {}
-for k = 1, S do
-  shapes[k] = shape(6 + R + 6 * (k - 1))
-end
-
 -- The bucket or window of an instant: sliding buckets by stamp, fixed
 -- windows by the instant rounded down (zoned ones as the caller says).
 local function index(s, f, w)
@@ -103,6 +97,15 @@ local function index(s, f, w)
     return w.zidx
   end
   return fdiv(f + w.offset, w.bucket)
+end
+
+-- The shapes of the call, by number.
+local shapes = {}
+for k = 1, S do
+  local w = shape(6 + R + 6 * (k - 1))
+  -- The bucket or window of this call's instant.
+  w.now = index(stamp, floor, w)
+  shapes[k] = w
 end
 
 -- The end of fixed window i (0 when only its record knows it).
@@ -365,6 +368,9 @@ for c = 1, C do
 end
 
 local out = {stamp}
+-- Per limit, from its check: the first record still counting and the
+-- newest record's bucket.
+local firsts, newest = {}, {}
 
 -- Decides request r, whose limits are the n from number k0 + 1 on.
 local function decide(k0, n)
@@ -385,18 +391,30 @@ local function decide(k0, n)
       group, group_room = g, false
     end
     local v = get(key, tag)
-    local cur = index(stamp, floor, w)
-    if v.s ~= '' then
+    local cur = w.now
+    local m = size(v)
+    local used, first, ni, nl = 0, 1, 0, 0
+    if m > 0 then
+      local _
+      ni, _, nl = rec(v, m)
       -- A clock that went back counts in the newest bucket.
-      local newest = rec(v, size(v))
-      if newest > cur then
-        cur = newest
+      if ni > cur then
+        cur = ni
+      end
+      -- The oldest record still counting (the usual case): nothing leaves.
+      local lo, i1, l1 = cur - w.reach, ni, nl
+      if m > 1 then
+        i1, _, l1 = rec(v, 1)
+      end
+      if i1 >= lo and (w.window == 0 or l1 + w.window > floor) then
+        used = total(v)
+      else
+        used, first = live(v, lo, w.window)
       end
     end
-    local used, first, m = live(v, cur - w.reach, w.window)
+    firsts[i], newest[i] = first, ni
     local reset = stamp
     if first <= m then
-      local ni, _, nl = rec(v, m)
       reset = forget(ni, nl, w)
     end
     local verdict, retry = 0, 0
@@ -440,7 +458,24 @@ local function decide(k0, n)
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
       local w = shapes[tonumber(ARGV[a + 1])]
       local v = get(key, tag)
-      local opened = add(v, cur, charge, cur - w.reach, stamp, w)
+      local opened = false
+      if firsts[i] == 1 and newest[i] == cur and v.s ~= '' then
+        -- What `add` does when the charge falls in the newest bucket and
+        -- nothing leaves (the check found so): only the pending count and
+        -- stamp move.
+        local s
+        if w.window > 0 then
+          s = min(max(stamp, cur * w.bucket), (cur + 1) * w.bucket - 1)
+        else
+          s = fend(cur, w)
+        end
+        v.d = v.d + charge
+        if s > v.t then
+          v.t = s
+        end
+      else
+        opened = add(v, cur, charge, cur - w.reach, stamp, w)
+      end
       write(key, tag)
       out[o + 2] = out[o + 2] + charge
       -- The newest counted bucket is now the current one.

@@ -474,21 +474,26 @@ pub(crate) struct Ring {
 pub(crate) struct Mark {
     /// The bucket (sliding) or window (fixed) charged.
     pub(crate) idx: u64,
-    /// The bucket's latest stamp (ms) before the charge.
+    /// The bucket's latest stamp (ms) and count before the charge.
     last: u64,
-    /// The bucket's count before the charge.
     count: u32,
+    /// The bucket's count and latest stamp right after it: while they are
+    /// still so, nobody else has charged the bucket since.
+    count_after: u32,
+    last_after: u64,
     /// Whether anything was charged (not so for a cost known only after
     /// the response).
     charged: bool,
 }
 
 impl Mark {
-    fn new(idx: u64, (count, last): (u32, u64)) -> Self {
+    fn new(idx: u64, (count, last): (u32, u64), (count_after, last_after): (u32, u64)) -> Self {
         Mark {
             idx,
             last,
             count,
+            count_after,
+            last_after,
             charged: true,
         }
     }
@@ -833,7 +838,8 @@ impl Cell {
             return Err((self.view(spec, capacity, at), refusal));
         }
         let mark = if charge > 0 {
-            Mark::new(at.cur, self.add(spec, at, charge))
+            let prev = self.add(spec, at, charge);
+            Mark::new(at.cur, prev, self.bucket(spec, at.cur))
         } else {
             Mark {
                 idx: at.cur,
@@ -886,7 +892,7 @@ impl Cell {
                     reset_at: Timestamp::from_nanos(ms_to_ns(last.saturating_add(window_ms))),
                 };
                 let idx = *last / bucket_ms;
-                return Some((view, Mark::new(idx, prev)));
+                return Some((view, Mark::new(idx, prev, (*count, *last))));
             }
             Cell::Ring(r) => r,
         };
@@ -916,7 +922,10 @@ impl Cell {
             used: r.total,
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
         };
-        Some((view, Mark::new(r.newest, prev)))
+        Some((
+            view,
+            Mark::new(r.newest, prev, (after, r.newest * bucket_ms + offset)),
+        ))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
@@ -1015,32 +1024,56 @@ impl Cell {
         }
     }
 
-    /// Undoes the charge `mark` describes exactly (count and latest stamp of
-    /// its bucket as they were), after [`Cell::slide`] dropped whatever has
-    /// left the window since. Only for a counter nobody else has charged
-    /// since (its entry stayed locked): then the counter reads as if the
-    /// charge had never been made. [`Cell::refund`] is for the other case.
-    pub(crate) fn undo(&mut self, spec: &WindowSpec, now: u64, mark: Mark) {
+    /// Count and latest stamp (ms) of bucket `idx` ((0, 0) when no record
+    /// of it is kept).
+    fn bucket(&self, spec: &WindowSpec, idx: u64) -> (u32, u64) {
+        match self {
+            Cell::One { count, last } if spec.index_of_last(*last) == idx => (*count, *last),
+            Cell::One { .. } => (0, 0),
+            Cell::Ring(r) if idx >= r.oldest() && idx <= r.newest => {
+                let s = r.slots[r.slot_of(idx)];
+                (slot_count(s), idx * spec.bucket_ms() + slot_offset(s))
+            }
+            Cell::Ring(_) => (0, 0),
+        }
+    }
+
+    /// Takes back the charge `mark` describes, after [`Cell::slide`]
+    /// dropped whatever has left the window since: exactly (the bucket's
+    /// count and latest stamp as they were) when the bucket is as that
+    /// charge left it, so nobody else has charged it since; otherwise as
+    /// [`Cell::refund`] does, keeping the latest stamp, which may be
+    /// another request's. Either way the counter then reads as if the charge
+    /// had never been made, or counts `cost` up to one bucket later (on the
+    /// safe side), and never loses another request's charge.
+    pub(crate) fn take_back(&mut self, spec: &WindowSpec, now: u64, mark: Mark, cost: u64) {
         if !mark.charged {
             return;
         }
-        let (count_was, last_was) = (mark.count, mark.last);
         self.slide(spec, now);
+        let (count, last) = self.bucket(spec, mark.idx);
+        if count == u32::MAX {
+            // A saturated count says nothing about who charged it, nor how
+            // much: it stays full rather than lose another's charge.
+            return;
+        }
+        let untouched = count == mark.count_after && last == mark.last_after && count > 0;
+        if !untouched {
+            self.refund(spec, now, mark.idx, cost);
+            return;
+        }
+        let (count_was, last_was) = (mark.count, mark.last);
         match self {
             Cell::One { count, last } => {
-                if *count > 0 && spec.index_of_last(*last) == mark.idx {
-                    *count = count_was;
-                    *last = last_was;
-                }
+                *count = count_was;
+                *last = last_was;
             }
             Cell::Ring(r) => {
-                if mark.idx >= r.oldest() && mark.idx <= r.newest {
-                    let i = r.slot_of(mark.idx);
-                    let now_count = slot_count(r.slots[i]);
-                    let start = mark.idx * spec.bucket_ms();
-                    r.slots[i] = slot(count_was, last_was.saturating_sub(start));
-                    r.total = r.total - u64::from(now_count) + u64::from(count_was);
-                }
+                let i = r.slot_of(mark.idx);
+                let now_count = slot_count(r.slots[i]);
+                let start = mark.idx * spec.bucket_ms();
+                r.slots[i] = slot(count_was, last_was.saturating_sub(start));
+                r.total = r.total - u64::from(now_count) + u64::from(count_was);
             }
         }
     }

@@ -189,7 +189,8 @@ proptest! {
         }
     }
 
-    /// An undone charge leaves nothing behind: from then on the counter
+    /// A charge taken back with nobody else's since leaves nothing behind:
+    /// from then on the counter
     /// gives exactly the answers (counts, resets, refusals and retry
     /// instants) of one that was never charged, sliding or fixed, whether
     /// the charge went through the one-step path or the general steps, into
@@ -221,8 +222,17 @@ proptest! {
             if !undo_at[n] {
                 continue;
             }
-            cell.undo(&spec, t, mark);
+            cell.take_back(&spec, t, mark, cost);
             let (mut a, mut b) = (before.clone(), cell.clone());
+            if mark.count_after == u32::MAX {
+                // A saturated bucket cannot say who charged it: it stays
+                // full (never fewer than the charges it holds).
+                let (va, _) = a.peek(&spec, capacity, t, 1);
+                let (vb, _) = b.peek(&spec, capacity, t, 1);
+                prop_assert!(vb.used >= va.used);
+                cell = before;
+                continue;
+            }
             for &(later, check) in &probes {
                 let at = t + later * MS;
                 let (va, fa) = a.peek(&spec, capacity, at, check);
@@ -235,5 +245,44 @@ proptest! {
             let rb = cell.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| v);
             prop_assert_eq!(ra, rb);
         }
+    }
+
+    /// A charge taken back after others charged the same bucket never
+    /// takes theirs: the counter then holds exactly their cost, and
+    /// counts it no earlier than if the taken-back charge had never been
+    /// made (at most one bucket later).
+    #[test]
+    fn taking_a_charge_back_after_others_keeps_theirs(
+        sliding in any::<bool>(),
+        capacity in 5u64..40,
+        gaps in prop::collection::vec(0u64..40, 2..10),
+        back_after in 1usize..9,
+    ) {
+        let spec = if sliding {
+            WindowSpec::sliding_ms(100, 4)
+        } else {
+            WindowSpec::fixed_ms(100, 0)
+        };
+        let mut cell = Cell::default();
+        let mut never = Cell::default();
+        let mut t = 1000 * MS;
+        let (_, mark) = cell.try_charge_with(&spec, capacity, t, 1, 1).unwrap();
+        for (n, gap) in gaps.iter().enumerate() {
+            t += gap * MS / 3;
+            if n == back_after {
+                cell.take_back(&spec, t, mark, 1);
+            }
+            if cell.try_charge_with(&spec, capacity, t, 1, 1).is_ok() {
+                never.try_charge_with(&spec, capacity, t, 1, 1).unwrap();
+            }
+        }
+        if back_after >= gaps.len() {
+            cell.take_back(&spec, t, mark, 1);
+        }
+        let (a, _) = cell.peek(&spec, capacity, t, 1);
+        let (b, _) = never.peek(&spec, capacity, t, 1);
+        prop_assert_eq!(a.used, b.used, "the others' charges are all there");
+        prop_assert!(a.reset_at >= b.reset_at);
+        prop_assert!(a.reset_at.as_nanos() <= b.reset_at.as_nanos() + spec.bucket().as_nanos() as u64);
     }
 }
