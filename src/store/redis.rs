@@ -529,11 +529,17 @@ impl RedisStore {
 
 impl Inner {
     fn redis_key(&self, key: CounterKey) -> String {
-        // The braces are a cluster hash tag: one scope key, one slot.
         let mut s = String::with_capacity(self.prefix.len() + 36);
+        self.write_key(&mut s, key);
+        s
+    }
+
+    /// Makes `s` the Redis key of counters `key`.
+    fn write_key(&self, s: &mut String, key: CounterKey) {
+        s.clear();
+        // The braces are a cluster hash tag: one scope key, one slot.
         s.push_str(&self.prefix);
         let _ = write!(s, ":{{{:032x}}}", key.as_u128());
-        s
     }
 
     fn millis(&self) -> u64 {
@@ -865,17 +871,22 @@ impl Inner {
     ) -> impl Future<Output = CallResult> + Send + 'static {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let limits: usize = batches.iter().map(|b| b.len()).sum();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
-            .arg(limits + charges.len() + give_back.len());
-        for l in batches.iter().flat_map(|b| b.limits()) {
-            cmd.arg(self.redis_key(l.key));
-        }
-        for w in charges {
-            cmd.arg(self.redis_key(w.charge.receipt.key()));
-        }
-        for g in give_back {
-            cmd.arg(self.redis_key(g.limit.key));
+        let keys = limits + charges.len() + give_back.len();
+        // Sized once: a key and six short numbers a limit, five a charge.
+        let mut cmd = redis::Cmd::with_capacity(
+            8 + batches.len() + 7 * keys + 6 * 4,
+            128 + batches.len() * 4 + keys * (self.prefix.len() + 36 + 6 * 12),
+        );
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
+        // Every key written through one buffer (no string a key).
+        let mut key = String::with_capacity(self.prefix.len() + 36);
+        let all = batches.iter().flat_map(|b| b.limits()).map(|l| l.key);
+        let all = all
+            .chain(charges.iter().map(|w| w.charge.receipt.key()))
+            .chain(give_back.iter().map(|g| g.limit.key));
+        for k in all {
+            self.write_key(&mut key, k);
+            cmd.arg(key.as_bytes());
         }
         // On the caller's clock, a call without a decision (the flusher)
         // takes the newest measurement it carries as "now".
