@@ -101,7 +101,7 @@ const RUN: usize = 4;
 
 /// Charges of a batch that a refused batch can take back exactly (the
 /// first ones; the rest, rare, are refunded).
-const UNDO: usize = 8;
+const UNDO: usize = 4;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -478,12 +478,10 @@ pub(crate) struct Mark {
     last: u64,
     count: u32,
     /// The bucket's count and latest stamp right after it: while they are
-    /// still so, nobody else has charged the bucket since.
+    /// still so, nobody else has charged the bucket since. A count of 0:
+    /// nothing was charged (a cost known only after the response).
     count_after: u32,
     last_after: u64,
-    /// Whether anything was charged (not so for a cost known only after
-    /// the response).
-    charged: bool,
 }
 
 impl Mark {
@@ -494,7 +492,6 @@ impl Mark {
             count,
             count_after,
             last_after,
-            charged: true,
         }
     }
 }
@@ -1047,7 +1044,7 @@ impl Cell {
     /// had never been made, or counts `cost` up to one bucket later (on the
     /// safe side), and never loses another request's charge.
     pub(crate) fn take_back(&mut self, spec: &WindowSpec, now: u64, mark: Mark, cost: u64) {
-        if !mark.charged {
+        if mark.count_after == 0 {
             return;
         }
         self.slide(spec, now);
