@@ -4,9 +4,9 @@
 //! # One round trip, all or nothing
 //!
 //! A decision is one `EVALSHA` of one Lua script (loaded again by itself
-//! after a `NOSCRIPT`): it applies the post-charges waiting in this
-//! instance, then checks every limit of the request and charges them all, or
-//! none, atomically. The counting rules are the memory store's (the
+//! after a `NOSCRIPT`; concurrent decisions share one, see below): it
+//! applies the post-charges waiting in this instance, then checks every
+//! limit of the request and charges them all, or none, atomically. The counting rules are the memory store's (the
 //! [`WindowSpec`](super::WindowSpec) helpers): sliding windows in
 //! sub-buckets with the hard guarantee, fixed windows on clock boundaries,
 //! cascades, post-charged costs, all with the same figures. A counter is a
