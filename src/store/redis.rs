@@ -957,17 +957,18 @@ impl Inner {
         let timeout = self.timeout;
         async move {
             tokio::time::timeout(timeout, async move {
-                match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                let answer = match cmd.query_async::<Vec<u8>>(&mut conn).await {
                     Err(e) if is_noscript(&e) => {
                         redis::cmd("SCRIPT")
                             .arg("LOAD")
                             .arg(SCRIPT)
                             .query_async::<String>(&mut conn)
                             .await?;
-                        cmd.query_async::<Vec<i64>>(&mut conn).await
+                        cmd.query_async::<Vec<u8>>(&mut conn).await
                     }
                     other => other,
-                }
+                };
+                answer.map(|bytes| doubles(&bytes))
             })
             .await
         }
@@ -1091,6 +1092,24 @@ fn log_connect_error(e: &redis::RedisError) {
     tracing::warn!(target: "tierlimit", error = %e, "cannot connect to Redis; retrying");
     #[cfg(not(feature = "tracing"))]
     let _ = e;
+}
+
+/// The script's answer: little-endian doubles, each a whole number below
+/// 2^53 (an answer of another length reads as no values, which every
+/// caller refuses as the wrong number).
+fn doubles(bytes: &[u8]) -> Vec<i64> {
+    if !bytes.len().is_multiple_of(8) {
+        return Vec::new();
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            // Saturating; NaN reads as 0.
+            f64::from_le_bytes(b) as i64
+        })
+        .collect()
 }
 
 /// An instant the script answered, in milliseconds since the epoch.
@@ -1397,5 +1416,29 @@ impl Store for RedisStore {
         }
         inner.start_flusher();
         Answer::Now(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::doubles;
+
+    #[test]
+    fn answers_read_as_whole_numbers_and_a_torn_one_as_none() {
+        let values = [
+            0.0f64,
+            1.0,
+            1_793_512_780_000.0,
+            9_007_199_254_740_991.0,
+            -3.0,
+        ];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            doubles(&bytes),
+            vec![0, 1, 1_793_512_780_000, 9_007_199_254_740_991, -3]
+        );
+        assert!(doubles(&bytes[..bytes.len() - 1]).is_empty());
+        assert_eq!(doubles(&f64::NAN.to_le_bytes()), vec![0]);
+        assert_eq!(doubles(&f64::INFINITY.to_le_bytes()), vec![i64::MAX]);
     }
 }
