@@ -373,6 +373,46 @@ async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_as_a_sender_leaves_are_still_sent() {
+    // Bursts of one to three decisions, one after the other, so that
+    // senders keep finding the queue empty and leaving while decisions
+    // arrive: every decision is answered (none waits for its timeout).
+    // The place is given back under the queue's lock, which closes the
+    // window by construction; this cannot show that window (it is a few
+    // instructions wide), only that bursts keep being served.
+    let Some(server) = server() else { return };
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .prefix("bursts")
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    store.connect().await.unwrap();
+    let w = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let now = Timestamp::from_secs(1_708_200_000);
+    for round in 0..400u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..1 + round % 3 {
+            let store = store.clone();
+            let limit = LimitSpec::new(CounterKey::from_u128(u128::from(round * 3 + k)), w, 5, 1);
+            tasks.spawn(async move {
+                match store.decide(now, Batch::from_limits([limit])) {
+                    Answer::Now(r) => r,
+                    Answer::Later(f) => f.await,
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let b = r
+                .unwrap()
+                .expect("every decision is answered, none times out");
+            assert!(b.admitted());
+        }
+    }
+}
+
 #[tokio::test]
 async fn cost_stops_counting_exactly_one_window_after_its_stamp() {
     // The script's shortcut for "nothing leaves" must agree with the

@@ -403,13 +403,22 @@ fn copy_error(e: &StoreError) -> StoreError {
     }
 }
 
-/// Gives a sender's place back when its task ends, however it ends.
-struct Sender(Arc<Inner>);
+/// A sender's place: given back under the queue's lock when the sender
+/// finds the queue empty (so a decision queued just then starts another),
+/// or when its task ends otherwise (cancelled with its runtime).
+struct Sender {
+    inner: Arc<Inner>,
+    /// Whether the place was given back already.
+    left: bool,
+}
 
 impl Drop for Sender {
     fn drop(&mut self) {
+        if self.left {
+            return;
+        }
         let mut q = self
-            .0
+            .inner
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1197,8 +1206,10 @@ impl Inner {
     }
 
     /// The next decisions waiting (at most [`GROUP`], [`GROUP_LIMITS`]
-    /// limits), in arrival order, without those whose caller has gone.
-    fn next_group(&self) -> Vec<Queued> {
+    /// limits), in arrival order, without those whose caller has gone;
+    /// when none waits, the sender's place is given back under the same
+    /// lock (a decision queued after that starts a sender of its own).
+    fn next_group(&self, place: &mut Sender) -> Vec<Queued> {
         let mut q = self
             .queue
             .lock()
@@ -1220,14 +1231,21 @@ impl Inner {
             limits += next.batch.len();
             group.push(next);
         }
+        if group.is_empty() {
+            q.senders = q.senders.saturating_sub(1);
+            place.left = true;
+        }
         group
     }
 
     /// Sends queued decisions, a group per script call, until none waits.
     async fn send_queued(self: Arc<Self>) {
-        let _place = Sender(Arc::clone(&self));
+        let mut place = Sender {
+            inner: Arc::clone(&self),
+            left: false,
+        };
         loop {
-            let group = self.next_group();
+            let group = self.next_group(&mut place);
             if group.is_empty() {
                 return;
             }
