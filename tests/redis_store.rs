@@ -174,23 +174,35 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
 
 #[test]
 fn redis_decides_as_the_memory_store() {
-    // One server for every case, killed when the test ends (a static would
-    // outlive the test process's end without being dropped).
+    cases(48, &reqs(), "prop", |reqs, url, prefix| {
+        run(&reqs, url, prefix)
+    });
+}
+
+/// Runs `default_cases` cases of `strategy` (`PROPTEST_CASES` runs more or
+/// fewer) on one server for every case, killed when the test ends (a static
+/// would outlive the test process's end without being dropped); each case
+/// gets its own key prefix.
+fn cases<S: Strategy>(
+    default_cases: u32,
+    strategy: &S,
+    prefix: &str,
+    case: impl Fn(S::Value, &str, &str) -> Result<(), TestCaseError>,
+) {
     let Some(server) = server() else { return };
     let config = ProptestConfig {
-        // PROPTEST_CASES runs more (or fewer) cases.
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(48),
+            .unwrap_or(default_cases),
         source_file: Some(file!()),
         ..ProptestConfig::default()
     };
     let mut runner = proptest::test_runner::TestRunner::new(config);
-    let case = AtomicUsize::new(0);
-    let result = runner.run(&reqs(), |reqs| {
-        let prefix = format!("prop{}", case.fetch_add(1, Ordering::Relaxed));
-        run(&reqs, &server.url(), &prefix)
+    let n = AtomicUsize::new(0);
+    let result = runner.run(strategy, |value| {
+        let prefix = format!("{prefix}{}", n.fetch_add(1, Ordering::Relaxed));
+        case(value, &server.url(), &prefix)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -300,24 +312,9 @@ fn requests_sent_together_are_decided_in_order_as_one_by_one() {
     // One script call decides a whole group, each request seeing the
     // charges of those before it: the memory store deciding them one after
     // the other gives the same answers.
-    let Some(server) = server() else { return };
-    let config = ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32),
-        source_file: Some(file!()),
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    let case = AtomicUsize::new(0);
-    let result = runner.run(&together(), |rounds| {
-        let prefix = format!("together{}", case.fetch_add(1, Ordering::Relaxed));
-        run_together(&rounds, &server.url(), &prefix)
+    cases(32, &together(), "together", |rounds, url, prefix| {
+        run_together(&rounds, url, prefix)
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

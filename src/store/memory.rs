@@ -210,13 +210,13 @@ struct Inner {
     shared_refusals: AtomicU64,
 }
 
-/// The key of the entry an item of a refused batch charged, if it charged.
-fn charged_key((limit, slot): &(LimitSpec, Option<Outcome>)) -> Option<u128> {
+/// The receipt of what an item of a refused batch charged, if it charged.
+fn charged((limit, slot): &(LimitSpec, Option<Outcome>)) -> Option<Receipt> {
     let Verdict::Room(receipt) = slot.as_ref()?.verdict else {
         return None;
     };
     // `u64::MAX`: had room, but the batch was refused already.
-    (limit.charge_cost() > 0 && receipt.data() != u64::MAX).then(|| receipt.key().as_u128())
+    (limit.charge_cost() > 0 && receipt.data() != u64::MAX).then_some(receipt)
 }
 
 /// Takes back what an item of a refused batch charged in `entry` (see
@@ -229,14 +229,11 @@ fn take_back(
     now: u64,
     mark: Option<Mark>,
 ) {
-    if charged_key(item).is_none() {
-        return;
-    }
-    let (limit, slot) = item;
-    let Some(outcome) = slot.as_mut() else {
+    let Some(receipt) = charged(item) else {
         return;
     };
-    let Verdict::Room(receipt) = outcome.verdict else {
+    let (limit, slot) = item;
+    let Some(outcome) = slot.as_mut() else {
         return;
     };
     let (spec, cap, check, cost) = (
@@ -566,10 +563,10 @@ impl MemoryStore {
         }
         if !ok {
             for n in 0..held_from {
-                let Some(key) = charged_key(&batch.items[n]) else {
+                let Some(receipt) = charged(&batch.items[n]) else {
                     continue;
                 };
-                if let Some(mut e) = inner.map.get_mut(&MapKey::from(key)) {
+                if let Some(mut e) = inner.map.get_mut(&MapKey::from(receipt.key().as_u128())) {
                     take_back(&mut batch.items[n], &mut e, now, mark(n));
                 }
             }

@@ -247,20 +247,33 @@ local function live(o, lo, window)
   return sum, first, n
 end
 
+-- The stamp a charge at `s` leaves in bucket `idx`: inside the bucket for
+-- a sliding window (a clock that went back charges the newest bucket, from
+-- its start), the window's end for a fixed one.
+local function stamp_in(idx, s, w)
+  if w.window > 0 then
+    return min(max(s, idx * w.bucket), (idx + 1) * w.bucket - 1)
+  end
+  return fend(idx, w)
+end
+
+-- `amount` charged to the newest record of `o`, stamped `s`: pending until
+-- the string is rebuilt.
+local function pend(o, amount, s)
+  o.d = o.d + amount
+  if s > o.t then
+    o.t = s
+  end
+end
+
 -- Makes `o` its buckets without those that left (see `live`), with
 -- `amount` added to bucket `idx` stamped `s` (a negative amount gives back,
 -- never below zero, and keeps the stamp; a bucket left empty is dropped).
 -- Returns whether `idx` opened a new newest bucket. A fixed window is
 -- stamped with its end.
 local function add(o, idx, amount, lo, s, w)
-  local window, bucket = w.window, w.bucket
-  if window > 0 then
-    -- The stamp stays inside its bucket (a clock that went back charges
-    -- the newest bucket, from its start).
-    s = min(max(s, idx * bucket), (idx + 1) * bucket - 1)
-  else
-    s = fend(idx, w)
-  end
+  local window = w.window
+  s = stamp_in(idx, s, w)
   if o.s == '' then
     if amount > 0 and idx >= lo then
       o.s = pack('<dddd', amount, idx, amount, s)
@@ -274,10 +287,7 @@ local function add(o, idx, amount, lo, s, w)
     -- a newer one.
     local last = rec(o, n)
     if last == idx then
-      o.d = o.d + amount
-      if s > o.t then
-        o.t = s
-      end
+      pend(o, amount, s)
       return false
     elseif last < idx then
       o.s = pack('<d', total + amount) .. sub(flat(o), HEAD + 1)
@@ -463,16 +473,7 @@ local function decide(k0, n)
         -- What `add` does when the charge falls in the newest bucket and
         -- nothing leaves (the check found so): only the pending count and
         -- stamp move.
-        local s
-        if w.window > 0 then
-          s = min(max(stamp, cur * w.bucket), (cur + 1) * w.bucket - 1)
-        else
-          s = fend(cur, w)
-        end
-        v.d = v.d + charge
-        if s > v.t then
-          v.t = s
-        end
+        pend(v, charge, stamp_in(cur, stamp, w))
       else
         opened = add(v, cur, charge, cur - w.reach, stamp, w)
       end

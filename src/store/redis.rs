@@ -6,7 +6,8 @@
 //! A decision is one `EVALSHA` of one Lua script (loaded again by itself
 //! after a `NOSCRIPT`; concurrent decisions share one, see below): it
 //! applies the post-charges waiting in this instance, then checks every
-//! limit of the request and charges them all, or none, atomically. The counting rules are the memory store's (the
+//! limit of the request and charges them all, or none, atomically. The
+//! counting rules are the memory store's (the
 //! [`WindowSpec`](super::WindowSpec) helpers): sliding windows in
 //! sub-buckets with the hard guarantee, fixed windows on clock boundaries,
 //! cascades, post-charged costs, all with the same figures. A counter is a
@@ -1128,10 +1129,22 @@ fn ts(ms: i64) -> Timestamp {
 
 /// The script's answer for one batch.
 fn fill_one(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
-    if v.len() != 2 + 5 * batch.len() {
-        return Err(bad_answer("the script answered the wrong number of values"));
-    }
+    expect_len(v, [&*batch])?;
     fill(batch, v, 1)
+}
+
+/// Whether the script's answer `v` has the length an answer for `batches`
+/// has: the stamp, then per batch its admission and five values a limit.
+fn expect_len<'a>(
+    v: &[i64],
+    batches: impl IntoIterator<Item = &'a Batch>,
+) -> Result<(), StoreError> {
+    let want = 1 + batches.into_iter().map(|b| 1 + 5 * b.len()).sum::<usize>();
+    if v.len() == want {
+        Ok(())
+    } else {
+        Err(bad_answer("the script answered the wrong number of values"))
+    }
 }
 
 fn bad_answer(why: &'static str) -> StoreError {
@@ -1142,7 +1155,6 @@ fn bad_answer(why: &'static str) -> StoreError {
 /// values for the batch start at `at` (its admission, then five per
 /// limit); the caller has checked that they are there.
 fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreError> {
-    let bad = bad_answer;
     batch.set_decided_at(ts(v[0]));
     for i in 0..batch.len() {
         let l = *batch.limit(i);
@@ -1153,12 +1165,14 @@ fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreError> {
             1 => Verdict::Passed,
             2 => Verdict::Refused(Refusal::Full { retry_at: ts(r[3]) }),
             3 => Verdict::Refused(Refusal::NeverFits),
-            _ => return Err(bad("the script answered an unknown verdict")),
+            _ => return Err(bad_answer("the script answered an unknown verdict")),
         };
         batch.record(i, Outcome::new(view, verdict));
     }
     if (v[at] == 1) != batch.admitted() {
-        return Err(bad("the script's admission disagrees with its verdicts"));
+        return Err(bad_answer(
+            "the script's admission disagrees with its verdicts",
+        ));
     }
     Ok(())
 }
@@ -1267,12 +1281,8 @@ impl Inner {
             let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
             let call = self.call(&conn, now, &batches, &charges, &[]);
             let answer = self.finish_call(call.await, charges).and_then(|v| {
-                let want = 1 + group.iter().map(|q| 1 + 5 * q.batch.len()).sum::<usize>();
-                if v.len() == want {
-                    Ok(v)
-                } else {
-                    Err(bad_answer("the script answered the wrong number of values"))
-                }
+                expect_len(&v, group.iter().map(|q| &q.batch))?;
+                Ok(v)
             });
             let mut at = 1;
             for mut q in group {
@@ -1291,6 +1301,7 @@ impl Inner {
             }
         }
     }
+
     /// The cached refusal of `batch`'s shape, filled in, if still in force.
     fn cached_refusal(&self, key: u64, caller_now: Timestamp, batch: &mut Batch) -> bool {
         let Some(r) = self.refusals.get(&key) else {

@@ -468,8 +468,8 @@ pub(crate) struct Ring {
     slots: Box<[u64]>,
 }
 
-/// Where a charge went and what its bucket held before it: enough for
-/// [`Cell::undo`] to take it back exactly.
+/// Where a charge went and what its bucket held before and after it:
+/// enough for [`Cell::take_back`] to take it back exactly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mark {
     /// The bucket (sliding) or window (fixed) charged.
@@ -913,16 +913,13 @@ impl Cell {
         let offset = slot_offset(r.slots[i]).max(stamp - start);
         r.slots[i] = slot(after, offset);
         r.total += u64::from(after - before);
-        let reset = (r.newest * bucket_ms + offset).saturating_add(window_ms);
+        let reset = (start + offset).saturating_add(window_ms);
         let view = View {
             capacity,
             used: r.total,
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
         };
-        Some((
-            view,
-            Mark::new(r.newest, prev, (after, r.newest * bucket_ms + offset)),
-        ))
+        Some((view, Mark::new(r.newest, prev, (after, start + offset))))
     }
 
     /// Charges `cost` at `now` whatever the capacity: for costs measured
@@ -1054,7 +1051,8 @@ impl Cell {
             // much: it stays full rather than lose another's charge.
             return;
         }
-        let untouched = count == mark.count_after && last == mark.last_after && count > 0;
+        // `count_after` is never 0 here: the bucket holds that charge still.
+        let untouched = count == mark.count_after && last == mark.last_after;
         if !untouched {
             self.refund(spec, now, mark.idx, cost);
             return;
