@@ -1,6 +1,7 @@
 //! Path normalisation and route matching: odd paths (percent-escapes,
 //! dot segments, doubled slashes, non-UTF-8 escapes) and odd patterns never
-//! panic, and a path matches what its normalised form matches.
+//! panic, and another spelling of a path is never exempt where the path
+//! itself is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,11 +31,12 @@ fuzz_target!(|input: (&str, &str)| {
         let Some(policy) = policy(p) else { continue };
         let exempt = policy.batch_for(&http::Method::GET, path, &id).is_none();
         // The same path with a doubled slash and a "." segment in front is
-        // the same path once normalised.
+        // the same path once normalised, but spelled otherwise: exempt only
+        // where the path itself is.
         if let Some(rest) = path.strip_prefix('/') {
             let odd = format!("//./{rest}");
             let again = policy.batch_for(&http::Method::GET, &odd, &id).is_none();
-            assert_eq!(exempt, again, "pattern {p:?}: {path:?} vs {odd:?}");
+            assert!(!again || exempt, "pattern {p:?}: {odd:?} exempt, {path:?} not");
         }
     }
 });

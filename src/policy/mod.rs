@@ -30,7 +30,7 @@ use std::time::Duration;
 use http::HeaderName;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use route::{parse_methods, with_segments, PathPattern, RouteRule, RouteTarget};
+use route::{literal_segments, parse_methods, with_segments, PathPattern, RouteRule, RouteTarget};
 
 use crate::config::{
     Combine, Config, Cost, ErrorFormat, Family, HeaderStyle, Limit, Mode, OnStoreError,
@@ -189,6 +189,10 @@ struct CompiledModifier {
     equals: String,
     factor: f64,
 }
+
+/// The route tiers of a request: one for a canonical path, up to two for
+/// another spelling (see [`route`]'s docs); `None` is no route tier.
+pub(crate) type RouteTiers = [Option<usize>; 2];
 
 /// A compiled, checked, immutable configuration.
 ///
@@ -857,23 +861,39 @@ impl Policy {
         format!("{:08x}", (h >> 96) as u32)
     }
 
-    /// The route tier of a request (`Some(None)`: no route tier), or `None`
-    /// when the request is exempt.
-    pub(crate) fn route_tier(&self, method: &http::Method, path: &str) -> Option<Option<usize>> {
+    /// The route tiers of a request, or `None` when the request is exempt.
+    /// A path spelled canonically has one; any other spelling is checked
+    /// against what its normalised form and its literal spelling match
+    /// (see [`route`]'s docs), and is exempt only when both are.
+    pub(crate) fn route_tier(&self, method: &http::Method, path: &str) -> Option<RouteTiers> {
         if self.routes.is_empty() {
-            return Some(self.default_tier);
+            return Some([self.default_tier, None]);
         }
-        with_segments(path, |segs| {
-            for r in &self.routes {
-                if r.matches(method, segs) {
-                    return match r.target {
-                        RouteTarget::Exempt => None,
-                        RouteTarget::Tier(t) => Some(Some(t)),
-                    };
-                }
+        let (normalised, canonical) = with_segments(path, |segs, canonical| {
+            (self.rule_for(method, segs), canonical)
+        });
+        if canonical {
+            return normalised.map(|t| [t, None]);
+        }
+        let literal = self.rule_for(method, &literal_segments(path));
+        match (normalised, literal) {
+            (None, None) => None,
+            (a, b) => Some([a.flatten(), b.flatten().filter(|t| Some(*t) != a.flatten())]),
+        }
+    }
+
+    /// The tier the first matching rule gives (`Some(None)`: no route
+    /// tier), or `None` for an exempt rule.
+    fn rule_for<S: AsRef<str>>(&self, method: &http::Method, segs: &[S]) -> Option<Option<usize>> {
+        for r in &self.routes {
+            if r.matches(method, segs) {
+                return match r.target {
+                    RouteTarget::Exempt => None,
+                    RouteTarget::Tier(t) => Some(Some(t)),
+                };
             }
-            Some(self.default_tier)
-        })
+        }
+        Some(self.default_tier)
     }
 
     /// The capacity factor and the set of matched modifiers of a request.
@@ -932,11 +952,11 @@ impl Policy {
         Some(self.batch(route_tier, plan, id, (1.0, 0)))
     }
 
-    /// The batch of a request with this route tier, plan, identity and
+    /// The batch of a request with these route tiers, plan, identity and
     /// modifier (factor, matched set).
     pub(crate) fn batch(
         &self,
-        route_tier: Option<usize>,
+        route: RouteTiers,
         plan: Option<usize>,
         id: &Identity<'_>,
         modifier: (f64, u32),
@@ -944,13 +964,12 @@ impl Policy {
         let (factor, bits) = modifier;
         // Requests under a modifier count apart from the others.
         let mod_mask = u128::from(bits).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-        let mut picked: [Option<usize>; 3] = [route_tier, plan, self.global];
+        let mut picked: [Option<usize>; 4] = [route[0], route[1], plan, self.global];
         // A tier reached twice is checked once.
-        if picked[1] == picked[0] {
-            picked[1] = None;
-        }
-        if picked[2] == picked[0] || picked[2] == picked[1] {
-            picked[2] = None;
+        for i in 1..picked.len() {
+            if picked[..i].contains(&picked[i]) {
+                picked[i] = None;
+            }
         }
         let count: usize = picked
             .iter()

@@ -14,6 +14,22 @@
 //! dropped, `.` and `..` segments are resolved, and percent-escapes are
 //! decoded (an invalid escape is kept as written). The query string is
 //! ignored. Matching is case-sensitive, like HTTP paths.
+//!
+//! # Other spellings never reach lighter rules
+//!
+//! The service behind the layer routes the path as it was sent, and most
+//! routers (axum's among them) do not normalise it: `//health` or
+//! `/%68ealth` goes to a wildcard route or the fallback, not to the
+//! `/health` handler. So a path that is not in its canonical spelling (an
+//! empty segment or a trailing `/`, a `.` or `..` segment, a
+//! percent-escape) is checked twice: against the rule its normalised form
+//! matches *and* against the rule its literal spelling matches (segments
+//! as written, empty ones kept, nothing decoded; usually no rule, so the
+//! default tier). It is exempt only when both rules are exempt, and
+//! otherwise counted in both tiers. Re-spelling an exempt or lightly
+//! limited path therefore never reaches any handler with less limiting
+//! than its canonical path, whatever the router does with it; a canonical
+//! path is checked once, as before.
 
 use std::borrow::Cow;
 
@@ -97,10 +113,11 @@ impl PathPattern {
 /// Most segments the allocation-free fast path of [`with_segments`] takes.
 const FAST_SEGMENTS: usize = 16;
 
-/// Calls `f` with the normalised segments of `path`. A path with nothing
-/// to normalise (no `%`, no `.` or empty segments, at most 16 segments) is
-/// split on the stack; any other goes through [`normalise`].
-pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+/// Calls `f` with the normalised segments of `path` and whether `path` is
+/// spelled canonically. A path with nothing to normalise (no `%`, no `.`
+/// or empty segments, at most 16 segments) is split on the stack; any
+/// other goes through [`normalise`].
+pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str], bool) -> R) -> R {
     let end = path
         .bytes()
         .position(|b| b == b'?' || b == b'#')
@@ -131,11 +148,29 @@ pub(crate) fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
         start = stop + 1;
     }
     if clean {
-        return f(&buf[..n]);
+        return f(&buf[..n], true);
     }
     let owned = normalise(path);
     let segs: Vec<&str> = owned.iter().map(|c| c.as_ref()).collect();
-    f(&segs)
+    // More than 16 plain segments is canonical too, only long.
+    let canonical = segs.len() == literal_segments(path).len()
+        && segs
+            .iter()
+            .zip(literal_segments(path))
+            .all(|(a, b)| *a == b);
+    f(&segs, canonical)
+}
+
+/// The segments of `path` as a router that does not normalise sees them:
+/// split on `/` after the leading one, empty segments kept, `.` and `..`
+/// and percent-escapes left as written; the query is ignored.
+pub(crate) fn literal_segments(path: &str) -> Vec<&str> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if path.is_empty() {
+        return Vec::new();
+    }
+    path.split('/').collect()
 }
 
 /// Splits a request path into normalised segments (see the module docs).
@@ -244,10 +279,44 @@ mod tests {
             for pattern in ["/", "/a", "/a/b", "/a/*", "/a/{x}/c", "/**", "/a/**", "/*/b/**"] {
                 let p = PathPattern::parse(pattern).unwrap();
                 let slow = p.matches(&normalise(&path));
-                let fast = with_segments(&path, |segs| p.matches(segs));
+                let fast = with_segments(&path, |segs, _| p.matches(segs));
                 proptest::prop_assert_eq!(slow, fast, "{} on {}", pattern, path);
+                // Canonical: the literal segments are the normalised ones.
+                let canonical = with_segments(&path, |_, c| c);
+                let literal = p.matches(&literal_segments(&path));
+                if canonical {
+                    proptest::prop_assert_eq!(slow, literal, "{} on {}", pattern, path);
+                }
             }
         }
+    }
+
+    #[test]
+    fn other_spellings_are_not_canonical() {
+        for path in [
+            "/health",
+            "/a/b",
+            "/",
+            "",
+            "/a?x=//",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r",
+        ] {
+            assert!(with_segments(path, |_, c| c), "{path}");
+        }
+        for path in [
+            "//health",
+            "/health/",
+            "/health/.",
+            "/./health",
+            "/%68ealth",
+            "/x/../health",
+            "/auth//token",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q//r",
+        ] {
+            assert!(!with_segments(path, |_, c| c), "{path}");
+        }
+        assert_eq!(literal_segments("//health/?q"), ["", "health", ""]);
+        assert_eq!(literal_segments("/%68ealth"), ["%68ealth"]);
     }
 
     #[test]
