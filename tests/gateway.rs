@@ -373,10 +373,13 @@ async fn a_flood_of_fresh_keys_locks_no_customer_out() {
         let junk = format!("junk-{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         send(&router, get("/x", &junk)).await;
         if i == 2_500 {
-            // During it, a new customer gets 200 and its full budget figures.
+            // During it, a new customer gets 200: it starts where the
+            // entry it replaces stood (2 500 junk keys handed through 500
+            // entries: about 5 each), the cost of the flood it shares.
             let r = send(&router, get("/x", "newcomer")).await;
             assert_eq!(r.status, StatusCode::OK);
-            assert_eq!(r.header("x-ratelimit-remaining"), Some("59"));
+            let left: u64 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+            assert!((50..=58).contains(&left), "{left}");
         }
     }
     // After it: the old customer keeps its count.
@@ -389,12 +392,12 @@ async fn a_flood_of_fresh_keys_locks_no_customer_out() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     // Never past the window.
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
-    // The newcomer is served; it held one request, as cheap as a junk key,
-    // so it may have been evicted meanwhile (then it forgot that one).
+    // The newcomer is served: kept or evicted meanwhile, it stands where
+    // the junk keys stand (about 10 each after 5 000) or above.
     let r = send(&router, get("/x", "newcomer")).await;
     assert_eq!(r.status, StatusCode::OK);
-    let left = r.header("x-ratelimit-remaining").unwrap();
-    assert!(left == "58" || left == "59", "{left}");
+    let left: u64 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+    assert!((40..=57).contains(&left), "{left}");
     let r = send(&router, get("/x", "another-newcomer")).await;
     assert_eq!(r.status, StatusCode::OK);
     // Memory stays bounded (the counters of 500 keys are a few tens of KB;

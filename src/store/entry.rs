@@ -138,6 +138,15 @@ impl Entry {
         }
     }
 
+    /// Whether it has a counter tagged `tag` (so counts the same limits as
+    /// an entry of that tag's tier would, in the same units).
+    pub(crate) fn has_tag(&self, tag: u16) -> bool {
+        match self {
+            Entry::Inline { tags, .. } => tag != 0 && tags.contains(&tag),
+            Entry::Heap(s) => s.cells.get(tag).is_some(),
+        }
+    }
+
     /// Cost held by its counters at `now` (ns since the epoch): 0 when idle.
     pub(crate) fn held(&self, now: u64) -> u64 {
         if self.is_idle(now) {
