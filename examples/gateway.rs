@@ -32,7 +32,15 @@
 //! # Admin (set TIERLIMIT_ADMIN_TOKEN before starting; unset, admin routes are 404):
 //! curl -si -X PATCH localhost:3000/admin/api-keys/k1 -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
 //!      -H 'content-type: application/json' -d '{"rate_limit_tier": "premium"}'
+//! # a user's or a tenant's plan (an API key's plan comes first, then the
+//! # user's, then the tenant's):
+//! curl -si -X PATCH localhost:3000/admin/users/alice -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
+//!      -d '{"rate_limit_tier": "premium"}'
+//! curl -si -X PATCH localhost:3000/admin/tenants/acme -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
+//!      -d '{"rate_limit_tier": "premium"}'
 //! curl -si -X POST localhost:3000/admin/reload -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN"
+//! # 10 wrong tokens a minute from one address, and every admin call from it
+//! # is answered 429 (with Retry-After) until the oldest leaves the minute.
 //! ```
 //!
 //! Logs go to stderr (`RUST_LOG=tierlimit=debug` shows remaining figures);
@@ -55,10 +63,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tierlimit::config::{Config, Cost, RedisSection};
+use tierlimit::config::{
+    Config, Cost, ErrorFormat, HeaderStyle, Limit, RedisSection, ScopePart, Tier,
+};
 use tierlimit::identity::{TenantId, UserId};
 use tierlimit::store::AnyStore;
-use tierlimit::{ConfigError, RateLimitLayer};
+use tierlimit::{ConfigError, PlanSubject, RateLimitLayer};
 
 /// Command-line options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,12 +275,45 @@ pub fn build_full(
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics_text))
-        .route("/admin/api-keys/{api_key}", patch(set_tier))
-        .route("/admin/reload", post(reload))
         .with_state(gw.clone())
+        .merge(admin_routes(&gw, &config)?)
         .merge(demo)
         .layer(middleware::from_fn(stand_in_auth));
     Ok((router, gw))
+}
+
+/// Wrong admin tokens allowed per client address in a sliding minute;
+/// past them, every admin call from that address gets 429 until the
+/// oldest failure leaves the minute (the right token too, so a guesser
+/// learns nothing from the answers).
+pub const ADMIN_FAILURES_PER_MINUTE: u64 = 10;
+
+/// The admin API, behind this crate's own limiter: each 401 costs its
+/// client address one of [`ADMIN_FAILURES_PER_MINUTE`] (the policy's
+/// trusted proxies apply, as for the demo API); successes cost nothing.
+fn admin_routes(gw: &Gateway, config: &Config) -> Result<Router, BoxError> {
+    let failures = Limit::sliding(
+        "admin-auth-failures",
+        ADMIN_FAILURES_PER_MINUTE,
+        Duration::from_secs(60),
+    )
+    .scope([ScopePart::Ip])
+    .cost_kind(Cost::ErrorResponses(401, 401));
+    let policy = Config::new()
+        .tier("admin", Tier::new().limit(failures))
+        .default_tier("admin")
+        .trusted_proxies(config.identity.trusted_proxies.clone())
+        .headers(HeaderStyle::None)
+        .errors(ErrorFormat::Problem)
+        .build()?;
+    let limiter = RateLimitLayer::new(policy);
+    Ok(Router::new()
+        .route("/admin/api-keys/{id}", patch(set_tier))
+        .route("/admin/users/{id}", patch(set_tier))
+        .route("/admin/tenants/{id}", patch(set_tier))
+        .route("/admin/reload", post(reload))
+        .with_state(gw.clone())
+        .layer(limiter))
 }
 
 /// `tower_governor` keyed by `x-api-key`.
@@ -374,8 +417,16 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// A JSON error body. The message is cut to 200 characters: no answer
+/// echoes unbounded input (a 60 KB plan name, a serde message quoting a
+/// field name).
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+    let mut msg = msg.into();
+    if let Some((at, _)) = msg.char_indices().nth(200) {
+        msg.truncate(at);
+        msg.push('…');
+    }
+    (status, Json(serde_json::json!({"error": msg}))).into_response()
 }
 
 /// `None` when authorised; else the response to send (404 without a token
@@ -399,9 +450,12 @@ fn admin_denied(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// `PATCH /admin/{api-keys,users,tenants}/{id}`: the plan of that API
+/// key, user or tenant.
 async fn set_tier(
     State(gw): State<Gateway>,
-    UrlPath(api_key): UrlPath<String>,
+    UrlPath(id): UrlPath<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -425,9 +479,14 @@ async fn set_tier(
             )
         }
     };
-    match gw.layer.set_plan(&api_key, &patch.rate_limit_tier) {
+    let (subject, what) = match uri.path().split('/').nth(2) {
+        Some("users") => (PlanSubject::User(id), "user"),
+        Some("tenants") => (PlanSubject::Tenant(id), "tenant"),
+        _ => (PlanSubject::ApiKey(id), "api key"),
+    };
+    match gw.layer.set_plan(subject, &patch.rate_limit_tier) {
         Ok(()) => {
-            tracing::info!(target: "gateway", plan = %patch.rate_limit_tier, "api key plan changed");
+            tracing::info!(target: "gateway", plan = %patch.rate_limit_tier, "{what} plan changed");
             Json(serde_json::json!({"rate_limit_tier": patch.rate_limit_tier})).into_response()
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.message()),

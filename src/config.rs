@@ -59,7 +59,7 @@
 //! | `limit.tenant_aggregate` | also count per tenant with capacity × users in the tenant × this factor | none |
 //! | `routes[]` | `methods` (absent, `[]` or `["*"]`: any), `path` pattern, `tier` (a tier name or `exempt`); first match wins | `[]` |
 //! | `default_tier` | route tier of requests no route matches; `null`: none | `null` |
-//! | `plans.default` / `plans.assignments` | the plan (a tier) of callers without / with an assignment, by API key or user id | no plans |
+//! | `plans.default` / `plans.assignments` / `plans.users` / `plans.tenants` | the plan (a tier) of callers without an assignment / by API key / by user id / by tenant id (a request takes its API key's, else its user's, else its tenant's, else the default); a key that could never match (empty, spaces around it, longer than `identity.max_key_len`) is an error | no plans |
 //! | `global` | a tier checked on every non-exempt request | `null` |
 //! | `headers` | `x-ratelimit`, `ietf`, `qstash` or `none` | `x-ratelimit` |
 //! | `errors` | 429 body: `qarion`, `qlik`, `gather`, `qstash`, `problem` | `problem` |
@@ -668,6 +668,19 @@ impl Route {
     }
 }
 
+/// Collects (key, plan) pairs into a map.
+fn pairs<I, K, P>(items: I) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = (K, P)>,
+    K: Into<String>,
+    P: Into<String>,
+{
+    items
+        .into_iter()
+        .map(|(k, p)| (k.into(), p.into()))
+        .collect()
+}
+
 /// Callers' plans: each plan is a tier.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -675,9 +688,15 @@ impl Route {
 pub struct Plans {
     /// Plan of callers without an assignment.
     pub default: String,
-    /// API key or user id → plan name.
+    /// API key → plan name.
     #[serde(default)]
     pub assignments: BTreeMap<String, String>,
+    /// User id → plan name (requests without an API key that has one).
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// Tenant id → plan name (requests whose API key and user have none).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
 }
 
 /// How identities are read (see [`crate::identity`]).
@@ -1006,20 +1025,52 @@ impl Config {
         self
     }
 
-    /// Sets the plans: a default plan and key → plan assignments.
+    /// Sets the plans: a default plan and API key → plan assignments
+    /// (see [`Config::user_plans`] and [`Config::tenant_plans`] for the
+    /// others).
     pub fn plans<I, K, P>(mut self, default: impl Into<String>, assignments: I) -> Self
     where
         I: IntoIterator<Item = (K, P)>,
         K: Into<String>,
         P: Into<String>,
     {
+        let (users, tenants) = self
+            .plans
+            .take()
+            .map(|p| (p.users, p.tenants))
+            .unwrap_or_default();
         self.plans = Some(Plans {
             default: default.into(),
-            assignments: assignments
-                .into_iter()
-                .map(|(k, p)| (k.into(), p.into()))
-                .collect(),
+            assignments: pairs(assignments),
+            users,
+            tenants,
         });
+        self
+    }
+
+    /// Adds user id → plan assignments (after [`Config::plans`], which
+    /// sets the default plan).
+    pub fn user_plans<I, K, P>(mut self, assignments: I) -> Self
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: Into<String>,
+        P: Into<String>,
+    {
+        let plans = self.plans.get_or_insert_with(Plans::default);
+        plans.users.extend(pairs(assignments));
+        self
+    }
+
+    /// Adds tenant id → plan assignments (after [`Config::plans`], which
+    /// sets the default plan).
+    pub fn tenant_plans<I, K, P>(mut self, assignments: I) -> Self
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: Into<String>,
+        P: Into<String>,
+    {
+        let plans = self.plans.get_or_insert_with(Plans::default);
+        plans.tenants.extend(pairs(assignments));
         self
     }
 

@@ -105,3 +105,14 @@ impl StdError for ConfigError {
             .map(|s| s as &(dyn StdError + 'static))
     }
 }
+
+/// At most the first 64 characters of `s` (then `…`): what an error
+/// message quotes of a name it was given, so that no message echoes
+/// unbounded input.
+pub(crate) fn quoted(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..at])),
+    }
+}

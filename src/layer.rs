@@ -204,19 +204,25 @@ impl<St: Store> RateLimitLayer<St> {
         self.engine.control.policy()
     }
 
-    /// Assigns plan `plan` to the caller with API key (or user id) `key`,
-    /// from the next request on; see [`Controller::set_plan`].
+    /// Assigns plan `plan` to `subject` (an API key given as `&str`, or a
+    /// [`PlanSubject`](crate::PlanSubject)), from the next request on; see
+    /// [`Controller::set_plan`].
     ///
     /// # Errors
     ///
-    /// `plan` is not a plan of the policy in force, or it has no plans.
-    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), crate::ConfigError> {
-        self.engine.control.set_plan(key, plan)
+    /// `plan` is not a plan of the policy in force, it has no plans, or
+    /// the subject's id could never match a request.
+    pub fn set_plan(
+        &self,
+        subject: impl Into<crate::PlanSubject>,
+        plan: &str,
+    ) -> Result<(), crate::ConfigError> {
+        self.engine.control.set_plan(subject, plan)
     }
 
-    /// The plan `key` gets now; see [`Controller::plan_of`].
-    pub fn plan_of(&self, key: &str) -> Option<String> {
-        self.engine.control.plan_of(key)
+    /// The plan `subject` gets now; see [`Controller::plan_of`].
+    pub fn plan_of(&self, subject: impl Into<crate::PlanSubject>) -> Option<String> {
+        self.engine.control.plan_of(subject)
     }
 
     /// Swaps in a new policy atomically; see [`Controller::reload`].

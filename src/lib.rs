@@ -178,5 +178,6 @@ pub use engine::{Controller, ShadowRejection};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use plans::PlanSubject;
 pub use policy::Policy;
 pub use service::RateLimit;

@@ -14,6 +14,7 @@ use axum::Router;
 use common::{send, Reply};
 use http::{Request, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tierlimit::PlanSubject;
 
 fn policy_path(name: &str) -> PathBuf {
     PathBuf::from(format!(
@@ -405,4 +406,148 @@ async fn a_flood_of_fresh_keys_locks_no_customer_out() {
     let grown = rss_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "RSS grew {grown} KiB");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn admin_from(peer: [u8; 4], path: &str, token: &str, body: &str) -> Request<Body> {
+    let mut r = admin("PATCH", path, Some(token), body);
+    let addr = std::net::SocketAddr::from((peer, 40_000));
+    r.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+    r
+}
+
+fn as_user(user: &str, tenant: Option<&str>, key: Option<&str>) -> Request<Body> {
+    let mut b = Request::get("/api/datasets").header("x-user-id", user);
+    if let Some(t) = tenant {
+        b = b.header("x-tenant-id", t);
+    }
+    if let Some(k) = key {
+        b = b.header("x-api-key", k);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn plans_name_what_they_apply_to() {
+    let (router, gw) = app(&policy_path("qarion"), Some("s3cret"));
+    let internal = r#"{"rate_limit_tier": "internal"}"#;
+    let r = send(
+        &router,
+        admin("PATCH", "/admin/api-keys/vipkey", Some("s3cret"), internal),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The API key has the plan...
+    let r = send(&router, get("/api/datasets", "vipkey")).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 1000);
+    // ...a user with the same id does not (before: it got "internal").
+    let r = send(&router, as_user("vipkey", None, None)).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 60);
+    assert_eq!(
+        gw.layer
+            .plan_of(PlanSubject::User("vipkey".into()))
+            .as_deref(),
+        Some("standard")
+    );
+    // Users and tenants have admin routes of their own.
+    for path in ["/admin/users/alice", "/admin/tenants/acme"] {
+        let r = send(&router, admin("PATCH", path, Some("s3cret"), PREMIUM)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let r = send(&router, as_user("alice", None, None)).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 300);
+    // A tenant's plan reaches its users and keys that have none...
+    let r = send(&router, as_user("bob", Some("acme"), None)).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 300);
+    let r = send(&router, as_user("bob", Some("acme"), Some("plainkey"))).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 300);
+    // ...and an API key's own plan comes first.
+    let r = send(&router, as_user("bob", Some("acme"), Some("vipkey"))).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 1000);
+    // The tenant id is not an API key or a user.
+    let r = send(&router, get("/api/datasets", "acme")).await;
+    assert_eq!(r.num("x-ratelimit-limit"), 60);
+}
+
+#[test]
+fn the_file_assigns_plans_by_subject_and_refuses_keys_that_never_match() {
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(policy_path("qarion")).unwrap()).unwrap();
+    cfg["plans"]["users"] = serde_json::json!({"alice": "premium"});
+    cfg["plans"]["tenants"] = serde_json::json!({"acme": "internal"});
+    let policy = tierlimit::Config::from_json(&cfg.to_string())
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(
+        policy.configured_plan(PlanSubject::User("alice".into())),
+        Some("premium")
+    );
+    assert_eq!(policy.configured_plan("alice"), Some("standard"));
+    assert_eq!(
+        policy.configured_plan(PlanSubject::Tenant("acme".into())),
+        Some("internal")
+    );
+    for (field, key, says) in [
+        ("assignments", " spaced".to_owned(), "white space"),
+        ("users", "   ".to_owned(), "blank"),
+        ("tenants", "t".repeat(300), "at most 256 bytes"),
+    ] {
+        let mut bad = cfg.clone();
+        bad["plans"][field] = serde_json::json!({ key.clone(): "premium" });
+        let e = tierlimit::Config::from_json(&bad.to_string())
+            .and_then(|c| c.build())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("plans.{field}")), "{e}");
+        assert!(e.contains(says), "{e}");
+        assert!(e.len() < 300, "the error quotes a bounded key: {e}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_guessing_and_echoes_nothing_unbounded() {
+    let (router, gw) = app(&policy_path("qarion"), Some("s3cret"));
+    let path = "/admin/api-keys/k1";
+    // Ten wrong tokens from one address are answered 401...
+    for _ in 0..gateway::ADMIN_FAILURES_PER_MINUTE {
+        let r = send(&router, admin_from([10, 0, 0, 1], path, "guess", PREMIUM)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // ...then every call from it gets 429, the right token too: a guesser
+    // learns nothing more this minute.
+    for token in ["guess", "s3cret"] {
+        let r = send(&router, admin_from([10, 0, 0, 1], path, token, PREMIUM)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{token}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    assert_eq!(gw.layer.plan_of("k1").as_deref(), Some("standard"));
+    // Another address is not slowed, and right tokens cost nothing.
+    for _ in 0..30 {
+        let r = send(&router, admin_from([10, 0, 0, 2], path, "s3cret", PREMIUM)).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // Error bodies never echo unbounded input.
+    let huge = "x".repeat(60_000);
+    let body = format!(r#"{{"rate_limit_tier": "{huge}"}}"#);
+    let r = send(&router, admin_from([10, 0, 0, 2], path, "s3cret", &body)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.len() < 300, "{} bytes", r.body.len());
+    assert!(r.body.contains("unknown plan `xxx"), "{}", r.body);
+    let body = format!(r#"{{"{huge}": 1}}"#);
+    let r = send(&router, admin_from([10, 0, 0, 2], path, "s3cret", &body)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.len() < 300, "{} bytes", r.body.len());
+    // Plan keys that can never match a request are refused with 422.
+    let long = format!("/admin/api-keys/{}", "k".repeat(300));
+    for p in [
+        "/admin/api-keys/%20%20",
+        "/admin/users/%20bob",
+        long.as_str(),
+    ] {
+        let r = send(&router, admin_from([10, 0, 0, 2], p, "s3cret", PREMIUM)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert!(r.body.len() < 300, "{} bytes", r.body.len());
+    }
+    assert!(gw.layer.controller().runtime_plans().len() == 1);
 }

@@ -51,7 +51,7 @@ async fn set_plan_and_reload_race_without_losing_an_assignment() {
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..N {
-                ctl.set_plan(&format!("key-{i}"), "premium").unwrap();
+                ctl.set_plan(format!("key-{i}"), "premium").unwrap();
             }
         });
         s.spawn(move || {

@@ -32,7 +32,7 @@ use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
 use crate::identity::Caller;
 use crate::observe::{self, Counters, Start};
-use crate::plans::{PlanTable, SharedPlans};
+use crate::plans::{PlanSubject, PlanTable, SharedPlans};
 use crate::policy::Policy;
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
@@ -125,14 +125,40 @@ impl Controller {
         SharedPlans(Arc::clone(&self.inner.plans))
     }
 
-    /// Assigns plan `plan` to the caller with API key (or user id) `key`,
-    /// from the next request on.
+    /// Assigns plan `plan` to `subject` (an API key given as `&str`, or a
+    /// [`PlanSubject`]: an API key, a user or a tenant), from the next
+    /// request on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierlimit::config::{Config, Limit, Tier};
+    /// use tierlimit::{PlanSubject, RateLimitLayer};
+    ///
+    /// let policy = Config::new()
+    ///     .tier("standard", Tier::new().limit(Limit::sliding("m", 60, Duration::from_secs(60))))
+    ///     .tier("premium", Tier::new().limit(Limit::sliding("m", 300, Duration::from_secs(60))))
+    ///     .plans("standard", [("k", "standard")])
+    ///     .build()
+    ///     .unwrap();
+    /// let layer = RateLimitLayer::new(policy);
+    /// layer.set_plan("vip", "premium").unwrap();
+    /// layer.set_plan(PlanSubject::Tenant("acme".into()), "premium").unwrap();
+    /// assert_eq!(layer.plan_of("vip").as_deref(), Some("premium"));
+    /// // A user with the same id as the API key is another caller.
+    /// assert_eq!(layer.plan_of(PlanSubject::User("vip".into())).as_deref(), Some("standard"));
+    /// assert!(layer.set_plan("  spaced  ", "premium").is_err());
+    /// ```
     ///
     /// # Errors
     ///
     /// The policy in force has no plans, or no plan named `plan`
-    /// ([`ConfigErrorKind::Unknown`](crate::ConfigErrorKind::Unknown)).
-    pub fn set_plan(&self, key: &str, plan: &str) -> Result<(), ConfigError> {
+    /// ([`ConfigErrorKind::Unknown`](crate::ConfigErrorKind::Unknown); the
+    /// message quotes at most 64 characters of the name), or the subject's
+    /// id could never match a request: empty, with leading or trailing
+    /// white space (identities are trimmed), or longer than the policy's
+    /// `max_key_len` ([`ConfigErrorKind::Invalid`](crate::ConfigErrorKind::Invalid)).
+    pub fn set_plan(&self, subject: impl Into<PlanSubject>, plan: &str) -> Result<(), ConfigError> {
+        let subject = subject.into();
         let policy = self.inner.active.load();
         if !policy.policy.has_plans() {
             return Err(ConfigError::unknown("plans", "no plans are configured"));
@@ -140,32 +166,42 @@ impl Controller {
         if !policy.policy.has_plan(plan) {
             return Err(ConfigError::unknown(
                 "rate_limit_tier",
-                format!("unknown plan `{plan}`"),
+                format!("unknown plan `{}`", crate::error::quoted(plan)),
             ));
         }
-        self.inner.plans.set(key, plan);
+        policy
+            .policy
+            .check_plan_id(subject.id())
+            .map_err(|m| ConfigError::invalid("key", m))?;
+        self.inner.plans.set(&subject, plan);
         Ok(())
     }
 
-    /// Removes the runtime plan assignment of `key` (the configured one
-    /// applies again); whether there was one.
-    pub fn clear_plan(&self, key: &str) -> bool {
-        self.inner.plans.remove(key)
+    /// Removes the runtime plan assignment of `subject` (the configured
+    /// one applies again); whether there was one.
+    pub fn clear_plan(&self, subject: impl Into<PlanSubject>) -> bool {
+        self.inner.plans.remove(&subject.into())
     }
 
-    /// The plan `key` gets now: its runtime assignment while the policy has
-    /// that plan, else its configured assignment, else the default plan.
-    pub fn plan_of(&self, key: &str) -> Option<String> {
+    /// The plan `subject` gets now from its own assignment: the runtime
+    /// one while the policy has that plan, else the configured one, else
+    /// the default plan. (A request also falls back from its API key to
+    /// its user and tenant; see [`PlanSubject`].)
+    pub fn plan_of(&self, subject: impl Into<PlanSubject>) -> Option<String> {
+        let subject = subject.into();
+        let (kind, id) = subject.parts();
         let active = self.inner.active.load();
         let policy = &active.policy;
         self.inner
             .plans
-            .resolve(key, |plan| policy.has_plan(plan).then(|| plan.to_owned()))
-            .or_else(|| policy.configured_plan(key).map(str::to_owned))
+            .resolve(kind, id, |plan| {
+                policy.has_plan(plan).then(|| plan.to_owned())
+            })
+            .or_else(|| policy.configured_plan(subject.clone()).map(str::to_owned))
     }
 
-    /// Every runtime plan assignment (key, plan), in no particular order.
-    pub fn runtime_plans(&self) -> Vec<(String, String)> {
+    /// Every runtime plan assignment (subject, plan), in no particular order.
+    pub fn runtime_plans(&self) -> Vec<(PlanSubject, String)> {
         self.inner.plans.all()
     }
 }

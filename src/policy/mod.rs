@@ -218,7 +218,8 @@ pub struct Policy {
     routes: Vec<RouteRule>,
     default_tier: Option<usize>,
     default_plan: Option<usize>,
-    assignments: HashMap<Box<str>, usize>,
+    /// Configured plans by subject kind (API key, user, tenant).
+    assignments: [HashMap<Box<str>, usize>; crate::plans::KINDS],
     global: Option<usize>,
     pub(crate) identity: IdentityConfig,
     pub(crate) anonymous: crate::config::Anonymous,
@@ -683,19 +684,23 @@ impl Policy {
             Some(t) => Some(find("global".into(), t)?),
             None => None,
         };
-        let mut assignments = HashMap::new();
+        let mut assignments: [HashMap<Box<str>, usize>; crate::plans::KINDS] = Default::default();
         let default_plan = match &c.plans {
             Some(p) => {
                 let d = find("plans.default".into(), &p.default)?;
-                for (key, plan) in &p.assignments {
-                    if key.is_empty() {
-                        return Err(ConfigError::invalid(
-                            "plans.assignments",
-                            "an assignment key must not be empty",
-                        ));
+                let kinds = [
+                    ("assignments", &p.assignments),
+                    ("users", &p.users),
+                    ("tenants", &p.tenants),
+                ];
+                for (kind, (field, map)) in kinds.into_iter().enumerate() {
+                    for (key, plan) in map {
+                        let at = || format!("plans.{field}.{}", crate::error::quoted(key));
+                        plan_id_ok(key, c.identity.max_key_len)
+                            .map_err(|m| ConfigError::invalid(at(), m))?;
+                        let t = find(at(), plan)?;
+                        assignments[kind].insert(key.clone().into_boxed_str(), t);
                     }
-                    let t = find(format!("plans.assignments.{key}"), plan)?;
-                    assignments.insert(key.clone().into_boxed_str(), t);
                 }
                 Some(d)
             }
@@ -821,12 +826,24 @@ impl Policy {
         self.default_plan.is_some()
     }
 
-    /// The plan the configuration gives `key` (an API key or user id): its
-    /// assignment in the file, else the default plan. Runtime assignments
-    /// are the layer's, see `RateLimitLayer::plan_of`.
-    pub fn configured_plan(&self, key: &str) -> Option<&str> {
-        let idx = self.assignments.get(key).copied().or(self.default_plan)?;
+    /// The plan the configuration gives `subject` (an API key as `&str`,
+    /// or a [`PlanSubject`](crate::PlanSubject)): its assignment in the
+    /// file, else the default plan. Runtime assignments are the layer's,
+    /// see `RateLimitLayer::plan_of`.
+    pub fn configured_plan(&self, subject: impl Into<crate::PlanSubject>) -> Option<&str> {
+        let subject = subject.into();
+        let (kind, id) = subject.parts();
+        let idx = self.assignments[kind]
+            .get(id)
+            .copied()
+            .or(self.default_plan)?;
         Some(self.tier_names[idx].as_str())
+    }
+
+    /// Whether `id` could ever be a request's identity under this policy
+    /// (a plan assignment to it can match); else why not.
+    pub(crate) fn check_plan_id(&self, id: &str) -> Result<(), String> {
+        plan_id_ok(id, self.identity.max_key_len)
     }
 
     /// Whether `label` names a limit of this policy.
@@ -842,17 +859,29 @@ impl Policy {
             .map(|l| (l.tier.as_str(), l.name.as_str()))
     }
 
-    /// The plan of a caller: runtime assignment (while the plan exists),
-    /// configured assignment, default plan.
+    /// The plan of a request: that of its API key, else of its user, else
+    /// of its tenant (each: runtime assignment while the plan exists, then
+    /// configured assignment), else the default plan.
     pub(crate) fn plan(&self, id: &Identity<'_>, runtime: Option<&PlanTable>) -> Option<usize> {
         let default = self.default_plan?;
-        let Some(key) = id.plan_key() else {
-            return Some(default);
-        };
-        runtime
-            .and_then(|r| r.resolve(key, |name| self.tier_index.get(name).copied()))
-            .or_else(|| self.assignments.get(key).copied())
-            .or(Some(default))
+        let key = id.api_key.and_then(|k| std::str::from_utf8(k).ok());
+        for (kind, subject) in [key, id.user, id.tenant].into_iter().enumerate() {
+            let Some(subject) = subject else {
+                continue;
+            };
+            let assigned = runtime
+                .and_then(|r| r.resolve(kind, subject, |name| self.tier_index.get(name).copied()))
+                .or_else(|| {
+                    let configured = &self.assignments[kind];
+                    (!configured.is_empty())
+                        .then(|| configured.get(subject).copied())
+                        .flatten()
+                });
+            if assigned.is_some() {
+                return assigned;
+            }
+        }
+        Some(default)
     }
 
     /// A short keyed hash of the caller, for logs: never the raw key.
@@ -1016,6 +1045,27 @@ impl Policy {
             }
         }
         batch
+    }
+}
+
+/// Whether a plan assignment to `id` can match a request whose identity
+/// values are trimmed and at most `max_len` bytes; else why not.
+fn plan_id_ok(id: &str, max_len: usize) -> Result<(), String> {
+    let trimmed = id.trim_matches(|c: char| c.is_ascii_whitespace());
+    if trimmed.is_empty() {
+        Err("an assignment key must not be empty or blank".into())
+    } else if trimmed != id {
+        Err(
+            "an assignment key cannot start or end with white space (identities are trimmed)"
+                .into(),
+        )
+    } else if id.len() > max_len {
+        Err(format!(
+            "an assignment key is at most {max_len} bytes (identity.max_key_len), this one is {}",
+            id.len()
+        ))
+    } else {
+        Ok(())
     }
 }
 
