@@ -220,6 +220,16 @@ impl SharedPlans {
         let _ = self.0.listener.set(Box::new(f));
     }
 
+    /// Every assignment here, subjects spelled as shared copies spell them
+    /// (so a store can write them back when its copy lost them).
+    pub fn all(&self) -> Vec<(String, String)> {
+        self.0
+            .all()
+            .into_iter()
+            .map(|(subject, plan)| (subject.encode(), plan))
+            .collect()
+    }
+
     /// Makes the assignments those of `shared` (key → plan), except for
     /// keys changed here in the last half second (their change may not have
     /// reached the shared copy yet). Changes made so are not reported to

@@ -83,3 +83,81 @@ async fn a_plan_changed_on_one_instance_is_in_force_on_the_others() {
     // The file's assignments are not runtime ones: they stay.
     assert_eq!(limit_of(&c, "configured").await, 300);
 }
+
+/// What Redis holds in the plans hash, as `HGETALL` prints it.
+fn plans_hash(server: &RedisServer) -> String {
+    server.command(&["HGETALL", "tierlimit:plans"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_lost_by_redis_are_written_back_by_the_instances() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (instance(&server.url()), instance(&server.url()));
+    a.set_plan("k", "premium").unwrap();
+    until_limit(&b, "k", 300).await;
+
+    // FLUSHALL: before, every instance read the empty hash and forgot the
+    // plan within 250 ms (premium → standard everywhere).
+    assert!(server.command(&["FLUSHALL"]).starts_with("+OK"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(limit_of(&a, "k").await, 300);
+    assert_eq!(limit_of(&b, "k").await, 300);
+    assert!(
+        plans_hash(&server).contains("k:k"),
+        "{}",
+        plans_hash(&server)
+    );
+
+    // A restart without persistence: the same.
+    server.kill();
+    server.restart();
+    let start = Instant::now();
+    while !plans_hash(&server).contains("k:k") {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "never written back"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(limit_of(&b, "k").await, 300);
+    assert_eq!(b.plan_of("k").as_deref(), Some("premium"));
+
+    // A deliberate removal is still a removal, everywhere.
+    assert!(a.controller().clear_plan("k"));
+    until_limit(&b, "k", 60).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(limit_of(&b, "k").await, 60);
+    assert_eq!(limit_of(&a, "k").await, 60);
+}
+
+#[tokio::test]
+async fn the_store_says_when_redis_can_drop_counters_or_plans() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store =
+        RedisStore::new(RedisStoreConfig::new(server.url()).timeout(Duration::from_secs(2)))
+            .unwrap();
+    // The test server runs as many do by default: no persistence.
+    let warnings = store.check_server().await.unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("appendonly"), "{warnings:?}");
+    // A cache-style Redis: evicts any key when full.
+    for (k, v) in [("maxmemory", "64mb"), ("maxmemory-policy", "allkeys-lru")] {
+        assert!(server.command(&["CONFIG", "SET", k, v]).starts_with("+OK"));
+    }
+    let warnings = store.check_server().await.unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("counters and runtime plan assignments")
+            && warnings[0].contains("maxmemory-policy noeviction"),
+        "{warnings:?}"
+    );
+    // As the README asks: noeviction and snapshots.
+    for (k, v) in [("maxmemory-policy", "noeviction"), ("save", "3600 1")] {
+        assert!(server.command(&["CONFIG", "SET", k, v]).starts_with("+OK"));
+    }
+    assert_eq!(store.check_server().await.unwrap(), Vec::<String>::new());
+}

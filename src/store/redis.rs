@@ -92,7 +92,12 @@
 //! `PREFIX:plans`: a change made on one instance is written there at once
 //! and read by every instance four times a second, so it is in force
 //! everywhere within a second, and a new or restarted instance starts with
-//! them.
+//! them. Every write also sets a marker field that no removal deletes: when
+//! an instance finds the hash gone after having seen it (`FLUSHALL`, a
+//! restart without persistence, eviction), it writes back the assignments
+//! it knows and logs that at WARN, instead of forgetting them. Once
+//! connected, the store also checks `maxmemory-policy` and persistence
+//! ([`RedisStore::check_server`]).
 //!
 //! # Redis Cluster
 //!
@@ -147,6 +152,11 @@ const FAILURES_TO_OPEN: u32 = 3;
 const OPEN_FOR: Duration = Duration::from_millis(200);
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const PLANS_EVERY: Duration = Duration::from_millis(250);
+/// A field every write of the plans hash sets, and no removal deletes: a
+/// hash seen with it and then found without it was emptied by Redis
+/// (`FLUSHALL`, a restart without persistence, eviction), not by an
+/// instance clearing its last assignment.
+const PLANS_MARK: &str = "!tierlimit";
 
 /// Where the store's "now" comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -288,6 +298,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    /// This store, for the tasks it starts.
+    me: Weak<Inner>,
     target: Target,
     /// Made by the first decision that needs it; concurrent decisions wait
     /// for that one attempt; a failed attempt is tried again by the next.
@@ -310,6 +322,12 @@ struct Inner {
     /// Plan changes made here, waiting to be written to Redis.
     plan_writes: Mutex<Vec<(String, Option<String>)>>,
     plan_sync: AtomicBool,
+    /// Whether the plans hash was seen with its marker: its absence after
+    /// that means Redis lost it (see [`PLANS_MARK`]).
+    plans_seen: AtomicBool,
+    /// Whether the server's settings were checked (once, see
+    /// [`RedisStore::check_server`]).
+    server_checked: AtomicBool,
     /// Refused batches by shape, until they can have room.
     refusals: DashMap<u64, Refused>,
     refusals_served: AtomicU64,
@@ -457,7 +475,8 @@ impl RedisStore {
             ))
         };
         Ok(RedisStore {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 target,
                 conn: tokio::sync::OnceCell::new(),
                 script: redis::Script::new(SCRIPT),
@@ -474,6 +493,8 @@ impl RedisStore {
                 plans: OnceLock::new(),
                 plan_writes: Mutex::new(Vec::new()),
                 plan_sync: AtomicBool::new(false),
+                plans_seen: AtomicBool::new(false),
+                server_checked: AtomicBool::new(false),
                 refusals: DashMap::new(),
                 refusals_served: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
@@ -491,6 +512,23 @@ impl RedisStore {
     /// Redis cannot be reached now.
     pub async fn connect(&self) -> Result<(), StoreError> {
         self.inner.first_connect().await.map(|_| ())
+    }
+
+    /// Reads the server's `maxmemory-policy`, `maxmemory`, `save` and
+    /// `appendonly` and says, in plain words, what they let Redis drop:
+    /// counters evicted under memory pressure (any policy but
+    /// `noeviction` with a `maxmemory`), plan assignments evicted too
+    /// (`allkeys-*`), everything at a restart (no RDB, no AOF). The store
+    /// runs this once by itself after it first connects and logs each
+    /// warning at WARN (feature `tracing`). An empty list: nothing to fear.
+    ///
+    /// # Errors
+    ///
+    /// Redis cannot be reached, or refuses `CONFIG GET` (an ACL user
+    /// without `+config|get`, a managed Redis that renames `CONFIG`): then
+    /// check those settings by hand (see the README).
+    pub async fn check_server(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.check_server().await
     }
 
     /// Whether the store holds a connection (it may still be failing).
@@ -586,7 +624,11 @@ impl Inner {
             }
         });
         match tokio::time::timeout(self.timeout, make).await {
-            Ok(Ok(conn)) => Ok(conn.clone()),
+            Ok(Ok(conn)) => {
+                let conn = conn.clone();
+                self.check_server_once();
+                Ok(conn)
+            }
             Ok(Err(e)) => {
                 self.failed();
                 log_connect_error(&e);
@@ -597,6 +639,45 @@ impl Inner {
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
             }
         }
+    }
+
+    fn me(&self) -> Option<Arc<Inner>> {
+        self.me.upgrade()
+    }
+
+    /// Checks the server's settings once, in the background, and logs what
+    /// they let Redis drop (see [`RedisStore::check_server`]).
+    fn check_server_once(&self) {
+        if self.server_checked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (Ok(rt), Some(me)) = (tokio::runtime::Handle::try_current(), self.me()) else {
+            return;
+        };
+        rt.spawn(async move {
+            match me.check_server().await {
+                Ok(warnings) => {
+                    for w in warnings {
+                        #[cfg(feature = "tracing")]
+                        tracing::warn!(target: "tierlimit", "{w}");
+                        #[cfg(not(feature = "tracing"))]
+                        let _ = w;
+                    }
+                }
+                Err(e) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::info!(
+                        target: "tierlimit",
+                        error = %e,
+                        "could not read Redis's maxmemory-policy and persistence settings; \
+                         make sure Redis runs with maxmemory-policy noeviction and keeps data \
+                         on disk (see the README)"
+                    );
+                    #[cfg(not(feature = "tracing"))]
+                    let _ = e;
+                }
+            }
+        });
     }
 
     /// Runs `job` every `period` on the current runtime, for as long as
@@ -682,6 +763,7 @@ impl Inner {
             .unwrap_or_default();
         if !writes.is_empty() {
             let mut pipe = redis::pipe();
+            pipe.cmd("HSET").arg(&key).arg(PLANS_MARK).arg(1).ignore();
             for (k, plan) in &writes {
                 match plan {
                     Some(p) => pipe.cmd("HSET").arg(&key).arg(k).arg(p).ignore(),
@@ -702,13 +784,76 @@ impl Inner {
         hgetall.arg(&key);
         let read = hgetall.query_async::<HashMap<String, String>>(&mut conn);
         match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(all)) => {
+            Ok(Ok(mut all)) => {
+                let marked = all.remove(PLANS_MARK).is_some();
+                if marked {
+                    self.plans_seen.store(true, Ordering::Relaxed);
+                } else if self.plans_seen.load(Ordering::Relaxed) {
+                    // Redis lost the hash: write back what this instance
+                    // knows rather than forget it everywhere.
+                    return self.reassert_plans(plans, &mut conn, &key).await;
+                }
                 plans.replace(all);
                 Ok(())
             }
             Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
             Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
         }
+    }
+
+    /// Writes every assignment this instance knows back to the plans hash,
+    /// which Redis lost, and says so.
+    async fn reassert_plans(
+        &self,
+        plans: &SharedPlans,
+        conn: &mut Conn,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let known = plans.all();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg(key).arg(PLANS_MARK).arg(1).ignore();
+        for (k, plan) in &known {
+            pipe.cmd("HSET").arg(key).arg(k).arg(plan).ignore();
+        }
+        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(conn)).await;
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: "tierlimit",
+            key,
+            written_back = known.len(),
+            "the runtime plan assignments vanished from Redis (FLUSHALL, a restart without \
+             persistence, or eviction); this instance wrote back the ones it knows. Rate-limit \
+             counters were most likely lost too: every caller's budget started again"
+        );
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
+            Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
+        }
+    }
+
+    /// Reads the settings that decide whether Redis can drop counters or
+    /// plan assignments; plain-words warnings for those that can.
+    async fn check_server(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.first_connect().await?;
+        let get = |name: &'static str| {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            let mut conn = conn.clone();
+            async move {
+                let read = cmd.query_async::<HashMap<String, String>>(&mut conn);
+                match tokio::time::timeout(self.timeout * 4, read).await {
+                    Ok(Ok(mut m)) => Ok(m.remove(name).unwrap_or_default()),
+                    Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
+                    Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
+                }
+            }
+        };
+        let policy = get("maxmemory-policy").await?;
+        let maxmemory = get("maxmemory").await?;
+        let save = get("save").await?;
+        let aof = get("appendonly").await?;
+        Ok(server_warnings(&policy, &maxmemory, &save, &aof))
     }
 
     fn take_pending(&self) -> Vec<Waiting> {
@@ -1095,6 +1240,36 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100))
         .set_number_of_retries(3)
+}
+
+/// Plain-words warnings for a server whose `maxmemory-policy`,
+/// `maxmemory`, `save` and `appendonly` are these.
+fn server_warnings(policy: &str, maxmemory: &str, save: &str, aof: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let limited = maxmemory.trim() != "0" && !maxmemory.trim().is_empty();
+    if limited && policy != "noeviction" {
+        let what = if policy.starts_with("allkeys") {
+            "rate-limit counters and runtime plan assignments"
+        } else {
+            "rate-limit counters"
+        };
+        out.push(format!(
+            "Redis may evict {what} when it reaches maxmemory ({maxmemory} bytes, \
+             maxmemory-policy {policy}): an evicted counter starts again from zero and lets \
+             its caller through again. Set maxmemory-policy noeviction (a full Redis then \
+             refuses writes and the store fails as on_error says) or give Redis room"
+        ));
+    }
+    if save.trim().is_empty() && aof != "yes" {
+        out.push(
+            "Redis keeps nothing on disk (save \"\" and appendonly no): a restart empties \
+             it, every caller's budget starts again, and runtime plan assignments survive \
+             only as long as an instance that knows them writes them back. Turn on \
+             appendonly yes (or RDB snapshots) to keep plans across restarts"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 fn log_connect_error(e: &redis::RedisError) {
