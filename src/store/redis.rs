@@ -118,8 +118,8 @@
 //! The store connects on its first decision, within the timeout (or at once
 //! with [`RedisStore::connect`]); decisions arriving meanwhile wait for that
 //! same attempt. An unreachable Redis at start is no error: decisions fail,
-//! and the next one tries again. Once made, the connection reconnects by
-//! itself (10 to 100 ms apart). Every
+//! and the next one tries again. Once made, a single server's connection
+//! reconnects by itself (10 to 100 ms apart); a cluster's, see below. Every
 //! decision has a timeout ([`RedisStoreConfig::timeout`], 50 ms by
 //! default). After three failures in a row the store stops waiting on Redis
 //! for 200 ms and fails at once, so an outage does not add the timeout to
@@ -128,6 +128,23 @@
 //! (`tests/redis_gateway.rs` measures about 200 ms). What a failed
 //! decision means for the request is the layer's
 //! [`OnStoreError`](crate::OnStoreError).
+//!
+//! On a cluster, failures are counted per group of 128 slots (a node
+//! serves contiguous slots, so a group is one node's) rather than for the
+//! whole store: a dead master opens the circuit of its own slots only, and
+//! the other nodes' keys are decided as before. The cluster client tries
+//! each connection and answer within the timeout and retries twice, 10 to
+//! 100 ms apart (redis-rs's defaults retry 16 times, up to minutes
+//! apart). When a group's calls have failed for a second in a row, the
+//! store connects to the cluster anew (at most once a second) and drops
+//! the old connection with what it still held: redis-rs's cluster
+//! connection, after a master crashed with hundreds of requests in flight,
+//! kept failing that master's slots after its replica had taken over, and
+//! never recovered; a new connection reads the topology afresh. In
+//! `tests/redis_failover.rs` (6 nodes, 256 decisions in flight, `kill -9`
+//! of a master) every slot is decided again within 4 s of the cluster
+//! being healthy, and no decision waits past the timeout.
+//! [`RedisStore::reconnects`] counts the new connections.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -301,9 +318,13 @@ struct Inner {
     /// This store, for the tasks it starts.
     me: Weak<Inner>,
     target: Target,
-    /// Made by the first decision that needs it; concurrent decisions wait
-    /// for that one attempt; a failed attempt is tried again by the next.
-    conn: tokio::sync::OnceCell<Conn>,
+    /// Set by the first decision that needs a connection; concurrent
+    /// decisions wait for that one attempt; a failed attempt is tried
+    /// again by the next.
+    conn: tokio::sync::OnceCell<()>,
+    /// The connection in use (a cluster's is made anew when it stops
+    /// making progress; the old one is dropped with what it held).
+    live: arc_swap::ArcSwapOption<Conn>,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -335,7 +356,35 @@ struct Inner {
     /// Milliseconds since `epoch` until which the circuit is open.
     open_until: AtomicU64,
     epoch: Instant,
+    /// Cluster: the health of each group of slots (a node's slots are
+    /// contiguous, so a group is one node's), see
+    /// [failures](self#failures).
+    groups: Box<[Health]>,
+    rebuilding: AtomicBool,
+    /// Milliseconds since `epoch` of the last rebuild started.
+    rebuilt_at: AtomicU64,
+    rebuilds: AtomicU64,
 }
+
+/// Failures of a group of cluster slots.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failures in a row.
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which its circuit is open.
+    open_until: AtomicU64,
+    /// Milliseconds since `epoch` (+1) of its first failure in a row; 0
+    /// while it succeeds.
+    failing_since: AtomicU64,
+}
+
+/// Slots in a cluster, and in one group of [`Health`].
+const SLOTS: u16 = 16_384;
+const GROUP_SLOTS: u16 = 128;
+/// A group failing this long (every call in a row) gets the cluster
+/// connection made anew, at most once per [`REBUILD_EVERY`].
+const REBUILD_AFTER: Duration = Duration::from_millis(1_000);
+const REBUILD_EVERY: Duration = Duration::from_millis(1_000);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -343,7 +392,7 @@ impl std::fmt::Debug for Inner {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("time", &self.time)
-            .field("connected", &self.conn.initialized())
+            .field("connected", &self.live.load().is_some())
             .field("cluster", &matches!(self.target, Target::Cluster(_)))
             .finish_non_exhaustive()
     }
@@ -471,7 +520,7 @@ impl RedisStore {
         } else {
             let nodes = config.cluster.iter().map(String::as_str);
             Target::Cluster(Box::new(
-                redis::cluster::ClusterClient::new(nodes).map_err(bad)?,
+                cluster_client(nodes, config.timeout).map_err(bad)?,
             ))
         };
         Ok(RedisStore {
@@ -479,6 +528,7 @@ impl RedisStore {
                 me: me.clone(),
                 target,
                 conn: tokio::sync::OnceCell::new(),
+                live: arc_swap::ArcSwapOption::empty(),
                 script: redis::Script::new(SCRIPT),
                 prefix: config.prefix,
                 timeout: config.timeout,
@@ -500,6 +550,12 @@ impl RedisStore {
                 failures: AtomicU32::new(0),
                 open_until: AtomicU64::new(0),
                 epoch: Instant::now(),
+                groups: (0..SLOTS / GROUP_SLOTS)
+                    .map(|_| Health::default())
+                    .collect(),
+                rebuilding: AtomicBool::new(false),
+                rebuilt_at: AtomicU64::new(0),
+                rebuilds: AtomicU64::new(0),
             }),
         })
     }
@@ -531,9 +587,15 @@ impl RedisStore {
         self.inner.check_server().await
     }
 
+    /// Cluster connections made anew because some slots stopped making
+    /// progress (see [failures](self#failures)).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.rebuilds.load(Ordering::Relaxed)
+    }
+
     /// Whether the store holds a connection (it may still be failing).
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.initialized()
+        self.inner.live.load().is_some()
     }
 
     /// Post-charges dropped because too many were waiting.
@@ -590,6 +652,107 @@ impl Inner {
         let _ = write!(s, ":{{{:032x}}}", key.as_u128());
     }
 
+    /// The connection in use, if one was made.
+    fn current(&self) -> Option<Conn> {
+        self.live.load_full().map(|c| (*c).clone())
+    }
+
+    /// The health of the group of cluster slots holding `slot`.
+    fn group(&self, slot: u16) -> &Health {
+        &self.groups[usize::from(slot / GROUP_SLOTS)]
+    }
+
+    /// Whether the circuit of any of these cluster slots is open.
+    fn slots_open(&self, slots: &[u16]) -> bool {
+        let now = self.millis();
+        slots
+            .iter()
+            .any(|&s| now < self.group(s).open_until.load(Ordering::Relaxed))
+    }
+
+    /// Books a cluster call to `slot`: its group's circuit, and when the
+    /// group has failed for [`REBUILD_AFTER`], a new connection.
+    fn slot_result(&self, slot: u16, ok: bool) {
+        let g = self.group(slot);
+        if ok {
+            g.failures.store(0, Ordering::Relaxed);
+            g.open_until.store(0, Ordering::Relaxed);
+            g.failing_since.store(0, Ordering::Relaxed);
+            return;
+        }
+        let now = self.millis();
+        let _ = g
+            .failing_since
+            .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
+        if g.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
+            g.open_until
+                .store(now + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+        let since = g.failing_since.load(Ordering::Relaxed);
+        if since != 0 && now + 1 >= since + REBUILD_AFTER.as_millis() as u64 {
+            self.rebuild();
+        }
+    }
+
+    /// Makes a new cluster connection in the background (at most one at a
+    /// time, one per [`REBUILD_EVERY`]) and uses it from then on; the old
+    /// one is dropped with the requests it still held. redis-rs's cluster
+    /// connection can stop routing a failed master's slots to its promoted
+    /// replica when many requests were in flight at the crash; a new
+    /// connection reads the topology afresh.
+    fn rebuild(&self) {
+        let Target::Cluster(client) = &self.target else {
+            return;
+        };
+        let now = self.millis();
+        let last = self.rebuilt_at.load(Ordering::Relaxed);
+        if last != 0 && now < last + REBUILD_EVERY.as_millis() as u64 {
+            return;
+        }
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.rebuilt_at.store(now.max(1), Ordering::Relaxed);
+        let (Ok(rt), Some(me)) = (tokio::runtime::Handle::try_current(), self.me()) else {
+            self.rebuilding.store(false, Ordering::Release);
+            return;
+        };
+        let client = client.clone();
+        rt.spawn(async move {
+            let made = tokio::time::timeout(
+                me.timeout.max(Duration::from_millis(500)) * 4,
+                client.get_async_connection(),
+            )
+            .await;
+            match made {
+                Ok(Ok(conn)) => {
+                    me.live.store(Some(Arc::new(Conn::Cluster(conn))));
+                    me.rebuilds.fetch_add(1, Ordering::Relaxed);
+                    // Every group gets its chance on the new connection.
+                    for g in me.groups.iter() {
+                        g.open_until.store(0, Ordering::Relaxed);
+                        g.failing_since.store(0, Ordering::Relaxed);
+                    }
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        target: "tierlimit",
+                        "Redis Cluster: some slots failed for a second in a row; \
+                         connected to the cluster anew"
+                    );
+                }
+                Ok(Err(e)) => log_connect_error(&e),
+                Err(_) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        target: "tierlimit",
+                        "Redis Cluster: connecting anew timed out; trying again shortly"
+                    );
+                }
+            }
+            me.rebuilding.store(false, Ordering::Release);
+        });
+    }
+
     fn millis(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -613,21 +776,26 @@ impl Inner {
     /// The connection, made now (within the timeout) when there is none;
     /// decisions arriving meanwhile wait for the same attempt.
     async fn first_connect(&self) -> Result<Conn, StoreError> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
         let make = self.conn.get_or_try_init(|| async {
-            match &self.target {
+            let conn = match &self.target {
                 Target::Single(client) => {
                     ConnectionManager::new_with_config(client.clone(), manager_config())
                         .await
                         .map(Conn::Single)
                 }
                 Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-            }
+            }?;
+            self.live.store(Some(Arc::new(conn)));
+            Ok::<(), redis::RedisError>(())
         });
         match tokio::time::timeout(self.timeout, make).await {
-            Ok(Ok(conn)) => {
-                let conn = conn.clone();
+            Ok(Ok(())) => {
                 self.check_server_once();
-                Ok(conn)
+                self.current()
+                    .ok_or_else(|| unavailable("the connection was dropped"))
             }
             Ok(Err(e)) => {
                 self.failed();
@@ -714,14 +882,17 @@ impl Inner {
             if inner.circuit_open() {
                 return;
             }
-            let Some(conn) = inner.conn.get().cloned() else {
+            let Some(conn) = inner.current() else {
                 return;
             };
             // One call per slot (a cluster takes one slot per script).
             let all = inner.take_pending();
             for charges in inner.by_slot(all) {
+                let slot = charges
+                    .first()
+                    .and_then(|w| inner.slot_of(w.charge.receipt.key()));
                 let call = inner.call(&conn, None, &[], &charges, &[]);
-                let _ = inner.finish_call(call.await, charges);
+                let _ = inner.finish_call(call.await, charges, slot);
             }
         });
     }
@@ -871,6 +1042,19 @@ impl Inner {
         Slot::for_key(self.redis_key(key))
     }
 
+    /// The slot number of counters `key` on a cluster; `None` on a single
+    /// server.
+    fn slot_of(&self, key: CounterKey) -> Option<u16> {
+        self.is_cluster().then(|| self.slot_number(key))
+    }
+
+    /// The number of the cluster slot of counters `key` (what
+    /// [`Slot::for_key`] computes: CRC16 of the hash tag, mod 16 384).
+    fn slot_number(&self, key: CounterKey) -> u16 {
+        let tag = format!("{:032x}", key.as_u128());
+        crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS
+    }
+
     /// The waiting charges of `slot` (all of them on a single server).
     fn take_pending_in(&self, slot: Option<Slot>) -> Vec<Waiting> {
         let (Some(slot), true) = (slot, self.is_cluster()) else {
@@ -935,7 +1119,7 @@ impl Inner {
         let mut failure = None;
         for (mut sub, charges, handle) in calls {
             let res = match handle.await {
-                Ok(r) => self.finish_call(r, charges),
+                Ok(r) => self.finish_call(r, charges, self.slot_of(sub.limit(0).key)),
                 Err(e) => Err(StoreError::new(StoreErrorKind::Protocol, e)),
             };
             match res.and_then(|v| fill_one(&mut sub, &v)) {
@@ -994,8 +1178,9 @@ impl Inner {
             o.view.used = o.view.used.saturating_sub(l.charge_cost());
             sub.record(i, o);
         }
+        let slot = back.first().and_then(|g| self.slot_of(g.limit.key));
         let call = self.call(conn, Some(now), &[], &[], &back);
-        if self.finish_call(call.await, Vec::new()).is_err() {
+        if self.finish_call(call.await, Vec::new(), slot).is_err() {
             #[cfg(feature = "tracing")]
             tracing::warn!(target: "tierlimit", "a refund across cluster slots failed");
         }
@@ -1129,21 +1314,32 @@ impl Inner {
         }
     }
 
-    /// Books a call's result: circuit state, and what becomes of the
-    /// charges it carried.
-    fn finish_call(&self, res: CallResult, charges: Vec<Waiting>) -> Result<Vec<i64>, StoreError> {
+    /// Books a call's result: circuit state (of the cluster slot's group
+    /// when `slot` is given, else of the whole store), and what becomes of
+    /// the charges it carried.
+    fn finish_call(
+        &self,
+        res: CallResult,
+        charges: Vec<Waiting>,
+        slot: Option<u16>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let book = |ok: bool| match (slot, ok) {
+            (Some(s), ok) => self.slot_result(s, ok),
+            (None, true) => self.succeeded(),
+            (None, false) => self.failed(),
+        };
         match res {
             Ok(Ok(v)) => {
-                self.succeeded();
+                book(true);
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.failed();
+                book(false);
                 self.requeue(charges);
                 Err(StoreError::new(StoreErrorKind::Unavailable, e))
             }
             Err(elapsed) => {
-                self.failed();
+                book(false);
                 self.uncertain
                     .fetch_add(charges.len() as u64, Ordering::Relaxed);
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
@@ -1240,6 +1436,24 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100))
         .set_number_of_retries(3)
+}
+
+/// A cluster client whose connection gives up as the store does: each
+/// attempt and each answer within `timeout`, few retries close together
+/// (redis-rs's defaults retry 16 times, waiting up to minutes between
+/// tries: requests then pile up behind a dead master long after its
+/// replica took over).
+fn cluster_client<'a>(
+    nodes: impl Iterator<Item = &'a str>,
+    timeout: Duration,
+) -> redis::RedisResult<redis::cluster::ClusterClient> {
+    redis::cluster::ClusterClientBuilder::new(nodes.collect::<Vec<_>>())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .build()
 }
 
 /// Plain-words warnings for a server whose `maxmemory-policy`,
@@ -1455,7 +1669,7 @@ impl Inner {
             let charges = self.take_pending_in(None);
             let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
             let call = self.call(&conn, now, &batches, &charges, &[]);
-            let answer = self.finish_call(call.await, charges).and_then(|v| {
+            let answer = self.finish_call(call.await, charges, None).and_then(|v| {
                 expect_len(&v, group.iter().map(|q| &q.batch))?;
                 Ok(v)
             });
@@ -1554,6 +1768,12 @@ impl Store for RedisStore {
         if !inner.is_cluster() {
             return Answer::Later(Box::pin(inner.queued(now, batch, key)));
         }
+        let numbers: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
+        if inner.slots_open(&numbers) {
+            return Answer::Now(Err(unavailable(
+                "the Redis Cluster node of these keys failed repeatedly; retrying shortly",
+            )));
+        }
         Answer::Later(Box::pin(async move {
             let conn = inner.first_connect().await?;
             inner.start_flusher();
@@ -1572,7 +1792,8 @@ impl Store for RedisStore {
             }
             let charges = inner.take_pending_in(slots.first().copied());
             let call = inner.call(&conn, Some(now), &[&batch], &charges, &[]);
-            let v = inner.finish_call(call.await, charges)?;
+            let slot = batch.limits().next().and_then(|l| inner.slot_of(l.key));
+            let v = inner.finish_call(call.await, charges, slot)?;
             fill_one(&mut batch, &v)?;
             if !batch.admitted() {
                 inner.remember_refusal(key, &batch);

@@ -103,7 +103,7 @@ impl RedisServer {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if out.ends_with(b"\r\n") {
+            if out.ends_with(b"\r\n") && bulk_complete(&out) {
                 break;
             }
         }
@@ -119,6 +119,22 @@ impl RedisServer {
     }
 }
 
+/// Whether `out` holds a whole reply when it is a bulk string (`$len`
+/// then that many bytes); other replies are taken as they come.
+fn bulk_complete(out: &[u8]) -> bool {
+    let Some(rest) = out.strip_prefix(b"$") else {
+        return true;
+    };
+    let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let len: i64 = std::str::from_utf8(&rest[..eol])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    len < 0 || rest.len() >= eol + 2 + len as usize + 2
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -131,6 +147,8 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
+    /// Ports of the nodes killed.
+    killed: Vec<u16>,
     dir: std::path::PathBuf,
 }
 
@@ -155,13 +173,14 @@ fn cluster_port() -> u16 {
 
 /// Starts a cluster node in `dir` and waits until it answers; a node that
 /// could not bind its port (taken meanwhile) is started again on another.
-fn start_node(dir: &std::path::Path) -> (Child, u16) {
+fn start_node(dir: &std::path::Path, node_timeout_ms: u64) -> (Child, u16) {
     for _ in 0..20 {
         let port = cluster_port();
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .current_dir(dir)
             .stdout(Stdio::null())
@@ -191,6 +210,16 @@ impl RedisCluster {
     /// A fresh cluster, or `None` when `redis-server` / `redis-cli` are not
     /// installed and this is not CI.
     pub fn start() -> Option<RedisCluster> {
+        Self::start_with(3, 0, 15_000)
+    }
+
+    /// `masters` masters with `replicas` replicas each, failing over after
+    /// `node_timeout_ms` of a master's silence.
+    pub fn start_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+    ) -> Option<RedisCluster> {
         let cli = Command::new("redis-cli")
             .arg("--version")
             .stdout(Stdio::null())
@@ -213,10 +242,11 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
+            killed: Vec::new(),
             dir,
         };
-        for _ in 0..3 {
-            let (child, port) = start_node(&cluster.dir);
+        for _ in 0..masters * (1 + replicas) {
+            let (child, port) = start_node(&cluster.dir, node_timeout_ms);
             cluster.nodes.push(child);
             cluster.ports.push(port);
         }
@@ -228,25 +258,20 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("redis-cli runs");
         assert!(out.success(), "redis-cli --cluster create failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = cluster.ports.iter().all(|&p| {
-                RedisServer {
-                    child: None,
-                    port: p,
-                }
-                .command(&["CLUSTER", "INFO"])
-                .contains("cluster_state:ok")
-            });
-            if ok {
-                break;
-            }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Ready: every node agrees, and every replica has synced with its
+        // master (a replica that never did cannot take over).
+        let synced = |p: &u16| {
+            let info = RedisServer::attach(*p).command(&["INFO", "replication"]);
+            !info.contains("role:slave") || info.contains("master_link_status:up")
+        };
+        while !(cluster.healthy() && cluster.ports.iter().all(synced)) {
             assert!(
                 Instant::now() < deadline,
                 "the cluster did not become ready"
@@ -254,6 +279,65 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(cluster)
+    }
+
+    /// The ports of the nodes still running.
+    fn alive(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|p| !self.killed.contains(p))
+            .collect()
+    }
+
+    /// Whether every running node says the cluster is ok and every slot
+    /// has a running master (as `CLUSTER NODES` of each says).
+    pub fn healthy(&self) -> bool {
+        let alive = self.alive();
+        alive.iter().all(|&p| {
+            let node = RedisServer::attach(p);
+            let masters: Vec<String> = node
+                .command(&["CLUSTER", "NODES"])
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+                .map(str::to_owned)
+                .collect();
+            node.command(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+                && masters.len() >= 3
+                && masters.iter().all(|l| {
+                    let port = l.split(' ').nth(1).and_then(|a| a.split([':', '@']).nth(1));
+                    port.and_then(|p| p.parse::<u16>().ok())
+                        .is_some_and(|p| alive.contains(&p))
+                })
+        })
+    }
+
+    /// Kills (SIGKILL) the master serving `slot`; its port.
+    pub fn kill_master_of(&mut self, slot: u16) -> u16 {
+        let nodes = RedisServer::attach(self.alive()[0]).command(&["CLUSTER", "NODES"]);
+        let port = nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find(|l| {
+                l.split(' ').skip(8).any(|range| {
+                    let mut ends = range.split('-').map(|n| n.trim().parse::<u16>().ok());
+                    match (ends.next().flatten(), ends.next().flatten()) {
+                        (Some(a), Some(b)) => (a..=b).contains(&slot),
+                        (Some(a), None) => a == slot,
+                        _ => false,
+                    }
+                })
+            })
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|a| a.split([':', '@']).nth(1))
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("a master serves the slot");
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+        self.killed.push(port);
+        port
     }
 
     pub fn urls(&self) -> Vec<String> {

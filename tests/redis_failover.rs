@@ -1,0 +1,140 @@
+//! A Redis Cluster with replicas losing a master under load: once the
+//! replica is promoted, every slot is decided again within seconds, and no
+//! decision waits longer than the store's timeout meanwhile.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::redis_server::{RedisCluster, RedisServer};
+use tierlimit::clock::Timestamp;
+use tierlimit::store::{
+    Answer, Batch, CounterKey, LimitSpec, RedisStore, RedisStoreConfig, Store, TimeSource,
+    WindowSpec,
+};
+
+/// One decision: when it ended (since the start), which master's third of
+/// the slots its key is in, whether it was decided, how long it took.
+type Record = (Duration, usize, bool, Duration);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
+    let Some(mut cluster) = RedisCluster::start_with(3, 1, 2_000) else {
+        return;
+    };
+    let timeout = Duration::from_millis(500);
+    let store = RedisStore::new(
+        RedisStoreConfig::cluster(cluster.urls())
+            .time(TimeSource::Caller)
+            .timeout(timeout),
+    )
+    .unwrap();
+    store.connect().await.unwrap();
+    // 64 keys in each third of the slots (one per master at the start).
+    let node = RedisServer::attach(cluster.ports[0]);
+    let mut keys: Vec<(u128, usize)> = Vec::new();
+    let mut per = [0usize; 3];
+    for k in 1u128.. {
+        let slot: u16 = node
+            .command(&[
+                "CLUSTER",
+                "KEYSLOT",
+                &store.redis_key(CounterKey::from_u128(k)),
+            ])
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .unwrap();
+        let third = usize::from(slot) * 3 / 16_384;
+        if per[third] < 64 {
+            per[third] += 1;
+            keys.push((k, third));
+        }
+        if per.iter().all(|&n| n == 64) {
+            break;
+        }
+    }
+    let w = WindowSpec::sliding(Duration::from_secs(60), 30);
+    let start = Instant::now();
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 256 decisions in flight at all times, spread over every slot.
+    let mut tasks = Vec::new();
+    for t in 0..256 {
+        let (store, records, stop, keys) =
+            (store.clone(), records.clone(), stop.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let (k, third) = keys[i % keys.len()];
+                i += 7;
+                let limit = LimitSpec::new(CounterKey::from_u128(k), w, 1 << 40, 1).with_tag(1);
+                let now = Timestamp::from_secs(1_708_200_000);
+                let began = Instant::now();
+                let r = match store.decide(now, Batch::from_limits([limit])) {
+                    Answer::Now(r) => r,
+                    Answer::Later(f) => f.await,
+                };
+                let ok = r.is_ok();
+                let took = began.elapsed();
+                records
+                    .lock()
+                    .unwrap()
+                    .push((start.elapsed(), third, ok, took));
+                if !ok {
+                    // As a client would: a moment before the next try.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = start.elapsed();
+    let killed = cluster.kill_master_of(0);
+    // The replica is promoted after the node timeout (2 s) and a vote.
+    let healthy_at = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cluster.healthy() {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the cluster never recovered from losing {killed}"
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = records.lock().unwrap();
+    // The connection that stopped routing the lost master's slots was
+    // made anew (without that, they were never decided again).
+    assert!(store.reconnects() >= 1);
+    let before: Vec<&Record> = records.iter().filter(|r| r.0 < killed_at).collect();
+    assert!(before.iter().all(|r| r.2), "all decided before the crash");
+    // No decision waited much longer than the timeout, ever.
+    let slowest = records.iter().map(|r| r.3).max().unwrap();
+    assert!(
+        slowest <= timeout + Duration::from_millis(300),
+        "a decision took {slowest:?} (timeout {timeout:?})"
+    );
+    // Within a few seconds of the cluster being healthy, every third of
+    // the slots is decided again, and stays so to the end.
+    let settle = healthy_at + Duration::from_secs(4);
+    for third in 0..3 {
+        let late: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.1 == third && r.0 >= settle)
+            .collect();
+        let ok = late.iter().filter(|r| r.2).count();
+        assert!(
+            late.len() > 100 && ok == late.len(),
+            "slots of master {third}: {ok} of {} decided after {settle:?} \
+             (killed at {killed_at:?}, healthy at {healthy_at:?})",
+            late.len()
+        );
+    }
+}
