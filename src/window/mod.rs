@@ -570,6 +570,29 @@ impl Ring {
 }
 
 impl Cell {
+    /// Folds a ring into one bucket: its total, stamped with the latest
+    /// stamp of its oldest non-empty bucket, so that all of it leaves the
+    /// window when that bucket does (earlier than the newer buckets would
+    /// have). For an entry a new key inherits at the memory store's key
+    /// cap, which then stays 8 bytes (see `store::memory`, "The key cap").
+    /// A total past `u32::MAX` is left as it is.
+    pub(crate) fn fold_into_oldest(&mut self, spec: &WindowSpec) {
+        let Cell::Ring(r) = self else {
+            return;
+        };
+        let Ok(count) = u32::try_from(r.total) else {
+            return;
+        };
+        let oldest = r.live().find(|&j| r.slots[r.slot_of(j)] as u32 != 0);
+        *self = match oldest {
+            Some(j) => Cell::One {
+                count,
+                last: r.last_of(j, spec.bucket_ms()),
+            },
+            None => Cell::default(),
+        };
+    }
+
     /// Cost held in its buckets (some may have left the window already).
     pub(crate) fn held(&self) -> u64 {
         match self {
@@ -1080,6 +1103,33 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
     const MS: u64 = NANOS_PER_MS;
+
+    #[test]
+    fn a_folded_ring_holds_its_total_until_its_oldest_bucket_leaves() {
+        let spec = WindowSpec::sliding_ms(60_000, 60);
+        let mut cell = Cell::default();
+        let t0 = 1_000 * S;
+        for i in 0..5 {
+            cell.try_charge(&spec, 10, t0 + i * 10 * S, 1).unwrap();
+        }
+        assert!(matches!(cell, Cell::Ring(_)));
+        cell.fold_into_oldest(&spec);
+        assert_eq!(
+            cell,
+            Cell::One {
+                count: 5,
+                last: 1_000_000
+            }
+        );
+        // All five leave when the first would: at 1060 s, not 1100 s.
+        assert!(cell.try_charge(&spec, 5, 1060 * S - 1, 1).is_err());
+        let (view, _) = cell.try_charge(&spec, 5, 1060 * S, 1).unwrap();
+        assert_eq!(view.used, 1);
+        // A single bucket is left as it is.
+        let before = cell.clone();
+        cell.fold_into_oldest(&spec);
+        assert_eq!(cell, before);
+    }
 
     #[test]
     fn sliding_admits_capacity_then_refuses_until_one_window_after_the_first() {
