@@ -30,6 +30,14 @@
 //! limited path therefore never reaches any handler with less limiting
 //! than its canonical path, whatever the router does with it; a canonical
 //! path is checked once, as before.
+//!
+//! Patterns match the path the layer sees. Put the layer on the outermost
+//! router: inside axum's `nest("/api", ..)` a layer sees the path with the
+//! prefix stripped, so its patterns must be written without it, and a
+//! fallback of the outer router is only limited by a layer on the outer
+//! router. A layer placed after something that rewrites the path (such
+//! as `tower-http`'s `NormalizePath`, which trims a trailing `/`) sees the
+//! rewritten path: the spellings it made canonical are checked once.
 
 use std::borrow::Cow;
 
