@@ -47,7 +47,7 @@ PY
   config=$work/policy.json
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/examples/gateway --config "$config" --listen "127.0.0.1:$port" 2>"$work/gateway.log" &
+./target/release/examples/gateway --config "$config" --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
 gw=$!
 for _ in $(seq 1 100); do
   curl -s -o /dev/null "localhost:$port/health" && break
