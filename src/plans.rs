@@ -96,7 +96,7 @@ impl PlanSubject {
     /// How shared copies spell it: `k:`, `u:` or `t:`, then the id.
     pub(crate) fn encode(&self) -> String {
         let (kind, id) = self.parts();
-        format!("{}:{id}", ["k", "u", "t"][kind])
+        spelled(kind, id)
     }
 
     /// Reads [`PlanSubject::encode`]'s spelling; anything else (a field
@@ -109,6 +109,12 @@ impl PlanSubject {
             _ => PlanSubject::ApiKey(s.into()),
         }
     }
+}
+
+/// How shared copies spell the subject of `kind` (see
+/// [`PlanSubject::parts`]) and `id`.
+fn spelled(kind: usize, id: &str) -> String {
+    format!("{}:{id}", ["k", "u", "t"][kind])
 }
 
 /// Subject → plan name, shared by every clone of a layer: one map per kind
@@ -247,10 +253,9 @@ impl SharedPlans {
             .into_iter()
             .map(|(k, plan)| (PlanSubject::decode(&k).encode(), plan))
             .collect();
-        let make = [PlanSubject::ApiKey, PlanSubject::User, PlanSubject::Tenant];
-        for (map, make) in t.maps.iter().zip(make) {
+        for (kind, map) in t.maps.iter().enumerate() {
             map.retain(|k, _| {
-                let key = make(k.to_string()).encode();
+                let key = spelled(kind, k);
                 let keep = shared.contains_key(&key) || recent(&key);
                 changed |= !keep;
                 keep
