@@ -179,5 +179,12 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use plans::PlanSubject;
+
+/// The README's Rust code, compiled and run by `cargo test` as doctests,
+/// so the README cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use policy::Policy;
 pub use service::RateLimit;

@@ -495,6 +495,77 @@ pub(crate) fn anonymous(identity: &IdentityConfig) -> Response<Bytes> {
     resp
 }
 
+/// Whether the request is a gRPC call (`content-type: application/grpc`,
+/// with or without a `+proto`/`+json` suffix or parameters).
+pub(crate) fn is_grpc(request: &Parts) -> bool {
+    request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            ct.len() >= 16
+                && ct[..16].eq_ignore_ascii_case("application/grpc")
+                && matches!(ct.as_bytes().get(16), None | Some(b'+' | b';' | b' '))
+        })
+}
+
+/// The gRPC status code (and a default message) for an HTTP answer of the
+/// layer: 429 → `RESOURCE_EXHAUSTED` (8), 503 → `UNAVAILABLE` (14), 401 →
+/// `UNAUTHENTICATED` (16), anything else → `INTERNAL` (13).
+fn grpc_code(status: StatusCode) -> (u8, &'static str) {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => (8, "rate limit exceeded"),
+        StatusCode::SERVICE_UNAVAILABLE => (14, "rate limiting is unavailable"),
+        StatusCode::UNAUTHORIZED => (16, "the caller could not be identified"),
+        _ => (13, "rate limiting failed"),
+    }
+}
+
+/// Makes the layer's answer `resp` to a gRPC request a trailers-only gRPC
+/// response: HTTP 200, `content-type: application/grpc`, `grpc-status`
+/// (see [`grpc_code`]), `grpc-message` (`message`, percent-encoded as gRPC
+/// asks, else the code's default), no body; the other headers
+/// (`Retry-After`, the rate-limit headers) stay. An answer a hook already
+/// made a gRPC one (status 200 with `grpc-status`) is left alone.
+pub(crate) fn grpc(mut resp: Response<Bytes>, message: Option<&str>) -> Response<Bytes> {
+    if resp.headers().contains_key("grpc-status") {
+        return resp;
+    }
+    let (code, default) = grpc_code(resp.status());
+    let text = message.unwrap_or(default);
+    let encoded: String = percent_encoding::utf8_percent_encode(text, GRPC_MESSAGE).collect();
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = Bytes::new();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    h.remove(header::CONTENT_LENGTH);
+    resp
+}
+
+/// What gRPC percent-encodes in `grpc-message`: everything outside
+/// printable ASCII, and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The `grpc-message` of a rejection: which limit, and when to retry.
+pub(crate) fn grpc_message(r: &Rejection) -> String {
+    format!(
+        "rate limit `{}` of tier `{}` exceeded ({} per {}); retry in {} seconds",
+        r.limit,
+        r.tier,
+        r.capacity,
+        human_window(r.window),
+        r.retry_after_secs()
+    )
+}
+
 /// A bare 500 for states that cannot happen unless something panicked.
 pub(crate) fn internal_error() -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
@@ -625,6 +696,65 @@ mod tests {
             v["detail"],
             "Rate limit `per-minute` of 60 per minute exceeded; retry in 23 seconds."
         );
+    }
+
+    #[test]
+    fn grpc_requests_are_told_apart() {
+        let parts = |ct: &str| {
+            let (p, ()) = http::Request::builder()
+                .header(header::CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+                .into_parts();
+            p
+        };
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC+json",
+            "application/grpc; charset=utf-8",
+        ] {
+            assert!(is_grpc(&parts(ct)), "{ct}");
+        }
+        for ct in [
+            "application/json",
+            "application/grpc-web",
+            "application/grpcx",
+            "text/plain",
+        ] {
+            assert!(!is_grpc(&parts(ct)), "{ct}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_answer_is_trailers_only_with_the_status_and_headers() {
+        let mut resp = response(
+            ErrorFormat::Qarion,
+            None,
+            &http::Request::new(()).into_parts().0,
+            &r(),
+        );
+        resp.headers_mut()
+            .insert("x-ratelimit-remaining", HeaderValue::from(0));
+        let g = grpc(resp, Some("retry in 5 seconds: 100% é"));
+        assert_eq!(g.status(), StatusCode::OK);
+        assert!(g.body().is_empty());
+        let h = g.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(h["grpc-message"], "retry in 5 seconds: 100%25 %C3%A9");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert!(h.contains_key(header::RETRY_AFTER));
+        assert_eq!(
+            grpc(store_unavailable(Duration::from_secs(1)), None).headers()["grpc-status"],
+            "14"
+        );
+        assert_eq!(grpc(internal_error(), None).headers()["grpc-status"], "13");
+        // A hook's own gRPC answer is left alone.
+        let mut own = Response::new(Bytes::new());
+        own.headers_mut()
+            .insert("grpc-status", HeaderValue::from(9));
+        assert_eq!(grpc(own, None).headers()["grpc-status"], "9");
     }
 
     #[test]

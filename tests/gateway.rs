@@ -551,3 +551,25 @@ async fn the_admin_api_refuses_guessing_and_echoes_nothing_unbounded() {
     }
     assert!(gw.layer.controller().runtime_plans().len() == 1);
 }
+
+#[tokio::test]
+async fn a_grpc_call_is_refused_the_grpc_way() {
+    let (router, _) = app(&policy_path("qarion"), None);
+    let grpc = || {
+        Request::post("/pkg.Service/Method")
+            .header("content-type", "application/grpc")
+            .header("x-api-key", "grpc-caller")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for _ in 0..60 {
+        assert_eq!(send(&router, grpc()).await.status, StatusCode::OK);
+    }
+    let r = send(&router, grpc()).await;
+    assert_eq!(r.status, StatusCode::OK, "gRPC answers are HTTP 200");
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    assert_eq!(r.header("grpc-status"), Some("8"));
+    assert!(r.header("grpc-message").unwrap().contains("retry"));
+    assert_eq!(r.num("x-ratelimit-remaining"), 0);
+    assert!(r.body.is_empty());
+}

@@ -206,6 +206,16 @@ impl Controller {
     }
 }
 
+/// The layer's own answer to a request: as it is, or as a trailers-only
+/// gRPC response when the request is a gRPC call (see [`reject::grpc`]).
+fn answer(parts: &Parts, resp: Response<Bytes>) -> Next {
+    Next::Answer(if reject::is_grpc(parts) {
+        reject::grpc(resp, None)
+    } else {
+        resp
+    })
+}
+
 /// What to do with a request once it is decided.
 pub(crate) enum Next {
     /// Call the inner service, then finish the response with this.
@@ -343,7 +353,7 @@ impl<St: Store> Engine<St> {
             Lookup::Refused => {
                 self.report_anonymous(&active.policy);
                 observe::decided(started);
-                return Step::Now(Next::Answer(reject::anonymous(&active.policy.identity)));
+                return Step::Now(answer(parts, reject::anonymous(&active.policy.identity)));
             }
         };
         let sent = batch.len();
@@ -456,7 +466,7 @@ impl<St: Store> Engine<St> {
             });
         }
         let Some(blocking) = batch.blocking() else {
-            return Next::Answer(reject::internal_error());
+            return answer(parts, reject::internal_error());
         };
         // No instant at which every refusing group has room: a cost that
         // can never fit (a modifier shrank a capacity below it).
@@ -466,10 +476,10 @@ impl<St: Store> Engine<St> {
                 .unwrap_or(blocking);
             let l = batch.limit(i);
             let name = &policy.limits[l.label as usize].name;
-            return Next::Answer(reject::never_fits(name, l.check_cost(), l.capacity));
+            return answer(parts, reject::never_fits(name, l.check_cost(), l.capacity));
         };
         let Some(rejection) = rejection(policy, &batch, blocking, retry_at, now) else {
-            return Next::Answer(reject::internal_error());
+            return answer(parts, reject::internal_error());
         };
         let shadow = policy.mode == Mode::Shadow;
         active
@@ -487,6 +497,9 @@ impl<St: Store> Engine<St> {
         }
         let mut resp = reject::response(policy.errors, self.hook.as_ref(), parts, &rejection);
         headers::apply(&rendered, resp.headers_mut());
+        if reject::is_grpc(parts) {
+            resp = reject::grpc(resp, Some(&reject::grpc_message(&rejection)));
+        }
         Next::Answer(resp)
     }
 
@@ -527,7 +540,7 @@ impl<St: Store> Engine<St> {
         self.log_store_error(e);
         match self.on_error {
             OnStoreError::Closed { retry_after } => {
-                Next::Answer(reject::store_unavailable(retry_after))
+                answer(parts, reject::store_unavailable(retry_after))
             }
             OnStoreError::Fallback => {
                 let batch = match self.batch_of(&active.policy, parts) {

@@ -209,7 +209,7 @@ pub(crate) type RouteTiers = [Option<usize>; 2];
 /// assert_eq!(policy.configured_plan("key-123"), Some("premium"));
 /// assert_eq!(policy.configured_plan("someone-else"), Some("standard"));
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     pub(crate) limits: Vec<CompiledLimit>,
     tiers: Vec<CompiledTier>,
