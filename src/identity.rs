@@ -18,6 +18,51 @@
 //!   them the caller is anonymous ([`crate::Anonymous`] says what such
 //!   requests get).
 //!
+//! A `Bearer` token is an API key only when the application inserted no
+//! [`UserId`]: an application that authenticates users (say, from a JWT in
+//! that very header) has said who the caller is, and the raw token — new
+//! at every refresh — must not stand in for the user. An API key in the
+//! configured header always counts: it names a key on purpose.
+//!
+//! # Hooks
+//!
+//! To say yourself who the caller is (a claim of a token, a session, a
+//! lookup), give the layer an [`Identify`] hook
+//! ([`RateLimitLayerBuilder::identify`](crate::RateLimitLayerBuilder::identify)):
+//! any `Fn(&Parts) -> Option<Identified>`. `None` falls back to the rules
+//! above ([`DefaultIdentify`] always does). The values a hook gives go
+//! through the same rules as read ones: trimmed, and ignored when empty or
+//! longer than `max_key_len`. A [`ChoosePlan`] hook
+//! ([`RateLimitLayerBuilder::choose_plan`](crate::RateLimitLayerBuilder::choose_plan))
+//! picks the plan the same way, e.g. from a `plan` claim.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::request::Parts;
+//! use tierlimit::config::{Config, Limit, Tier};
+//! use tierlimit::identity::{Identified, Identity};
+//! use tierlimit::RateLimitLayer;
+//!
+//! let policy = Config::new()
+//!     .tier("standard", Tier::new().limit(Limit::sliding("m", 60, Duration::from_secs(60))))
+//!     .tier("premium", Tier::new().limit(Limit::sliding("m", 600, Duration::from_secs(60))))
+//!     .plans("standard", [("k", "standard")])
+//!     .build()
+//!     .unwrap();
+//! let layer = RateLimitLayer::builder(policy)
+//!     // Callers by the `x-account` header your gateway sets after checking a token.
+//!     .identify(|req: &Parts| {
+//!         let account = req.headers.get("x-account")?.to_str().ok()?;
+//!         Some(Identified::new().user(account))
+//!     })
+//!     // Their plan from another header (unknown names get the default plan).
+//!     .choose_plan(|req: &Parts, _: &Identity<'_>| {
+//!         Some(req.headers.get("x-plan")?.to_str().ok()?.to_owned())
+//!     })
+//!     .build();
+//! # let _ = layer;
+//! ```
+//!
 //! # Odd values
 //!
 //! Values are hashed (keyed SipHash) before they reach a store, so any bytes
@@ -52,6 +97,126 @@ pub struct UserId(pub String);
 /// authentication layer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TenantId(pub String);
+
+/// Who a caller is, as an [`Identify`] hook says: owned values, since a
+/// hook usually computes them (a token's claims, a lookup).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identified {
+    /// The API key.
+    pub api_key: Option<String>,
+    /// The user id.
+    pub user: Option<String>,
+    /// The tenant id.
+    pub tenant: Option<String>,
+    /// The client address (IPv6: cut to `ipv6_prefix` bits as read ones
+    /// are).
+    pub ip: Option<IpAddr>,
+}
+
+impl Identified {
+    /// Nothing known yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With this API key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// With this user id.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// With this tenant id.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// With this client address.
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// As an [`Identity`] under `config`'s rules: values trimmed, and
+    /// absent when empty or longer than `max_key_len`.
+    pub fn identity<'a>(&'a self, config: &IdentityConfig) -> Identity<'a> {
+        let max = config.max_key_len;
+        Identity {
+            api_key: self
+                .api_key
+                .as_deref()
+                .and_then(|k| usable(k.as_bytes(), max)),
+            user: self.user.as_deref().and_then(|u| usable_str(u, max)),
+            tenant: self.tenant.as_deref().and_then(|t| usable_str(t, max)),
+            ip: self.ip.map(|ip| config.network_of(canonical(ip))),
+        }
+    }
+}
+
+/// Says who sent a request. Implemented for every
+/// `Fn(&Parts) -> Option<Identified>`; `None` means "read it as the policy
+/// says" ([`DefaultIdentify`]). See [the module docs](self#hooks).
+pub trait Identify: Send + Sync + 'static {
+    /// Who sent `request`, or `None` for the policy's rules.
+    fn identify(&self, request: &Parts) -> Option<Identified>;
+}
+
+impl<F> Identify for F
+where
+    F: Fn(&Parts) -> Option<Identified> + Send + Sync + 'static,
+{
+    fn identify(&self, request: &Parts) -> Option<Identified> {
+        self(request)
+    }
+}
+
+/// The policy's own rules: headers, extensions, the peer address (see
+/// [the module docs](self)).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultIdentify;
+
+impl Identify for DefaultIdentify {
+    fn identify(&self, _: &Parts) -> Option<Identified> {
+        None
+    }
+}
+
+/// Picks the plan of a request, by name. Implemented for every
+/// `Fn(&Parts, &Identity<'_>) -> Option<String>`. `None` leaves it to the
+/// plan assignments ([`DefaultPlan`]); a name that is not a plan of the
+/// policy in force also does, and is counted
+/// (`tierlimit_unknown_plans_total`, [`Controller::unknown_plans`](crate::Controller::unknown_plans)).
+pub trait ChoosePlan: Send + Sync + 'static {
+    /// The plan of `request`, whose identity is `id`.
+    fn plan(&self, request: &Parts, id: &Identity<'_>) -> Option<String>;
+}
+
+impl<F> ChoosePlan for F
+where
+    F: Fn(&Parts, &Identity<'_>) -> Option<String> + Send + Sync + 'static,
+{
+    fn plan(&self, request: &Parts, id: &Identity<'_>) -> Option<String> {
+        self(request, id)
+    }
+}
+
+/// Plans from the plan assignments alone (runtime, then configured, then
+/// the default plan).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultPlan;
+
+impl ChoosePlan for DefaultPlan {
+    fn plan(&self, _: &Parts, _: &Identity<'_>) -> Option<String> {
+        None
+    }
+}
 
 /// The TCP peer address; insert it in a plain hyper server (axum users get it
 /// from `ConnectInfo` with the `axum` feature).
@@ -189,13 +354,15 @@ impl IdentityConfig {
             .as_ref()
             .and_then(|h| headers.get(h))
             .and_then(|v| usable(v.as_bytes(), max));
-        if api_key.is_none() && self.bearer {
+        let ext = &req.extensions;
+        // A bearer token stands for a caller only when the application has
+        // not said who the caller is (see the module docs).
+        if api_key.is_none() && self.bearer && ext.get::<UserId>().is_none() {
             api_key = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| bearer_token(v.as_bytes()))
                 .and_then(|t| usable(t, max));
         }
-        let ext = &req.extensions;
         let user = ext.get::<UserId>().and_then(|u| usable_str(&u.0, max));
         let tenant = ext.get::<TenantId>().and_then(|t| usable_str(&t.0, max));
         let peer = peer_addr(req);

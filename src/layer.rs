@@ -8,7 +8,8 @@ use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::OnStoreError;
-use crate::engine::{Controller, Engine, PostQueue};
+use crate::engine::{Controller, Engine, Hooks, PostQueue};
+use crate::identity::{ChoosePlan, Identify};
 use crate::policy::Policy;
 use crate::reject::{Hook, OnReject};
 use crate::service::RateLimit;
@@ -85,6 +86,7 @@ impl RateLimitLayer<MemoryStore> {
             hook: None,
             on_error,
             max_post_in_flight: crate::engine::DEFAULT_POST_IN_FLIGHT,
+            who: Hooks::default(),
         }
     }
 }
@@ -130,6 +132,7 @@ pub struct RateLimitLayerBuilder<St> {
     hook: Option<Hook>,
     on_error: OnStoreError,
     max_post_in_flight: usize,
+    who: Hooks,
 }
 
 impl<St: Store> RateLimitLayerBuilder<St> {
@@ -149,7 +152,25 @@ impl<St: Store> RateLimitLayerBuilder<St> {
             hook: self.hook,
             on_error: self.on_error,
             max_post_in_flight: self.max_post_in_flight,
+            who: self.who,
         }
+    }
+
+    /// Says who each caller is with `hook` (any `Fn(&Parts) ->
+    /// Option<Identified>`; `None` from it falls back to the policy's
+    /// rules). See [`identity`](crate::identity#hooks).
+    pub fn identify(mut self, hook: impl Identify) -> Self {
+        self.who.identify = Some(Arc::new(hook));
+        self
+    }
+
+    /// Picks each request's plan with `hook` (any `Fn(&Parts,
+    /// &Identity<'_>) -> Option<String>`): a plan it names outranks the
+    /// plan assignments; `None`, or a name that is not a plan, leaves the
+    /// plan to them. See [`identity`](crate::identity#hooks).
+    pub fn choose_plan(mut self, hook: impl ChoosePlan) -> Self {
+        self.who.plan = Some(Arc::new(hook));
+        self
     }
 
     /// Builds 429 responses with `hook` instead of the configured format.
@@ -185,6 +206,7 @@ impl<St: Store> RateLimitLayerBuilder<St> {
             self.hook,
             self.on_error,
             PostQueue::new(self.max_post_in_flight),
+            self.who,
         );
         RateLimitLayer {
             engine: Arc::new(engine),

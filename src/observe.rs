@@ -147,6 +147,11 @@ pub(crate) fn exempt() {
     bump!("tierlimit_exempt_total");
 }
 
+/// A request whose plan hook named no plan of the policy.
+pub(crate) fn unknown_plan() {
+    bump!("tierlimit_unknown_plans_total");
+}
+
 /// A request that nothing identifies, and what it got.
 pub(crate) fn anonymous(choice: crate::config::Anonymous) {
     #[cfg(feature = "metrics")]

@@ -30,7 +30,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::{Anonymous, Mode, OnStoreError};
 use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
-use crate::identity::Caller;
+use crate::identity::{Caller, ChoosePlan, Identify};
 use crate::observe::{self, Counters, Start};
 use crate::plans::{PlanSubject, PlanTable, SharedPlans};
 use crate::policy::Policy;
@@ -67,6 +67,8 @@ struct ControlInner {
     active: ArcSwap<Active>,
     /// Runtime plan assignments; its generation also counts reloads.
     plans: Arc<PlanTable>,
+    /// Requests whose plan hook named no plan of the policy in force.
+    unknown_plans: AtomicU64,
 }
 
 /// A handle on a running layer's configuration: swap the policy, assign
@@ -98,6 +100,7 @@ impl Controller {
             inner: Arc::new(ControlInner {
                 active: ArcSwap::from_pointee(Active::new(policy)),
                 plans: Arc::new(PlanTable::default()),
+                unknown_plans: AtomicU64::new(0),
             }),
         }
     }
@@ -200,6 +203,13 @@ impl Controller {
             .or_else(|| policy.configured_plan(subject.clone()).map(str::to_owned))
     }
 
+    /// Requests whose [`ChoosePlan`](crate::identity::ChoosePlan) hook
+    /// named a plan the policy in force does not have (they got their
+    /// assigned or default plan).
+    pub fn unknown_plans(&self) -> u64 {
+        self.inner.unknown_plans.load(Ordering::Relaxed)
+    }
+
     /// Every runtime plan assignment (subject, plan), in no particular order.
     pub fn runtime_plans(&self) -> Vec<(PlanSubject, String)> {
         self.inner.plans.all()
@@ -281,10 +291,28 @@ pub(crate) trait Finish: Send + Sync + 'static {
     ) -> Next;
 }
 
+/// The layer's identity and plan hooks (none: the policy's rules).
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub(crate) identify: Option<Arc<dyn Identify>>,
+    pub(crate) plan: Option<Arc<dyn ChoosePlan>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("identify", &self.identify.is_some())
+            .field("plan", &self.plan.is_some())
+            .finish()
+    }
+}
+
 /// The state every clone of a layer and its services shares.
 #[derive(Debug)]
 pub(crate) struct Engine<St> {
     pub(crate) control: Controller,
+    /// Who the caller is and which plan, when the application says.
+    who: Hooks,
     pub(crate) store: St,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<Hook>,
@@ -309,6 +337,7 @@ impl<St: Store> Engine<St> {
         hook: Option<Hook>,
         on_error: OnStoreError,
         post: PostQueue,
+        who: Hooks,
     ) -> Self {
         let fallback = (on_error == OnStoreError::Fallback).then(|| {
             let max_keys = control.policy().max_keys;
@@ -316,6 +345,7 @@ impl<St: Store> Engine<St> {
         });
         Engine {
             control,
+            who,
             store,
             clock,
             hook,
@@ -385,15 +415,40 @@ impl<St: Store> Engine<St> {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
-        let id = policy.identity.extract(parts);
+        let identified = self.who.identify.as_ref().and_then(|h| h.identify(parts));
+        let id = match &identified {
+            Some(who) => who.identity(&policy.identity),
+            None => policy.identity.extract(parts),
+        };
         let anonymous = id.caller() == Caller::Anonymous;
         if anonymous && policy.anonymous == Anonymous::Refuse {
             return Lookup::Refused;
         }
         let modifier = policy.modifier_of(&parts.headers);
-        let plan = policy.plan(&id, Some(&self.control.inner.plans));
+        let chosen = self.who.plan.as_ref().and_then(|h| h.plan(parts, &id));
+        let named = chosen.as_deref().and_then(|name| {
+            let plan = policy.plan_index(name);
+            if plan.is_none() {
+                self.control
+                    .inner
+                    .unknown_plans
+                    .fetch_add(1, Ordering::Relaxed);
+                observe::unknown_plan();
+            }
+            plan
+        });
+        let plan = named.or_else(|| policy.plan(&id, Some(&self.control.inner.plans)));
         let batch = policy.batch(route_tier, plan, &id, modifier);
         Lookup::Check { batch, anonymous }
+    }
+
+    /// The caller's identity as [`Engine::batch_of`] reads it (the hook's,
+    /// else the policy's rules), as a short keyed hash for logs.
+    fn caller_tag(&self, policy: &Policy, parts: &Parts) -> String {
+        match self.who.identify.as_ref().and_then(|h| h.identify(parts)) {
+            Some(who) => policy.caller_tag(&who.identity(&policy.identity)),
+            None => policy.caller_tag(&policy.identity.extract(parts)),
+        }
     }
 
     /// Counts a request that nothing identifies (once per request: the
@@ -485,9 +540,7 @@ impl<St: Store> Engine<St> {
         active
             .counters
             .rejected(batch.limit(blocking).label, shadow);
-        trace_rejected(&rejection, shadow, || {
-            policy.caller_tag(&policy.identity.extract(parts))
-        });
+        trace_rejected(&rejection, shadow, || self.caller_tag(policy, parts));
         if shadow {
             return Next::Forward(Forwarding {
                 rendered,

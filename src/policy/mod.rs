@@ -821,6 +821,13 @@ impl Policy {
         self.default_plan.is_some() && self.tier_index.contains_key(name)
     }
 
+    /// The index of plan `name`, if the policy has plans and one of that
+    /// name.
+    pub(crate) fn plan_index(&self, name: &str) -> Option<usize> {
+        self.default_plan?;
+        self.tier_index.get(name).copied()
+    }
+
     /// Whether plans are configured at all.
     pub fn has_plans(&self) -> bool {
         self.default_plan.is_some()
