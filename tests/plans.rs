@@ -90,3 +90,34 @@ async fn an_assignment_waits_while_a_reload_removed_its_plan() {
     assert!(layer.controller().clear_plan("k"));
     assert_eq!(layer.plan_of("k").as_deref(), Some("standard"));
 }
+
+#[test]
+fn only_plans_can_be_assigned_and_the_error_lists_them() {
+    let minute = Duration::from_secs(60);
+    let policy = Config::new()
+        .tier("free", Tier::new().limit(Limit::sliding("m", 60, minute)))
+        .tier("pro", Tier::new().limit(Limit::sliding("m", 600, minute)))
+        .tier("uploads", Tier::new().limit(Limit::sliding("u", 5, minute)))
+        .route(tierlimit::config::Route::new(
+            ["POST"],
+            "/upload",
+            "uploads",
+        ))
+        .plans("free", [("k", "free")])
+        .build()
+        .unwrap();
+    assert_eq!(policy.plan_names().collect::<Vec<_>>(), ["free", "pro"]);
+    let layer = RateLimitLayer::new(policy);
+    let e = layer.set_plan("k", "uploads").unwrap_err().to_string();
+    assert!(
+        e.contains("`uploads` is a route or global tier, not a plan"),
+        "{e}"
+    );
+    assert!(e.contains("the plans are free, pro"), "{e}");
+    let e = layer.set_plan("k", "gold").unwrap_err().to_string();
+    assert!(
+        e.contains("`gold` is no plan; the plans are free, pro"),
+        "{e}"
+    );
+    assert!(layer.set_plan("k", "pro").is_ok());
+}

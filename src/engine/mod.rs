@@ -167,9 +167,19 @@ impl Controller {
             return Err(ConfigError::unknown("plans", "no plans are configured"));
         }
         if !policy.policy.has_plan(plan) {
+            let plans: Vec<&str> = policy.policy.plan_names().collect();
+            let what = if policy.policy.tier_names_contain(plan) {
+                "is a route or global tier, not a plan"
+            } else {
+                "is no plan"
+            };
             return Err(ConfigError::unknown(
-                "rate_limit_tier",
-                format!("unknown plan `{}`", crate::error::quoted(plan)),
+                "plan",
+                format!(
+                    "`{}` {what}; the plans are {}",
+                    crate::error::quoted(plan),
+                    plans.join(", ")
+                ),
             ));
         }
         policy

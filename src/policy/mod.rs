@@ -218,6 +218,10 @@ pub struct Policy {
     routes: Vec<RouteRule>,
     default_tier: Option<usize>,
     default_plan: Option<usize>,
+    /// Per tier, whether it is a plan: the default plan, a tier an
+    /// assignment names, or any tier no route, `default_tier` or `global`
+    /// uses (only when plans are configured).
+    is_plan: Vec<bool>,
     /// Configured plans by subject kind (API key, user, tenant).
     assignments: [HashMap<Box<str>, usize>; crate::plans::KINDS],
     global: Option<usize>,
@@ -777,6 +781,24 @@ impl Policy {
             ipv6_prefix: id.ipv6_prefix,
         };
         finish_limits(&mut limits);
+        let mut is_plan = vec![false; tier_names.len()];
+        if default_plan.is_some() {
+            let mut routed = vec![false; tier_names.len()];
+            let targets = routes.iter().filter_map(|r| match r.target {
+                RouteTarget::Tier(t) => Some(t),
+                RouteTarget::Exempt => None,
+            });
+            for t in targets.chain(default_tier).chain(global) {
+                routed[t] = true;
+            }
+            let named = assignments.iter().flat_map(|m| m.values().copied());
+            for t in named.chain(default_plan) {
+                is_plan[t] = true;
+            }
+            for (t, r) in routed.iter().enumerate() {
+                is_plan[t] |= !r;
+            }
+        }
         Ok(Policy {
             limits,
             tiers,
@@ -785,6 +807,7 @@ impl Policy {
             routes,
             default_tier,
             default_plan,
+            is_plan,
             assignments,
             global,
             identity,
@@ -815,17 +838,32 @@ impl Policy {
         self
     }
 
-    /// Whether `name` is a plan (a tier) that callers can be assigned to:
-    /// plans are configured and `name` is a tier.
+    /// Whether `name` is a plan that callers can be assigned to: plans are
+    /// configured and `name` is the default plan, a tier an assignment
+    /// names, or a tier that no route, `default_tier` or `global` uses.
     pub fn has_plan(&self, name: &str) -> bool {
-        self.default_plan.is_some() && self.tier_index.contains_key(name)
+        self.plan_index(name).is_some()
     }
 
-    /// The index of plan `name`, if the policy has plans and one of that
-    /// name.
+    /// The names of the plans (see [`Policy::has_plan`]), in the order of
+    /// the configuration's tiers.
+    pub fn plan_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tier_names
+            .iter()
+            .zip(&self.is_plan)
+            .filter(|(_, p)| **p)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether the policy has a tier named `name` (a plan or not).
+    pub(crate) fn tier_names_contain(&self, name: &str) -> bool {
+        self.tier_index.contains_key(name)
+    }
+
+    /// The index of plan `name`, if the policy has a plan of that name.
     pub(crate) fn plan_index(&self, name: &str) -> Option<usize> {
-        self.default_plan?;
-        self.tier_index.get(name).copied()
+        let t = self.tier_index.get(name).copied()?;
+        self.is_plan[t].then_some(t)
     }
 
     /// Whether plans are configured at all.
@@ -877,7 +915,7 @@ impl Policy {
                 continue;
             };
             let assigned = runtime
-                .and_then(|r| r.resolve(kind, subject, |name| self.tier_index.get(name).copied()))
+                .and_then(|r| r.resolve(kind, subject, |name| self.plan_index(name)))
                 .or_else(|| {
                     let configured = &self.assignments[kind];
                     (!configured.is_empty())

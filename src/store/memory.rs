@@ -29,7 +29,7 @@
 //! never forgotten, as in the Space-Saving algorithm for heavy hitters.
 //! [`MemoryStore::evictions`] and the metric `tierlimit_evictions_total`
 //! count evictions. Candidates are drawn from an index of up to 65 536
-//! keys (1 MiB): every tracked key when the cap is below that, else a
+//! keys (up to 1 MiB, made as it fills): every tracked key when the cap is below that, else a
 //! sample of the whole map, made anew by each sweep (at the cap, a sweep
 //! runs at most once a second).
 //!
@@ -135,6 +135,70 @@ const RUN: usize = 4;
 /// first ones; the rest, rare, are refunded).
 const UNDO: usize = 4;
 
+/// Places of a [`Pool`] made at once.
+const CHUNK: usize = 1024;
+
+/// The eviction candidates: places holding a key's two halves (torn or
+/// stale pairs only miss in the map), in chunks of [`CHUNK`] made on their
+/// first write, so a store that tracks few keys holds little.
+#[derive(Debug)]
+struct Pool {
+    chunks: Box<[std::sync::OnceLock<Box<[AtomicU64]>>]>,
+    /// Places.
+    len: usize,
+    /// One past the highest place written since the last sweep: candidates
+    /// are drawn below it.
+    used: AtomicUsize,
+}
+
+impl Pool {
+    fn new(len: usize) -> Self {
+        Pool {
+            chunks: (0..len.div_ceil(CHUNK))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            len,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Places drawn from (at least one).
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed).clamp(1, self.len)
+    }
+
+    fn get(&self, i: usize) -> MapKey {
+        match self.chunks[i / CHUNK].get() {
+            Some(c) => {
+                let j = 2 * (i % CHUNK);
+                MapKey(
+                    c[j].load(Ordering::Relaxed),
+                    c[j + 1].load(Ordering::Relaxed),
+                )
+            }
+            None => MapKey(0, 0),
+        }
+    }
+
+    fn set(&self, i: usize, k: MapKey) {
+        let c = self.chunks[i / CHUNK]
+            .get_or_init(|| (0..2 * CHUNK).map(|_| AtomicU64::new(0)).collect());
+        let j = 2 * (i % CHUNK);
+        c[j].store(k.0, Ordering::Relaxed);
+        c[j + 1].store(k.1, Ordering::Relaxed);
+        self.used.fetch_max(i + 1, Ordering::Relaxed);
+    }
+
+    /// Empties place `i` (making no chunk for it).
+    fn clear(&self, i: usize) {
+        if let Some(c) = self.chunks[i / CHUNK].get() {
+            let j = 2 * (i % CHUNK);
+            c[j].store(0, Ordering::Relaxed);
+            c[j + 1].store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Entries a new key may be given above the cap `max_keys` when no entry
 /// can be evicted for it (candidates raced away by other threads), before
 /// a new key is counted in the shared overflow entry.
@@ -234,9 +298,8 @@ struct Inner {
     size_after_sweep: AtomicUsize,
     sweeping: AtomicBool,
     sweeps: AtomicU64,
-    /// Eviction candidates: key halves (lo, hi) in pairs; torn or stale
-    /// pairs only miss in the map.
-    pool: Box<[AtomicU64]>,
+    /// Eviction candidates.
+    pool: Pool,
     pool_next: AtomicUsize,
     /// Entries made above the cap (no entry could be evicted for them)
     /// and not yet made up for by an eviction.
@@ -414,9 +477,7 @@ impl MemoryStore {
                 sweeping: AtomicBool::new(false),
                 sweeps: AtomicU64::new(0),
                 // `POOL` candidates, or as many as the cap when smaller.
-                pool: (0..2 * POOL.min(config.max_keys.max(1) + slack(config.max_keys.max(1))))
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
+                pool: Pool::new(POOL.min(config.max_keys.max(1) + slack(config.max_keys.max(1)))),
                 pool_next: AtomicUsize::new(0),
                 over: AtomicUsize::new(0),
                 evictions: AtomicU64::new(0),
@@ -784,7 +845,7 @@ impl MemoryStore {
 impl Inner {
     /// Places in the eviction pool.
     fn pool_len(&self) -> usize {
-        self.pool.len() / 2
+        self.pool.len
     }
 
     /// Adds `key` to the eviction candidates: in place `at` (the place of
@@ -792,8 +853,7 @@ impl Inner {
     fn remember(&self, key: u128, at: Option<usize>) {
         let i =
             at.unwrap_or_else(|| self.pool_next.fetch_add(1, Ordering::Relaxed) % self.pool_len());
-        self.pool[2 * i].store(key as u64, Ordering::Relaxed);
-        self.pool[2 * i + 1].store((key >> 64) as u64, Ordering::Relaxed);
+        self.pool.set(i, MapKey::from(key));
     }
 
     fn slack(&self) -> usize {
@@ -822,11 +882,9 @@ impl Inner {
                 bits ^= bits << 13;
                 bits ^= bits >> 7;
                 bits ^= bits << 17;
-                let i = (bits % self.pool_len() as u64) as usize;
-                let lo = self.pool[2 * i].load(Ordering::Relaxed);
-                let hi = self.pool[2 * i + 1].load(Ordering::Relaxed);
-                let key = MapKey(lo, hi);
-                if lo == 0 && hi == 0 {
+                let i = (bits % self.pool.used() as u64) as usize;
+                let key = self.pool.get(i);
+                if key == MapKey(0, 0) {
                     continue;
                 }
                 let Some((held, alike)) = self.map.get(&key).map(|e| (e.held(now), e.has_tag(tag)))
@@ -892,11 +950,14 @@ impl Inner {
             }
             keep
         });
-        for i in 0..self.pool_len() {
-            let k = kept.get(i).copied().unwrap_or(MapKey(0, 0));
-            self.pool[2 * i].store(k.0, Ordering::Relaxed);
-            self.pool[2 * i + 1].store(k.1, Ordering::Relaxed);
+        let before = self.pool.used();
+        for (i, k) in kept.iter().enumerate() {
+            self.pool.set(i, *k);
         }
+        for i in kept.len()..before {
+            self.pool.clear(i);
+        }
+        self.pool.used.store(kept.len(), Ordering::Relaxed);
         self.pool_next.store(kept.len(), Ordering::Relaxed);
         self.tracked.fetch_sub(removed, Ordering::Relaxed);
         let left = self.tracked.load(Ordering::Relaxed);
