@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -66,7 +67,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tierlimit::config::{
     Config, Cost, ErrorFormat, HeaderStyle, Limit, RedisSection, ScopePart, Tier,
 };
-use tierlimit::identity::{TenantId, UserId};
+use tierlimit::identity::{Identity, TenantId, UserId};
 use tierlimit::store::AnyStore;
 use tierlimit::{ConfigError, PlanSubject, RateLimitLayer};
 
@@ -82,6 +83,8 @@ pub struct Options {
     /// requests a minute per `x-api-key`, headers on): the load script's
     /// point of comparison.
     pub governor: Option<u32>,
+    /// `--jwt-secret`: callers by the `sub` of a verified HS256 JWT.
+    pub jwt_secret: Option<String>,
 }
 
 /// What limits the demo API.
@@ -95,56 +98,68 @@ pub enum Limiter {
     Governor(u32),
 }
 
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-    let mut config = None;
-    let mut listen: SocketAddr = ([127, 0, 0, 1], 3000).into();
-    let mut no_limit = false;
-    let mut no_metrics = false;
-    let mut redis = None;
-    let mut governor = None;
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" => config = Some(PathBuf::from(args.next().ok_or("--config needs a file")?)),
-            "--listen" => {
-                let v = args.next().ok_or("--listen needs an address")?;
-                listen = v.parse().map_err(|_| {
-                    format!("--listen: `{v}` is not an address such as 127.0.0.1:3000")
-                })?;
-            }
-            "--no-limit" => no_limit = true,
-            "--no-metrics" => no_metrics = true,
-            "--governor" => {
-                let v = args.next().ok_or("--governor needs a count per minute")?;
-                governor = Some(
-                    v.parse::<u32>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or(format!("--governor `{v}`: a count of at least 1"))?,
-                );
-            }
-            "--redis" => redis = Some(RedisFlag::Url(args.next().ok_or("--redis needs a URL")?)),
-            "--redis-cluster" => {
-                let v = args.next().ok_or("--redis-cluster needs URL,URL,...")?;
-                redis = Some(RedisFlag::Cluster(v.split(',').map(str::to_owned).collect()));
-            }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: gateway --config FILE [--listen ADDR] [--no-limit] [--no-metrics] [--governor N] [--redis URL | --redis-cluster URL,URL,...]"
-                        .into(),
-                )
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)")),
-        }
-    }
-    let config = config.ok_or("missing --config FILE (e.g. examples/policies/qarion.json)")?;
+/// The command line, as clap reads it.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "gateway",
+    about = "A demo API behind tierlimit, with an admin API and Prometheus metrics"
+)]
+struct Args {
+    /// The policy file (e.g. examples/policies/qarion.json).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Serve without limiting (a baseline for load tests).
+    #[arg(long)]
+    no_limit: bool,
+    /// No Prometheus recorder (/metrics answers 404).
+    #[arg(long)]
+    no_metrics: bool,
+    /// Limit with tower_governor instead: N requests a minute per x-api-key.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    governor: Option<u32>,
+    /// Counters in this Redis (overrides the file's store.redis).
+    #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
+    redis: Option<String>,
+    /// Counters in this Redis Cluster (one node is enough).
+    #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
+    /// Callers are the `sub` of an HS256 JWT in `Authorization: Bearer`,
+    /// signed with this secret; their plan the `plan` claim when it names
+    /// one. A missing, expired or badly signed token gets 401.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "TIERLIMIT_JWT_SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+}
+
+/// Reads the command line (without the program name).
+///
+/// # Errors
+///
+/// A missing `--config`, an unknown or malformed argument, or `--help`
+/// (`clap::Error::exit` prints it and exits with the right code).
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, clap::Error> {
+    use clap::Parser;
+    let a = Args::try_parse_from(std::iter::once("gateway".to_owned()).chain(args))?;
+    let redis = match (a.redis, a.redis_cluster) {
+        (Some(url), _) => Some(RedisFlag::Url(url)),
+        (None, Some(nodes)) => Some(RedisFlag::Cluster(nodes)),
+        (None, None) => None,
+    };
     Ok(Options {
-        config,
-        listen,
-        no_limit,
-        no_metrics,
+        config: a.config,
+        listen: a.listen,
+        no_limit: a.no_limit,
+        no_metrics: a.no_metrics,
         redis,
-        governor,
+        governor: a.governor,
+        jwt_secret: a.jwt_secret.filter(|s| !s.is_empty()),
     })
 }
 
@@ -241,20 +256,28 @@ pub fn build_with(
     } else {
         Limiter::Tierlimit
     };
-    build_full(config_path, admin_token, metrics, limiter, redis)
+    build_full(config_path, admin_token, metrics, limiter, redis, None)
 }
 
-/// [`build_with`], with any [`Limiter`].
+/// [`build_with`], with any [`Limiter`], and `--jwt-secret`.
 pub fn build_full(
     config_path: &Path,
     admin_token: Option<String>,
     metrics: Option<PrometheusHandle>,
     limiter: Limiter,
     redis: Option<RedisFlag>,
+    jwt_secret: Option<String>,
 ) -> Result<(Router, Gateway), BoxError> {
     let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
-    let layer = RateLimitLayer::configured(config.build()?)?.build();
+    let mut builder = RateLimitLayer::configured(config.build()?)?;
+    if jwt_secret.is_some() {
+        // The plan a verified token names (see `jwt_auth`).
+        builder = builder.choose_plan(|req: &Parts, _: &Identity<'_>| {
+            req.extensions.get::<TokenPlan>().map(|p| p.0.clone())
+        });
+    }
+    let layer = builder.build();
     let gw = Gateway {
         redis,
         layer: layer.clone(),
@@ -268,6 +291,14 @@ pub fn build_full(
         Limiter::Tierlimit => demo.layer(layer),
         Limiter::None => demo,
         Limiter::Governor(n) => demo.layer(governor_layer(n)?),
+    };
+    // Outside the limiter: a request with a bad token is never counted.
+    let demo = match jwt_secret {
+        Some(secret) => {
+            let key = Arc::new(jsonwebtoken::DecodingKey::from_secret(secret.as_bytes())?);
+            demo.layer(middleware::from_fn_with_state(key, jwt_auth))
+        }
+        None => demo,
     };
     let router = Router::new()
         .route(
@@ -371,6 +402,66 @@ async fn stand_in_auth(mut req: Request, next: Next) -> Response {
         req.extensions_mut().insert(TenantId(t));
     }
     next.run(req).await
+}
+
+/// The claims `--jwt-secret` reads.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+/// The plan a verified token names, for the layer's plan hook.
+#[derive(Clone, Debug)]
+struct TokenPlan(String);
+
+/// `--jwt-secret`: verifies the bearer token (HS256, `exp` required and in
+/// the future) and makes its `sub` the caller (`UserId`) and its `plan`
+/// claim the plan; anything else is 401 with a problem body.
+async fn jwt_auth(
+    State(key): State<Arc<jsonwebtoken::DecodingKey>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return unauthorized("send a token: Authorization: Bearer <JWT>");
+    };
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    match jsonwebtoken::decode::<Claims>(token.trim(), &key, &validation) {
+        Ok(data) => {
+            req.extensions_mut().insert(UserId(data.claims.sub));
+            if let Some(plan) = data.claims.plan {
+                req.extensions_mut().insert(TokenPlan(plan));
+            }
+            next.run(req).await
+        }
+        Err(e) => unauthorized(&format!("the token is not valid: {e}")),
+    }
+}
+
+/// 401 with an RFC 9457 problem body and a Bearer challenge.
+fn unauthorized(detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": detail,
+    });
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "application/problem+json"),
+            (header::WWW_AUTHENTICATE, "Bearer"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// The demo API: any path, any method.
@@ -535,10 +626,7 @@ async fn shutdown_signal() {
 async fn main() {
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => e.exit(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -572,7 +660,14 @@ async fn main() {
         (false, Some(n)) => Limiter::Governor(n),
         (false, None) => Limiter::Tierlimit,
     };
-    let built = build_full(&opts.config, token, metrics, limiter, opts.redis.clone());
+    let built = build_full(
+        &opts.config,
+        token,
+        metrics,
+        limiter,
+        opts.redis.clone(),
+        opts.jwt_secret.clone(),
+    );
     let (router, gw) = match built {
         Ok(r) => r,
         Err(e) => {
