@@ -270,7 +270,7 @@ pub fn build_full(
 ) -> Result<(Router, Gateway), BoxError> {
     let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
-    let mut builder = RateLimitLayer::configured(config.build()?)?;
+    let mut builder = RateLimitLayer::builder(config.build()?);
     if jwt_secret.is_some() {
         // The plan a verified token names (see `jwt_auth`).
         builder = builder.choose_plan(|req: &Parts, _: &Identity<'_>| {

@@ -37,7 +37,7 @@ use crate::store::{AnyStore, MemoryStore, MemoryStoreConfig, Store, StoreError};
 /// [`set_plan`](RateLimitLayer::set_plan)) changes the configuration at
 /// runtime, see [`Controller`].
 #[derive(Debug)]
-pub struct RateLimitLayer<St = MemoryStore> {
+pub struct RateLimitLayer<St = AnyStore> {
     engine: Arc<Engine<St>>,
 }
 
@@ -49,10 +49,14 @@ impl<St> Clone for RateLimitLayer<St> {
     }
 }
 
-impl RateLimitLayer<MemoryStore> {
-    /// A layer enforcing `policy` with a memory store (capped at the
-    /// policy's `store.max_keys`), the system clock, the policy's 429
-    /// format and failing open.
+impl RateLimitLayer<AnyStore> {
+    /// A layer enforcing `policy` with the store its configuration asks
+    /// for — Redis when it has a `store.redis` section (feature `redis`;
+    /// the store connects on its first decision, or see
+    /// [`RedisStore::connect`](crate::store::RedisStore::connect)), else a
+    /// memory store capped at `store.max_keys` — the system clock, the
+    /// policy's 429 format and its failure mode (`on_error`, failing open
+    /// by default). The store is chosen once: a reload does not change it.
     pub fn new(policy: Policy) -> Self {
         Self::builder(policy).build()
     }
@@ -76,8 +80,8 @@ impl RateLimitLayer<MemoryStore> {
     ///     .build();
     /// # let _ = layer;
     /// ```
-    pub fn builder(policy: Policy) -> RateLimitLayerBuilder<MemoryStore> {
-        let store = MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
+    pub fn builder(policy: Policy) -> RateLimitLayerBuilder<AnyStore> {
+        let store = store_for(&policy);
         let on_error = policy.on_error;
         RateLimitLayerBuilder {
             policy,
@@ -89,36 +93,41 @@ impl RateLimitLayer<MemoryStore> {
             who: Hooks::default(),
         }
     }
-}
 
-impl RateLimitLayer<AnyStore> {
-    /// A builder with the store the policy's configuration asks for: Redis
-    /// when it has a `store.redis` section (feature `redis`; the store
-    /// connects on its first decision, or see [`RedisStore::connect`](crate::store::RedisStore::connect)),
-    /// else a memory store; and the configured failure mode. The store is
-    /// chosen once: a reload does not change it.
+    /// [`RateLimitLayer::builder`], which now honours `store.redis` itself.
     ///
     /// # Errors
     ///
-    /// The Redis URL cannot be used.
+    /// None any more (the Redis URLs are checked when the policy is built).
+    #[deprecated(note = "`RateLimitLayer::new` and `builder` honour `store.redis` now")]
     pub fn configured(policy: Policy) -> Result<RateLimitLayerBuilder<AnyStore>, StoreError> {
-        let memory = || MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
-        let store = match &policy.redis {
-            None => AnyStore::Memory(memory()),
-            #[cfg(feature = "redis")]
-            Some(r) => {
-                let config = if r.cluster.is_empty() {
-                    crate::store::RedisStoreConfig::new(r.url.clone())
-                } else {
-                    crate::store::RedisStoreConfig::cluster(r.cluster.clone())
-                };
-                let config = config.prefix(r.prefix.clone()).timeout(r.timeout);
-                AnyStore::Redis(crate::store::RedisStore::new(config)?)
-            }
-            #[cfg(not(feature = "redis"))]
-            Some(_) => AnyStore::Memory(memory()),
-        };
-        Ok(RateLimitLayer::builder(policy).store(store))
+        Ok(Self::builder(policy))
+    }
+}
+
+/// The store a policy's configuration asks for (see [`RateLimitLayer::new`]).
+fn store_for(policy: &Policy) -> AnyStore {
+    let memory = || MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
+    match &policy.redis {
+        None => AnyStore::Memory(memory()),
+        #[cfg(feature = "redis")]
+        Some(r) => {
+            let config = if r.cluster.is_empty() {
+                crate::store::RedisStoreConfig::new(r.url.clone())
+            } else {
+                crate::store::RedisStoreConfig::cluster(r.cluster.clone())
+            };
+            let config = config.prefix(r.prefix.clone()).timeout(r.timeout);
+            // The policy's compilation opened these URLs with redis-rs
+            // already (`store.redis.url: …` errors), so this cannot fail.
+            AnyStore::Redis(
+                crate::store::RedisStore::new(config)
+                    .expect("store.redis was checked when the policy was built"),
+            )
+        }
+        // A policy with `store.redis` does not build without the feature.
+        #[cfg(not(feature = "redis"))]
+        Some(_) => AnyStore::Memory(memory()),
     }
 }
 

@@ -134,6 +134,19 @@ fn compile_redis(r: &RedisSection) -> Result<RedisSettings, ConfigError> {
             "this build of tierlimit has no `redis` feature",
         ));
     }
+    // What the store will open: a URL redis-rs refuses is refused here.
+    #[cfg(feature = "redis")]
+    {
+        let bad = |field: String, e: redis::RedisError| {
+            ConfigError::invalid(field, format!("not a Redis URL redis-rs accepts: {e}"))
+        };
+        if r.cluster.is_empty() {
+            redis::Client::open(url.as_str()).map_err(|e| bad("store.redis.url".into(), e))?;
+        } else {
+            redis::cluster::ClusterClient::new(r.cluster.iter().map(String::as_str))
+                .map_err(|e| bad("store.redis.cluster".into(), e))?;
+        }
+    }
     Ok(RedisSettings {
         url: url.clone(),
         cluster: r.cluster.clone(),
