@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::clock::Timestamp;
@@ -94,6 +94,7 @@ impl fmt::Debug for Hook {
     }
 }
 
+#[inline]
 fn human_window(w: Duration) -> Cow<'static, str> {
     let s = w.as_secs();
     if w.subsec_nanos() != 0 || s == 0 {
@@ -495,19 +496,22 @@ pub(crate) fn anonymous(identity: &IdentityConfig) -> Response<Bytes> {
     resp
 }
 
-/// Whether the request is a gRPC call (`content-type: application/grpc`,
-/// with or without a `+proto`/`+json` suffix or parameters).
+/// Whether the request is a gRPC call: HTTP/2 (gRPC has no other) with
+/// `content-type: application/grpc`, with or without a `+proto`/`+json`
+/// suffix or parameters. The version is looked at first: an HTTP/1.1
+/// refusal pays no header lookup.
 pub(crate) fn is_grpc(request: &Parts) -> bool {
-    request
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start();
-            ct.len() >= 16
-                && ct[..16].eq_ignore_ascii_case("application/grpc")
-                && matches!(ct.as_bytes().get(16), None | Some(b'+' | b';' | b' '))
-        })
+    request.version >= http::Version::HTTP_2
+        && request
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct.trim_start();
+                ct.len() >= 16
+                    && ct[..16].eq_ignore_ascii_case("application/grpc")
+                    && matches!(ct.as_bytes().get(16), None | Some(b'+' | b';' | b' '))
+            })
 }
 
 /// The gRPC status code (and a default message) for an HTTP answer of the
@@ -528,8 +532,10 @@ fn grpc_code(status: StatusCode) -> (u8, &'static str) {
 /// asks, else the code's default), no body; the other headers
 /// (`Retry-After`, the rate-limit headers) stay. An answer a hook already
 /// made a gRPC one (status 200 with `grpc-status`) is left alone.
+#[cold]
 pub(crate) fn grpc(mut resp: Response<Bytes>, message: Option<&str>) -> Response<Bytes> {
-    if resp.headers().contains_key("grpc-status") {
+    let status = HeaderName::from_static("grpc-status");
+    if resp.headers().contains_key(&status) {
         return resp;
     }
     let (code, default) = grpc_code(resp.status());
@@ -542,9 +548,9 @@ pub(crate) fn grpc(mut resp: Response<Bytes>, message: Option<&str>) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert(status, HeaderValue::from(u16::from(code)));
     if let Ok(v) = HeaderValue::from_str(&encoded) {
-        h.insert("grpc-message", v);
+        h.insert(HeaderName::from_static("grpc-message"), v);
     }
     h.remove(header::CONTENT_LENGTH);
     resp
@@ -555,6 +561,7 @@ pub(crate) fn grpc(mut resp: Response<Bytes>, message: Option<&str>) -> Response
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// The `grpc-message` of a rejection: which limit, and when to retry.
+#[cold]
 pub(crate) fn grpc_message(r: &Rejection) -> String {
     format!(
         "rate limit `{}` of tier `{}` exceeded ({} per {}); retry in {} seconds",
@@ -702,6 +709,7 @@ mod tests {
     fn grpc_requests_are_told_apart() {
         let parts = |ct: &str| {
             let (p, ()) = http::Request::builder()
+                .version(http::Version::HTTP_2)
                 .header(header::CONTENT_TYPE, ct)
                 .body(())
                 .unwrap()

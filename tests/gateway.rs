@@ -558,6 +558,7 @@ async fn a_grpc_call_is_refused_the_grpc_way() {
     let (router, _) = app(&policy_path("qarion"), None);
     let grpc = || {
         Request::post("/pkg.Service/Method")
+            .version(http::Version::HTTP_2)
             .header("content-type", "application/grpc")
             .header("x-api-key", "grpc-caller")
             .body(Body::empty())

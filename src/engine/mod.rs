@@ -33,7 +33,7 @@ use crate::headers::{self, LimitInfo, Rendered};
 use crate::identity::{Caller, ChoosePlan, Identify};
 use crate::observe::{self, Counters, Start};
 use crate::plans::{PlanSubject, PlanTable, SharedPlans};
-use crate::policy::Policy;
+use crate::policy::{Policy, RouteTiers};
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
     Answer, Batch, Charge, MemoryStore, MemoryStoreConfig, PostCharge, Refusal, Store, StoreError,
@@ -425,6 +425,22 @@ impl<St: Store> Engine<St> {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
+        if self.who.identify.is_some() || self.who.plan.is_some() {
+            return self.batch_by_hooks(policy, parts, route_tier);
+        }
+        let id = policy.identity.extract(parts);
+        let anonymous = id.caller() == Caller::Anonymous;
+        if anonymous && policy.anonymous == Anonymous::Refuse {
+            return Lookup::Refused;
+        }
+        let modifier = policy.modifier_of(&parts.headers);
+        let plan = policy.plan(&id, Some(&self.control.inner.plans));
+        let batch = policy.batch(route_tier, plan, &id, modifier);
+        Lookup::Check { batch, anonymous }
+    }
+
+    /// [`Engine::batch_of`] with the identity and plan hooks.
+    fn batch_by_hooks(&self, policy: &Policy, parts: &Parts, route_tier: RouteTiers) -> Lookup {
         let identified = self.who.identify.as_ref().and_then(|h| h.identify(parts));
         let id = match &identified {
             Some(who) => who.identity(&policy.identity),

@@ -956,12 +956,24 @@ impl Policy {
         if self.routes.is_empty() {
             return Some([self.default_tier, None]);
         }
-        let (normalised, canonical) = with_segments(path, |segs, canonical| {
-            (self.rule_for(method, segs), canonical)
-        });
-        if canonical {
-            return normalised.map(|t| [t, None]);
-        }
+        with_segments(path, |segs, canonical| {
+            let normalised = self.rule_for(method, segs);
+            if canonical {
+                return normalised.map(|t| [t, None]);
+            }
+            self.odd_spelling(method, path, normalised)
+        })
+    }
+
+    /// The route tiers of a path not spelled canonically, whose normalised
+    /// form gets `normalised` (see [`Policy::route_tier`]).
+    #[cold]
+    fn odd_spelling(
+        &self,
+        method: &http::Method,
+        path: &str,
+        normalised: Option<Option<usize>>,
+    ) -> Option<RouteTiers> {
         let literal = self.rule_for(method, &literal_segments(path));
         match (normalised, literal) {
             (None, None) => None,
@@ -971,6 +983,7 @@ impl Policy {
 
     /// The tier the first matching rule gives (`Some(None)`: no route
     /// tier), or `None` for an exempt rule.
+    #[inline]
     fn rule_for<S: AsRef<str>>(&self, method: &http::Method, segs: &[S]) -> Option<Option<usize>> {
         for r in &self.routes {
             if r.matches(method, segs) {
@@ -1051,23 +1064,27 @@ impl Policy {
         let (factor, bits) = modifier;
         // Requests under a modifier count apart from the others.
         let mod_mask = u128::from(bits).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-        let mut picked: [Option<usize>; 4] = [route[0], route[1], plan, self.global];
+        let mut picked: [Option<usize>; 3] = [route[0], plan, self.global];
         // A tier reached twice is checked once.
-        for i in 1..picked.len() {
-            if picked[..i].contains(&picked[i]) {
-                picked[i] = None;
-            }
+        if picked[1] == picked[0] {
+            picked[1] = None;
         }
+        if picked[2] == picked[0] || picked[2] == picked[1] {
+            picked[2] = None;
+        }
+        // The second route tier of an odd spelling (rare), last.
+        let extra = route[1].filter(|t| !picked.contains(&Some(*t)));
         let count: usize = picked
             .iter()
             .flatten()
+            .chain(&extra)
             .map(|&t| self.tiers[t].limit_count)
             .sum();
         let mut batch = Batch::with_capacity(count);
         // Hash each distinct scope once (requests rarely have more than 4).
         let mut memo: [Option<(u16, u128)>; 4] = [None; 4];
         let mut cascade_id = 0u16;
-        for &t in picked.iter().flatten() {
+        let mut add = |t: usize| {
             for (range, cascade) in &self.tiers[t].groups {
                 let group = cascade.then(|| {
                     cascade_id += 1;
@@ -1101,6 +1118,12 @@ impl Policy {
                     batch.push(spec);
                 }
             }
+        };
+        for &t in picked.iter().flatten() {
+            add(t);
+        }
+        if let Some(t) = extra {
+            add(t);
         }
         batch
     }
