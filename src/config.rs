@@ -58,7 +58,7 @@
 //! | `limit.family` | `qstash` header family: `daily`, `burst`, `chat-requests`, `chat-tokens` | none |
 //! | `limit.tenant_aggregate` | also count per tenant with capacity × users in the tenant × this factor | none |
 //! | `routes[]` | `methods` (absent, `[]` or `["*"]`: any), `path` pattern, `tier` (a tier name or `exempt`); first match wins | `[]` |
-//! | `default_tier` | route tier of requests no route matches; `null`: none | `null` |
+//! | `default_tier` | route tier of requests no route matches; `null`: none (every tier must be used: by a route, `default_tier`, `global`, or as a plan; an unused one is an error) | `null` |
 //! | `plans.default` / `plans.assignments` / `plans.users` / `plans.tenants` | the plan (a tier) of callers without an assignment / by API key / by user id / by tenant id (a request takes its API key's, else its user's, else its tenant's, else the default); a key that could never match (empty, spaces around it, longer than `identity.max_key_len`) is an error | no plans |
 //! | `global` | a tier checked on every non-exempt request | `null` |
 //! | `headers` | `x-ratelimit`, `ietf`, `qstash` or `none` | `x-ratelimit` |

@@ -268,3 +268,22 @@ fn costs_cascades_modifiers_and_aggregates_are_checked() {
     );
     assert!(err(&with(r#", "mode": "dry-run""#)).starts_with("mode: unknown variant `dry-run`"));
 }
+
+#[test]
+fn a_tier_nothing_uses_is_refused() {
+    // A typo in a route's tier name leaves the real tier unused.
+    let e = tierlimit::Config::from_json(
+        r#"{ "tiers": {
+               "uploads": { "limits": [ { "name": "m", "capacity": 5, "window": "1m" } ] },
+               "api": { "limits": [ { "name": "m", "capacity": 60, "window": "1m" } ] } },
+             "routes": [ { "methods": ["POST"], "path": "/upload", "tier": "api" } ],
+             "default_tier": "api" }"#,
+    )
+    .and_then(|c| c.build())
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "tiers.uploads: no route, `default_tier`, `global` or plan uses this tier, so it limits nothing"
+    );
+}

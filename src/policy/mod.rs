@@ -794,6 +794,24 @@ impl Policy {
             ipv6_prefix: id.ipv6_prefix,
         };
         finish_limits(&mut limits);
+        // A tier nothing uses limits nothing: say so rather than let a
+        // typo in a route's tier name pass unnoticed.
+        if default_plan.is_none() {
+            let mut used = vec![false; tier_names.len()];
+            let targets = routes.iter().filter_map(|r| match r.target {
+                RouteTarget::Tier(t) => Some(t),
+                RouteTarget::Exempt => None,
+            });
+            for t in targets.chain(default_tier).chain(global) {
+                used[t] = true;
+            }
+            if let Some(t) = used.iter().position(|u| !u) {
+                return Err(ConfigError::invalid(
+                    format!("tiers.{}", tier_names[t]),
+                    "no route, `default_tier`, `global` or plan uses this tier, so it limits nothing",
+                ));
+            }
+        }
         let mut is_plan = vec![false; tier_names.len()];
         if default_plan.is_some() {
             let mut routed = vec![false; tier_names.len()];

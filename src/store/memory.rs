@@ -446,9 +446,22 @@ fn hint_value(print: u64, until: u64) -> u64 {
 /// let second = store.decide_now(Timestamp::EPOCH, batch);
 /// assert!(first.admitted() && !second.admitted());
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+}
+
+/// A summary, not the counters (a store can hold a million of them).
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("MemoryStore")
+            .field("tracked", &inner.tracked.load(Ordering::Relaxed))
+            .field("max_keys", &inner.max_keys)
+            .field("evictions", &inner.evictions.load(Ordering::Relaxed))
+            .field("sweeps", &inner.sweeps.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MemoryStore {
@@ -1064,6 +1077,20 @@ mod tests {
             assert!(decide(&store, at(1), vec![limit(1, 5)]).admitted());
         }
         assert!(!decide(&store, at(1), vec![limit(1, 5)]).admitted());
+    }
+
+    #[test]
+    fn debug_is_a_summary_not_the_counters() {
+        let store = MemoryStore::default();
+        for k in 0..1_000 {
+            decide(&store, at(1), vec![limit(key(k), 5)]);
+        }
+        let text = format!("{store:?}");
+        assert!(
+            text.starts_with("MemoryStore { tracked: 1000, max_keys: 1048576"),
+            "{text}"
+        );
+        assert!(text.len() < 200, "{} bytes", text.len());
     }
 
     #[test]
