@@ -794,34 +794,19 @@ impl Policy {
             ipv6_prefix: id.ipv6_prefix,
         };
         finish_limits(&mut limits);
-        // A tier nothing uses limits nothing: say so rather than let a
-        // typo in a route's tier name pass unnoticed.
-        if default_plan.is_none() {
-            let mut used = vec![false; tier_names.len()];
-            let targets = routes.iter().filter_map(|r| match r.target {
-                RouteTarget::Tier(t) => Some(t),
-                RouteTarget::Exempt => None,
-            });
-            for t in targets.chain(default_tier).chain(global) {
-                used[t] = true;
-            }
-            if let Some(t) = used.iter().position(|u| !u) {
-                return Err(ConfigError::invalid(
-                    format!("tiers.{}", tier_names[t]),
-                    "no route, `default_tier`, `global` or plan uses this tier, so it limits nothing",
-                ));
-            }
+        // The tiers a route, `default_tier` or `global` uses.
+        let mut routed = vec![false; tier_names.len()];
+        let targets = routes.iter().filter_map(|r| match r.target {
+            RouteTarget::Tier(t) => Some(t),
+            RouteTarget::Exempt => None,
+        });
+        for t in targets.chain(default_tier).chain(global) {
+            routed[t] = true;
         }
         let mut is_plan = vec![false; tier_names.len()];
         if default_plan.is_some() {
-            let mut routed = vec![false; tier_names.len()];
-            let targets = routes.iter().filter_map(|r| match r.target {
-                RouteTarget::Tier(t) => Some(t),
-                RouteTarget::Exempt => None,
-            });
-            for t in targets.chain(default_tier).chain(global) {
-                routed[t] = true;
-            }
+            // Plans: the default, those assignments name, and every tier
+            // nothing else uses.
             let named = assignments.iter().flat_map(|m| m.values().copied());
             for t in named.chain(default_plan) {
                 is_plan[t] = true;
@@ -829,6 +814,13 @@ impl Policy {
             for (t, r) in routed.iter().enumerate() {
                 is_plan[t] |= !r;
             }
+        } else if let Some(t) = routed.iter().position(|r| !r) {
+            // A tier nothing uses limits nothing: say so rather than let a
+            // typo in a route's tier name pass unnoticed.
+            return Err(ConfigError::invalid(
+                format!("tiers.{}", tier_names[t]),
+                "no route, `default_tier`, `global` or plan uses this tier, so it limits nothing",
+            ));
         }
         Ok(Policy {
             limits,

@@ -156,7 +156,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_routing::Slot;
 
 use super::{
     Answer, Batch, Charge, CounterKey, LimitSpec, Outcome, PostCharge, Receipt, Refusal,
@@ -1038,25 +1037,21 @@ impl Inner {
         matches!(self.target, Target::Cluster(_))
     }
 
-    fn slot(&self, key: CounterKey) -> Slot {
-        Slot::for_key(self.redis_key(key))
-    }
-
     /// The slot number of counters `key` on a cluster; `None` on a single
     /// server.
     fn slot_of(&self, key: CounterKey) -> Option<u16> {
         self.is_cluster().then(|| self.slot_number(key))
     }
 
-    /// The number of the cluster slot of counters `key` (what
-    /// [`Slot::for_key`] computes: CRC16 of the hash tag, mod 16 384).
+    /// The number of the cluster slot of counters `key` (what redis-rs's
+    /// `Slot::for_key` computes: CRC16 of the hash tag, mod 16 384).
     fn slot_number(&self, key: CounterKey) -> u16 {
         let tag = format!("{:032x}", key.as_u128());
         crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS
     }
 
     /// The waiting charges of `slot` (all of them on a single server).
-    fn take_pending_in(&self, slot: Option<Slot>) -> Vec<Waiting> {
+    fn take_pending_in(&self, slot: Option<u16>) -> Vec<Waiting> {
         let (Some(slot), true) = (slot, self.is_cluster()) else {
             return self.take_pending();
         };
@@ -1065,7 +1060,7 @@ impl Inner {
         };
         let (mine, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut *p)
             .into_iter()
-            .partition(|w| self.slot(w.charge.receipt.key()) == slot);
+            .partition(|w| self.slot_number(w.charge.receipt.key()) == slot);
         *p = rest;
         mine
     }
@@ -1080,7 +1075,7 @@ impl Inner {
         if !self.is_cluster() {
             return vec![charges];
         }
-        group_by(charges, |w| self.slot(w.charge.receipt.key()))
+        group_by(charges, |w| self.slot_number(w.charge.receipt.key()))
             .into_iter()
             .map(|(_, v)| v)
             .collect()
@@ -1095,7 +1090,7 @@ impl Inner {
         conn: &Conn,
         now: Timestamp,
         mut batch: Batch,
-        slots: Vec<Slot>,
+        slots: Vec<u16>,
     ) -> Result<Batch, StoreError> {
         let parts = group_by(0..slots.len(), |&i| slots[i]);
         // A cascade is decided in one script: its members must share a slot.
@@ -1768,8 +1763,9 @@ impl Store for RedisStore {
         if !inner.is_cluster() {
             return Answer::Later(Box::pin(inner.queued(now, batch, key)));
         }
-        let numbers: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
-        if inner.slots_open(&numbers) {
+        // Cluster: one script per slot; each slot's node has a circuit.
+        let slots: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
+        if inner.slots_open(&slots) {
             return Answer::Now(Err(unavailable(
                 "the Redis Cluster node of these keys failed repeatedly; retrying shortly",
             )));
@@ -1778,11 +1774,6 @@ impl Store for RedisStore {
             let conn = inner.first_connect().await?;
             inner.start_flusher();
             inner.start_plan_sync();
-            let slots: Vec<Slot> = if inner.is_cluster() {
-                batch.limits().map(|l| inner.slot(l.key)).collect()
-            } else {
-                Vec::new()
-            };
             if slots.iter().any(|s| *s != slots[0]) {
                 let batch = inner.decide_across_slots(&conn, now, batch, slots).await?;
                 if !batch.admitted() {
@@ -1790,9 +1781,9 @@ impl Store for RedisStore {
                 }
                 return Ok(batch);
             }
-            let charges = inner.take_pending_in(slots.first().copied());
+            let slot = slots.first().copied();
+            let charges = inner.take_pending_in(slot);
             let call = inner.call(&conn, Some(now), &[&batch], &charges, &[]);
-            let slot = batch.limits().next().and_then(|l| inner.slot_of(l.key));
             let v = inner.finish_call(call.await, charges, slot)?;
             fill_one(&mut batch, &v)?;
             if !batch.admitted() {
@@ -1847,6 +1838,26 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::doubles;
+
+    #[test]
+    fn slot_numbers_are_redis_rs_slots() {
+        let store = super::RedisStore::new(
+            super::RedisStoreConfig::cluster(["redis://127.0.0.1:1"]).prefix("p"),
+        )
+        .unwrap();
+        for k in [
+            0u128,
+            1,
+            42,
+            u128::MAX,
+            0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835,
+        ] {
+            let key = super::CounterKey::from_u128(k);
+            let ours = store.inner.slot_number(key);
+            let theirs = redis::cluster_routing::Slot::for_key(store.redis_key(key));
+            assert_eq!(format!("Slot({ours})"), format!("{theirs:?}"), "{k}");
+        }
+    }
 
     #[test]
     fn answers_read_as_whole_numbers_and_a_torn_one_as_none() {
