@@ -55,7 +55,15 @@ impl Ours {
             api_key: Some(key.as_bytes()),
             ..Identity::default()
         };
-        let batch = self.policy.batch_for(&Method::GET, "/items", &id).unwrap();
+        let batch = self
+            .policy
+            .batch_for(
+                tierlimit::store::KeySecret::per_process(),
+                &Method::GET,
+                "/items",
+                &id,
+            )
+            .unwrap();
         let now = SystemClock.now();
         self.store.decide_now(now, batch).admitted()
     }

@@ -123,7 +123,12 @@ fn decisions(mode: &str, n: u64) -> u64 {
             ..tierlimit::identity::Identity::default()
         };
         policy
-            .batch_for(&http::Method::GET, "/items", &id)
+            .batch_for(
+                tierlimit::store::KeySecret::per_process(),
+                &http::Method::GET,
+                "/items",
+                &id,
+            )
             .is_some_and(|batch| store.decide_now(clock.now(), batch).admitted())
     };
     for _ in 0..1000 {

@@ -149,7 +149,14 @@ async fn decide_many(
                     api_key: Some(key.as_bytes()),
                     ..Identity::default()
                 };
-                let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+                let batch = policy
+                    .batch_for(
+                        tierlimit::store::KeySecret::per_process(),
+                        &http::Method::GET,
+                        "/x",
+                        &id,
+                    )
+                    .unwrap();
                 match store.decide(now(), batch) {
                     Answer::Later(f) => {
                         f.await.expect("a decision");
@@ -186,7 +193,14 @@ async fn fill(store: &RedisStore, policy: &Policy) {
                 api_key: Some(key.as_bytes()),
                 ..Identity::default()
             };
-            let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+            let batch = policy
+                .batch_for(
+                    tierlimit::store::KeySecret::per_process(),
+                    &http::Method::GET,
+                    "/x",
+                    &id,
+                )
+                .unwrap();
             if let Answer::Later(f) = store.decide(start + Duration::from_secs(s), batch) {
                 f.await.expect("a decision");
             }
@@ -208,7 +222,14 @@ async fn memory_per_caller(store: RedisStore, policy: Arc<Policy>, port: u16) ->
                     api_key: Some(key.as_bytes()),
                     ..Identity::default()
                 };
-                let batch = policy.batch_for(&http::Method::GET, "/x", &id).unwrap();
+                let batch = policy
+                    .batch_for(
+                        tierlimit::store::KeySecret::per_process(),
+                        &http::Method::GET,
+                        "/x",
+                        &id,
+                    )
+                    .unwrap();
                 let counter = batch.limit(0).key;
                 if let Answer::Later(f) = store.decide(SystemClock.now(), batch) {
                     f.await.expect("a decision");

@@ -64,11 +64,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tierlimit::config::{
-    Config, Cost, ErrorFormat, HeaderStyle, Limit, RedisSection, ScopePart, Tier,
-};
+use tierlimit::config::{Config, Cost, ErrorFormat, HeaderStyle, Limit, ScopePart, Tier};
 use tierlimit::identity::{Identity, TenantId, UserId};
-use tierlimit::store::AnyStore;
+use tierlimit::store::{AnyStore, RedisStoreConfig};
 use tierlimit::{ConfigError, PlanSubject, RateLimitLayer};
 
 /// Command-line options.
@@ -184,8 +182,9 @@ pub enum RedisFlag {
     Cluster(Vec<String>),
 }
 
-/// Reads the configuration file and checks its syntax (`build` checks the
-/// values); `redis` overrides where its counters live.
+/// Reads the configuration file and checks its syntax (`setup` checks the
+/// values); `redis` overrides where its counters live (the file's other
+/// `store.redis` settings stay).
 pub fn load(path: &Path, redis: Option<&RedisFlag>) -> Result<Config, ConfigError> {
     let mut config = Config::from_file(path)?;
     if let Some(flag) = redis {
@@ -193,14 +192,14 @@ pub fn load(path: &Path, redis: Option<&RedisFlag>) -> Result<Config, ConfigErro
             .store
             .redis
             .take()
-            .unwrap_or_else(|| RedisSection::url(""));
+            .unwrap_or_else(|| RedisStoreConfig::new(""));
         match flag {
             RedisFlag::Url(url) => {
-                section.url = Some(url.clone());
+                section.url = url.clone();
                 section.cluster.clear();
             }
             RedisFlag::Cluster(nodes) => {
-                section.url = None;
+                section.url = nodes.first().cloned().unwrap_or_default();
                 section.cluster = nodes.clone();
             }
         }
@@ -270,7 +269,7 @@ pub fn build_full(
 ) -> Result<(Router, Gateway), BoxError> {
     let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
-    let mut builder = RateLimitLayer::builder(config.build()?);
+    let mut builder = RateLimitLayer::builder(config.setup()?);
     if jwt_secret.is_some() {
         // The plan a verified token names (see `jwt_auth`).
         builder = builder.choose_plan(|req: &Parts, _: &Identity<'_>| {
@@ -588,7 +587,8 @@ async fn reload(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     if let Some(denied) = admin_denied(&gw, &headers) {
         return denied;
     }
-    match load(&gw.config_path, gw.redis.as_ref()).and_then(|c| c.build()) {
+    // The policy: the store was chosen at start-up (a restart changes it).
+    match load(&gw.config_path, gw.redis.as_ref()).and_then(|c| c.policy()) {
         Ok(policy) => {
             gw.layer.reload(policy);
             tracing::info!(target: "gateway", file = %gw.config_path.display(), "configuration reloaded");

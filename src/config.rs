@@ -70,7 +70,13 @@
 //! | `store.redis.url` / `cluster` | counters in this Redis (feature `redis`), or in the Redis Cluster of these nodes | none: memory |
 //! | `store.redis.on_error` | `open` (forward unlimited), `closed` (503 + `Retry-After: 1`) or `fallback` (a local memory store until Redis answers) | `open` |
 //! | `store.redis.timeout_ms` / `prefix` | how long a decision waits for Redis; prefix of its keys | 50 / `tierlimit` |
-//! | `store.redis.secret` | mixed into the hash naming counters in Redis (same on every instance) | none |
+//! | `store.redis.secret` | the text the key of the hash naming counters in Redis is derived from (give every instance the same) | none (the empty text) |
+//! | `store.redis.max_pending_charges` | most post-charges waiting to be sent to Redis | 100 000 |
+//!
+//! The `store` section is the [`Deployment`](crate::Deployment): read the
+//! whole file with [`Setup::from_file`](crate::Setup::from_file) (or
+//! [`Config::setup`]); [`Config::build`] and `Policy::from_file` compile the
+//! policy alone and refuse a file whose `store` section is not the default.
 //!
 //! # Costs measured after the response
 //!
@@ -806,106 +812,6 @@ impl<'de> Deserialize<'de> for OnStoreError {
     }
 }
 
-/// Settings of the store.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct StoreSection {
-    /// Most counters the memory store tracks at once.
-    pub max_keys: usize,
-    /// Keep the counters in Redis (feature `redis`).
-    pub redis: Option<RedisSection>,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            max_keys: 1 << 20,
-            redis: None,
-        }
-    }
-}
-
-/// Where Redis is and how to use it (`store.redis`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct RedisSection {
-    /// `redis://host:port` of a single server.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// The nodes of a Redis Cluster (instead of `url`).
-    #[serde(default)]
-    pub cluster: Vec<String>,
-    /// What to do when Redis cannot decide.
-    #[serde(default)]
-    pub on_error: OnStoreError,
-    /// How long a decision may wait for Redis, in milliseconds.
-    #[serde(default = "default_redis_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Prefix of every key written.
-    #[serde(default = "default_redis_prefix")]
-    pub prefix: String,
-    /// Mixed into the hash that names counters, so that key names cannot be
-    /// computed by anyone without the configuration; every instance sharing
-    /// the counters must have the same one.
-    #[serde(default)]
-    pub secret: Option<String>,
-}
-
-fn default_redis_timeout_ms() -> u64 {
-    50
-}
-
-fn default_redis_prefix() -> String {
-    "tierlimit".into()
-}
-
-impl RedisSection {
-    /// A single Redis server at `url`, with the defaults (fail open, 50 ms,
-    /// prefix `tierlimit`).
-    pub fn url(url: impl Into<String>) -> Self {
-        RedisSection {
-            url: Some(url.into()),
-            cluster: Vec::new(),
-            on_error: OnStoreError::default(),
-            timeout_ms: default_redis_timeout_ms(),
-            prefix: default_redis_prefix(),
-            secret: None,
-        }
-    }
-
-    /// Sets the failure mode.
-    pub fn on_error(mut self, mode: OnStoreError) -> Self {
-        self.on_error = mode;
-        self
-    }
-
-    /// Sets the per-decision timeout.
-    pub fn timeout_ms(mut self, ms: u64) -> Self {
-        self.timeout_ms = ms;
-        self
-    }
-
-    /// Sets the key prefix.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The Redis Cluster reached through `nodes`, with the defaults.
-    pub fn cluster<I, S>(nodes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut r = Self::url("");
-        r.url = None;
-        r.cluster = nodes.into_iter().map(Into::into).collect();
-        r
-    }
-}
-
 /// A whole configuration; see the [module docs](self) for the file format.
 ///
 /// ```
@@ -951,9 +857,10 @@ pub struct Config {
     /// 429 body format.
     #[serde(default)]
     pub errors: ErrorFormat,
-    /// Memory store settings.
+    /// Where the counters live: the [`Deployment`](crate::Deployment)
+    /// half of the file (see [`Config::setup`]).
     #[serde(default)]
-    pub store: StoreSection,
+    pub store: crate::Deployment,
     /// Enforce, or shadow (never reject).
     #[serde(default)]
     pub mode: Mode,
@@ -1158,8 +1065,14 @@ impl Config {
     }
 
     /// Keeps the counters in Redis (feature `redis`).
-    pub fn redis(mut self, redis: RedisSection) -> Self {
+    pub fn redis(mut self, redis: crate::store::RedisStoreConfig) -> Self {
         self.store.redis = Some(redis);
+        self
+    }
+
+    /// What to do when the store cannot decide (`store.redis.on_error`).
+    pub fn on_store_error(mut self, mode: OnStoreError) -> Self {
+        self.store.on_error = mode;
         self
     }
 }

@@ -13,6 +13,7 @@ use crate::identity::{ChoosePlan, Identify};
 use crate::policy::Policy;
 use crate::reject::{Hook, OnReject};
 use crate::service::RateLimit;
+use crate::setup::{Deployment, Setup};
 use crate::store::{AnyStore, MemoryStore, MemoryStoreConfig, Store, StoreError};
 
 /// Applies a rate-limit [`Policy`] to a service.
@@ -57,8 +58,8 @@ impl RateLimitLayer<AnyStore> {
     /// memory store capped at `store.max_keys` — the system clock, the
     /// policy's 429 format and its failure mode (`on_error`, failing open
     /// by default). The store is chosen once: a reload does not change it.
-    pub fn new(policy: Policy) -> Self {
-        Self::builder(policy).build()
+    pub fn new(setup: impl Into<Setup>) -> Self {
+        Self::builder(setup).build()
     }
 
     /// A builder, starting from what [`RateLimitLayer::new`] does.
@@ -80,15 +81,15 @@ impl RateLimitLayer<AnyStore> {
     ///     .build();
     /// # let _ = layer;
     /// ```
-    pub fn builder(policy: Policy) -> RateLimitLayerBuilder<AnyStore> {
-        let store = store_for(&policy);
-        let on_error = policy.on_error;
+    pub fn builder(setup: impl Into<Setup>) -> RateLimitLayerBuilder<AnyStore> {
+        let Setup { policy, deployment } = setup.into();
         RateLimitLayerBuilder {
             policy,
-            store,
+            store: store_for(&deployment),
             clock: Arc::new(SystemClock),
             hook: None,
-            on_error,
+            on_error: deployment.on_error,
+            fallback_keys: deployment.max_keys,
             max_post_in_flight: crate::engine::DEFAULT_POST_IN_FLIGHT,
             who: Hooks::default(),
         }
@@ -98,36 +99,33 @@ impl RateLimitLayer<AnyStore> {
     ///
     /// # Errors
     ///
-    /// None any more (the Redis URLs are checked when the policy is built).
+    /// None any more (the Redis URLs are checked when the setup is built).
     #[deprecated(note = "`RateLimitLayer::new` and `builder` honour `store.redis` now")]
-    pub fn configured(policy: Policy) -> Result<RateLimitLayerBuilder<AnyStore>, StoreError> {
-        Ok(Self::builder(policy))
+    pub fn configured(
+        setup: impl Into<Setup>,
+    ) -> Result<RateLimitLayerBuilder<AnyStore>, StoreError> {
+        Ok(Self::builder(setup))
     }
 }
 
-/// The store a policy's configuration asks for (see [`RateLimitLayer::new`]).
-fn store_for(policy: &Policy) -> AnyStore {
-    let memory = || MemoryStore::new(MemoryStoreConfig::default().max_keys(policy.max_keys));
-    match &policy.redis {
+/// The store a deployment asks for (see [`RateLimitLayer::new`]).
+fn store_for(deployment: &Deployment) -> AnyStore {
+    let memory = || MemoryStore::new(MemoryStoreConfig::default().max_keys(deployment.max_keys));
+    match &deployment.redis {
         None => AnyStore::Memory(memory()),
         #[cfg(feature = "redis")]
-        Some(r) => {
-            let config = if r.cluster.is_empty() {
-                crate::store::RedisStoreConfig::new(r.url.clone())
-            } else {
-                crate::store::RedisStoreConfig::cluster(r.cluster.clone())
-            };
-            let config = config.prefix(r.prefix.clone()).timeout(r.timeout);
-            // The policy's compilation opened these URLs with redis-rs
-            // already (`store.redis.url: …` errors), so this cannot fail.
-            AnyStore::Redis(
-                crate::store::RedisStore::new(config)
-                    .expect("store.redis was checked when the policy was built"),
-            )
-        }
-        // A policy with `store.redis` does not build without the feature.
+        Some(r) => match crate::store::RedisStore::new(r.clone()) {
+            Ok(store) => AnyStore::Redis(store),
+            // Settings that `Deployment::check` was not asked about: a
+            // store that fails every decision, so that `on_error` says
+            // what happens (and the error is logged and counted), rather
+            // than a panic or a silent memory store.
+            Err(e) => AnyStore::Broken(Arc::new(e.to_string())),
+        },
         #[cfg(not(feature = "redis"))]
-        Some(_) => AnyStore::Memory(memory()),
+        Some(_) => AnyStore::Broken(Arc::new(
+            "store.redis: this build of tierlimit has no `redis` feature".into(),
+        )),
     }
 }
 
@@ -140,6 +138,8 @@ pub struct RateLimitLayerBuilder<St> {
     clock: Arc<dyn Clock>,
     hook: Option<Hook>,
     on_error: OnStoreError,
+    /// The cap of the memory store [`OnStoreError::Fallback`] falls back on.
+    fallback_keys: usize,
     max_post_in_flight: usize,
     who: Hooks,
 }
@@ -160,6 +160,7 @@ impl<St: Store> RateLimitLayerBuilder<St> {
             clock: self.clock,
             hook: self.hook,
             on_error: self.on_error,
+            fallback_keys: self.fallback_keys,
             max_post_in_flight: self.max_post_in_flight,
             who: self.who,
         }
@@ -206,14 +207,16 @@ impl<St: Store> RateLimitLayerBuilder<St> {
 
     /// The layer.
     pub fn build(self) -> RateLimitLayer<St> {
-        let control = Controller::new(Arc::new(self.policy));
+        let control = Controller::new(self.policy);
         self.store.attach(control.shared_plans());
+        let fallback = (self.on_error == OnStoreError::Fallback)
+            .then(|| MemoryStore::new(MemoryStoreConfig::default().max_keys(self.fallback_keys)));
         let engine = Engine::new(
             control,
             self.store,
             self.clock,
             self.hook,
-            self.on_error,
+            (self.on_error, fallback),
             PostQueue::new(self.max_post_in_flight),
             self.who,
         );
@@ -231,7 +234,7 @@ impl<St: Store> RateLimitLayer<St> {
     }
 
     /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
+    pub fn policy(&self) -> Policy {
         self.engine.control.policy()
     }
 
@@ -257,7 +260,7 @@ impl<St: Store> RateLimitLayer<St> {
     }
 
     /// Swaps in a new policy atomically; see [`Controller::reload`].
-    pub fn reload(&self, policy: Policy) {
+    pub fn reload(&self, policy: impl Into<Policy>) {
         self.engine.control.reload(policy);
     }
 

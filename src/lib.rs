@@ -50,7 +50,8 @@
 //! ```
 //!
 //! The same policy as a file: see [`config`] for the format, then
-//! `Policy::from_file("policy.json")?` (or `Config::from_file(..)?.build()?`).
+//! `Setup::from_file("policy.json")?` (the [`Policy`] and the [`Deployment`]
+//! of its `store` section), which [`RateLimitLayer::new`] takes.
 //!
 //! ## How a request is decided
 //!
@@ -169,6 +170,7 @@ mod layer;
 mod observe;
 mod plans;
 mod service;
+mod setup;
 mod window;
 
 pub use body::RateLimitBody;
@@ -188,3 +190,4 @@ pub struct ReadmeDoctests;
 
 pub use policy::Policy;
 pub use service::RateLimit;
+pub use setup::{Deployment, Setup};

@@ -5,8 +5,9 @@ use std::error::Error as _;
 use tierlimit::{Config, ConfigErrorKind, Policy};
 
 /// The error of reading, checking and compiling `json`.
+/// What checking a whole file (policy and store) says.
 fn err(json: &str) -> String {
-    Policy::from_json(json).unwrap_err().to_string()
+    tierlimit::Setup::from_json(json).unwrap_err().to_string()
 }
 
 const GOOD_TIER: &str = r#""t": {"limits": [{"name": "m", "capacity": 5, "window": "1m"}]}"#;
@@ -212,7 +213,7 @@ fn errors_have_a_kind_a_path_and_keep_their_source() {
     assert_eq!(unknown.kind(), ConfigErrorKind::Unknown);
     assert_eq!(unknown.path(), "global");
     assert_eq!(unknown.message(), "unknown tier `gold`");
-    let invalid = Policy::from_json(&with(r#", "store": {"max_keys": 0}"#)).unwrap_err();
+    let invalid = tierlimit::Setup::from_json(&with(r#", "store": {"max_keys": 0}"#)).unwrap_err();
     assert_eq!(invalid.kind(), ConfigErrorKind::Invalid);
     // Parsing alone accepts what only the checks refuse.
     assert!(Config::from_json(&with(r#", "store": {"max_keys": 0}"#)).is_ok());

@@ -192,8 +192,8 @@ async fn a_plan_of_the_file_and_the_reload_keep_one_budget_in_process() {
     gw_a.layer.reload(
         tierlimit::Config::from_file(qarion())
             .unwrap()
-            .redis(tierlimit::config::RedisSection::url(server.url()))
-            .build()
+            .redis(tierlimit::store::RedisStoreConfig::new(server.url()))
+            .setup()
             .unwrap(),
     );
     let r: Reply = send(&a, get("k")).await;

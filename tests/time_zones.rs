@@ -143,7 +143,14 @@ fn dataapi_admits(policy: &Policy, store: &MemoryStore, key: &[u8], ms: u64) -> 
         api_key: Some(key),
         ..Identity::default()
     };
-    let batch = policy.batch_for(&Method::GET, "/data", &id).unwrap();
+    let batch = policy
+        .batch_for(
+            tierlimit::store::KeySecret::per_process(),
+            &Method::GET,
+            "/data",
+            &id,
+        )
+        .unwrap();
     store
         .decide_now(Timestamp::from_nanos(ms * MS), batch)
         .admitted()

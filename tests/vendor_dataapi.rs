@@ -75,7 +75,14 @@ fn decide(policy: &tierlimit::Policy, store: &MemoryStore, key: &[u8], at: u64) 
         api_key: Some(key),
         ..Identity::default()
     };
-    let batch = policy.batch_for(&Method::GET, "/data", &id).unwrap();
+    let batch = policy
+        .batch_for(
+            tierlimit::store::KeySecret::per_process(),
+            &Method::GET,
+            "/data",
+            &id,
+        )
+        .unwrap();
     store
         .decide_now(Timestamp::from_nanos(at * NS), batch)
         .admitted()

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
                 api_key: Some(b"k"),
                 ..Default::default()
             };
-            let _ = policy.batch_for(&http::Method::GET, "/x", &id);
+            let _ = policy.batch_for(tierlimit::store::KeySecret::per_process(), &http::Method::GET, "/x", &id);
         }
         Err(e) => {
             // Every error renders, with a kind and a message.

@@ -33,11 +33,10 @@ use crate::headers::{self, LimitInfo, Rendered};
 use crate::identity::{Caller, ChoosePlan, Identify};
 use crate::observe::{self, Counters, Start};
 use crate::plans::{PlanSubject, PlanTable, SharedPlans};
-use crate::policy::{Policy, RouteTiers};
+use crate::policy::{KeySecret, Policy, RouteTiers, Rules};
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
-    Answer, Batch, Charge, MemoryStore, MemoryStoreConfig, PostCharge, Refusal, Store, StoreError,
-    Verdict,
+    Answer, Batch, Charge, MemoryStore, PostCharge, Refusal, Store, StoreError, Verdict,
 };
 
 pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
@@ -51,13 +50,13 @@ pub struct ShadowRejection(pub Rejection);
 /// together by a reload.
 #[derive(Debug)]
 pub(crate) struct Active {
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) policy: Policy,
     pub(crate) counters: Counters,
 }
 
 impl Active {
-    fn new(policy: Arc<Policy>) -> Self {
-        let counters = Counters::new(policy.limit_names());
+    fn new(policy: Policy) -> Self {
+        let counters = Counters::new(policy.rules.limit_names());
         Active { policy, counters }
     }
 }
@@ -95,7 +94,7 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub(crate) fn new(policy: Arc<Policy>) -> Self {
+    pub(crate) fn new(policy: Policy) -> Self {
         Controller {
             inner: Arc::new(ControlInner {
                 active: ArcSwap::from_pointee(Active::new(policy)),
@@ -105,17 +104,18 @@ impl Controller {
         }
     }
 
-    /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.inner.active.load().policy)
+    /// The policy in force now (a cheap clone).
+    pub fn policy(&self) -> Policy {
+        self.inner.active.load().policy.clone()
     }
 
-    /// Swaps in `policy` atomically; see
+    /// Swaps in `policy` atomically (a [`Setup`](crate::Setup) gives its
+    /// policy: the store is chosen once, when the layer is built); see
     /// [reloads](Controller#reloads-and-plan-assignments).
-    pub fn reload(&self, policy: Policy) {
+    pub fn reload(&self, policy: impl Into<Policy>) {
         self.inner
             .active
-            .store(Arc::new(Active::new(Arc::new(policy))));
+            .store(Arc::new(Active::new(policy.into())));
         self.inner.plans.bump();
     }
 
@@ -162,13 +162,14 @@ impl Controller {
     /// `max_key_len` ([`ConfigErrorKind::Invalid`](crate::ConfigErrorKind::Invalid)).
     pub fn set_plan(&self, subject: impl Into<PlanSubject>, plan: &str) -> Result<(), ConfigError> {
         let subject = subject.into();
-        let policy = self.inner.active.load();
-        if !policy.policy.has_plans() {
+        let active = self.inner.active.load();
+        let policy = &active.policy.rules;
+        if !policy.has_plans() {
             return Err(ConfigError::unknown("plans", "no plans are configured"));
         }
-        if !policy.policy.has_plan(plan) {
-            let plans: Vec<&str> = policy.policy.plan_names().collect();
-            let what = if policy.policy.tier_names_contain(plan) {
+        if !policy.has_plan(plan) {
+            let plans: Vec<&str> = policy.plan_names().collect();
+            let what = if policy.tier_names_contain(plan) {
                 "is a route or global tier, not a plan"
             } else {
                 "is no plan"
@@ -183,7 +184,6 @@ impl Controller {
             ));
         }
         policy
-            .policy
             .check_plan_id(subject.id())
             .map_err(|m| ConfigError::invalid("key", m))?;
         self.inner.plans.set(&subject, plan);
@@ -204,7 +204,7 @@ impl Controller {
         let subject = subject.into();
         let (kind, id) = subject.parts();
         let active = self.inner.active.load();
-        let policy = &active.policy;
+        let policy = &active.policy.rules;
         self.inner
             .plans
             .resolve(kind, id, |plan| {
@@ -324,6 +324,8 @@ pub(crate) struct Engine<St> {
     /// Who the caller is and which plan, when the application says.
     who: Hooks,
     pub(crate) store: St,
+    /// The key of counter names, as the store asks.
+    secret: KeySecret,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hook: Option<Hook>,
     pub(crate) on_error: OnStoreError,
@@ -345,15 +347,12 @@ impl<St: Store> Engine<St> {
         store: St,
         clock: Arc<dyn Clock>,
         hook: Option<Hook>,
-        on_error: OnStoreError,
+        (on_error, fallback): (OnStoreError, Option<MemoryStore>),
         post: PostQueue,
         who: Hooks,
     ) -> Self {
-        let fallback = (on_error == OnStoreError::Fallback).then(|| {
-            let max_keys = control.policy().max_keys;
-            MemoryStore::new(MemoryStoreConfig::default().max_keys(max_keys))
-        });
         Engine {
+            secret: store.key_secret(),
             control,
             who,
             store,
@@ -379,10 +378,10 @@ impl<St: Store> Engine<St> {
             self.store.forget_cached();
         }
         let active = self.control.inner.active.load();
-        let batch = match self.batch_of(&active.policy, parts) {
+        let batch = match self.batch_of(&active.policy.rules, parts) {
             Lookup::Check { batch, anonymous } => {
                 if anonymous {
-                    self.report_anonymous(&active.policy);
+                    self.report_anonymous(&active.policy.rules);
                 }
                 batch
             }
@@ -391,9 +390,12 @@ impl<St: Store> Engine<St> {
                 return Step::Now(Next::Forward(Forwarding::default()));
             }
             Lookup::Refused => {
-                self.report_anonymous(&active.policy);
+                self.report_anonymous(&active.policy.rules);
                 observe::decided(started);
-                return Step::Now(answer(parts, reject::anonymous(&active.policy.identity)));
+                return Step::Now(answer(
+                    parts,
+                    reject::anonymous(&active.policy.rules.identity),
+                ));
             }
         };
         let sent = batch.len();
@@ -421,7 +423,7 @@ impl<St: Store> Engine<St> {
 
     /// The limits a request is checked against, unless it is exempt or
     /// refused for being anonymous.
-    fn batch_of(&self, policy: &Policy, parts: &Parts) -> Lookup {
+    fn batch_of(&self, policy: &Rules, parts: &Parts) -> Lookup {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
@@ -437,12 +439,12 @@ impl<St: Store> Engine<St> {
         }
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        let batch = policy.batch(route_tier, plan, &id, modifier);
+        let batch = policy.batch(self.secret, route_tier, plan, &id, modifier);
         Lookup::Check { batch, anonymous }
     }
 
     /// [`Engine::batch_of`] with the identity and plan hooks.
-    fn batch_by_hooks(&self, policy: &Policy, parts: &Parts, route_tier: RouteTiers) -> Lookup {
+    fn batch_by_hooks(&self, policy: &Rules, parts: &Parts, route_tier: RouteTiers) -> Lookup {
         let identified = self.who.identify.as_ref().and_then(|h| h.identify(parts));
         let id = match &identified {
             Some(who) => who.identity(&policy.identity),
@@ -466,13 +468,13 @@ impl<St: Store> Engine<St> {
             plan
         });
         let plan = named.or_else(|| policy.plan(&id, Some(&self.control.inner.plans)));
-        let batch = policy.batch(route_tier, plan, &id, modifier);
+        let batch = policy.batch(self.secret, route_tier, plan, &id, modifier);
         Lookup::Check { batch, anonymous }
     }
 
     /// The caller's identity as [`Engine::batch_of`] reads it (the hook's,
     /// else the policy's rules), as a short keyed hash for logs.
-    fn caller_tag(&self, policy: &Policy, parts: &Parts) -> String {
+    fn caller_tag(&self, policy: &Rules, parts: &Parts) -> String {
         match self.who.identify.as_ref().and_then(|h| h.identify(parts)) {
             Some(who) => policy.caller_tag(&who.identity(&policy.identity)),
             None => policy.caller_tag(&policy.identity.extract(parts)),
@@ -482,7 +484,7 @@ impl<St: Store> Engine<St> {
     /// Counts a request that nothing identifies (once per request: the
     /// fallback store looks the request up again without this), and says
     /// once at WARN why such requests happen and how to avoid them.
-    fn report_anonymous(&self, policy: &Policy) {
+    fn report_anonymous(&self, policy: &Rules) {
         let choice = policy.anonymous;
         observe::anonymous(choice);
         if !self.warned_anonymous.load(Ordering::Relaxed)
@@ -513,7 +515,7 @@ impl<St: Store> Engine<St> {
         sent: usize,
         decided: Result<Batch, StoreError>,
     ) -> Next {
-        let policy = &*active.policy;
+        let policy = &*active.policy.rules;
         let batch = match decided {
             // A store hands back the batch it was given, every limit decided;
             // anything else (say, a batch of its own making) is not trusted.
@@ -587,7 +589,7 @@ impl<St: Store> Engine<St> {
     /// The guard that charges an admitted request's post-charged limits.
     fn post_guard(
         self: &Arc<Self>,
-        policy: &Policy,
+        policy: &Rules,
         batch: &Batch,
         now: Timestamp,
     ) -> Option<PostGuard> {
@@ -624,7 +626,7 @@ impl<St: Store> Engine<St> {
                 answer(parts, reject::store_unavailable(retry_after))
             }
             OnStoreError::Fallback => {
-                let batch = match self.batch_of(&active.policy, parts) {
+                let batch = match self.batch_of(&active.policy.rules, parts) {
                     Lookup::Check { batch, .. } => Some(batch),
                     _ => None,
                 };
@@ -697,7 +699,7 @@ impl<St: Store> Finish for Engine<St> {
     }
 }
 
-fn render(policy: &Policy, batch: &Batch, admitted: bool, now: Timestamp) -> Rendered {
+fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rendered {
     let limits = &policy.limits;
     headers::render(policy.headers, batch, admitted, now, |i| {
         let l = &limits[batch.limit(i).label as usize];
@@ -713,7 +715,7 @@ fn render(policy: &Policy, batch: &Batch, admitted: bool, now: Timestamp) -> Ren
 /// The rejection of a refused batch, given the limit `Retry-After` waits
 /// for and the instant it has room.
 fn rejection(
-    policy: &Policy,
+    policy: &Rules,
     batch: &Batch,
     blocking: usize,
     retry_at: Timestamp,
@@ -771,7 +773,7 @@ fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) 
 fn trace_rejected(_: &Rejection, _: bool, _: impl FnOnce() -> String) {}
 
 #[cfg(feature = "tracing")]
-fn trace_admitted(policy: &Policy, batch: &Batch) {
+fn trace_admitted(policy: &Rules, batch: &Batch) {
     if tracing::enabled!(target: "tierlimit", tracing::Level::DEBUG) {
         for i in 0..batch.len() {
             let (Some(o), l) = (
@@ -793,4 +795,4 @@ fn trace_admitted(policy: &Policy, batch: &Batch) {
 }
 
 #[cfg(not(feature = "tracing"))]
-fn trace_admitted(_: &Policy, _: &Batch) {}
+fn trace_admitted(_: &Rules, _: &Batch) {}

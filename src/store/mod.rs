@@ -111,6 +111,7 @@ pub mod memory;
 mod model_tests;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod redis_config;
 
 use std::cell::Cell;
 use std::error::Error as StdError;
@@ -120,10 +121,12 @@ use std::future::Future;
 use crate::clock::Timestamp;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, RedisStoreConfig, TimeSource};
+pub use self::redis::RedisStore;
 pub use crate::plans::SharedPlans;
+pub use crate::policy::KeySecret;
 pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use redis_config::{RedisStoreConfig, TimeSource};
 
 /// The key of the counters of one (tier, scope key): an opaque, keyed
 /// 128-bit hash. Equal keys are the same counters.
@@ -547,6 +550,27 @@ pub enum AnyStore {
     /// Redis (feature `redis`).
     #[cfg(feature = "redis")]
     Redis(RedisStore),
+    /// A store that could not be made from its settings (a
+    /// [`Deployment`](crate::Deployment) that was not checked): every
+    /// decision fails with [`StoreErrorKind::Unavailable`] and this reason,
+    /// so the failure mode decides and the error is logged and counted.
+    Broken(std::sync::Arc<String>),
+}
+
+/// The reason a [`AnyStore::Broken`] gives, as an error.
+#[derive(Debug)]
+struct Unbuilt(std::sync::Arc<String>);
+
+impl fmt::Display for Unbuilt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Unbuilt {}
+
+fn unbuilt(why: &std::sync::Arc<String>) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, Unbuilt(why.clone()))
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
@@ -562,6 +586,7 @@ impl Store for AnyStore {
             AnyStore::Memory(m) => Answer::Now(Ok(m.decide_now(now, batch))),
             #[cfg(feature = "redis")]
             AnyStore::Redis(r) => r.decide(now, batch),
+            AnyStore::Broken(why) => Answer::Now(Err(unbuilt(why))),
         }
     }
 
@@ -581,11 +606,21 @@ impl Store for AnyStore {
         let _ = plans;
     }
 
+    fn key_secret(&self) -> KeySecret {
+        match self {
+            AnyStore::Memory(m) => m.key_secret(),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.key_secret(),
+            AnyStore::Broken(_) => KeySecret::per_process(),
+        }
+    }
+
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let answer = match self {
             AnyStore::Memory(m) => m.charge_after(now, charges),
             #[cfg(feature = "redis")]
             AnyStore::Redis(r) => r.charge_after(now, charges),
+            AnyStore::Broken(why) => Answer::Now(Err(unbuilt(why))),
         };
         match answer {
             Answer::Now(r) => Answer::Now(r),
@@ -711,5 +746,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// ([`SharedPlans`]). Called once; the default does nothing.
     fn attach(&self, plans: SharedPlans) {
         let _ = plans;
+    }
+
+    /// The key of the hash that names this store's counters (read once,
+    /// when a layer is built on the store). A store whose counters only
+    /// this process sees keeps the default, [`KeySecret::per_process`]; a
+    /// store several instances share returns the same key in each of them
+    /// ([`KeySecret::shared`]), or they would count apart.
+    fn key_secret(&self) -> KeySecret {
+        KeySecret::per_process()
     }
 }

@@ -157,8 +157,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use super::redis_config::{RedisStoreConfig, TimeSource};
 use super::{
-    Answer, Batch, Charge, CounterKey, LimitSpec, Outcome, PostCharge, Receipt, Refusal,
+    Answer, Batch, Charge, CounterKey, KeySecret, LimitSpec, Outcome, PostCharge, Receipt, Refusal,
     SharedPlans, Store, StoreError, StoreErrorKind, Verdict, View,
 };
 use crate::clock::Timestamp;
@@ -173,84 +174,6 @@ const PLANS_EVERY: Duration = Duration::from_millis(250);
 /// (`FLUSHALL`, a restart without persistence, eviction), not by an
 /// instance clearing its last assignment.
 const PLANS_MARK: &str = "!tierlimit";
-
-/// Where the store's "now" comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TimeSource {
-    /// The Redis server's clock (`TIME`): every instance agrees.
-    #[default]
-    Server,
-    /// The instant the layer passes (its own clock): for tests.
-    Caller,
-}
-
-/// Settings of a [`RedisStore`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]`, or the first node of a
-    /// cluster (see [`RedisStoreConfig::cluster`]).
-    pub url: String,
-    /// The nodes of a Redis Cluster; empty for a single server.
-    pub cluster: Vec<String>,
-    /// Prefix of every key the store writes (default `tierlimit`).
-    pub prefix: String,
-    /// How long one decision may wait for Redis (default 50 ms).
-    pub timeout: Duration,
-    /// Where "now" comes from (default the server's clock).
-    pub time: TimeSource,
-    /// Most post-charges waiting to be sent (default 100 000).
-    pub max_pending_charges: usize,
-}
-
-impl RedisStoreConfig {
-    /// Settings for the Redis at `url`, with the defaults.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisStoreConfig {
-            url: url.into(),
-            cluster: Vec::new(),
-            prefix: "tierlimit".into(),
-            timeout: Duration::from_millis(50),
-            time: TimeSource::Server,
-            max_pending_charges: 100_000,
-        }
-    }
-
-    /// Sets the key prefix.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the per-decision timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets where "now" comes from.
-    pub fn time(mut self, time: TimeSource) -> Self {
-        self.time = time;
-        self
-    }
-}
-
-/// Settings for the Redis Cluster of these nodes (one is enough; the
-/// others are found), with the defaults.
-impl RedisStoreConfig {
-    /// Settings for a Redis Cluster reached through `nodes`.
-    pub fn cluster<I, S>(nodes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let cluster: Vec<String> = nodes.into_iter().map(Into::into).collect();
-        let mut c = Self::new(cluster.first().cloned().unwrap_or_default());
-        c.cluster = cluster;
-        c
-    }
-}
 
 /// A connection to a single server or to a cluster.
 #[derive(Clone)]
@@ -326,6 +249,8 @@ struct Inner {
     live: arc_swap::ArcSwapOption<Conn>,
     script: redis::Script,
     prefix: String,
+    /// The key of counter names (the same in every instance).
+    secret: KeySecret,
     timeout: Duration,
     time: TimeSource,
     pending: Mutex<Vec<Waiting>>,
@@ -513,6 +438,9 @@ impl RedisStore {
     ///
     /// The URL is not a Redis URL.
     pub fn new(config: RedisStoreConfig) -> Result<Self, StoreError> {
+        config
+            .check()
+            .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
         let bad = |e| StoreError::new(StoreErrorKind::Unavailable, e);
         let target = if config.cluster.is_empty() {
             Target::Single(redis::Client::open(config.url.as_str()).map_err(bad)?)
@@ -530,6 +458,7 @@ impl RedisStore {
                 live: arc_swap::ArcSwapOption::empty(),
                 script: redis::Script::new(SCRIPT),
                 prefix: config.prefix,
+                secret: config.secret,
                 timeout: config.timeout,
                 time: config.time,
                 pending: Mutex::new(Vec::new()),
@@ -1748,6 +1677,10 @@ impl Inner {
 impl Store for RedisStore {
     type Decide = BoxFuture<Result<Batch, StoreError>>;
     type Charge = std::future::Ready<Result<(), StoreError>>;
+
+    fn key_secret(&self) -> KeySecret {
+        self.inner.secret
+    }
 
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let inner = Arc::clone(&self.inner);
