@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Load test of the example gateway with wrk, on loopback only, bounded in time:
-# this crate next to tower_governor and to the bare server, in one run.
+# Load test of the example gateway with wrk or oha, on loopback only, bounded
+# in time: this crate next to tower_governor and to the bare server, in one run.
 #
-#   bash benches/load.sh            # DURATION=4s ROUNDS=3 CONNS=50 KEYS=1000
+#   bash benches/load.sh                # wrk; DURATION=4s ROUNDS=3 CONNS=50 KEYS=1000
+#   LOADGEN=oha bash benches/load.sh    # the same scenarios and table with oha
 #
 # About 2 minutes of load plus the release build of the gateway (about 90 s
-# from cold); wrk is installed with apt-get when missing (as root).
+# from cold); wrk is installed with apt-get when missing (as root), oha with
+# `cargo install oha --locked` (about 4 minutes, once).
+#
+# wrk varies the x-api-key header per request with a Lua script. oha cannot
+# vary headers, only URLs (--rand-regex-url), so with LOADGEN=oha every
+# gateway runs with `--api-key-query api_key` (a request without x-api-key
+# takes its key from `?api_key=`, for tierlimit and tower_governor alike),
+# single-key scenarios send `x-api-key: load-test-key-0`, and the KEYS
+# scenarios ask for `/api/items?api_key=load-test-key-[0-9]{D}`: KEYS is
+# rounded up to a power of ten (D digits), and the keys are drawn at random
+# rather than in turn. oha's "aborted due to deadline" (requests cut off when
+# the duration ends) are not counted as failures.
 #
 # Scenarios, each measured ROUNDS times, interleaved, on one gateway binary
 # built in release mode, all serving the same demo route (`/api/items`):
@@ -54,10 +66,25 @@ if [ -n "$PIN" ] && [ "$(nproc)" -ge 2 ]; then
   echo "PIN=1: redis-server on core $last, the gateway and wrk on cores 0-$(( last - 1 ))" >&2
 fi
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "wrk not found: installing it (apt-get install wrk)" >&2
-  apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
-fi
+LOADGEN=${LOADGEN:-wrk}
+GW_EXTRA=()
+case "$LOADGEN" in
+  wrk)
+    if ! command -v wrk >/dev/null 2>&1; then
+      echo "wrk not found: installing it (apt-get install wrk)" >&2
+      apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
+    fi ;;
+  oha)
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v oha >/dev/null 2>&1; then
+      echo "oha not found: installing it (cargo install oha --locked)" >&2
+      cargo install oha --locked >&2
+    fi
+    GW_EXTRA=(--api-key-query api_key) ;;
+  *) echo "LOADGEN must be wrk or oha, not $LOADGEN" >&2; exit 2 ;;
+esac
+# oha: the digits of the generated keys (KEYS rounded up to a power of ten).
+DIGITS=$(python3 -c "import sys; k=max(int(sys.argv[1]),2); print(len(str(k-1)))" "$KEYS")
 cargo build --release --example gateway >&2
 BIN=target/release/examples/gateway
 
@@ -111,7 +138,7 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
 run() { # name keys config extra-args...
   local name=$1 keys=$2 config=$3; shift 3
   local port; port=$(free_port)
-  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" --no-metrics "$@" >"$work/$name.log" 2>&1 &
+  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" --no-metrics "${GW_EXTRA[@]}" "$@" >"$work/$name.log" 2>&1 &
   GW=$!
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -121,8 +148,27 @@ run() { # name keys config extra-args...
     echo "the gateway did not start:" >&2; cat "$work/$name.log" >&2; exit 1
   fi
   local before; before=$(cpu_ticks "$GW")
-  WRK_KEYS=$keys "${ON_APP[@]}" wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" -s "$work/keys.lua" \
-    "http://127.0.0.1:$port/api/items" >"$work/$name.out"
+  if [ "$LOADGEN" = wrk ]; then
+    WRK_KEYS=$keys "${ON_APP[@]}" wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" -s "$work/keys.lua" \
+      "http://127.0.0.1:$port/api/items" >"$work/$name.out"
+  else
+    local target=(-H "x-api-key: load-test-key-0" "http://127.0.0.1:$port/api/items")
+    if [ "$keys" -gt 1 ]; then
+      target=(--rand-regex-url "http://127.0.0.1:$port/api/items\\?api_key=load-test-key-[0-9]{$DIGITS}")
+    fi
+    "${ON_APP[@]}" oha -z "$DURATION" -c "$CONNS" --no-tui --output-format json "${target[@]}" \
+      >"$work/$name.json"
+    python3 - "$work/$name.json" >"$work/$name.out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = {int(k): v for k, v in d["statusCodeDistribution"].items()}
+ok, rej = codes.get(200, 0), codes.get(429, 0)
+other = sum(v for k, v in codes.items() if k not in (200, 429))
+other += sum(v for k, v in d["errorDistribution"].items() if "deadline" not in k)
+p = d["latencyPercentiles"]
+print(f"RESULT\t{d['summary']['requestsPerSec']:.1f}\t{(p['p50'] or 0) * 1e6:.0f}\t{(p['p99'] or 0) * 1e6:.0f}\t{ok}\t{rej}\t{other}")
+PY
+  fi
   local after; after=$(cpu_ticks "$GW")
   kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=
   python3 - "$work/$name.out" "$name" "$((after - before))" "$(getconf CLK_TCK)" >>"$work/results.tsv" <<'PY'
@@ -161,15 +207,18 @@ for round in $(seq 1 "$ROUNDS"); do
   fi
 done
 
-python3 - "$work/results.tsv" "$DURATION" "$CONNS" "$THREADS" "$KEYS" "${PIN:+ (PIN=1: redis-server on a core of its own)}" <<'PY'
+KEYS_SHOWN=$KEYS
+[ "$LOADGEN" = oha ] && KEYS_SHOWN=$(python3 -c "print(10**$DIGITS)")
+python3 - "$work/results.tsv" "$DURATION" "$CONNS" "$THREADS" "$KEYS_SHOWN" "${PIN:+ (PIN=1: redis-server on a core of its own)}" "$LOADGEN" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 runs = {}
 for name, rps, p50, p99, cpu, ok, rej, other in rows:
     runs.setdefault(name, []).append(dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), ok=int(ok), rej=int(rej), other=int(other)))
 med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
-dur, conns, threads, keys, pin = sys.argv[2:7]
-print(f"wrk -t{threads} -c{conns} -d{dur} (keys scenarios: {keys} keys){pin}: median of {len(next(iter(runs.values())))} interleaved rounds per scenario")
+dur, conns, threads, keys, pin, loadgen = sys.argv[2:8]
+gen = f"wrk -t{threads} -c{conns} -d{dur}" if loadgen == "wrk" else f"oha -c{conns} -z{dur}"
+print(f"{gen} (keys scenarios: {keys} keys){pin}: median of {len(next(iter(runs.values())))} interleaved rounds per scenario")
 print(f"{'scenario':<14} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
 base = med.get("bare")
 order = ["bare", "open", "gov-open", "open-keys", "gov-keys", "rejecting", "gov-rejecting", "redis"]

@@ -81,8 +81,20 @@ pub struct Options {
     /// requests a minute per `x-api-key`, headers on): the load script's
     /// point of comparison.
     pub governor: Option<u32>,
+    /// `--jwt-secret` and `--api-key-query`: how callers say who they are.
+    pub auth: Auth,
+}
+
+/// How the demo API's callers say who they are (besides `x-api-key`,
+/// `x-user-id` and `x-tenant-id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
     /// `--jwt-secret`: callers by the `sub` of a verified HS256 JWT.
     pub jwt_secret: Option<String>,
+    /// `--api-key-query NAME`: a request without `x-api-key` takes its API
+    /// key from this query parameter (as APIs that accept `?api_key=` do;
+    /// the load script uses it with `oha`, which varies URLs, not headers).
+    pub api_key_query: Option<String>,
 }
 
 /// What limits the demo API.
@@ -134,6 +146,10 @@ struct Args {
         hide_env_values = true
     )]
     jwt_secret: Option<String>,
+    /// A request without `x-api-key` takes its API key from this query
+    /// parameter (e.g. `api_key`).
+    #[arg(long, value_name = "NAME")]
+    api_key_query: Option<String>,
 }
 
 /// Reads the command line (without the program name).
@@ -157,7 +173,10 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, cla
         no_metrics: a.no_metrics,
         redis,
         governor: a.governor,
-        jwt_secret: a.jwt_secret.filter(|s| !s.is_empty()),
+        auth: Auth {
+            jwt_secret: a.jwt_secret.filter(|s| !s.is_empty()),
+            api_key_query: a.api_key_query.filter(|s| !s.is_empty()),
+        },
     })
 }
 
@@ -255,7 +274,14 @@ pub fn build_with(
     } else {
         Limiter::Tierlimit
     };
-    build_full(config_path, admin_token, metrics, limiter, redis, None)
+    build_full(
+        config_path,
+        admin_token,
+        metrics,
+        limiter,
+        redis,
+        Auth::default(),
+    )
 }
 
 /// [`build_with`], with any [`Limiter`], and `--jwt-secret`.
@@ -265,8 +291,12 @@ pub fn build_full(
     metrics: Option<PrometheusHandle>,
     limiter: Limiter,
     redis: Option<RedisFlag>,
-    jwt_secret: Option<String>,
+    auth: Auth,
 ) -> Result<(Router, Gateway), BoxError> {
+    let Auth {
+        jwt_secret,
+        api_key_query,
+    } = auth;
     let config = load(config_path, redis.as_ref())?;
     let tokens_header = tokens_header(&config);
     let mut builder = RateLimitLayer::builder(config.setup()?);
@@ -308,7 +338,10 @@ pub fn build_full(
         .with_state(gw.clone())
         .merge(admin_routes(&gw, &config)?)
         .merge(demo)
-        .layer(middleware::from_fn(stand_in_auth));
+        .layer(middleware::from_fn_with_state(
+            api_key_query.map(Arc::<str>::from),
+            stand_in_auth,
+        ));
     Ok((router, gw))
 }
 
@@ -386,8 +419,27 @@ fn governor_layer(
     Ok(tower_governor::GovernorLayer::new(config))
 }
 
-/// Moves the demo identity headers into the extensions tierlimit reads.
-async fn stand_in_auth(mut req: Request, next: Next) -> Response {
+/// Moves the demo identity headers into the extensions tierlimit reads;
+/// with `--api-key-query NAME`, a request without `x-api-key` takes it from
+/// the query parameter NAME (for tierlimit and tower_governor alike).
+async fn stand_in_auth(
+    State(key_query): State<Option<Arc<str>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if let Some(name) = key_query.as_deref() {
+        if !req.headers().contains_key("x-api-key") {
+            let key = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .and_then(|(_, v)| HeaderValue::from_str(v).ok())
+            });
+            if let Some(key) = key {
+                req.headers_mut().insert("x-api-key", key);
+            }
+        }
+    }
     let text = |req: &Request, name: &str| {
         req.headers()
             .get(name)
@@ -666,7 +718,7 @@ async fn main() {
         metrics,
         limiter,
         opts.redis.clone(),
-        opts.jwt_secret.clone(),
+        opts.auth.clone(),
     );
     let (router, gw) = match built {
         Ok(r) => r,

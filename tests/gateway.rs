@@ -610,7 +610,10 @@ mod jwt {
             None,
             gateway::Limiter::Tierlimit,
             None,
-            Some("s3cret".into()),
+            gateway::Auth {
+                jwt_secret: Some("s3cret".into()),
+                ..gateway::Auth::default()
+            },
         )
         .unwrap();
         // 60 tokens of one subject, each different: one standard budget.
@@ -660,6 +663,81 @@ mod jwt {
                 .map(|s| s.to_string()),
         )
         .unwrap();
-        assert_eq!(o.jwt_secret.as_deref(), Some("abc"));
+        assert_eq!(o.auth.jwt_secret.as_deref(), Some("abc"));
+    }
+}
+
+/// `--api-key-query`: the key in the URL (what the load script varies
+/// with oha) counts as the `x-api-key` header does, for tierlimit and for
+/// tower_governor; the header wins when both are sent.
+mod api_key_query {
+    use super::*;
+
+    fn router(limiter: gateway::Limiter) -> axum::Router {
+        gateway::build_full(
+            &policy_path("qarion"),
+            None,
+            None,
+            limiter,
+            None,
+            gateway::Auth {
+                api_key_query: Some("api_key".into()),
+                ..gateway::Auth::default()
+            },
+        )
+        .unwrap()
+        .0
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_query_key_is_the_callers_key() {
+        let app = router(gateway::Limiter::Tierlimit);
+        for n in 0..60 {
+            let r = send(&app, get("/api/items?x=1&api_key=q1")).await;
+            assert_eq!(r.status, StatusCode::OK, "{n}");
+        }
+        let r = send(&app, get("/api/items?api_key=q1")).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        // Another key in the URL has its own budget ...
+        let r = send(&app, get("/api/items?api_key=q2")).await;
+        assert_eq!(r.num("x-ratelimit-remaining"), 59);
+        // ... and the header wins over the query.
+        let req = Request::get("/api/items?api_key=q1")
+            .header("x-api-key", "h1")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, req).await.num("x-ratelimit-remaining"), 59);
+        let o = gateway::parse_args(
+            ["--config", "p.json", "--api-key-query", "api_key"]
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .unwrap();
+        assert_eq!(o.auth.api_key_query.as_deref(), Some("api_key"));
+    }
+
+    #[tokio::test]
+    async fn tower_governor_sees_it_too() {
+        let app = router(gateway::Limiter::Governor(2));
+        assert_eq!(
+            send(&app, get("/api/items?api_key=g")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, get("/api/items?api_key=g")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, get("/api/items?api_key=g")).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            send(&app, get("/api/items?api_key=h")).await.status,
+            StatusCode::OK
+        );
     }
 }
