@@ -25,7 +25,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "wrk not found: installing it (apt-get install wrk)" >&2
   apt-get update -qq >&2 && apt-get install -y -qq wrk >&2
 fi
-cargo build --release --example gateway >&2
+cargo build --release --features full --example gateway >&2
 work=$(mktemp -d)
 gw=""
 wrkpid=""

@@ -12,8 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
+# Every feature compiled in (metrics and tracing with no recorder installed),
+# as the figures of benches/README.md were measured; FEATURES= for the lean
+# default build.
+FEATURES=${FEATURES-full}
 command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind; }
-cargo bench --bench layer_cost --no-run >&2
+cargo bench --bench layer_cost ${FEATURES:+--features "$FEATURES"} --no-run >&2
 BIN=$(ls -t target/release/deps/layer_cost-* | grep -v '\.d$' | head -1)
 # Only the measured part of each run is counted (--toggle-collect: after
 # building everything and 1 000 requests of warm-up, so neither the TSC

@@ -85,7 +85,7 @@ case "$LOADGEN" in
 esac
 # oha: the digits of the generated keys (KEYS rounded up to a power of ten).
 DIGITS=$(python3 -c "import sys; k=max(int(sys.argv[1]),2); print(len(str(k-1)))" "$KEYS")
-cargo build --release --example gateway >&2
+cargo build --release --features full --example gateway >&2
 BIN=target/release/examples/gateway
 
 work=$(mktemp -d)

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! ```sh
-//! cargo run --release --example gateway -- --config examples/policies/qstash.json &
-//! cargo run --release --example client -- --url http://127.0.0.1:3000/v2/messages/m1 \
+//! cargo run --release --features full --example gateway -- --config examples/policies/qstash.json &
+//! cargo run --release --features full --example client -- --url http://127.0.0.1:3000/v2/messages/m1 \
 //!     --requests 500 --concurrency 8 --header 'authorization: Bearer demo'
 //! ```
 //!

@@ -4,7 +4,7 @@
 //! Run it with one of the shipped vendor policies:
 //!
 //! ```sh
-//! cargo run --release --example gateway -- --config examples/policies/qarion.json
+//! cargo run --release --features full --example gateway -- --config examples/policies/qarion.json
 //! # options: --listen 127.0.0.1:3000   --no-limit (serve without limiting: a baseline)
 //! #          --no-metrics (no Prometheus recorder; /metrics answers 404)
 //! #          --governor N (limit with tower_governor instead: N a minute per

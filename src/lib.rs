@@ -70,21 +70,43 @@
 //!
 //! ## Cargo features
 //!
-//! | feature | default | what it adds |
-//! | --- | --- | --- |
-//! | `axum` | no | reads the client IP from axum's `ConnectInfo<SocketAddr>` |
-//! | `tracing` | no | `tracing` events: rejections (debug; info in shadow mode; with a short keyed hash of the caller, never the key), remaining figures (debug), store failures (warn, at most one line per 10 s) |
-//! | `metrics` | no | counters by tier and limit, store errors, dropped post-charges, a decision-latency histogram (see below) |
+//! None is on by default: the default build is the layer, the memory store
+//! and the policy, and nothing else.
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `axum` | reads the client IP from axum's `ConnectInfo<SocketAddr>`; `client::ReplayBody` for axum's `Body` |
+//! | `tracing` | `tracing` events: rejections (debug; info in shadow mode; with a short keyed hash of the caller, never the key), remaining figures (debug), store failures (warn, at most one line per 10 s), Redis warnings |
+//! | `metrics` | the counters and histograms listed below, through the `metrics` facade |
+//! | `redis` | `store::RedisStore`: counters in Redis or a Redis Cluster, shared by every instance (`store.redis` in a file) |
+//! | `tz` | fixed windows in IANA time zones (`time_zone`), via `jiff`, with a bundled database for systems without one |
+//! | `client` | `client::RetryLayer`: an HTTP client layer that waits and retries as rate-limited APIs ask, and paces itself |
+//! | `reqwest` | `client::RetryMiddleware` for `reqwest` through `reqwest-middleware` (implies `client`) |
+//! | `full` | all of the above (what the example gateway and the whole test suite use) |
 //!
 //! ## Metrics
 //!
-//! With the `metrics` feature, through the `metrics` facade:
-//! `tierlimit_admitted_total`, `tierlimit_rejected_total`,
-//! `tierlimit_shadow_rejected_total` (labels `tier`, `limit`),
-//! `tierlimit_exempt_total`, `tierlimit_store_errors_total` (labels `kind`,
-//! `on_error`), `tierlimit_post_charges_dropped_total`,
-//! `tierlimit_post_charge_errors_total`, and the histogram
-//! `tierlimit_decision_seconds`.
+//! With the `metrics` feature, through the `metrics` facade (labels in
+//! parentheses; API keys never appear in a label):
+//!
+//! | metric | kind | what it counts |
+//! | --- | --- | --- |
+//! | `tierlimit_admitted_total` (`tier`, `limit`) | counter | requests admitted, per limit they were checked against |
+//! | `tierlimit_rejected_total` (`tier`, `limit`) | counter | requests refused, per refusing limit |
+//! | `tierlimit_shadow_rejected_total` (`tier`, `limit`) | counter | shadow mode: requests that would have been refused |
+//! | `tierlimit_exempt_total` | counter | requests on exempt routes |
+//! | `tierlimit_anonymous_total` (`action`: `share`, `refuse`) | counter | requests with no API key, user or client address |
+//! | `tierlimit_unknown_plans_total` | counter | requests whose plan hook named no plan of the policy |
+//! | `tierlimit_store_errors_total` (`kind`, `on_error`) | counter | decisions the store could not make |
+//! | `tierlimit_post_charges_dropped_total` | counter | post-charges dropped (too many in flight, no runtime) |
+//! | `tierlimit_post_charge_errors_total` | counter | post-charges the store failed to make |
+//! | `tierlimit_evictions_total` | counter | memory store entries evicted at `max_keys` |
+//! | `tierlimit_refusals_cached_total` | counter | Redis store refusals answered from the local cache |
+//! | `tierlimit_decision_seconds` | histogram | time to decide a request |
+//! | `tierlimit_client_retries_total` | counter | client layer: requests sent again |
+//! | `tierlimit_client_waits_total` (`cause`) | counter | client layer: waits before a request |
+//! | `tierlimit_client_wait_seconds` (`cause`) | histogram | client layer: how long it waited |
+//! | `tierlimit_client_gave_up_total` (`reason`) | counter | client layer: requests it stopped retrying |
 //!
 //! Without `axum`, insert [`identity::ClientAddr`] into request extensions
 //! (a plain hyper server knows the peer address when it accepts).
@@ -152,7 +174,9 @@
 //! every client shares the balancer's budget; never list `0.0.0.0/0`, or any
 //! client can pick its own address. See [`identity`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -108,6 +108,7 @@ use crate::clock::{Clock, SystemClock};
 
 pub use headers::{Advice, MAX_FIGURE};
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest::RetryMiddleware;
 
 /// Which 503 responses are retried.
@@ -401,6 +402,7 @@ impl<D> ReplayBody for http_body_util::Empty<D> {
 }
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl ReplayBody for axum::body::Body {
     /// An empty body is replayed; any other is a stream read once.
     fn replay(&self) -> Option<Self> {

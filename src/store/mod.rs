@@ -110,6 +110,7 @@ pub mod memory;
 #[cfg(test)]
 mod model_tests;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod redis_config;
 
@@ -121,6 +122,7 @@ use std::future::Future;
 use crate::clock::Timestamp;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
 pub use crate::plans::SharedPlans;
 pub use crate::policy::KeySecret;
@@ -549,6 +551,7 @@ pub enum AnyStore {
     Memory(MemoryStore),
     /// Redis (feature `redis`).
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     Redis(RedisStore),
     /// A store that could not be made from its settings (a
     /// [`Deployment`](crate::Deployment) that was not checked): every

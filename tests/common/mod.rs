@@ -72,6 +72,7 @@ pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
 }
 
 /// The Redis store of the current scenario's server or cluster.
+#[cfg(feature = "redis")]
 pub fn redis_store() -> tierlimit::store::RedisStore {
     use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource};
     let config = match backend() {
@@ -120,6 +121,7 @@ macro_rules! on_every_store {
                 }
             )*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $(
                 #[tokio::test]
@@ -128,6 +130,7 @@ macro_rules! on_every_store {
                 }
             )*
         }
+        #[cfg(feature = "redis")]
         mod redis_cluster {
             $(
                 #[tokio::test]
@@ -256,9 +259,12 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controll
         Backend::Memory => demo_with(builder.build(), clock),
         Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
         Backend::External => demo_with(builder.store(external::LogStore::default()).build(), clock),
+        #[cfg(feature = "redis")]
         Backend::Redis | Backend::RedisCluster => {
             demo_with(builder.store(redis_store()).build(), clock)
         }
+        #[cfg(not(feature = "redis"))]
+        Backend::Redis | Backend::RedisCluster => unreachable!("Redis scenarios need `redis`"),
     }
 }
 
@@ -357,9 +363,12 @@ where
                 .build()
                 .layer(inner),
         ),
+        #[cfg(feature = "redis")]
         Backend::Redis | Backend::RedisCluster => {
             tower::util::BoxCloneSyncService::new(builder.store(redis_store()).build().layer(inner))
         }
+        #[cfg(not(feature = "redis"))]
+        Backend::Redis | Backend::RedisCluster => unreachable!("Redis scenarios need `redis`"),
     }
 }
 
