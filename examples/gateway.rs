@@ -229,6 +229,19 @@ pub fn load(path: &Path, redis: Option<&RedisFlag>) -> Result<Config, ConfigErro
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An error and its causes, `: `-separated (an error's `Display` says only
+/// its own part).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
 /// The header the demo API reports tokens in: the first `tokens` cost
 /// header of the policy, else `x-usage-tokens`.
 fn tokens_header(config: &Config) -> HeaderName {
@@ -647,8 +660,8 @@ async fn reload(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
             Json(serde_json::json!({"reloaded": true})).into_response()
         }
         Err(e) => {
-            tracing::warn!(target: "gateway", error = %e, "reload refused; the old configuration stays");
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            tracing::warn!(target: "gateway", error = %chain(&e), "reload refused; the old configuration stays");
+            error(StatusCode::UNPROCESSABLE_ENTITY, chain(&e))
         }
     }
 }
@@ -723,7 +736,7 @@ async fn main() {
     let (router, gw) = match built {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("gateway: {}: {e}", opts.config.display());
+            eprintln!("gateway: {}: {}", opts.config.display(), chain(&*e));
             std::process::exit(1);
         }
     };
@@ -734,7 +747,7 @@ async fn main() {
             Ok(()) => tracing::info!(target: "gateway", "connected to Redis"),
             Err(e) => tracing::warn!(
                 target: "gateway",
-                error = %e,
+                error = %chain(&e),
                 "Redis is unreachable; its failure mode applies until it answers"
             ),
         }

@@ -892,10 +892,11 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            // serde_json appends " at line L column C"; keep it, it helps.
+            // serde_json's description, with " at line L column C": the
+            // message (not also a source, which would say it twice).
             let msg = inner.to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::new(ConfigErrorKind::Syntax, path, msg).with_source(inner)
+            ConfigError::new(ConfigErrorKind::Syntax, path, msg)
         })
     }
 
@@ -908,7 +909,7 @@ impl Config {
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            let msg = format!("cannot read {}: {e}", path.display());
+            let msg = format!("cannot read {}", path.display());
             ConfigError::new(ConfigErrorKind::Io, "", msg).with_source(e)
         })?;
         Self::from_json(&text)

@@ -34,12 +34,27 @@ pub enum ConfigErrorKind {
 /// assert_eq!(err.kind(), ConfigErrorKind::Invalid);
 /// assert_eq!(err.path(), "tiers.a.limits[0].window");
 /// ```
-#[derive(Debug)]
+///
+/// `Display` is the path and the message; the underlying error, when there
+/// is one, is only the `source()` (print the chain to see both, as
+/// `anyhow` and `eyre` do). A JSON syntax or type error has no source: the
+/// message is serde's description with its line and column.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(path, message))]
 pub struct ConfigError {
     kind: ConfigErrorKind,
     path: String,
     message: String,
+    #[source]
     source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+fn render(path: &str, message: &str) -> String {
+    if path.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{path}: {message}")
+    }
 }
 
 impl ConfigError {
@@ -88,21 +103,19 @@ impl ConfigError {
     }
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+/// An error and its sources, `: `-separated, for logs and messages that
+/// must say the cause (`Display` of an error says only its own part).
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
-impl StdError for ConfigError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }
 

@@ -204,11 +204,9 @@ fn a_missing_file_is_a_clear_error() {
 fn errors_have_a_kind_a_path_and_keep_their_source() {
     let syntax = Config::from_json("{\"tiers\": ").unwrap_err();
     assert_eq!(syntax.kind(), ConfigErrorKind::Syntax);
-    assert!(syntax
-        .source()
-        .unwrap()
-        .downcast_ref::<serde_json::Error>()
-        .is_some());
+    // serde's description is the message, said once (not also a source).
+    assert!(syntax.to_string().contains("line 1 column"), "{syntax}");
+    assert!(syntax.source().is_none());
     let unknown = Policy::from_json(&with(r#", "global": "gold""#)).unwrap_err();
     assert_eq!(unknown.kind(), ConfigErrorKind::Unknown);
     assert_eq!(unknown.path(), "global");
@@ -287,4 +285,21 @@ fn a_tier_nothing_uses_is_refused() {
         e,
         "tiers.uploads: no route, `default_tier`, `global` or plan uses this tier, so it limits nothing"
     );
+}
+
+/// An error's `Display` is its own part; the cause is only its `source()`,
+/// so printing the chain never says a thing twice.
+#[test]
+fn display_never_repeats_the_source() {
+    use tierlimit::store::{StoreError, StoreErrorKind};
+    let io = Config::from_file("/nonexistent/policy.json").unwrap_err();
+    let cause = io.source().unwrap().to_string();
+    assert_eq!(io.to_string(), "cannot read /nonexistent/policy.json");
+    assert!(!io.to_string().contains(&cause));
+    let store = StoreError::new(StoreErrorKind::Timeout, "deadline has elapsed");
+    assert_eq!(store.to_string(), "rate-limit store timed out");
+    assert_eq!(store.source().unwrap().to_string(), "deadline has elapsed");
+    let plain = StoreError::from_kind(StoreErrorKind::Unavailable);
+    assert_eq!(plain.to_string(), "rate-limit store unavailable");
+    assert!(plain.source().is_none());
 }

@@ -187,10 +187,8 @@ async fn a_failing_store_fails_closed_with_a_503_when_set() {
 fn store_errors_keep_their_source() {
     let e = unreachable_redis();
     assert_eq!(e.kind(), StoreErrorKind::Unavailable);
-    assert_eq!(
-        e.to_string(),
-        "rate-limit store unavailable: connection refused"
-    );
+    // Its own part only; the cause is the source.
+    assert_eq!(e.to_string(), "rate-limit store unavailable");
     let io = e
         .source()
         .unwrap()

@@ -335,11 +335,15 @@ impl<B> fmt::Display for GaveUp<B> {
 
 impl<B> std::error::Error for GaveUp<B> {}
 
-/// The error of a [`RetryClient`]: the inner client's, or a give-up.
+/// The error of a [`RetryClient`]: the inner client's, or a give-up. Both
+/// are transparent: `Display` and `source()` are those of the error inside.
+#[derive(thiserror::Error)]
 pub enum ClientError<E, B> {
     /// The inner client failed (connection, timeout...): not retried here.
+    #[error(transparent)]
     Inner(E),
     /// Rate limited, and the client gave up.
+    #[error(transparent)]
     GaveUp(GaveUp<B>),
 }
 
@@ -348,24 +352,6 @@ impl<E: fmt::Debug, B> fmt::Debug for ClientError<E, B> {
         match self {
             ClientError::Inner(e) => f.debug_tuple("Inner").field(e).finish(),
             ClientError::GaveUp(g) => f.debug_tuple("GaveUp").field(g).finish(),
-        }
-    }
-}
-
-impl<E: fmt::Display, B> fmt::Display for ClientError<E, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Inner(e) => e.fmt(f),
-            ClientError::GaveUp(g) => g.fmt(f),
-        }
-    }
-}
-
-impl<E: std::error::Error + 'static, B: 'static> std::error::Error for ClientError<E, B> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClientError::Inner(e) => Some(e),
-            ClientError::GaveUp(g) => Some(g),
         }
     }
 }

@@ -660,7 +660,7 @@ impl<St: Store> Engine<St> {
         #[cfg(feature = "tracing")]
         tracing::warn!(
             target: "tierlimit",
-            error = %e,
+            error = %crate::error::Chain(e),
             on_error = self.on_error.label(),
             errors_since_last_log = skipped,
             "rate-limit store failed"

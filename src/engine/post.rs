@@ -83,7 +83,7 @@ impl PostQueue {
         self.failed.fetch_add(1, Ordering::Relaxed);
         observe::post_charge_failed();
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: "tierlimit", error = %e, "post-charge failed");
+        tracing::debug!(target: "tierlimit", error = %crate::error::Chain(e), "post-charge failed");
         #[cfg(not(feature = "tracing"))]
         let _ = e;
     }
@@ -128,7 +128,7 @@ impl PostQueue {
                 failed.fetch_add(1, Ordering::Relaxed);
                 observe::post_charge_failed();
                 #[cfg(feature = "tracing")]
-                tracing::debug!(target: "tierlimit", error = %e, "post-charge failed");
+                tracing::debug!(target: "tierlimit", error = %crate::error::Chain(&e), "post-charge failed");
                 #[cfg(not(feature = "tracing"))]
                 let _ = e;
             }

@@ -561,16 +561,9 @@ pub enum AnyStore {
 }
 
 /// The reason a [`AnyStore::Broken`] gives, as an error.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct Unbuilt(std::sync::Arc<String>);
-
-impl fmt::Display for Unbuilt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl StdError for Unbuilt {}
 
 fn unbuilt(why: &std::sync::Arc<String>) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, Unbuilt(why.clone()))
@@ -676,10 +669,24 @@ pub enum StoreErrorKind {
     Protocol,
 }
 
-/// A store could not decide or charge. Keeps its source error.
-#[derive(Debug)]
+impl StoreErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "rate-limit store unavailable",
+            StoreErrorKind::Timeout => "rate-limit store timed out",
+            StoreErrorKind::Protocol => "rate-limit store answered something unusable",
+        }
+    }
+}
+
+/// A store could not decide or charge: what kind of failure (its
+/// `Display`), and the cause as its `source()` (the Redis error, the
+/// elapsed timeout...). Print the chain to see both.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", kind.describe())]
 pub struct StoreError {
     kind: StoreErrorKind,
+    #[source]
     source: Option<Box<dyn StdError + Send + Sync>>,
 }
 
@@ -700,28 +707,6 @@ impl StoreError {
     /// What went wrong.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.kind {
-            StoreErrorKind::Unavailable => "rate-limit store unavailable",
-            StoreErrorKind::Timeout => "rate-limit store timed out",
-            StoreErrorKind::Protocol => "rate-limit store answered something unusable",
-        })?;
-        if let Some(s) = &self.source {
-            write!(f, ": {s}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for StoreError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
     }
 }
 

@@ -764,7 +764,7 @@ impl Inner {
                     #[cfg(feature = "tracing")]
                     tracing::info!(
                         target: "tierlimit",
-                        error = %e,
+                        error = %crate::error::Chain(&e),
                         "could not read Redis's maxmemory-policy and persistence settings; \
                          make sure Redis runs with maxmemory-policy noeviction and keeps data \
                          on disk (see the README)"
@@ -839,7 +839,7 @@ impl Inner {
         self.every(&self.plan_sync, PLANS_EVERY, |inner| async move {
             if let Err(e) = inner.sync_plans().await {
                 #[cfg(feature = "tracing")]
-                tracing::debug!(target: "tierlimit", error = %e, "plan assignments not shared");
+                tracing::debug!(target: "tierlimit", error = %crate::error::Chain(&e), "plan assignments not shared");
                 #[cfg(not(feature = "tracing"))]
                 let _ = e;
             }
@@ -1412,7 +1412,7 @@ fn server_warnings(policy: &str, maxmemory: &str, save: &str, aof: &str) -> Vec<
 
 fn log_connect_error(e: &redis::RedisError) {
     #[cfg(feature = "tracing")]
-    tracing::warn!(target: "tierlimit", error = %e, "cannot connect to Redis; retrying");
+    tracing::warn!(target: "tierlimit", error = %crate::error::Chain(e), "cannot connect to Redis; retrying");
     #[cfg(not(feature = "tracing"))]
     let _ = e;
 }
