@@ -50,7 +50,7 @@ impl Clock for StepClock {
 }
 
 /// A per-minute and a per-hour sliding limit on every request.
-fn policy(per_minute: u64, per_hour: u64) -> tierlimit::Policy {
+fn policy(per_minute: u32, per_hour: u32) -> tierlimit::Policy {
     Config::new()
         .tier(
             "standard",

@@ -75,7 +75,7 @@ fn own_cpu() -> f64 {
 /// The qarion standard plan's shape (per minute, per hour, both sliding),
 /// with `scale` times its capacities: the throughput run raises them so
 /// that every decision is a round trip (no refusal answered locally).
-fn policy(scale: u64) -> Policy {
+fn policy(scale: u32) -> Policy {
     Config::new()
         .tier(
             "standard",

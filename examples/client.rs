@@ -128,7 +128,7 @@ async fn main() {
                         eprintln!("gave up: {g}");
                         gave_up.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(ClientError::Inner(e)) => {
+                    Err(e) => {
                         eprintln!("error: {e}");
                         errors.fetch_add(1, Ordering::Relaxed);
                     }

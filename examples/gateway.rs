@@ -362,7 +362,7 @@ pub fn build_full(
 /// past them, every admin call from that address gets 429 until the
 /// oldest failure leaves the minute (the right token too, so a guesser
 /// learns nothing from the answers).
-pub const ADMIN_FAILURES_PER_MINUTE: u64 = 10;
+pub const ADMIN_FAILURES_PER_MINUTE: u32 = 10;
 
 /// The admin API, behind this crate's own limiter: each 401 costs its
 /// client address one of [`ADMIN_FAILURES_PER_MINUTE`] (the policy's

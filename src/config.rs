@@ -451,8 +451,8 @@ fn one_request() -> Cost {
 pub struct Limit {
     /// Name, unique within its tier; shown in 429 bodies and metrics.
     pub name: String,
-    /// Cost units admitted per window.
-    pub capacity: u64,
+    /// Cost units admitted per window (1 ..= `u32::MAX`).
+    pub capacity: u32,
     /// Window length.
     #[serde(deserialize_with = "de_duration")]
     pub window: Duration,
@@ -485,7 +485,7 @@ pub struct Limit {
 }
 
 impl Limit {
-    fn new(name: impl Into<String>, capacity: u64, window: Duration, kind: WindowKind) -> Self {
+    fn new(name: impl Into<String>, capacity: u32, window: Duration, kind: WindowKind) -> Self {
         Limit {
             name: name.into(),
             capacity,
@@ -502,12 +502,12 @@ impl Limit {
     }
 
     /// A sliding-window limit scoped to the caller.
-    pub fn sliding(name: impl Into<String>, capacity: u64, window: Duration) -> Self {
+    pub fn sliding(name: impl Into<String>, capacity: u32, window: Duration) -> Self {
         Self::new(name, capacity, window, WindowKind::Sliding)
     }
 
     /// A clock-aligned (fixed) window limit scoped to the caller, in UTC.
-    pub fn fixed(name: impl Into<String>, capacity: u64, window: Duration) -> Self {
+    pub fn fixed(name: impl Into<String>, capacity: u32, window: Duration) -> Self {
         Self::new(name, capacity, window, WindowKind::Fixed)
     }
 
@@ -874,6 +874,19 @@ pub struct Config {
     pub tenant_users: BTreeMap<String, u64>,
 }
 
+/// A path as serde_path_to_error writes it, without the segments it could
+/// not name (`?`, e.g. inside an object whose key is malformed) and
+/// without its `.` for the document itself: `tiers.t.?` is `tiers.t`.
+fn known_path(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    path.split('.')
+        .filter(|seg| *seg != "?")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 impl Config {
     /// An empty configuration (it limits nothing until tiers are added).
     pub fn new() -> Self {
@@ -888,16 +901,19 @@ impl Config {
     /// Malformed JSON, unknown fields and wrong types
     /// ([`ConfigErrorKind::Syntax`]), naming the path of the offending value.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        // serde_json's description, with " at line L column C", is the
+        // message (not also a source, which would say it twice).
+        let syntax = |path: String, e: serde_json::Error| {
+            ConfigError::new(ConfigErrorKind::Syntax, path, e.to_string())
+        };
         let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            // serde_json's description, with " at line L column C": the
-            // message (not also a source, which would say it twice).
-            let msg = inner.to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(ConfigErrorKind::Syntax, path, msg)
-        })
+        let config = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+            let path = known_path(&e.path().to_string());
+            syntax(path, e.into_inner())
+        })?;
+        // Nothing but white space may follow the document.
+        de.end().map_err(|e| syntax(String::new(), e))?;
+        Ok(config)
     }
 
     /// Reads a JSON configuration file (see [`Config::from_json`]).

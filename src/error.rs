@@ -105,6 +105,7 @@ impl ConfigError {
 
 /// An error and its sources, `: `-separated, for logs and messages that
 /// must say the cause (`Display` of an error says only its own part).
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
 impl fmt::Display for Chain<'_> {

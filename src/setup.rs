@@ -202,15 +202,15 @@ impl<'de> Deserialize<'de> for Deployment {
             let mut config = match (r.url, r.cluster.is_empty()) {
                 (Some(_), false) => {
                     return Err(de::Error::custom(
-                        "store.redis: give `url` (one server) or `cluster`, not both",
+                        "`redis` takes `url` (one server) or `cluster`, not both",
                     ))
                 }
                 (Some(url), true) => RedisStoreConfig::new(url),
                 (None, false) => RedisStoreConfig::cluster(r.cluster),
                 (None, true) => {
                     return Err(de::Error::custom(
-                        "store.redis: `url` is required (`redis://host:port`), \
-                         or `cluster` with the nodes",
+                        "`redis.url` is required (`redis://host:port`), \
+                         or `redis.cluster` with the nodes",
                     ))
                 }
             };
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn url_or_cluster() {
         let e = Config::from_json(r#"{"store": {"redis": {}}}"#).unwrap_err();
-        assert!(e.to_string().contains("`url` is required"), "{e}");
+        assert!(e.to_string().starts_with("store: `redis.url` is required"), "{e}");
         let e = Config::from_json(
             r#"{"store": {"redis": {"url": "redis://a", "cluster": ["redis://b"]}}}"#,
         )

@@ -275,6 +275,7 @@ fn gave_up<B>(err: ClientError<Infallible, B>) -> tierlimit::client::GaveUp<B> {
     match err {
         ClientError::GaveUp(g) => g,
         ClientError::Inner(never) => match never {},
+        other => panic!("not a give-up: {other}"),
     }
 }
 

@@ -64,7 +64,7 @@ fn limit_fields_are_checked() {
     );
     assert_eq!(
         lim(r#"{"name": "m", "capacity": 5000000000, "window": "1m"}"#),
-        "tiers.premium.limits[1].capacity: must be at most 4294967295"
+        "tiers.premium.limits[1].capacity: invalid value: integer `5000000000`, expected u32 at line 1 column 116"
     );
     assert_eq!(
         lim(r#"{"name": "a", "capacity": 5, "window": "1m"}"#),
@@ -302,4 +302,27 @@ fn display_never_repeats_the_source() {
     let plain = StoreError::from_kind(StoreErrorKind::Unavailable);
     assert_eq!(plain.to_string(), "rate-limit store unavailable");
     assert!(plain.source().is_none());
+}
+
+/// Malformed JSON names the deepest place it can, never a `?`, and nothing
+/// may follow the document.
+#[test]
+fn syntax_errors_name_known_places_and_trailing_text_is_refused() {
+    let e = Config::from_json(r#"{"tiers": {"t": {"#).unwrap_err();
+    assert_eq!(e.path(), "tiers.t");
+    assert!(
+        e.to_string().starts_with("tiers.t: EOF while parsing"),
+        "{e}"
+    );
+    let e = Config::from_json(r#"{"tiers": {"t": {"limits": [{"name": "m",, }]}}}"#).unwrap_err();
+    assert_eq!(e.path(), "tiers.t.limits[0]");
+    let e = Config::from_json(r#"{"tenant_users": {"a": 1,}}"#).unwrap_err();
+    assert!(
+        e.to_string().starts_with("tenant_users: trailing comma"),
+        "{e}"
+    );
+    let e = Config::from_json("{} {}").unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert!(e.to_string().starts_with("trailing characters"), "{e}");
+    assert!(Config::from_json("{}\n  \n").is_ok());
 }

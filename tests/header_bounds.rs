@@ -21,7 +21,7 @@ const START_MS: u64 = 1_708_200_000_437;
 #[derive(Clone, Debug)]
 struct Case {
     /// (window in ms, precision, capacity) of each sliding limit.
-    limits: Vec<(u64, u32, u64)>,
+    limits: Vec<(u64, u32, u32)>,
     /// Milliseconds before each request.
     gaps: Vec<u64>,
     /// Whether to wait out `Retry-After` after each refusal.
@@ -30,7 +30,7 @@ struct Case {
 
 fn cases() -> impl Strategy<Value = Case> {
     let window = prop_oneof![100u64..=5_000, (1u64..=120).prop_map(|s| s * 1000)];
-    let limit = (window, 1u32..=60, 1u64..=12).prop_map(|(w, p, c)| (w, p.min(w as u32), c));
+    let limit = (window, 1u32..=60, 1u32..=12).prop_map(|(w, p, c)| (w, p.min(w as u32), c));
     (
         prop::collection::vec(limit, 1..=2),
         prop::collection::vec(prop_oneof![Just(0u64), 0u64..50, 0u64..3_000], 1..120),

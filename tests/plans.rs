@@ -12,7 +12,7 @@ use tower::Layer;
 
 /// Plans `standard` (60/min) and `premium` (`premium` per minute); with
 /// `gold`, a third plan `gold` exists.
-fn policy(premium: u64, gold: bool) -> Policy {
+fn policy(premium: u32, gold: bool) -> Policy {
     let minute = Duration::from_secs(60);
     let mut c = Config::new()
         .tier(
@@ -57,7 +57,7 @@ async fn set_plan_and_reload_race_without_losing_an_assignment() {
         s.spawn(move || {
             // Every reload changes the premium limit, so each is a new policy.
             for i in 0..N {
-                reloader.reload(policy(300 + (i % 2) as u64, false));
+                reloader.reload(policy(300 + (i % 2) as u32, false));
             }
         });
     });

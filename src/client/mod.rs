@@ -338,6 +338,7 @@ impl<B> std::error::Error for GaveUp<B> {}
 /// The error of a [`RetryClient`]: the inner client's, or a give-up. Both
 /// are transparent: `Display` and `source()` are those of the error inside.
 #[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError<E, B> {
     /// The inner client failed (connection, timeout...): not retried here.
     #[error(transparent)]

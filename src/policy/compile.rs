@@ -44,9 +44,6 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     if l.capacity == 0 {
         return Err(err("capacity", "must be greater than zero".into()));
     }
-    if l.capacity > u64::from(u32::MAX) {
-        return Err(err("capacity", format!("must be at most {}", u32::MAX)));
-    }
     if l.window.is_zero() {
         return Err(err("window", "must be greater than zero".into()));
     }
@@ -57,7 +54,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         .ok_or_else(|| err("window", "must be at most 366 days".into()))?;
     match &l.cost {
         Cost::Requests(0) => return Err(err("cost", "must be greater than zero".into())),
-        Cost::Requests(n) if *n > l.capacity => {
+        Cost::Requests(n) if *n > u64::from(l.capacity) => {
             return Err(err(
                 "cost",
                 format!(
@@ -145,7 +142,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
     Ok(CompiledLimit {
         name: l.name.clone(),
         tier: tier.to_owned(),
-        capacity: l.capacity,
+        capacity: u64::from(l.capacity),
         window: l.window,
         spec,
         cost: l.cost.clone(),

@@ -90,7 +90,7 @@ pub(super) fn limit_tag(tier: &str, l: &Limit, spec: WindowSpec) -> u16 {
     h.write(&[0]);
     h.write(l.name.as_bytes());
     h.write(&[0]);
-    h.write_u64(l.capacity);
+    h.write_u64(u64::from(l.capacity));
     h.write(format!("{:?}", l.cost).as_bytes());
     match spec.shape() {
         Shape::Sliding {

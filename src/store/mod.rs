@@ -626,6 +626,9 @@ impl Store for AnyStore {
 }
 
 /// What a store says: answered now, or a future to await.
+///
+/// Exhaustive on purpose (not `#[non_exhaustive]`): an answer is either
+/// ready or not, and a store's caller matches both arms.
 #[derive(Debug)]
 pub enum Answer<T, F> {
     /// Answered without waiting.
