@@ -13,35 +13,45 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::engine::{Decided, Finish, Forwarding, Next, Pending, ShadowRejection};
+use crate::engine::{Action, Decided, Finish, Forwarding, Pending, ShadowRejection};
 use crate::headers;
 use crate::store::{Batch, StoreError};
 
+/// A store decision being awaited (boxed: only a store that must be awaited
+/// makes one, and the future's type then does not name the store).
+type Deciding = Pin<Box<dyn Future<Output = Result<Batch, StoreError>> + Send>>;
+
 pin_project! {
-    /// Response future of [`RateLimit`](crate::RateLimit): `F` is the inner
-    /// service's future, `S` the inner service and `B` the request body
-    /// (kept while a store decision `D` is awaited).
-    pub struct ResponseFuture<F, S, B, D> {
+    /// Response future of [`RateLimit`](crate::RateLimit) around the inner
+    /// service `S` taking requests with body `B`: the store's decision when
+    /// it must be awaited, then the inner service's future, then the
+    /// rate-limit headers.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
         #[pin]
-        state: State<F, S, B, D>,
+        state: State<S, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, B, D> {
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
         Calling {
             #[pin]
-            fut: F,
+            fut: S::Future,
             forwarding: Forwarding,
         },
         Deciding {
-            #[pin]
-            fut: D,
+            fut: Deciding,
             // Boxed: a request head is large, and only requests whose store
             // must be awaited carry one; the common future stays small and
             // cheap to move.
-            wait: Box<Waiting<S, B>>,
+            wait: Box<AwaitingStore<S, B>>,
         },
         Done {
             resp: Option<Response<Bytes>>,
@@ -50,7 +60,7 @@ pin_project! {
 }
 
 /// What a request waiting for its store's decision keeps.
-struct Waiting<S, B> {
+struct AwaitingStore<S, B> {
     ctx: Option<Decided>,
     finish: Arc<dyn Finish>,
     inner: Option<S>,
@@ -58,14 +68,14 @@ struct Waiting<S, B> {
     body: Option<B>,
 }
 
-impl<F, S, B, D> std::fmt::Debug for ResponseFuture<F, S, B, D> {
+impl<S: Service<Request<B>>, B> std::fmt::Debug for ResponseFuture<S, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, S, B, D> ResponseFuture<F, S, B, D> {
-    pub(crate) fn calling(fut: F, forwarding: Forwarding) -> Self {
+impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
+    pub(crate) fn calling(fut: S::Future, forwarding: Forwarding) -> Self {
         ResponseFuture {
             state: State::Calling { fut, forwarding },
         }
@@ -77,17 +87,20 @@ impl<F, S, B, D> ResponseFuture<F, S, B, D> {
         }
     }
 
-    pub(crate) fn deciding(
+    pub(crate) fn deciding<D>(
         pending: Pending<D>,
         finish: Arc<dyn Finish>,
         inner: S,
         parts: Parts,
         body: B,
-    ) -> Self {
+    ) -> Self
+    where
+        D: Future<Output = Result<Batch, StoreError>> + Send + 'static,
+    {
         ResponseFuture {
             state: State::Deciding {
-                fut: pending.fut,
-                wait: Box::new(Waiting {
+                fut: Box::pin(pending.fut),
+                wait: Box::new(AwaitingStore {
                     ctx: Some(pending.ctx),
                     finish,
                     inner: Some(inner),
@@ -99,13 +112,11 @@ impl<F, S, B, D> ResponseFuture<F, S, B, D> {
     }
 }
 
-impl<F, S, B, D, ResB, E> Future for ResponseFuture<F, S, B, D>
+impl<S, B, ResB> Future for ResponseFuture<S, B>
 where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
-    D: Future<Output = Result<Batch, StoreError>>,
+    S: Service<Request<B>, Response = Response<ResB>>,
 {
-    type Output = Result<Response<RateLimitBody<ResB>>, E>;
+    type Output = Result<Response<RateLimitBody<ResB>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -135,8 +146,8 @@ where
                     return Poll::Ready(Ok(resp));
                 }
                 StateProj::Deciding { fut, wait } => {
-                    let decided = ready!(fut.poll(cx));
-                    let Waiting {
+                    let decided = ready!(fut.as_mut().poll(cx));
+                    let AwaitingStore {
                         ctx,
                         finish,
                         inner,
@@ -146,11 +157,11 @@ where
                     let new_state = match (ctx.take(), inner.take(), parts.take(), body.take()) {
                         (Some(ctx), Some(mut inner), Some(parts), Some(body)) => {
                             match Arc::clone(finish).finish(ctx, &parts, decided) {
-                                Next::Forward(forwarding) => State::Calling {
+                                Action::Forward(forwarding) => State::Calling {
                                     fut: inner.call(Request::from_parts(parts, body)),
                                     forwarding,
                                 },
-                                Next::Answer(resp) => State::Done { resp: Some(resp) },
+                                Action::Answer(resp) => State::Done { resp: Some(resp) },
                             }
                         }
                         // Only reachable when polled again after `call` of the

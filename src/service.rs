@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::engine::{Engine, Finish, Next, Step};
+use crate::engine::{Action, Decision, Engine, Finish};
 use crate::future::ResponseFuture;
 use crate::store::{MemoryStore, Store};
 
@@ -50,7 +50,7 @@ where
 {
     type Response = Response<RateLimitBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, ReqB, St::Decide>;
+    type Future = ResponseFuture<S, ReqB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -59,12 +59,12 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
         match self.engine.begin(&parts) {
-            Step::Now(Next::Forward(forwarding)) => ResponseFuture::calling(
+            Decision::Now(Action::Forward(forwarding)) => ResponseFuture::calling(
                 self.inner.call(Request::from_parts(parts, body)),
                 forwarding,
             ),
-            Step::Now(Next::Answer(resp)) => ResponseFuture::answer(resp),
-            Step::Later(pending) => {
+            Decision::Now(Action::Answer(resp)) => ResponseFuture::answer(resp),
+            Decision::Later(pending) => {
                 // The store must be awaited: the inner service that was made
                 // ready goes into the future, a clone stays here.
                 let clone = self.inner.clone();

@@ -258,7 +258,10 @@ mod tests {
     #[test]
     fn url_or_cluster() {
         let e = Config::from_json(r#"{"store": {"redis": {}}}"#).unwrap_err();
-        assert!(e.to_string().starts_with("store: `redis.url` is required"), "{e}");
+        assert!(
+            e.to_string().starts_with("store: `redis.url` is required"),
+            "{e}"
+        );
         let e = Config::from_json(
             r#"{"store": {"redis": {"url": "redis://a", "cluster": ["redis://b"]}}}"#,
         )

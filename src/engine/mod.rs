@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! request head ─▶ identity ─▶ policy lookup (route tier, plan, global)
-//!              ─▶ store decision ─▶ Next: forward (+ headers, + post-charge guard)
+//!              ─▶ store decision ─▶ Action: forward (+ headers, + post-charge guard)
 //!                                      or answer (429, 503, 500)
 //! ```
 //!
@@ -15,30 +15,33 @@
 //! http-body: the service calls [`Engine::begin`]; when the store must be
 //! awaited, the response future awaits it and calls [`Engine::finish`].
 
+mod control;
+mod failure;
+mod log;
 mod post;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::Response;
 
 use crate::clock::{Clock, Timestamp};
 use crate::config::{Anonymous, Mode, OnStoreError};
-use crate::error::ConfigError;
 use crate::headers::{self, LimitInfo, Rendered};
 use crate::identity::{Caller, ChoosePlan, Identify};
-use crate::observe::{self, Counters, Start};
-use crate::plans::{PlanSubject, PlanTable, SharedPlans};
-use crate::policy::{KeySecret, Policy, RouteTiers, Rules};
+use crate::observe::{self, Start};
+use crate::policy::{KeySecret, RouteTiers, Rules};
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
     Answer, Batch, Charge, MemoryStore, PostCharge, Refusal, Store, StoreError, Verdict,
 };
 
+pub(crate) use control::Active;
+pub use control::Controller;
+use log::{trace_admitted, trace_rejected};
 pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
 
 /// A request was over a limit while the layer ran in shadow mode: it was
@@ -46,190 +49,10 @@ pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShadowRejection(pub Rejection);
 
-/// The policy in force and the metric handles of its limits, swapped
-/// together by a reload.
-#[derive(Debug)]
-pub(crate) struct Active {
-    pub(crate) policy: Policy,
-    pub(crate) counters: Counters,
-}
-
-impl Active {
-    fn new(policy: Policy) -> Self {
-        let counters = Counters::new(policy.rules.limit_names());
-        Active { policy, counters }
-    }
-}
-
-#[derive(Debug)]
-struct ControlInner {
-    active: ArcSwap<Active>,
-    /// Runtime plan assignments; its generation also counts reloads.
-    plans: Arc<PlanTable>,
-    /// Requests whose plan hook named no plan of the policy in force.
-    unknown_plans: AtomicU64,
-}
-
-/// A handle on a running layer's configuration: swap the policy, assign
-/// plans. Cheap to clone, shared with the layer it came from
-/// ([`RateLimitLayer::controller`](crate::RateLimitLayer::controller)), and
-/// not generic over the store, so an admin API can hold one.
-///
-/// # Reloads and plan assignments
-///
-/// The policy is immutable; a reload swaps it for another in one atomic
-/// step (requests read it without a lock; a request in flight finishes with
-/// the policy it started with). Counters live in the store, keyed by tier,
-/// scope and each limit's definition, so a limit whose definition did not
-/// change keeps its counters across the swap; a changed limit starts from
-/// zero.
-///
-/// Runtime plan assignments live in a table of their own that a reload
-/// never touches, so none is ever lost, whatever the timing. They are kept
-/// by plan name and take precedence over the file's assignments while the
-/// policy in force has a plan of that name.
-#[derive(Clone, Debug)]
-pub struct Controller {
-    inner: Arc<ControlInner>,
-}
-
-impl Controller {
-    pub(crate) fn new(policy: Policy) -> Self {
-        Controller {
-            inner: Arc::new(ControlInner {
-                active: ArcSwap::from_pointee(Active::new(policy)),
-                plans: Arc::new(PlanTable::default()),
-                unknown_plans: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// The policy in force now (a cheap clone).
-    pub fn policy(&self) -> Policy {
-        self.inner.active.load().policy.clone()
-    }
-
-    /// Swaps in `policy` atomically (a [`Setup`](crate::Setup) gives its
-    /// policy: the store is chosen once, when the layer is built); see
-    /// [reloads](Controller#reloads-and-plan-assignments).
-    pub fn reload(&self, policy: impl Into<Policy>) {
-        self.inner
-            .active
-            .store(Arc::new(Active::new(policy.into())));
-        self.inner.plans.bump();
-    }
-
-    fn generation(&self) -> u64 {
-        self.inner.plans.generation()
-    }
-
-    /// The runtime plan assignments as a store shares them.
-    pub(crate) fn shared_plans(&self) -> SharedPlans {
-        SharedPlans(Arc::clone(&self.inner.plans))
-    }
-
-    /// Assigns plan `plan` to `subject` (an API key given as `&str`, or a
-    /// [`PlanSubject`]: an API key, a user or a tenant), from the next
-    /// request on.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tierlimit::config::{Config, Limit, Tier};
-    /// use tierlimit::{PlanSubject, RateLimitLayer};
-    ///
-    /// let policy = Config::new()
-    ///     .tier("standard", Tier::new().limit(Limit::sliding("m", 60, Duration::from_secs(60))))
-    ///     .tier("premium", Tier::new().limit(Limit::sliding("m", 300, Duration::from_secs(60))))
-    ///     .plans("standard", [("k", "standard")])
-    ///     .build()
-    ///     .unwrap();
-    /// let layer = RateLimitLayer::new(policy);
-    /// layer.set_plan("vip", "premium").unwrap();
-    /// layer.set_plan(PlanSubject::Tenant("acme".into()), "premium").unwrap();
-    /// assert_eq!(layer.plan_of("vip").as_deref(), Some("premium"));
-    /// // A user with the same id as the API key is another caller.
-    /// assert_eq!(layer.plan_of(PlanSubject::User("vip".into())).as_deref(), Some("standard"));
-    /// assert!(layer.set_plan("  spaced  ", "premium").is_err());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The policy in force has no plans, or no plan named `plan`
-    /// ([`ConfigErrorKind::Unknown`](crate::ConfigErrorKind::Unknown); the
-    /// message quotes at most 64 characters of the name), or the subject's
-    /// id could never match a request: empty, with leading or trailing
-    /// white space (identities are trimmed), or longer than the policy's
-    /// `max_key_len` ([`ConfigErrorKind::Invalid`](crate::ConfigErrorKind::Invalid)).
-    pub fn set_plan(&self, subject: impl Into<PlanSubject>, plan: &str) -> Result<(), ConfigError> {
-        let subject = subject.into();
-        let active = self.inner.active.load();
-        let policy = &active.policy.rules;
-        if !policy.has_plans() {
-            return Err(ConfigError::unknown("plans", "no plans are configured"));
-        }
-        if !policy.has_plan(plan) {
-            let plans: Vec<&str> = policy.plan_names().collect();
-            let what = if policy.tier_names_contain(plan) {
-                "is a route or global tier, not a plan"
-            } else {
-                "is no plan"
-            };
-            return Err(ConfigError::unknown(
-                "plan",
-                format!(
-                    "`{}` {what}; the plans are {}",
-                    crate::error::quoted(plan),
-                    plans.join(", ")
-                ),
-            ));
-        }
-        policy
-            .check_plan_id(subject.id())
-            .map_err(|m| ConfigError::invalid("key", m))?;
-        self.inner.plans.set(&subject, plan);
-        Ok(())
-    }
-
-    /// Removes the runtime plan assignment of `subject` (the configured
-    /// one applies again); whether there was one.
-    pub fn clear_plan(&self, subject: impl Into<PlanSubject>) -> bool {
-        self.inner.plans.remove(&subject.into())
-    }
-
-    /// The plan `subject` gets now from its own assignment: the runtime
-    /// one while the policy has that plan, else the configured one, else
-    /// the default plan. (A request also falls back from its API key to
-    /// its user and tenant; see [`PlanSubject`].)
-    pub fn plan_of(&self, subject: impl Into<PlanSubject>) -> Option<String> {
-        let subject = subject.into();
-        let (kind, id) = subject.parts();
-        let active = self.inner.active.load();
-        let policy = &active.policy.rules;
-        self.inner
-            .plans
-            .resolve(kind, id, |plan| {
-                policy.has_plan(plan).then(|| plan.to_owned())
-            })
-            .or_else(|| policy.configured_plan(subject.clone()).map(str::to_owned))
-    }
-
-    /// Requests whose [`ChoosePlan`](crate::identity::ChoosePlan) hook
-    /// named a plan the policy in force does not have (they got their
-    /// assigned or default plan).
-    pub fn unknown_plans(&self) -> u64 {
-        self.inner.unknown_plans.load(Ordering::Relaxed)
-    }
-
-    /// Every runtime plan assignment (subject, plan), in no particular order.
-    pub fn runtime_plans(&self) -> Vec<(PlanSubject, String)> {
-        self.inner.plans.all()
-    }
-}
-
 /// The layer's own answer to a request: as it is, or as a trailers-only
 /// gRPC response when the request is a gRPC call (see [`reject::grpc`]).
-fn answer(parts: &Parts, resp: Response<Bytes>) -> Next {
-    Next::Answer(if reject::is_grpc(parts) {
+fn answer(parts: &Parts, resp: Response<Bytes>) -> Action {
+    Action::Answer(if reject::is_grpc(parts) {
         reject::grpc(resp, None)
     } else {
         resp
@@ -237,7 +60,7 @@ fn answer(parts: &Parts, resp: Response<Bytes>) -> Next {
 }
 
 /// What to do with a request once it is decided.
-pub(crate) enum Next {
+pub(crate) enum Action {
     /// Call the inner service, then finish the response with this.
     Forward(Forwarding),
     /// Answer with this response; the inner service is not called.
@@ -283,9 +106,9 @@ pub(crate) struct Decided {
 }
 
 /// The first step of a request.
-pub(crate) enum Step<F> {
+pub(crate) enum Decision<F> {
     /// Decided: do this.
-    Now(Next),
+    Now(Action),
     /// Await the store, then [`Finish::finish`].
     Later(Pending<F>),
 }
@@ -298,7 +121,7 @@ pub(crate) trait Finish: Send + Sync + 'static {
         ctx: Decided,
         parts: &Parts,
         decided: Result<Batch, StoreError>,
-    ) -> Next;
+    ) -> Action;
 }
 
 /// The layer's identity and plan hooks (none: the policy's rules).
@@ -332,9 +155,8 @@ pub(crate) struct Engine<St> {
     /// The local store of [`OnStoreError::Fallback`].
     fallback: Option<MemoryStore>,
     pub(crate) post: PostQueue,
-    /// Unix second of the last store-error log line, and lines skipped since.
-    last_error_log: AtomicU64,
-    errors_unlogged: AtomicU64,
+    /// When store errors were last logged.
+    error_log: failure::ErrorLog,
     /// The controller generation the store last heard of.
     generation: AtomicU64,
     /// Whether the WARN about anonymous requests was written.
@@ -361,8 +183,7 @@ impl<St: Store> Engine<St> {
             on_error,
             fallback,
             post,
-            last_error_log: AtomicU64::new(0),
-            errors_unlogged: AtomicU64::new(0),
+            error_log: failure::ErrorLog::default(),
             generation: AtomicU64::new(0),
             warned_anonymous: AtomicBool::new(false),
         }
@@ -370,7 +191,7 @@ impl<St: Store> Engine<St> {
 
     /// Decides a request from its head: exempt, decided now, or a store
     /// answer to await.
-    pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Step<St::Decide> {
+    pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Decision<St::Decide> {
         let started = observe::start();
         let generation = self.control.generation();
         if generation != self.generation.load(Ordering::Relaxed) {
@@ -387,12 +208,12 @@ impl<St: Store> Engine<St> {
             }
             Lookup::Exempt => {
                 observe::exempt();
-                return Step::Now(Next::Forward(Forwarding::default()));
+                return Decision::Now(Action::Forward(Forwarding::default()));
             }
             Lookup::Refused => {
                 self.report_anonymous(&active.policy.rules);
                 observe::decided(started);
-                return Step::Now(answer(
+                return Decision::Now(answer(
                     parts,
                     reject::anonymous(&active.policy.rules.identity),
                 ));
@@ -404,11 +225,11 @@ impl<St: Store> Engine<St> {
             Answer::Now(decided) => {
                 let next = self.next(&active, parts, now, sent, decided);
                 observe::decided(started);
-                Step::Now(next)
+                Decision::Now(next)
             }
             Answer::Later(fut) => {
                 self.post.remember_runtime();
-                Step::Later(Pending {
+                Decision::Later(Pending {
                     fut,
                     ctx: Decided {
                         active: arc_swap::Guard::into_inner(active),
@@ -481,31 +302,6 @@ impl<St: Store> Engine<St> {
         }
     }
 
-    /// Counts a request that nothing identifies (once per request: the
-    /// fallback store looks the request up again without this), and says
-    /// once at WARN why such requests happen and how to avoid them.
-    fn report_anonymous(&self, policy: &Rules) {
-        let choice = policy.anonymous;
-        observe::anonymous(choice);
-        if !self.warned_anonymous.load(Ordering::Relaxed)
-            && !self.warned_anonymous.swap(true, Ordering::Relaxed)
-        {
-            #[cfg(feature = "tracing")]
-            tracing::warn!(
-                target: "tierlimit",
-                anonymous = ?choice,
-                "a request with no API key, no user and no client address: such requests {}. \
-                 Serve with connect info (axum: `app.into_make_service_with_connect_info::<SocketAddr>()`) \
-                 or insert `tierlimit::identity::ClientAddr` so that each client counts alone, \
-                 or set `identity.anonymous` to `refuse`",
-                match choice {
-                    Anonymous::Refuse => "are refused with 401",
-                    _ => "all share one budget",
-                }
-            );
-        }
-    }
-
     /// Turns a store's answer into what the service does next.
     fn next(
         self: &Arc<Self>,
@@ -514,7 +310,7 @@ impl<St: Store> Engine<St> {
         now: Timestamp,
         sent: usize,
         decided: Result<Batch, StoreError>,
-    ) -> Next {
+    ) -> Action {
         let policy = &*active.policy.rules;
         let batch = match decided {
             // A store hands back the batch it was given, every limit decided;
@@ -544,7 +340,7 @@ impl<St: Store> Engine<St> {
         if admitted {
             trace_admitted(policy, &batch);
             active.counters.admitted(&batch);
-            return Next::Forward(Forwarding {
+            return Action::Forward(Forwarding {
                 rendered,
                 guard: self.post_guard(policy, &batch, local_now),
                 shadow: None,
@@ -572,7 +368,7 @@ impl<St: Store> Engine<St> {
             .rejected(batch.limit(blocking).label, shadow);
         trace_rejected(&rejection, shadow, || self.caller_tag(policy, parts));
         if shadow {
-            return Next::Forward(Forwarding {
+            return Action::Forward(Forwarding {
                 rendered,
                 guard: None,
                 shadow: Some(Box::new(rejection)),
@@ -583,7 +379,7 @@ impl<St: Store> Engine<St> {
         if reject::is_grpc(parts) {
             resp = reject::grpc(resp, Some(&reject::grpc_message(&rejection)));
         }
-        Next::Answer(resp)
+        Action::Answer(resp)
     }
 
     /// The guard that charges an admitted request's post-charged limits.
@@ -611,63 +407,6 @@ impl<St: Store> Engine<St> {
         let sink: Arc<dyn PostSink> = Arc::clone(self) as Arc<dyn PostSink>;
         Some(PostGuard::new(sink, now, items))
     }
-
-    fn store_failed(
-        self: &Arc<Self>,
-        active: &Active,
-        parts: &Parts,
-        now: Timestamp,
-        e: &StoreError,
-    ) -> Next {
-        observe::store_error(e.kind(), self.on_error.label());
-        self.log_store_error(e);
-        match self.on_error {
-            OnStoreError::Closed { retry_after } => {
-                answer(parts, reject::store_unavailable(retry_after))
-            }
-            OnStoreError::Fallback => {
-                let batch = match self.batch_of(&active.policy.rules, parts) {
-                    Lookup::Check { batch, .. } => Some(batch),
-                    _ => None,
-                };
-                let local = self.fallback.as_ref().zip(batch);
-                let Some((store, batch)) = local else {
-                    return Next::Forward(Forwarding::default());
-                };
-                let decided = store.decide_now(now, batch);
-                self.next(active, parts, now, decided.len(), Ok(decided))
-            }
-            _ => Next::Forward(Forwarding::default()),
-        }
-    }
-
-    /// Logs store errors at WARN, at most one line every 10 seconds (with
-    /// the number of errors since the last line): an outage must not turn
-    /// every request into a log write.
-    fn log_store_error(&self, e: &StoreError) {
-        let now_s = self.clock.now().as_nanos() / 1_000_000_000;
-        let last = self.last_error_log.load(Ordering::Relaxed);
-        if now_s < last + 10
-            || self
-                .last_error_log
-                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.errors_unlogged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let skipped = self.errors_unlogged.swap(0, Ordering::Relaxed);
-        #[cfg(feature = "tracing")]
-        tracing::warn!(
-            target: "tierlimit",
-            error = %crate::error::Chain(e),
-            on_error = self.on_error.label(),
-            errors_since_last_log = skipped,
-            "rate-limit store failed"
-        );
-        #[cfg(not(feature = "tracing"))]
-        let _ = (e, skipped);
-    }
 }
 
 impl<St: Store> PostSink for Engine<St> {
@@ -692,7 +431,7 @@ impl<St: Store> Finish for Engine<St> {
         ctx: Decided,
         parts: &Parts,
         decided: Result<Batch, StoreError>,
-    ) -> Next {
+    ) -> Action {
         let next = self.next(&ctx.active, parts, ctx.now, ctx.sent, decided);
         observe::decided(ctx.started);
         next
@@ -737,62 +476,3 @@ fn rejection(
         at: now,
     })
 }
-
-/// Rejections are logged at DEBUG: under abuse an INFO line per 429 would
-/// turn every rejected request into a log write (the metrics count them
-/// all). Would-be rejections in shadow mode are logged at INFO, since seeing
-/// them is the point of shadow mode.
-#[cfg(feature = "tracing")]
-fn trace_rejected(r: &Rejection, shadow: bool, caller: impl FnOnce() -> String) {
-    macro_rules! event {
-        ($level:expr, $msg:literal) => {
-            tracing::event!(
-                target: "tierlimit",
-                $level,
-                caller = %caller(),
-                tier = %r.tier,
-                limit = %r.limit,
-                capacity = r.capacity,
-                remaining = r.remaining,
-                retry_after = r.retry_after_secs(),
-                $msg
-            )
-        };
-    }
-    if shadow {
-        event!(
-            tracing::Level::INFO,
-            "rate limit exceeded (shadow mode: not enforced)"
-        );
-    } else {
-        event!(tracing::Level::DEBUG, "rate limit exceeded");
-    }
-}
-
-#[cfg(not(feature = "tracing"))]
-fn trace_rejected(_: &Rejection, _: bool, _: impl FnOnce() -> String) {}
-
-#[cfg(feature = "tracing")]
-fn trace_admitted(policy: &Rules, batch: &Batch) {
-    if tracing::enabled!(target: "tierlimit", tracing::Level::DEBUG) {
-        for i in 0..batch.len() {
-            let (Some(o), l) = (
-                batch.outcome(i),
-                &policy.limits[batch.limit(i).label as usize],
-            ) else {
-                continue;
-            };
-            tracing::debug!(
-                target: "tierlimit",
-                tier = %l.tier,
-                limit = %l.name,
-                capacity = o.view.capacity,
-                remaining = o.view.remaining(),
-                "rate limit remaining"
-            );
-        }
-    }
-}
-
-#[cfg(not(feature = "tracing"))]
-fn trace_admitted(_: &Rules, _: &Batch) {}

@@ -253,7 +253,7 @@ struct Inner {
     secret: KeySecret,
     timeout: Duration,
     time: TimeSource,
-    pending: Mutex<Vec<Waiting>>,
+    pending: Mutex<Vec<QueuedCharge>>,
     max_pending: usize,
     /// Decisions waiting for a script call (single server; see
     /// [coalescing](self#one-round-trip-for-many-decisions)).
@@ -273,7 +273,7 @@ struct Inner {
     /// Whether the server's settings were checked (once, see
     /// [`RedisStore::check_server`]).
     server_checked: AtomicBool,
-    /// Refused batches by shape, until they can have room.
+    /// Refused batches by [`question`], until they can have room.
     refusals: DashMap<u64, Refused>,
     refusals_served: AtomicU64,
     failures: AtomicU32,
@@ -341,8 +341,9 @@ struct Refused {
 }
 
 /// A hash of what a batch asks: every limit's counter, tag, capacity and
-/// units to check. Equal shapes get equal answers from equal counters.
-fn shape(batch: &Batch) -> u64 {
+/// units to check. Equal questions get equal answers from equal counters
+/// (the key of the refusal cache).
+fn question(batch: &Batch) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for l in batch.limits() {
@@ -355,7 +356,7 @@ fn shape(batch: &Batch) -> u64 {
 /// caller's clock, and on this process's monotonic clock (so that on the
 /// server's clock it lands that long before the server's "now").
 #[derive(Clone, Copy, Debug)]
-struct Waiting {
+struct QueuedCharge {
     charge: PostCharge,
     at: Timestamp,
     queued: Instant,
@@ -366,8 +367,8 @@ struct Waiting {
 struct Queued {
     now: Timestamp,
     batch: Batch,
-    /// The batch's shape, to remember its refusal.
-    shape: u64,
+    /// The batch's [`question`], to remember its refusal.
+    question: u64,
     answer: tokio::sync::oneshot::Sender<Result<Batch, StoreError>>,
 }
 
@@ -955,7 +956,7 @@ impl Inner {
         Ok(server_warnings(&policy, &maxmemory, &save, &aof))
     }
 
-    fn take_pending(&self) -> Vec<Waiting> {
+    fn take_pending(&self) -> Vec<QueuedCharge> {
         self.pending
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
@@ -980,14 +981,14 @@ impl Inner {
     }
 
     /// The waiting charges of `slot` (all of them on a single server).
-    fn take_pending_in(&self, slot: Option<u16>) -> Vec<Waiting> {
+    fn take_pending_in(&self, slot: Option<u16>) -> Vec<QueuedCharge> {
         let (Some(slot), true) = (slot, self.is_cluster()) else {
             return self.take_pending();
         };
         let Ok(mut p) = self.pending.lock() else {
             return Vec::new();
         };
-        let (mine, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut *p)
+        let (mine, rest): (Vec<QueuedCharge>, Vec<QueuedCharge>) = std::mem::take(&mut *p)
             .into_iter()
             .partition(|w| self.slot_number(w.charge.receipt.key()) == slot);
         *p = rest;
@@ -996,7 +997,7 @@ impl Inner {
 
     /// Charges grouped by slot (one group on a single server, none when no
     /// charge waits).
-    fn by_slot(&self, charges: Vec<Waiting>) -> Vec<Vec<Waiting>> {
+    fn by_slot(&self, charges: Vec<QueuedCharge>) -> Vec<Vec<QueuedCharge>> {
         if charges.is_empty() {
             // Nothing waits: no call at all (the flusher ticks every 10 ms).
             return Vec::new();
@@ -1111,12 +1112,12 @@ impl Inner {
     }
 
     /// Puts charges back at the front of the queue (bounded).
-    fn requeue(&self, charges: Vec<Waiting>) {
+    fn requeue(&self, charges: Vec<QueuedCharge>) {
         if let Ok(mut p) = self.pending.lock() {
             let room = self.max_pending.saturating_sub(p.len());
             let lost = charges.len().saturating_sub(room);
             self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-            let mut back: Vec<Waiting> = charges.into_iter().take(room).collect();
+            let mut back: Vec<QueuedCharge> = charges.into_iter().take(room).collect();
             back.append(&mut p);
             *p = back;
         }
@@ -1130,7 +1131,7 @@ impl Inner {
         conn: &Conn,
         now: Option<Timestamp>,
         batches: &[&Batch],
-        charges: &[Waiting],
+        charges: &[QueuedCharge],
         give_back: &[GiveBack],
     ) -> impl Future<Output = CallResult> + Send + 'static {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -1244,7 +1245,7 @@ impl Inner {
     fn finish_call(
         &self,
         res: CallResult,
-        charges: Vec<Waiting>,
+        charges: Vec<QueuedCharge>,
         slot: Option<u16>,
     ) -> Result<Vec<i64>, StoreError> {
         let book = |ok: bool| match (slot, ok) {
@@ -1499,7 +1500,7 @@ impl Inner {
         self: Arc<Self>,
         now: Timestamp,
         batch: Batch,
-        shape: u64,
+        question: u64,
     ) -> Result<Batch, StoreError> {
         let (answer, rx) = tokio::sync::oneshot::channel();
         let start = {
@@ -1510,7 +1511,7 @@ impl Inner {
             q.waiting.push_back(Queued {
                 now,
                 batch,
-                shape,
+                question,
                 answer,
             });
             let start = q.senders < SENDERS;
@@ -1604,7 +1605,7 @@ impl Inner {
                 let res = match &answer {
                     Ok(v) => fill(&mut q.batch, v, here).map(|()| {
                         if !q.batch.admitted() {
-                            self.remember_refusal(q.shape, &q.batch);
+                            self.remember_refusal(q.question, &q.batch);
                         }
                         q.batch
                     }),
@@ -1684,7 +1685,7 @@ impl Store for RedisStore {
 
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let inner = Arc::clone(&self.inner);
-        let key = shape(&batch);
+        let key = question(&batch);
         if inner.cached_refusal(key, now, &mut batch) {
             return Answer::Now(Ok(batch));
         }
@@ -1753,7 +1754,7 @@ impl Store for RedisStore {
         if let Ok(mut p) = inner.pending.lock() {
             for charge in charges {
                 if p.len() < inner.max_pending {
-                    p.push(Waiting {
+                    p.push(QueuedCharge {
                         charge,
                         at: now,
                         queued,
