@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::Timestamp;
 
 const MS: u64 = 1_000_000;
 const HOUR: u64 = 3_600_000;
