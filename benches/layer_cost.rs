@@ -117,6 +117,8 @@ fn decisions(mode: &str, n: u64) -> u64 {
     let policy = policy(60, 1000);
     let store = tierlimit::store::MemoryStore::default();
     let clock = StepClock::default();
+    // What a layer reads once when it is built (the store's key secret).
+    let secret = tierlimit::store::KeySecret::per_process();
     let decide = || {
         let id = tierlimit::identity::Identity {
             api_key: Some(black_box(key.as_bytes())),
@@ -124,7 +126,7 @@ fn decisions(mode: &str, n: u64) -> u64 {
         };
         policy
             .batch_for(
-                tierlimit::store::KeySecret::per_process(),
+                secret,
                 &http::Method::GET,
                 "/items",
                 &id,
