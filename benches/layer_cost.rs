@@ -125,12 +125,7 @@ fn decisions(mode: &str, n: u64) -> u64 {
             ..tierlimit::identity::Identity::default()
         };
         policy
-            .batch_for(
-                secret,
-                &http::Method::GET,
-                "/items",
-                &id,
-            )
+            .batch_for(secret, &http::Method::GET, "/items", &id)
             .is_some_and(|batch| store.decide_now(clock.now(), batch).admitted())
     };
     for _ in 0..1000 {

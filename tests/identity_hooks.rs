@@ -168,3 +168,61 @@ async fn a_user_the_app_inserted_outranks_a_raw_bearer_token() {
     .await;
     assert_eq!(r.num("x-ratelimit-limit"), 10, "some-key's configured plan");
 }
+
+/// A store whose every decision fails.
+#[derive(Debug)]
+struct Down;
+
+impl tierlimit::store::Store for Down {
+    type Decide = std::future::Ready<Result<tierlimit::store::Batch, tierlimit::store::StoreError>>;
+    type Charge = std::future::Ready<Result<(), tierlimit::store::StoreError>>;
+
+    fn decide(
+        &self,
+        _: tierlimit::clock::Timestamp,
+        _: tierlimit::store::Batch,
+    ) -> tierlimit::store::Answer<tierlimit::store::Batch, Self::Decide> {
+        tierlimit::store::Answer::Now(Err(tierlimit::store::StoreError::from_kind(
+            tierlimit::store::StoreErrorKind::Unavailable,
+        )))
+    }
+
+    fn charge_after(
+        &self,
+        _: tierlimit::clock::Timestamp,
+        _: Vec<tierlimit::store::PostCharge>,
+    ) -> tierlimit::store::Answer<(), Self::Charge> {
+        tierlimit::store::Answer::Now(Ok(()))
+    }
+}
+
+/// When the store fails and the fallback store decides, the request is
+/// looked up again: the hooks run again, but a plan name that is no plan
+/// is counted once per request, not once per lookup.
+#[tokio::test]
+async fn an_unknown_plan_is_counted_once_when_the_fallback_store_decides() {
+    let layer = RateLimitLayer::builder(policy())
+        .clock(clock())
+        .store(Down)
+        .on_store_error(tierlimit::OnStoreError::Fallback)
+        .identify(|req: &Parts| Some(Identified::new().user(claims(req)?.sub)))
+        .choose_plan(|req: &Parts, _: &Identity<'_>| claims(req)?.plan)
+        .build();
+    let controller = layer.controller();
+    let app = Router::new()
+        .route("/x", get(|| async { "ok" }))
+        .layer(layer);
+    let req = || {
+        Request::get("/x")
+            .header(
+                "authorization",
+                format!("Bearer {}", token("gina", "a", Some("platinum"))),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let r = send(&app, req()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.num("x-ratelimit-limit"), 3, "the fallback store decided");
+    assert_eq!(controller.unknown_plans(), 1);
+}

@@ -39,7 +39,7 @@ impl<St: Store> Engine<St> {
                 answer(parts, reject::store_unavailable(retry_after))
             }
             OnStoreError::Fallback => {
-                let batch = match self.batch_of(&active.policy.rules, parts) {
+                let batch = match self.batch_of(&active.policy.rules, parts, false) {
                     Lookup::Check { batch, .. } => Some(batch),
                     _ => None,
                 };

@@ -199,7 +199,7 @@ impl<St: Store> Engine<St> {
             self.store.forget_cached();
         }
         let active = self.control.inner.active.load();
-        let batch = match self.batch_of(&active.policy.rules, parts) {
+        let batch = match self.batch_of(&active.policy.rules, parts, true) {
             Lookup::Check { batch, anonymous } => {
                 if anonymous {
                     self.report_anonymous(&active.policy.rules);
@@ -243,15 +243,17 @@ impl<St: Store> Engine<St> {
     }
 
     /// The limits a request is checked against, unless it is exempt or
-    /// refused for being anonymous.
-    fn batch_of(&self, policy: &Rules, parts: &Parts) -> Lookup {
+    /// refused for being anonymous. `first` is false when the fallback
+    /// store looks the request up again: what the first lookup counted
+    /// (a plan hook naming no plan) is not counted twice.
+    fn batch_of(&self, policy: &Rules, parts: &Parts, first: bool) -> Lookup {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
         // Without hooks, the identity and plan are read directly: the hook
         // path's extra steps cost every request (benches/instructions.sh).
         if self.who.identify.is_some() || self.who.plan.is_some() {
-            return self.batch_by_hooks(policy, parts, route_tier);
+            return self.batch_by_hooks(policy, parts, route_tier, first);
         }
         let id = policy.identity.extract(parts);
         let anonymous = id.caller() == Caller::Anonymous;
@@ -265,7 +267,13 @@ impl<St: Store> Engine<St> {
     }
 
     /// [`Engine::batch_of`] with the identity and plan hooks.
-    fn batch_by_hooks(&self, policy: &Rules, parts: &Parts, route_tier: RouteTiers) -> Lookup {
+    fn batch_by_hooks(
+        &self,
+        policy: &Rules,
+        parts: &Parts,
+        route_tier: RouteTiers,
+        first: bool,
+    ) -> Lookup {
         let identified = self.who.identify.as_ref().and_then(|h| h.identify(parts));
         let id = match &identified {
             Some(who) => who.identity(&policy.identity),
@@ -279,7 +287,7 @@ impl<St: Store> Engine<St> {
         let chosen = self.who.plan.as_ref().and_then(|h| h.plan(parts, &id));
         let named = chosen.as_deref().and_then(|name| {
             let plan = policy.plan_index(name);
-            if plan.is_none() {
+            if plan.is_none() && first {
                 self.control
                     .inner
                     .unknown_plans
