@@ -262,7 +262,7 @@ impl<St: Store> Engine<St> {
         }
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        let batch = policy.batch(self.secret, route_tier, plan, &id, modifier);
+        let batch = policy.batch(&self.secret, route_tier, plan, &id, modifier);
         Lookup::Check { batch, anonymous }
     }
 
@@ -297,7 +297,7 @@ impl<St: Store> Engine<St> {
             plan
         });
         let plan = named.or_else(|| policy.plan(&id, Some(&self.control.inner.plans)));
-        let batch = policy.batch(self.secret, route_tier, plan, &id, modifier);
+        let batch = policy.batch(&self.secret, route_tier, plan, &id, modifier);
         Lookup::Check { batch, anonymous }
     }
 

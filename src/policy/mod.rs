@@ -264,7 +264,7 @@ impl Policy {
         let rules = &self.rules;
         let route_tier = rules.route_tier(method, path)?;
         let plan = rules.plan(id, None);
-        Some(rules.batch(secret, route_tier, plan, id, (1.0, 0)))
+        Some(rules.batch(&secret, route_tier, plan, id, (1.0, 0)))
     }
 }
 
@@ -434,7 +434,7 @@ impl Rules {
     /// modifier (factor, matched set), its counter keys made with `secret`.
     pub(crate) fn batch(
         &self,
-        secret: KeySecret,
+        secret: &KeySecret,
         route: RouteTiers,
         plan: Option<usize>,
         id: &Identity<'_>,
@@ -476,7 +476,7 @@ impl Rules {
                         .find(|(s, _)| *s == l.scope_id)
                         .map(|(_, h)| *h);
                     let scope_hash = known.unwrap_or_else(|| {
-                        let h = keys::scope_hash(secret, &l.scope, id);
+                        let h = keys::scope_hash(*secret, &l.scope, id);
                         if let Some(free) = memo.iter_mut().find(|m| m.is_none()) {
                             *free = Some((l.scope_id, h));
                         }
