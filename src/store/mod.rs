@@ -565,6 +565,8 @@ pub enum AnyStore {
 #[error("{0}")]
 struct Unbuilt(std::sync::Arc<String>);
 
+#[cold]
+#[inline(never)]
 fn unbuilt(why: &std::sync::Arc<String>) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, Unbuilt(why.clone()))
 }
