@@ -29,14 +29,31 @@ fuzz_target!(|input: (&str, &str)| {
     let fixed = ["/a/{id}/b", "/a/**", "/*/x", "/health"];
     for p in fixed.iter().copied().chain([pattern]) {
         let Some(policy) = policy(p) else { continue };
-        let exempt = policy.batch_for(tierlimit::store::KeySecret::per_process(), &http::Method::GET, path, &id).is_none();
+        let exempt = policy
+            .batch_for(
+                tierlimit::store::KeySecret::per_process(),
+                &http::Method::GET,
+                path,
+                &id,
+            )
+            .is_none();
         // The same path with a doubled slash and a "." segment in front is
         // the same path once normalised, but spelled otherwise: exempt only
         // where the path itself is.
         if let Some(rest) = path.strip_prefix('/') {
             let odd = format!("//./{rest}");
-            let again = policy.batch_for(tierlimit::store::KeySecret::per_process(), &http::Method::GET, &odd, &id).is_none();
-            assert!(!again || exempt, "pattern {p:?}: {odd:?} exempt, {path:?} not");
+            let again = policy
+                .batch_for(
+                    tierlimit::store::KeySecret::per_process(),
+                    &http::Method::GET,
+                    &odd,
+                    &id,
+                )
+                .is_none();
+            assert!(
+                !again || exempt,
+                "pattern {p:?}: {odd:?} exempt, {path:?} not"
+            );
         }
     }
 });
