@@ -111,9 +111,9 @@ impl Counters {
     /// Every limit that took the charge of an admitted batch.
     pub(crate) fn admitted(&self, batch: &Batch) {
         #[cfg(feature = "metrics")]
-        for i in 0..batch.len() {
-            if batch.outcome(i).is_some_and(|o| o.has_room()) {
-                if let Some(c) = self.of(batch.limit(i).label) {
+        for (limit, outcome) in batch.entries() {
+            if outcome.is_some_and(|o| o.has_room()) {
+                if let Some(c) = self.of(limit.label) {
                     c.admitted.increment(1);
                 }
             }

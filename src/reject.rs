@@ -411,21 +411,26 @@ pub(crate) fn response(
     request: &Parts,
     r: &Rejection,
 ) -> Response<Bytes> {
-    let mut resp = match hook {
-        Some(h) => h.0.response(request, r),
+    let retry_after = || crate::headers::fresh_number(r.retry_after_secs());
+    match hook {
+        // The hook's response keeps a `Retry-After` it set.
+        Some(h) => {
+            let mut resp = h.0.response(request, r);
+            resp.headers_mut()
+                .entry(header::RETRY_AFTER)
+                .or_insert_with(retry_after);
+            resp
+        }
         None => {
             let (ctype, bytes) = body(format, r);
             let mut resp = Response::new(Bytes::from(bytes));
             *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            let headers = resp.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            headers.insert(header::RETRY_AFTER, retry_after());
             resp
         }
-    };
-    resp.headers_mut()
-        .entry(header::RETRY_AFTER)
-        .or_insert_with(|| crate::headers::fresh_number(r.retry_after_secs()));
-    resp
+    }
 }
 
 fn problem(status: StatusCode, title: &'static str, detail: String) -> Response<Bytes> {

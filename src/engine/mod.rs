@@ -146,6 +146,8 @@ pub(crate) struct Engine<St> {
     pub(crate) control: Controller,
     /// Who the caller is and which plan, when the application says.
     who: Hooks,
+    /// Whether `who` has either hook (one test on every request).
+    hooked: bool,
     pub(crate) store: St,
     /// The key of counter names, as the store asks.
     secret: KeySecret,
@@ -176,6 +178,7 @@ impl<St: Store> Engine<St> {
         Engine {
             secret: store.key_secret(),
             control,
+            hooked: who.identify.is_some() || who.plan.is_some(),
             who,
             store,
             clock,
@@ -252,7 +255,7 @@ impl<St: Store> Engine<St> {
         };
         // Without hooks, the identity and plan are read directly: the hook
         // path's extra steps cost every request (benches/instructions.sh).
-        if self.who.identify.is_some() || self.who.plan.is_some() {
+        if self.hooked {
             return self.batch_by_hooks(policy, parts, route_tier, first);
         }
         let id = policy.identity.extract(parts);
@@ -350,7 +353,11 @@ impl<St: Store> Engine<St> {
             active.counters.admitted(&batch);
             return Action::Forward(Forwarding {
                 rendered,
-                guard: self.post_guard(policy, &batch, local_now),
+                guard: if policy.post_charged {
+                    self.post_guard(policy, &batch, local_now)
+                } else {
+                    None
+                },
                 shadow: None,
             });
         }

@@ -505,6 +505,7 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
             "no route, `default_tier`, `global` or plan uses this tier, so it limits nothing",
         ));
     }
+    let post_charged = limits.iter().any(|l| !matches!(l.cost, Cost::Requests(_)));
     Ok(Rules {
         limits,
         tiers,
@@ -523,6 +524,7 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
         mode: c.mode,
         modifiers,
         tenant_users: TenantUsersFn(tenant_users),
+        post_charged,
     })
 }
 

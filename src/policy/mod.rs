@@ -146,6 +146,9 @@ pub(crate) struct Rules {
     pub(crate) mode: Mode,
     modifiers: Vec<CompiledModifier>,
     tenant_users: TenantUsersFn,
+    /// Whether any limit is charged after the response (latency, tokens,
+    /// error responses): without one, an admitted request needs no guard.
+    pub(crate) post_charged: bool,
 }
 
 #[derive(Clone)]
@@ -453,10 +456,10 @@ impl Rules {
         }
         // The second route tier of an odd spelling (rare), last.
         let extra = route[1].filter(|t| !picked.contains(&Some(*t)));
-        let count: usize = picked
+        let tiers = [picked[0], picked[1], picked[2], extra];
+        let count: usize = tiers
             .iter()
             .flatten()
-            .chain(&extra)
             .map(|&t| self.tiers[t].limit_count)
             .sum();
         let mut batch = Batch::with_capacity(count);
@@ -498,10 +501,8 @@ impl Rules {
                 }
             }
         };
-        for &t in picked.iter().flatten() {
-            add(t);
-        }
-        if let Some(t) = extra {
+        // One call site: the closure is inlined into the loop.
+        for &t in tiers.iter().flatten() {
             add(t);
         }
         batch

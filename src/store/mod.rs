@@ -411,6 +411,12 @@ impl Batch {
         self.items.get(i).and_then(|(_, o)| o.as_ref())
     }
 
+    /// Each limit with its outcome, in order.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&LimitSpec, Option<&Outcome>)> + '_ {
+        self.items.iter().map(|(l, o)| (l, o.as_ref()))
+    }
+
     /// Records the outcome of limit `i` (a store calls this; a later call
     /// replaces an earlier one). Out of range: nothing happens.
     pub fn record(&mut self, i: usize, outcome: Outcome) {
