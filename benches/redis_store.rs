@@ -106,7 +106,7 @@ fn start() -> Option<RedisServer> {
         println!("skipped: redis-benchmark not found");
         return None;
     }
-    RedisServer::start()
+    Some(RedisServer::start())
 }
 
 fn redis_benchmark(port: u16) -> f64 {

@@ -11,11 +11,10 @@ use tierlimit::store::{KeySecret, RedisStore, RedisStoreConfig};
 use tierlimit::{Policy, RateLimitLayer, Setup};
 use tower::Layer;
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn a_store_redis_section_is_honoured_by_rate_limit_layer_new() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = RedisServer::start();
     let dir = std::env::temp_dir().join(format!("tierlimit-first-hour-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("policy.json");
@@ -70,11 +69,10 @@ fn a_redis_url_redis_rs_refuses_is_a_configuration_error() {
 /// not the process's: another process, given the same secret, computes the
 /// same Redis keys (here, computed apart from the layer) and so shares
 /// the budget, whether the store came from a file or from `.store(..)`.
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn counters_in_redis_are_named_the_same_in_every_process() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+    let server = RedisServer::start();
     let policy = tierlimit::Config::from_json(
         r#"{ "tiers": { "api": { "limits": [
                { "name": "m", "capacity": 10, "window": "1m", "scope": ["api_key"] } ] } },

@@ -53,7 +53,7 @@ fn reqs() -> impl Strategy<Value = Vec<Req>> {
 }
 
 /// A server for one test (killed when the test ends).
-fn server() -> Option<RedisServer> {
+fn server() -> RedisServer {
     RedisServer::start()
 }
 
@@ -172,6 +172,7 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
     })
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[test]
 fn redis_decides_as_the_memory_store() {
     cases(48, &reqs(), "prop", |reqs, url, prefix| {
@@ -189,7 +190,7 @@ fn cases<S: Strategy>(
     prefix: &str,
     case: impl Fn(S::Value, &str, &str) -> Result<(), TestCaseError>,
 ) {
-    let Some(server) = server() else { return };
+    let server = server();
     let config = ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
@@ -307,6 +308,7 @@ fn run_together(rounds: &[(u64, Vec<Req>)], url: &str, prefix: &str) -> Result<(
     })
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[test]
 fn requests_sent_together_are_decided_in_order_as_one_by_one() {
     // One script call decides a whole group, each request seeing the
@@ -317,9 +319,10 @@ fn requests_sent_together_are_decided_in_order_as_one_by_one() {
     });
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
-    let Some(server) = server() else { return };
+    let server = server();
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("crowd")
@@ -370,6 +373,7 @@ async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_queued_as_a_sender_leaves_are_still_sent() {
     // Bursts of one to three decisions, one after the other, so that
@@ -378,7 +382,7 @@ async fn decisions_queued_as_a_sender_leaves_are_still_sent() {
     // The place is given back under the queue's lock, which closes the
     // window by construction; this cannot show that window (it is a few
     // instructions wide), only that bursts keep being served.
-    let Some(server) = server() else { return };
+    let server = server();
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("bursts")
@@ -410,12 +414,13 @@ async fn decisions_queued_as_a_sender_leaves_are_still_sent() {
     }
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn cost_stops_counting_exactly_one_window_after_its_stamp() {
     // The script's shortcut for "nothing leaves" must agree with the
     // general steps at the very millisecond a bucket leaves: one window
     // after its latest stamp, not a millisecond later.
-    let Some(server) = server() else { return };
+    let server = server();
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("edge")
@@ -453,9 +458,10 @@ async fn cost_stops_counting_exactly_one_window_after_its_stamp() {
     assert_eq!(used(&p), 0);
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn counters_expire_by_themselves_after_their_longest_window() {
-    let Some(server) = server() else { return };
+    let server = server();
     let server = &server;
     let store = RedisStore::new(RedisStoreConfig::new(server.url()).prefix("ttl")).unwrap();
     let minute = WindowSpec::sliding(Duration::from_secs(60), 30);
@@ -494,9 +500,10 @@ async fn counters_expire_by_themselves_after_their_longest_window() {
     assert!(second <= 86_401_000, "{second} ms");
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn a_post_charge_never_shortens_the_life_of_a_longer_window() {
-    let Some(server) = server() else { return };
+    let server = server();
     let store = RedisStore::new(RedisStoreConfig::new(server.url()).prefix("post-ttl")).unwrap();
     let key = CounterKey::from_u128(7);
     // One scope key: an hour charged now, a minute charged after the response.
@@ -561,12 +568,11 @@ async fn a_post_charge_never_shortens_the_life_of_a_longer_window() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn on_a_cluster_a_refusal_in_one_slot_gives_back_the_others_charges() {
     use common::redis_server::RedisCluster;
-    let Some(cluster) = RedisCluster::start() else {
-        return;
-    };
+    let cluster = RedisCluster::start();
     let store = RedisStore::new(
         RedisStoreConfig::cluster(cluster.urls())
             .time(TimeSource::Caller)
@@ -608,9 +614,10 @@ async fn on_a_cluster_a_refusal_in_one_slot_gives_back_the_others_charges() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test]
 async fn a_flushed_script_cache_is_loaded_again() {
-    let Some(server) = server() else { return };
+    let server = server();
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("noscript")
