@@ -83,6 +83,44 @@ async fn a_plan_changed_on_one_instance_is_in_force_on_the_others() {
     assert_eq!(limit_of(&c, "configured").await, 300);
 }
 
+/// Two layers built on clones of one `RedisStore` (two routers of one
+/// process, say) each take part in plan sharing: a change made on either
+/// reaches the other and other instances, and another instance's change
+/// reaches both. (The store used to keep only the first layer's table.)
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_on_one_store_shares_plans() {
+    let server = RedisServer::start();
+    let config = RedisStoreConfig::new(server.url()).timeout(Duration::from_secs(2));
+    let store = RedisStore::new(config).unwrap();
+    let first = RateLimitLayer::builder(policy())
+        .store(store.clone())
+        .build();
+    let second = RateLimitLayer::builder(policy()).store(store).build();
+    let other = instance(&server.url());
+    assert_eq!(limit_of(&second, "k").await, 60);
+
+    // Made on the second layer: in force on the first and elsewhere.
+    second.set_plan("k", "premium").unwrap();
+    let took = until_limit(&first, "k", 300).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let took = until_limit(&other, "k", 300).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // Made elsewhere: in force on both layers of the store.
+    other.set_plan("j", "premium").unwrap();
+    for layer in [&first, &second] {
+        let took = until_limit(layer, "j", 300).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+
+    // A dropped layer leaves the others sharing.
+    drop(first);
+    assert!(other.controller().clear_plan("k"));
+    let took = until_limit(&second, "k", 60).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
 /// What Redis holds in the plans hash, as `HGETALL` prints it.
 fn plans_hash(server: &RedisServer) -> String {
     server.command(&["HGETALL", "tierlimit:plans"])

@@ -151,7 +151,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -262,8 +262,10 @@ struct Inner {
     dropped: AtomicU64,
     uncertain: AtomicU64,
     flusher: AtomicBool,
-    /// The layer's runtime plan assignments, shared through Redis.
-    plans: OnceLock<SharedPlans>,
+    /// The runtime plan assignments of every layer built on this store (or
+    /// a clone of it), shared through Redis; a dropped layer's table is
+    /// skipped.
+    plans: Mutex<Vec<std::sync::Weak<crate::plans::PlanTable>>>,
     /// Plan changes made here, waiting to be written to Redis.
     plan_writes: Mutex<Vec<(String, Option<String>)>>,
     plan_sync: AtomicBool,
@@ -469,7 +471,7 @@ impl RedisStore {
                 dropped: AtomicU64::new(0),
                 uncertain: AtomicU64::new(0),
                 flusher: AtomicBool::new(false),
-                plans: OnceLock::new(),
+                plans: Mutex::new(Vec::new()),
                 plan_writes: Mutex::new(Vec::new()),
                 plan_sync: AtomicBool::new(false),
                 plans_seen: AtomicBool::new(false),
@@ -826,6 +828,19 @@ impl Inner {
         });
     }
 
+    /// The plan tables of the layers still alive.
+    fn attached(&self) -> Vec<SharedPlans> {
+        let mut tables = self
+            .plans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tables.retain(|t| t.strong_count() > 0);
+        tables
+            .iter()
+            .filter_map(|t| t.upgrade().map(SharedPlans))
+            .collect()
+    }
+
     fn plans_key(&self) -> String {
         format!("{}:plans", self.prefix)
     }
@@ -834,7 +849,7 @@ impl Inner {
     /// them): it writes the changes made here, then reads every assignment,
     /// four times a second.
     fn start_plan_sync(self: &Arc<Self>) {
-        if self.plans.get().is_none() {
+        if self.attached().is_empty() {
             return;
         }
         self.every(&self.plan_sync, PLANS_EVERY, |inner| async move {
@@ -848,9 +863,10 @@ impl Inner {
     }
 
     async fn sync_plans(&self) -> Result<(), StoreError> {
-        let Some(plans) = self.plans.get() else {
+        let tables = self.attached();
+        if tables.is_empty() {
             return Ok(());
-        };
+        }
         if self.circuit_open() {
             return Err(unavailable("Redis failed repeatedly; retrying shortly"));
         }
@@ -891,9 +907,11 @@ impl Inner {
                 } else if self.plans_seen.load(Ordering::Relaxed) {
                     // Redis lost the hash: write back what this instance
                     // knows rather than forget it everywhere.
-                    return self.reassert_plans(plans, &mut conn, &key).await;
+                    return self.reassert_plans(&tables, &mut conn, &key).await;
                 }
-                plans.replace(all);
+                for table in &tables {
+                    table.replace(all.clone());
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
@@ -905,11 +923,12 @@ impl Inner {
     /// which Redis lost, and says so.
     async fn reassert_plans(
         &self,
-        plans: &SharedPlans,
+        tables: &[SharedPlans],
         conn: &mut Conn,
         key: &str,
     ) -> Result<(), StoreError> {
-        let known = plans.all();
+        // What the layers here know (one value per subject).
+        let known: HashMap<String, String> = tables.iter().flat_map(SharedPlans::all).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("HSET").arg(key).arg(PLANS_MARK).arg(1).ignore();
         for (k, plan) in &known {
@@ -1740,7 +1759,16 @@ impl Store for RedisStore {
                 }
             }
         });
-        if self.inner.plans.set(plans).is_ok() {
+        let first = {
+            let mut tables = self
+                .inner
+                .plans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tables.push(Arc::downgrade(&plans.0));
+            tables.len() == 1
+        };
+        if first {
             self.inner.start_plan_sync();
         }
     }
