@@ -1,0 +1,71 @@
+//! Least privilege: the store runs as an ACL user allowed only the
+//! commands and keys the README lists, and Redis logs no denial.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{get_key, Ok200};
+use tierlimit::config::{Config, Limit, Tier};
+use tierlimit::store::{RedisStore, RedisStoreConfig};
+use tierlimit::RateLimitLayer;
+use tower::Layer;
+
+/// The README's ACL rule, without the user name and password (keep the
+/// two in step). `+config|get` only serves the start-up check of eviction
+/// and persistence settings (`RedisStore::check_server`).
+const RULE: &str = "~tierlimit:* resetchannels -@all +evalsha +script|load +time +hset +hdel +hgetall +pexpire +pttl +config|get";
+
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_runs_as_the_least_privileged_user_of_the_readme() {
+    let server = RedisServer::start();
+    let mut acl = vec!["ACL", "SETUSER", "limiter", "reset", "on", ">s3cret"];
+    acl.extend(RULE.split(' '));
+    assert_eq!(server.command(&acl).trim_end(), "+OK");
+    let url = format!("redis://limiter:s3cret@127.0.0.1:{}", server.port);
+    let store =
+        RedisStore::new(RedisStoreConfig::new(url).timeout(Duration::from_secs(2))).unwrap();
+    let minute = Duration::from_secs(60);
+    let policy = Config::new()
+        .tier(
+            "standard",
+            Tier::new().limit(Limit::sliding("m", 5, minute)),
+        )
+        .tier(
+            "premium",
+            Tier::new().limit(Limit::sliding("m", 50, minute)),
+        )
+        .plans("standard", [("configured", "premium")])
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::builder(policy).store(store.clone()).build();
+    let svc = layer.clone().layer(Ok200);
+    // Decisions (the script: loaded after NOSCRIPT, then EVALSHA).
+    server.command(&["SCRIPT", "FLUSH"]);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get_key(&svc, "k").await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    // Plan sharing (HSET, HDEL, HGETALL on the plans hash).
+    layer.set_plan("j", "premium").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !server
+        .command(&["HGETALL", "tierlimit:plans"])
+        .contains("premium")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(layer.controller().clear_plan("j"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Nothing was denied along the way.
+    assert!(store.script_calls() > 0);
+    let log = server.command(&["ACL", "LOG"]);
+    assert_eq!(log.trim_end(), "*0", "ACL LOG: {log}");
+}
