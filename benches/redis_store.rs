@@ -145,18 +145,7 @@ async fn decide_many(
             while done.fetch_add(1, Ordering::Relaxed) < DECISIONS {
                 let key = format!("caller-{}", i % callers);
                 i += CONCURRENCY;
-                let id = Identity {
-                    api_key: Some(key.as_bytes()),
-                    ..Identity::default()
-                };
-                let batch = policy
-                    .batch_for(
-                        tierlimit::store::KeySecret::per_process(),
-                        &http::Method::GET,
-                        "/x",
-                        &id,
-                    )
-                    .unwrap();
+                let batch = batch_of(&policy, &store, &key);
                 match store.decide(now(), batch) {
                     Answer::Later(f) => {
                         f.await.expect("a decision");
@@ -178,6 +167,18 @@ async fn decide_many(
 const HOT: usize = 100;
 /// The instant the steady-state run decides at: a minute after its callers
 /// started, each once a second (`fill`).
+/// The batch of a `GET /x` by API key `key`, its counters named as `store`
+/// names them.
+fn batch_of(policy: &Policy, store: &RedisStore, key: &str) -> tierlimit::store::Batch {
+    let id = Identity {
+        api_key: Some(key.as_bytes()),
+        ..Identity::default()
+    };
+    policy
+        .batch_for(store.key_secret(), &http::Method::GET, "/x", &id)
+        .unwrap()
+}
+
 fn a_minute_in() -> Timestamp {
     Timestamp::from_nanos(1_800_000_060_500_000_000)
 }
@@ -189,18 +190,7 @@ async fn fill(store: &RedisStore, policy: &Policy) {
     for s in 0..60 {
         for c in 0..HOT {
             let key = format!("caller-{c}");
-            let id = Identity {
-                api_key: Some(key.as_bytes()),
-                ..Identity::default()
-            };
-            let batch = policy
-                .batch_for(
-                    tierlimit::store::KeySecret::per_process(),
-                    &http::Method::GET,
-                    "/x",
-                    &id,
-                )
-                .unwrap();
+            let batch = batch_of(policy, store, &key);
             if let Answer::Later(f) = store.decide(start + Duration::from_secs(s), batch) {
                 f.await.expect("a decision");
             }
@@ -218,18 +208,7 @@ async fn memory_per_caller(store: RedisStore, policy: Arc<Policy>, port: u16) ->
             let (store, policy) = (store.clone(), Arc::clone(&policy));
             let key = format!("mem-caller-{:06}", chunk * 1000 + j);
             tasks.push(tokio::spawn(async move {
-                let id = Identity {
-                    api_key: Some(key.as_bytes()),
-                    ..Identity::default()
-                };
-                let batch = policy
-                    .batch_for(
-                        tierlimit::store::KeySecret::per_process(),
-                        &http::Method::GET,
-                        "/x",
-                        &id,
-                    )
-                    .unwrap();
+                let batch = batch_of(&policy, &store, &key);
                 let counter = batch.limit(0).key;
                 if let Answer::Later(f) = store.decide(SystemClock.now(), batch) {
                     f.await.expect("a decision");
