@@ -1,23 +1,8 @@
 //! Metrics (feature `metrics`), through the `metrics` facade: install a
-//! recorder (e.g. `metrics-exporter-prometheus`) and these appear.
-//!
-//! | metric | kind | labels |
-//! | --- | --- | --- |
-//! | `tierlimit_admitted_total` | counter | `tier`, `limit`: every limit that took the charge |
-//! | `tierlimit_rejected_total` | counter | `tier`, `limit`: the limit `Retry-After` waits for |
-//! | `tierlimit_shadow_rejected_total` | counter | `tier`, `limit`: would-be rejections in shadow mode |
-//! | `tierlimit_exempt_total` | counter | none |
-//! | `tierlimit_anonymous_total` | counter | `action` (`share`, `refuse`): requests with no API key, user or client address |
-//! | `tierlimit_unknown_plans_total` | counter | none: requests whose plan hook named no plan of the policy |
-//! | `tierlimit_evictions_total` | counter | none: memory store entries evicted at `max_keys` (counted in `store::memory`) |
-//! | `tierlimit_store_errors_total` | counter | `kind` (`unavailable`, `timeout`, `protocol`), `on_error` (`open`, `closed`) |
-//! | `tierlimit_post_charges_dropped_total` | counter | none: post-charges dropped because too many were in flight, or no runtime |
-//! | `tierlimit_post_charge_errors_total` | counter | none: post-charges the store failed to make |
-//! | `tierlimit_refusals_cached_total` | counter | none: refusals the Redis store answered from its local cache |
-//! | `tierlimit_decision_seconds` | histogram | none: time to decide (policy lookup and store) |
-//!
-//! The client layer's metrics (`tierlimit_client_*`) are counted in
-//! `client`; the crate docs list all of them.
+//! recorder (e.g. `metrics-exporter-prometheus`) and they appear. The crate
+//! docs' "Metrics" table is the one list of them (names, labels, what each
+//! counts); this module counts the layer's, `store::memory` and
+//! `store::redis` count theirs, and `client` the client layer's.
 //!
 //! Labels are tier and limit names from the configuration, never identities:
 //! API keys appear nowhere. The handles of a policy's limits live next to
