@@ -1,0 +1,564 @@
+//! Counters in Redis (feature `redis`), so that every instance of a service
+//! shares one budget.
+//!
+//! # One round trip, all or nothing
+//!
+//! A decision is one `EVALSHA` of one Lua script (loaded again by itself
+//! after a `NOSCRIPT`; concurrent decisions share one, see below): it
+//! applies the post-charges waiting in this instance, then checks every
+//! limit of the request and charges them all, or none, atomically. The
+//! counting rules are the memory store's (the
+//! [`WindowSpec`](super::WindowSpec) helpers): sliding windows in
+//! sub-buckets with the hard guarantee, fixed windows on clock boundaries,
+//! cascades, post-charged costs, all with the same figures. A counter is a
+//! hash per (tier, scope key) with one field per limit, whose value packs
+//! the limit's total and its buckets (index, cost) in time order: a
+//! decision reads the total and the oldest and newest buckets, not every
+//! bucket, so a caller whose minute holds 60 buckets costs the server about
+//! what a new caller does (`cargo bench --bench redis_store`). Buckets that
+//! left their window are dropped when the limit is next charged, and every
+//! hash expires by itself (`PEXPIRE`, moved later, never earlier, whenever
+//! a charge opens a new bucket) a second after its newest counter leaves
+//! its window.
+//!
+//! The script counts on the millisecond clock of the memory store (see
+//! [`WindowSpec`](super::WindowSpec)): the same buckets, the same stamps,
+//! the same answers.
+//!
+//! # Whose clock
+//!
+//! By default ([`TimeSource::Server`]) the script reads the Redis server's
+//! clock (`TIME`), so instances whose own clocks disagree by minutes still
+//! agree on every window, and `Retry-After` is measured on that clock.
+//! [`TimeSource::Caller`] uses the instant the layer passes instead (its
+//! [`Clock`](crate::clock::Clock)): for tests with a manual clock.
+//!
+//! Fixed windows in a time zone (`time_zone`, feature `tz`) are the
+//! exception: Lua has no time zone rules, so the deciding instance says
+//! which window its own clock puts the request in and when that window
+//! ends. With synchronised clocks that is the same window everywhere; an
+//! instance whose clock is off by `d` moves a zoned window's boundary by
+//! `d` for its own requests.
+//!
+//! # One round trip for many decisions
+//!
+//! On a single server, decisions that arrive while a script call is on the
+//! wire wait for the next one and go together: one `EVALSHA` decides up
+//! to 64 requests (512 limits), one after the other, each all or nothing
+//! and each seeing the charges of those before it, exactly as separate
+//! calls would, and its answer is handed to each. At most two such calls are
+//! in flight at once, so a lone request goes at once and under load the
+//! groups grow by themselves: the round trips, the commands Redis parses
+//! and the script runs are shared, which is most of what a decision costs
+//! on either side. A group is decided at the latest instant among its
+//! requests (a request that waited is decided when it is sent, not
+//! earlier). The timeout counts from the moment a decision joins the
+//! queue; a decision given up before its call is sent is dropped unsent
+//! (not charged). [`RedisStore::script_calls`] counts the calls. A
+//! cluster decides each request in its own call (its keys' slots differ).
+//!
+//! # Post-charges
+//!
+//! Costs measured after responses (latency, tokens, error responses) are
+//! queued in this instance (at most [`RedisStoreConfig::max_pending_charges`];
+//! past that they are dropped and counted in
+//! [`RedisStore::charges_dropped`]) and never sent on the request path of
+//! their own request: the next decision of this instance carries them in the
+//! same script call, applied before it decides, and a background task sends
+//! what is left every 10 ms when no decision comes. A decision that fails
+//! puts the charges it carried back in the queue, except when it timed out
+//! (they may have been applied: they are counted in
+//! [`RedisStore::charges_uncertain`] rather than sent twice).
+//!
+//! # Refusals answered locally
+//!
+//! A refused request remembers, in this instance, the instant its blocking
+//! limits have room again (its `Retry-After`); the same request (same
+//! counters, capacities and costs) is refused again from that memory,
+//! without a round trip, until then. This is exact: other instances can
+//! only add cost, so nothing can have room before that instant (with the
+//! server's clock, the local end is at most one round trip late). Such an
+//! answer carries the figures of the refusal it repeats (its remaining
+//! figures may be a little stale; its `Retry-After` counts down to the same
+//! instant, which cost added since can only have pushed later). A reload
+//! or a plan change forgets every cached refusal
+//! ([`Store::forget_cached`]); [`RedisStore::refusals_served`] and the
+//! metric `tierlimit_refusals_cached_total` count the answers given so.
+//!
+//! # Plan assignments
+//!
+//! A layer built on this store shares its runtime plan assignments
+//! ([`Controller::set_plan`](crate::Controller::set_plan)) through the hash
+//! `PREFIX:plans`: a change made on one instance is written there at once
+//! and read by every instance four times a second, so it is in force
+//! everywhere within a second, and a new or restarted instance starts with
+//! them. Every write also sets a marker field that no removal deletes: when
+//! an instance finds the hash gone after having seen it (`FLUSHALL`, a
+//! restart without persistence, eviction), it writes back the assignments
+//! it knows and logs that at WARN, instead of forgetting them. Once
+//! connected, the store also checks `maxmemory-policy` and persistence
+//! ([`RedisStore::check_server`]).
+//!
+//! # Redis Cluster
+//!
+//! With [`RedisStoreConfig::cluster`] the store talks to a Redis Cluster.
+//! Every key carries its scope key as a hash tag (`PREFIX:{…}`), so the
+//! counters of one scope key share a slot. A request whose limits live in
+//! several slots (a per-user limit and a tenant aggregate, say) is decided
+//! by one script per slot, all sent at once; when one slot refuses, what the
+//! other slots charged is given back (`HINCRBY` of the opposite), so nothing
+//! is ever admitted beyond a limit: a give-back can only make a concurrent
+//! request wait, never admit too much. The members of a cascade are decided
+//! in one script, so they must share a slot (give them one scope); a
+//! cascade across slots is refused as a protocol error. Every node uses its
+//! own clock (`TIME`): keep the nodes' clocks synchronised.
+//!
+//! # Failures
+//!
+//! The store connects on its first decision, within the timeout (or at once
+//! with [`RedisStore::connect`]); decisions arriving meanwhile wait for that
+//! same attempt. An unreachable Redis at start is no error: decisions fail,
+//! and the next one tries again. Once made, a single server's connection
+//! reconnects by itself (10 to 100 ms apart); a cluster's, see below. Every
+//! decision has a timeout ([`RedisStoreConfig::timeout`], 50 ms by
+//! default). After three failures in a row the store stops waiting on Redis
+//! for 200 ms and fails at once, so an outage does not add the timeout to
+//! every request; the first success closes the circuit again, so
+//! enforcement returns within a second of Redis coming back
+//! (`tests/redis_gateway.rs` measures about 200 ms). What a failed
+//! decision means for the request is the layer's
+//! [`OnStoreError`](crate::OnStoreError).
+//!
+//! On a cluster, failures are counted per group of 128 slots (a node
+//! serves contiguous slots, so a group is one node's) rather than for the
+//! whole store: a dead master opens the circuit of its own slots only, and
+//! the other nodes' keys are decided as before. The cluster client tries
+//! each connection and answer within the timeout and retries twice, 10 to
+//! 100 ms apart (redis-rs's defaults retry 16 times, up to minutes
+//! apart). When a group's calls have failed for a second in a row, the
+//! store connects to the cluster anew (at most once a second) and drops
+//! the old connection with what it still held: redis-rs's cluster
+//! connection, after a master crashed with hundreds of requests in flight,
+//! kept failing that master's slots after its replica had taken over, and
+//! never recovered; a new connection reads the topology afresh. In
+//! `tests/redis_failover.rs` (6 nodes, 256 decisions in flight, `kill -9`
+//! of a master) every slot is decided again within 4 s of the cluster
+//! being healthy, and no decision waits past the timeout.
+//! [`RedisStore::reconnects`] counts the new connections.
+//!
+//! # Where the code is
+//!
+//! One file per concern: `connection` (connecting, the circuit breaker),
+//! `script` (the Lua script, its arguments and its answer), `queue`
+//! (decisions sharing a call), `cluster` (slots, per-node health,
+//! decisions across slots), `charges` (post-charges waiting to be sent),
+//! `refusals` (the refusal cache), `plans` (plan assignments shared
+//! through Redis) and `server` (what the server's settings let it drop).
+
+mod charges;
+mod cluster;
+mod connection;
+mod plans;
+mod queue;
+mod refusals;
+mod script;
+mod server;
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+pub use super::redis_config::{RedisStoreConfig, TimeSource};
+use super::{
+    Answer, Batch, Charge, CounterKey, KeySecret, PostCharge, SharedPlans, Store, StoreError,
+    StoreErrorKind,
+};
+use crate::clock::Timestamp;
+use charges::QueuedCharge;
+use cluster::{cluster_client, Health, GROUP_SLOTS, SLOTS};
+use connection::{Conn, Target};
+use queue::Queue;
+use refusals::{question, Refused};
+use script::{fill_one, SCRIPT};
+
+/// Counters in Redis; see the [module docs](self). Clones share one
+/// connection.
+///
+/// ```no_run
+/// use tierlimit::store::redis::{RedisStore, RedisStoreConfig};
+/// use tierlimit::{Policy, RateLimitLayer};
+///
+/// # fn policy() -> Policy { tierlimit::Config::new().build().unwrap() }
+/// let store = RedisStore::new(RedisStoreConfig::new("redis://127.0.0.1:6379")).unwrap();
+/// let layer = RateLimitLayer::builder(policy()).store(store).build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This store, for the tasks it starts.
+    me: Weak<Inner>,
+    target: Target,
+    /// Set by the first decision that needs a connection; concurrent
+    /// decisions wait for that one attempt; a failed attempt is tried
+    /// again by the next.
+    conn: tokio::sync::OnceCell<()>,
+    /// The connection in use (a cluster's is made anew when it stops
+    /// making progress; the old one is dropped with what it held).
+    live: arc_swap::ArcSwapOption<Conn>,
+    script: redis::Script,
+    prefix: String,
+    /// The key of counter names (the same in every instance).
+    secret: KeySecret,
+    timeout: Duration,
+    time: TimeSource,
+    pending: Mutex<Vec<QueuedCharge>>,
+    max_pending: usize,
+    /// Decisions waiting for a script call (single server; see
+    /// [coalescing](self#one-round-trip-for-many-decisions)).
+    queue: Mutex<Queue>,
+    calls: AtomicU64,
+    dropped: AtomicU64,
+    uncertain: AtomicU64,
+    flusher: AtomicBool,
+    /// The runtime plan assignments of every layer built on this store (or
+    /// a clone of it), shared through Redis; a dropped layer's table is
+    /// skipped.
+    plans: Mutex<Vec<std::sync::Weak<crate::plans::PlanTable>>>,
+    /// Plan changes made here, waiting to be written to Redis.
+    plan_writes: Mutex<Vec<(String, Option<String>)>>,
+    plan_sync: AtomicBool,
+    /// Whether the plans hash was seen with its marker: its absence after
+    /// that means Redis lost it (see [`PLANS_MARK`]).
+    plans_seen: AtomicBool,
+    /// Whether the server's settings were checked (once, see
+    /// [`RedisStore::check_server`]).
+    server_checked: AtomicBool,
+    /// Refused batches by [`question`], until they can have room.
+    refusals: DashMap<u64, Refused>,
+    refusals_served: AtomicU64,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the circuit is open.
+    open_until: AtomicU64,
+    epoch: Instant,
+    /// Cluster: the health of each group of slots (a node's slots are
+    /// contiguous, so a group is one node's), see
+    /// [failures](self#failures).
+    groups: Box<[Health]>,
+    rebuilding: AtomicBool,
+    /// Milliseconds since `epoch` of the last rebuild started.
+    rebuilt_at: AtomicU64,
+    rebuilds: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("time", &self.time)
+            .field("connected", &self.live.load().is_some())
+            .field("cluster", &matches!(self.target, Target::Cluster(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn unavailable(why: &'static str) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, why)
+}
+
+impl RedisStore {
+    /// A store for the Redis of `config`. It connects in the background,
+    /// from the first decision on (inside a tokio runtime); until Redis
+    /// answers, decisions fail with [`StoreErrorKind::Unavailable`].
+    ///
+    /// # Errors
+    ///
+    /// The URL is not a Redis URL.
+    pub fn new(config: RedisStoreConfig) -> Result<Self, StoreError> {
+        config
+            .check()
+            .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
+        let bad = |e| StoreError::new(StoreErrorKind::Unavailable, e);
+        let target = if config.cluster.is_empty() {
+            Target::Single(redis::Client::open(config.url.as_str()).map_err(bad)?)
+        } else {
+            let nodes = config.cluster.iter().map(String::as_str);
+            Target::Cluster(Box::new(
+                cluster_client(nodes, config.timeout).map_err(bad)?,
+            ))
+        };
+        Ok(RedisStore {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
+                target,
+                conn: tokio::sync::OnceCell::new(),
+                live: arc_swap::ArcSwapOption::empty(),
+                script: redis::Script::new(SCRIPT),
+                prefix: config.prefix,
+                secret: config.secret,
+                timeout: config.timeout,
+                time: config.time,
+                pending: Mutex::new(Vec::new()),
+                max_pending: config.max_pending_charges.max(1),
+                queue: Mutex::new(Queue::default()),
+                calls: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                uncertain: AtomicU64::new(0),
+                flusher: AtomicBool::new(false),
+                plans: Mutex::new(Vec::new()),
+                plan_writes: Mutex::new(Vec::new()),
+                plan_sync: AtomicBool::new(false),
+                plans_seen: AtomicBool::new(false),
+                server_checked: AtomicBool::new(false),
+                refusals: DashMap::new(),
+                refusals_served: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                open_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+                groups: (0..SLOTS / GROUP_SLOTS)
+                    .map(|_| Health::default())
+                    .collect(),
+                rebuilding: AtomicBool::new(false),
+                rebuilt_at: AtomicU64::new(0),
+                rebuilds: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Connects now (within the timeout), so that an unreachable Redis shows
+    /// at start; on failure the store keeps trying in the background.
+    ///
+    /// # Errors
+    ///
+    /// Redis cannot be reached now.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        self.inner.first_connect().await.map(|_| ())
+    }
+
+    /// Reads the server's `maxmemory-policy`, `maxmemory`, `save` and
+    /// `appendonly` and says, in plain words, what they let Redis drop:
+    /// counters evicted under memory pressure (any policy but
+    /// `noeviction` with a `maxmemory`), plan assignments evicted too
+    /// (`allkeys-*`), everything at a restart (no RDB, no AOF). The store
+    /// runs this once by itself after it first connects and logs each
+    /// warning at WARN (feature `tracing`). An empty list: nothing to fear.
+    ///
+    /// # Errors
+    ///
+    /// Redis cannot be reached, or refuses `CONFIG GET` (an ACL user
+    /// without `+config|get`, a managed Redis that renames `CONFIG`): then
+    /// check those settings by hand (see the README).
+    pub async fn check_server(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.check_server().await
+    }
+
+    /// Cluster connections made anew because some slots stopped making
+    /// progress (see [failures](self#failures)).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds a connection (it may still be failing).
+    pub fn is_connected(&self) -> bool {
+        self.inner.live.load().is_some()
+    }
+
+    /// Post-charges dropped because too many were waiting.
+    pub fn charges_dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Post-charges carried by a decision that timed out: they may or may
+    /// not have been applied, and are not sent again.
+    pub fn charges_uncertain(&self) -> u64 {
+        self.inner.uncertain.load(Ordering::Relaxed)
+    }
+
+    /// Decisions answered from the cache of refusals, without Redis.
+    pub fn refusals_served(&self) -> u64 {
+        self.inner.refusals_served.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every cached refusal (the layer calls this on reloads and
+    /// plan changes).
+    pub fn forget_cached(&self) {
+        self.inner.refusals.clear();
+    }
+
+    /// Script calls made (decisions, post-charges, give-backs): fewer than
+    /// the decisions when concurrent decisions share calls.
+    pub fn script_calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::Relaxed)
+    }
+
+    /// Post-charges waiting to be sent.
+    pub fn charges_pending(&self) -> usize {
+        self.inner.pending.lock().map_or(0, |p| p.len())
+    }
+
+    /// The Redis key of the counters `key`.
+    pub fn redis_key(&self, key: CounterKey) -> String {
+        self.inner.redis_key(key)
+    }
+}
+
+impl Inner {
+    fn redis_key(&self, key: CounterKey) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 36);
+        self.write_key(&mut s, key);
+        s
+    }
+
+    /// Makes `s` the Redis key of counters `key`.
+    fn write_key(&self, s: &mut String, key: CounterKey) {
+        s.clear();
+        // The braces are a cluster hash tag: one scope key, one slot.
+        s.push_str(&self.prefix);
+        let _ = write!(s, ":{{{:032x}}}", key.as_u128());
+    }
+
+    fn me(&self) -> Option<Arc<Inner>> {
+        self.me.upgrade()
+    }
+
+    /// Runs `job` every `period` on the current runtime, for as long as
+    /// the store lives; once per `started` flag (again later when no
+    /// runtime was current).
+    fn every<F, Fut>(self: &Arc<Self>, started: &AtomicBool, period: Duration, job: F)
+    where
+        F: Fn(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        if started.load(Ordering::Relaxed) || started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            started.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                job(inner).await;
+            }
+        });
+    }
+}
+
+impl Store for RedisStore {
+    type Decide = BoxFuture<Result<Batch, StoreError>>;
+    type Charge = std::future::Ready<Result<(), StoreError>>;
+
+    fn key_secret(&self) -> KeySecret {
+        self.inner.secret
+    }
+
+    fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
+        let inner = Arc::clone(&self.inner);
+        let key = question(&batch);
+        if inner.cached_refusal(key, now, &mut batch) {
+            return Answer::Now(Ok(batch));
+        }
+        if inner.circuit_open() {
+            return Answer::Now(Err(unavailable(
+                "Redis failed repeatedly; retrying shortly",
+            )));
+        }
+        if !inner.is_cluster() {
+            return Answer::Later(Box::pin(inner.queued(now, batch, key)));
+        }
+        // Cluster: one script per slot; each slot's node has a circuit.
+        let slots: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
+        if inner.slots_open(&slots) {
+            return Answer::Now(Err(unavailable(
+                "the Redis Cluster node of these keys failed repeatedly; retrying shortly",
+            )));
+        }
+        Answer::Later(Box::pin(async move {
+            let conn = inner.first_connect().await?;
+            inner.start_flusher();
+            inner.start_plan_sync();
+            if slots.iter().any(|s| *s != slots[0]) {
+                let batch = inner.decide_across_slots(&conn, now, batch, slots).await?;
+                if !batch.admitted() {
+                    inner.remember_refusal(key, &batch);
+                }
+                return Ok(batch);
+            }
+            let slot = slots.first().copied();
+            let charges = inner.take_pending_in(slot);
+            let call = inner.call(&conn, Some(now), &[&batch], &charges, &[]);
+            let v = inner.finish_call(call.await, charges, slot)?;
+            fill_one(&mut batch, &v)?;
+            if !batch.admitted() {
+                inner.remember_refusal(key, &batch);
+            }
+            Ok(batch)
+        }))
+    }
+
+    fn forget_cached(&self) {
+        self.inner.refusals.clear();
+    }
+
+    fn attach(&self, plans: SharedPlans) {
+        let weak = Arc::downgrade(&self.inner);
+        plans.on_change(move |key, plan| {
+            if let Some(inner) = weak.upgrade() {
+                if let Ok(mut w) = inner.plan_writes.lock() {
+                    w.push((key.to_owned(), plan.map(str::to_owned)));
+                }
+            }
+        });
+        let first = {
+            let mut tables = self
+                .inner
+                .plans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tables.push(Arc::downgrade(&plans.0));
+            tables.len() == 1
+        };
+        if first {
+            self.inner.start_plan_sync();
+        }
+    }
+
+    fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
+        let inner = &self.inner;
+        let charges = charges
+            .into_iter()
+            .filter(|c| c.cost > 0 && c.limit.charge == Charge::After);
+        let queued = Instant::now();
+        if let Ok(mut p) = inner.pending.lock() {
+            for charge in charges {
+                if p.len() < inner.max_pending {
+                    p.push(QueuedCharge {
+                        charge,
+                        at: now,
+                        queued,
+                    });
+                } else {
+                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        inner.start_flusher();
+        Answer::Now(Ok(()))
+    }
+}

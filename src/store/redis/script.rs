@@ -1,0 +1,326 @@
+//! The Lua script: its arguments, the call, and reading its answer.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+use crate::clock::Timestamp;
+use crate::store::{Batch, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View};
+
+use super::charges::QueuedCharge;
+use super::cluster::GiveBack;
+use super::connection::Conn;
+use super::{Inner, TimeSource};
+
+pub(super) const SCRIPT: &str = include_str!("script.lua");
+
+pub(super) type CallResult =
+    Result<Result<Vec<i64>, redis::RedisError>, tokio::time::error::Elapsed>;
+
+pub(super) fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+/// A window's shape as the script reads it: bucket width, buckets still
+/// counted before the current one, UTC offset, the window length (0 for a
+/// fixed window); for a fixed window in a time zone, the window `index`
+/// gives and its end (the script has no time zone rules); milliseconds.
+/// A window shape as the script reads it: bucket, reach, offset, window
+/// (0: fixed), and a zoned fixed window's index and end on the caller's
+/// clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ShapeArgs {
+    pub(super) bucket: u64,
+    pub(super) reach: u64,
+    pub(super) offset: i64,
+    pub(super) window: u64,
+    pub(super) zoned: Option<(u64, u64)>,
+}
+
+impl ShapeArgs {
+    fn args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.bucket)
+            .arg(self.reach)
+            .arg(self.offset)
+            .arg(self.window);
+        match self.zoned {
+            Some((i, end)) => cmd.arg(i).arg(end),
+            None => cmd.arg("").arg(""),
+        };
+    }
+}
+
+/// The distinct shapes of one call, in order of first use.
+#[derive(Debug, Default)]
+pub(super) struct Shapes(Vec<ShapeArgs>);
+
+impl Shapes {
+    /// The number (from 1) of `w`'s shape, `index` giving a zoned window's
+    /// index.
+    fn number(&mut self, w: &crate::store::WindowSpec, index: impl FnOnce() -> u64) -> usize {
+        let shape = ShapeArgs {
+            bucket: w.bucket_ms(),
+            reach: w.reach(),
+            offset: w.offset_ms(),
+            window: if w.is_sliding() { w.window_ms() } else { 0 },
+            zoned: w.zone().map(|_| {
+                let i = index();
+                (i, w.end_ms(i))
+            }),
+        };
+        match self.0.iter().position(|s| *s == shape) {
+            Some(k) => k + 1,
+            None => {
+                self.0.push(shape);
+                self.0.len()
+            }
+        }
+    }
+}
+
+/// The script's answer: little-endian doubles, each a whole number below
+/// 2^53 (an answer of another length reads as no values, which every
+/// caller refuses as the wrong number).
+pub(super) fn doubles(bytes: &[u8]) -> Vec<i64> {
+    if !bytes.len().is_multiple_of(8) {
+        return Vec::new();
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            // Saturating; NaN reads as 0.
+            f64::from_le_bytes(b) as i64
+        })
+        .collect()
+}
+
+/// An instant the script answered, in milliseconds since the epoch.
+pub(super) fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
+}
+
+/// The script's answer for one batch.
+pub(super) fn fill_one(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
+    expect_len(v, [&*batch])?;
+    fill(batch, v, 1)
+}
+
+/// Whether the script's answer `v` has the length an answer for `batches`
+/// has: the stamp, then per batch its admission and five values a limit.
+pub(super) fn expect_len<'a>(
+    v: &[i64],
+    batches: impl IntoIterator<Item = &'a Batch>,
+) -> Result<(), StoreError> {
+    let want = 1 + batches.into_iter().map(|b| 1 + 5 * b.len()).sum::<usize>();
+    if v.len() == want {
+        Ok(())
+    } else {
+        Err(bad_answer("the script answered the wrong number of values"))
+    }
+}
+
+pub(super) fn bad_answer(why: &'static str) -> StoreError {
+    StoreError::new(StoreErrorKind::Protocol, why)
+}
+
+/// Fills `batch` from the script's answer `v` (its stamp first), whose
+/// values for the batch start at `at` (its admission, then five per
+/// limit); the caller has checked that they are there.
+pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreError> {
+    batch.set_decided_at(ts(v[0]));
+    for i in 0..batch.len() {
+        let l = *batch.limit(i);
+        let r = &v[at + 1 + 5 * i..at + 6 + 5 * i];
+        let view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
+        let verdict = match r[0] {
+            0 => Verdict::Room(Receipt::new(l.key, u64::try_from(r[4]).unwrap_or(0))),
+            1 => Verdict::Passed,
+            2 => Verdict::Refused(Refusal::Full { retry_at: ts(r[3]) }),
+            3 => Verdict::Refused(Refusal::NeverFits),
+            _ => return Err(bad_answer("the script answered an unknown verdict")),
+        };
+        batch.record(i, Outcome::new(view, verdict));
+    }
+    if (v[at] == 1) != batch.admitted() {
+        return Err(bad_answer(
+            "the script's admission disagrees with its verdicts",
+        ));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// One script call (`EVALSHA`, and `SCRIPT LOAD` then again after a
+    /// `NOSCRIPT`): post-charges and give-backs, then the batches, one
+    /// after the other, decided at `now`.
+    pub(super) fn call(
+        &self,
+        conn: &Conn,
+        now: Option<Timestamp>,
+        batches: &[&Batch],
+        charges: &[QueuedCharge],
+        give_back: &[GiveBack],
+    ) -> impl Future<Output = CallResult> + Send + 'static {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let limits: usize = batches.iter().map(|b| b.len()).sum();
+        let keys = limits + charges.len() + give_back.len();
+        // Sized once: a key and six short numbers a limit, five a charge.
+        let mut cmd = redis::Cmd::with_capacity(
+            8 + batches.len() + 7 * keys + 6 * 4,
+            128 + batches.len() * 4 + keys * (self.prefix.len() + 36 + 6 * 12),
+        );
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
+        // Every key written through one buffer (no string a key).
+        let mut key = String::with_capacity(self.prefix.len() + 36);
+        let all = batches.iter().flat_map(|b| b.limits()).map(|l| l.key);
+        let all = all
+            .chain(charges.iter().map(|w| w.charge.receipt.key()))
+            .chain(give_back.iter().map(|g| g.limit.key));
+        for k in all {
+            self.write_key(&mut key, k);
+            cmd.arg(key.as_bytes());
+        }
+        // On the caller's clock, a call without a decision (the flusher)
+        // takes the newest measurement it carries as "now".
+        let now = now.or_else(|| charges.iter().map(|w| w.at).max());
+        // Zoned fixed windows are placed by this clock (Lua has no zones).
+        let caller_now = now.unwrap_or(Timestamp::EPOCH);
+        match (self.time, now) {
+            (TimeSource::Caller, Some(t)) => cmd
+                .arg(t.as_nanos() / 1_000_000)
+                .arg(t.as_nanos().div_ceil(1_000_000)),
+            _ => cmd.arg("").arg(""),
+        };
+        // Each distinct window shape is sent once, and numbered: the script
+        // reads a shape's six values once however many limits use it.
+        let mut shapes = Shapes::default();
+        let limit_shapes: Vec<usize> = batches
+            .iter()
+            .flat_map(|b| b.limits())
+            .map(|l| shapes.number(&l.window, || l.window.index(caller_now)))
+            .collect();
+        let charge_shapes: Vec<usize> = charges
+            .iter()
+            .map(|w| {
+                let l = &w.charge.limit;
+                shapes.number(&l.window, || l.window.index(w.at))
+            })
+            .collect();
+        let back_shapes: Vec<usize> = give_back
+            .iter()
+            .map(|g| shapes.number(&g.limit.window, || g.index))
+            .collect();
+        cmd.arg(batches.len())
+            .arg(charges.len() + give_back.len())
+            .arg(shapes.0.len());
+        for b in batches {
+            cmd.arg(b.len());
+        }
+        for shape in &shapes.0 {
+            shape.args(&mut cmd);
+        }
+        for (l, shape) in batches.iter().flat_map(|b| b.limits()).zip(limit_shapes) {
+            let group = l.cascade.map_or(0, u32::from);
+            cmd.arg(l.tag)
+                .arg(shape)
+                .arg(l.capacity)
+                .arg(l.check_cost())
+                .arg(l.charge_cost())
+                .arg(group);
+        }
+        for (w, shape) in charges.iter().zip(charge_shapes) {
+            let c = &w.charge;
+            let at: i64 = match self.time {
+                TimeSource::Caller => {
+                    i64::try_from(w.at.as_nanos().div_ceil(1000)).unwrap_or(i64::MAX)
+                }
+                _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
+            };
+            cmd.arg(c.limit.tag).arg(shape).arg(c.cost).arg(at).arg("");
+        }
+        for (g, shape) in give_back.iter().zip(back_shapes) {
+            cmd.arg(g.limit.tag)
+                .arg(shape)
+                .arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
+                .arg(0)
+                .arg(g.index);
+        }
+        let mut conn = conn.clone();
+        let timeout = self.timeout;
+        async move {
+            tokio::time::timeout(timeout, async move {
+                let answer = match cmd.query_async::<Vec<u8>>(&mut conn).await {
+                    Err(e) if is_noscript(&e) => {
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(SCRIPT)
+                            .query_async::<String>(&mut conn)
+                            .await?;
+                        cmd.query_async::<Vec<u8>>(&mut conn).await
+                    }
+                    other => other,
+                };
+                answer.map(|bytes| doubles(&bytes))
+            })
+            .await
+        }
+    }
+
+    /// Books a call's result: circuit state (of the cluster slot's group
+    /// when `slot` is given, else of the whole store), and what becomes of
+    /// the charges it carried.
+    pub(super) fn finish_call(
+        &self,
+        res: CallResult,
+        charges: Vec<QueuedCharge>,
+        slot: Option<u16>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let book = |ok: bool| match (slot, ok) {
+            (Some(s), ok) => self.slot_result(s, ok),
+            (None, true) => self.succeeded(),
+            (None, false) => self.failed(),
+        };
+        match res {
+            Ok(Ok(v)) => {
+                book(true);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                book(false);
+                self.requeue(charges);
+                Err(StoreError::new(StoreErrorKind::Unavailable, e))
+            }
+            Err(elapsed) => {
+                book(false);
+                self.uncertain
+                    .fetch_add(charges.len() as u64, Ordering::Relaxed);
+                Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::doubles;
+
+    #[test]
+    fn answers_read_as_whole_numbers_and_a_torn_one_as_none() {
+        let values = [
+            0.0f64,
+            1.0,
+            1_793_512_780_000.0,
+            9_007_199_254_740_991.0,
+            -3.0,
+        ];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            doubles(&bytes),
+            vec![0, 1, 1_793_512_780_000, 9_007_199_254_740_991, -3]
+        );
+        assert!(doubles(&bytes[..bytes.len() - 1]).is_empty());
+        assert_eq!(doubles(&f64::NAN.to_le_bytes()), vec![0]);
+        assert_eq!(doubles(&f64::INFINITY.to_le_bytes()), vec![i64::MAX]);
+    }
+}
