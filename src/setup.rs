@@ -15,7 +15,7 @@ use serde::{de, Deserialize, Deserializer};
 use crate::config::{Config, OnStoreError};
 use crate::error::ConfigError;
 use crate::policy::Policy;
-use crate::store::{KeySecret, RedisStoreConfig};
+use crate::store::{KeySecret, RedisSentinel, RedisStoreConfig, RedisTls};
 
 /// Where a layer's counters live and what it does when that store cannot
 /// decide: a configuration file's `store` section.
@@ -180,7 +180,13 @@ struct RedisSection {
     #[serde(default)]
     cluster: Vec<String>,
     #[serde(default)]
+    sentinel: Option<SentinelSection>,
+    #[serde(default)]
+    tls: Option<TlsSection>,
+    #[serde(default)]
     on_error: OnStoreError,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -191,6 +197,32 @@ struct RedisSection {
     max_pending_charges: Option<usize>,
 }
 
+/// `store.redis.sentinel` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentinelSection {
+    urls: Vec<String>,
+    master: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    db: i64,
+}
+
+/// `store.redis.tls` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    #[serde(default)]
+    ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    key_file: Option<std::path::PathBuf>,
+}
+
 impl<'de> Deserialize<'de> for Deployment {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = StoreSection::deserialize(d)?;
@@ -199,21 +231,38 @@ impl<'de> Deserialize<'de> for Deployment {
             ..Deployment::default()
         };
         if let Some(r) = s.redis {
-            let mut config = match (r.url, r.cluster.is_empty()) {
-                (Some(_), false) => {
-                    return Err(de::Error::custom(
-                        "`redis` takes `url` (one server) or `cluster`, not both",
-                    ))
-                }
-                (Some(url), true) => RedisStoreConfig::new(url),
-                (None, false) => RedisStoreConfig::cluster(r.cluster),
-                (None, true) => {
+            let sentinel = r.sentinel.map(|s| {
+                let mut sentinel = RedisSentinel::new(s.urls, s.master);
+                sentinel.username = s.username;
+                sentinel.password = s.password;
+                sentinel.db = s.db;
+                sentinel
+            });
+            let mut config = match (r.url, r.cluster.is_empty(), sentinel) {
+                (Some(url), true, None) => RedisStoreConfig::new(url),
+                (None, false, None) => RedisStoreConfig::cluster(r.cluster),
+                (None, true, Some(s)) => RedisStoreConfig::sentinel(s),
+                (None, true, None) => {
                     return Err(de::Error::custom(
                         "`redis.url` is required (`redis://host:port`), \
-                         or `redis.cluster` with the nodes",
+                         or `redis.cluster` with the nodes, or `redis.sentinel`",
+                    ))
+                }
+                _ => {
+                    return Err(de::Error::custom(
+                        "`redis` takes one of `url` (one server), `cluster` or `sentinel`, \
+                         not several",
                     ))
                 }
             };
+            config.tls = r.tls.map(|t| RedisTls {
+                ca_file: t.ca_file,
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+            });
+            if let Some(ms) = r.connect_timeout_ms {
+                config.connect_timeout = std::time::Duration::from_millis(ms);
+            }
             if let Some(ms) = r.timeout_ms {
                 config.timeout = std::time::Duration::from_millis(ms);
             }
@@ -266,7 +315,7 @@ mod tests {
             r#"{"store": {"redis": {"url": "redis://a", "cluster": ["redis://b"]}}}"#,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("not both"), "{e}");
+        assert!(e.to_string().contains("not several"), "{e}");
         let e = Config::from_json(r#"{"store": {"redis": {"url": "redis://a", "nope": 1}}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");

@@ -15,7 +15,7 @@ use tower::Layer;
 /// The README's ACL rule, without the user name and password (keep the
 /// two in step). `+config|get` only serves the start-up check of eviction
 /// and persistence settings (`RedisStore::check_server`).
-const RULE: &str = "~tierlimit:* resetchannels -@all +evalsha +script|load +time +hset +hdel +hgetall +pexpire +pttl +config|get";
+const RULE: &str = "~tierlimit:* resetchannels -@all +ping +evalsha +script|load +time +hset +hdel +hgetall +pexpire +pttl +config|get";
 
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,7 @@ pub use crate::plans::SharedPlans;
 pub use crate::policy::KeySecret;
 pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
-pub use redis_config::{RedisStoreConfig, TimeSource};
+pub use redis_config::{RedisSentinel, RedisStoreConfig, RedisTls, TimeSource};
 
 /// The key of the counters of one (tier, scope key): an opaque, keyed
 /// 128-bit hash. Equal keys are the same counters.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::store::{Batch, CounterKey, LimitSpec, StoreError, StoreErrorKind, Verdict};
 
-use super::connection::{log_connect_error, Conn, Target, FAILURES_TO_OPEN, OPEN_FOR};
+use super::connection::{tls, Conn, Target, FAILURES_TO_OPEN, OPEN_FOR};
+use super::problem::RedisProblem;
 use super::script::fill_one;
 use super::Inner;
 
@@ -66,14 +67,22 @@ pub(super) fn group_by<T, K: PartialEq>(
 pub(super) fn cluster_client<'a>(
     nodes: impl Iterator<Item = &'a str>,
     timeout: Duration,
+    certs: tls::Certificates,
 ) -> redis::RedisResult<redis::cluster::ClusterClient> {
-    redis::cluster::ClusterClientBuilder::new(nodes.collect::<Vec<_>>())
+    let b = redis::cluster::ClusterClientBuilder::new(nodes.collect::<Vec<_>>())
         .connection_timeout(timeout)
         .response_timeout(timeout)
         .retries(2)
         .min_retry_wait(10)
-        .max_retry_wait(100)
-        .build()
+        .max_retry_wait(100);
+    #[cfg(feature = "redis-tls")]
+    let b = match certs {
+        Some(certs) => b.certs(certs),
+        None => b,
+    };
+    #[cfg(not(feature = "redis-tls"))]
+    let _ = certs;
+    b.build()
 }
 
 impl Inner {
@@ -95,6 +104,7 @@ impl Inner {
     pub(super) fn slot_result(&self, slot: u16, ok: bool) {
         let g = self.group(slot);
         if ok {
+            self.answering();
             g.failures.store(0, Ordering::Relaxed);
             g.open_until.store(0, Ordering::Relaxed);
             g.failing_since.store(0, Ordering::Relaxed);
@@ -160,7 +170,7 @@ impl Inner {
                          connected to the cluster anew"
                     );
                 }
-                Ok(Err(e)) => log_connect_error(&e),
+                Ok(Err(e)) => me.trouble(RedisProblem::of(&e), "connecting to the cluster anew"),
                 Err(_) => {
                     #[cfg(feature = "tracing")]
                     tracing::warn!(

@@ -1,4 +1,16 @@
-//! Connecting to Redis, and the circuit breaker of a single server.
+//! Connecting to Redis (one server, the master Sentinels name, or a
+//! cluster), checking the connection, and the circuit breaker of a single
+//! server.
+//!
+//! One task connects, in the background, with its own timeout
+//! ([`RedisStoreConfig::connect_timeout`]): it opens the connection
+//! (authenticating), sends `PING` and loads the script, so that a wrong
+//! password or a missing permission shows at once, by name, rather than as
+//! timeouts of decisions. A failed attempt is said once (see
+//! [`problem`](super::problem)) and tried again 100 ms later, then less
+//! often, up to once a second. Decisions wait for the first attempt at most
+//! their own timeout; once an attempt has failed they fail at once until
+//! one succeeds.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,11 +20,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::store::{StoreError, StoreErrorKind};
 
-use super::{unavailable, Inner};
+use super::problem::RedisProblem;
+use super::{Inner, RedisStoreConfig};
 
 pub(super) const FAILURES_TO_OPEN: u32 = 3;
 
 pub(super) const OPEN_FOR: Duration = Duration::from_millis(200);
+
+/// The longest wait between two attempts to connect.
+const RETRY_AT_MOST: Duration = Duration::from_secs(1);
 
 /// A connection to a single server or to a cluster.
 #[derive(Clone)]
@@ -54,26 +70,167 @@ impl redis::aio::ConnectionLike for Conn {
 
 /// Where to connect.
 pub(super) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
+    /// The master the Sentinels name: asked again at every connection.
+    Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
     Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl Target {
+    /// The target `config` describes (checked already), with its
+    /// certificates read.
+    pub(super) fn new(config: &RedisStoreConfig) -> Result<Target, StoreError> {
+        let bad = |e: redis::RedisError| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("store.redis: redis-rs refuses these settings: {e}"),
+            )
+        };
+        let certs = tls::certificates(config)?;
+        if let Some(s) = &config.sentinel {
+            return sentinel_client(s, certs)
+                .map(|c| Target::Sentinel(Box::new(tokio::sync::Mutex::new(c))))
+                .map_err(bad);
+        }
+        if config.cluster.is_empty() {
+            let client = match certs {
+                #[cfg(feature = "redis-tls")]
+                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs),
+                _ => redis::Client::open(config.url.as_str()),
+            };
+            return client.map(|c| Target::Single(Box::new(c))).map_err(bad);
+        }
+        let nodes = config.cluster.iter().map(String::as_str);
+        super::cluster::cluster_client(nodes, config.timeout, certs)
+            .map(|c| Target::Cluster(Box::new(c)))
+            .map_err(bad)
+    }
+}
+
+/// The Sentinels of `s`, asked for its master: their own credentials from
+/// their URLs (the first URL that has some), the master's from `s`, TLS
+/// for the master when certificates are given.
+fn sentinel_client(
+    s: &super::RedisSentinel,
+    certs: tls::Certificates,
+) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+    use redis::IntoConnectionInfo as _;
+    let infos = s
+        .urls
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let addrs = infos.iter().map(|i| i.addr().clone());
+    let mut b = redis::sentinel::SentinelClientBuilder::new(
+        addrs,
+        &s.master,
+        redis::sentinel::SentinelServerType::Master,
+    )?;
+    if let Some(i) = infos
+        .iter()
+        .find(|i| i.redis_settings().password().is_some())
+    {
+        let r = i.redis_settings();
+        if let Some(user) = r.username() {
+            b = b.set_client_to_sentinel_username(user);
+        }
+        if let Some(pw) = r.password() {
+            b = b.set_client_to_sentinel_password(pw);
+        }
+    }
+    if let Some(user) = &s.username {
+        b = b.set_client_to_redis_username(user);
+    }
+    if let Some(pw) = &s.password {
+        b = b.set_client_to_redis_password(pw);
+    }
+    b = b.set_client_to_redis_db(s.db);
+    #[cfg(feature = "redis-tls")]
+    if let Some(certs) = certs {
+        b = b
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_redis_certificates(certs.clone());
+        if s.urls.iter().any(|u| u.starts_with("rediss://")) {
+            b = b
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_certificates(certs);
+        }
+    }
+    #[cfg(not(feature = "redis-tls"))]
+    let _ = certs;
+    b.build()
+}
+
+/// TLS certificates, read from the files `store.redis.tls` names.
+pub(super) mod tls {
+    use crate::store::{RedisStoreConfig, StoreError, StoreErrorKind};
+
+    #[cfg(feature = "redis-tls")]
+    pub(in crate::store::redis) type Certificates = Option<redis::TlsCertificates>;
+    #[cfg(not(feature = "redis-tls"))]
+    pub(in crate::store::redis) type Certificates = Option<std::convert::Infallible>;
+
+    /// The certificates of `config.tls`, read now (a missing or unreadable
+    /// file is an error naming the field and the file).
+    #[cfg(feature = "redis-tls")]
+    pub(in crate::store::redis) fn certificates(
+        config: &RedisStoreConfig,
+    ) -> Result<Certificates, StoreError> {
+        // rustls needs a crypto provider: aws-lc-rs unless the program
+        // chose one (with two providers compiled in, rustls would not pick).
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let Some(tls) = &config.tls else {
+            return Ok(None);
+        };
+        let read = |field: &str, path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| {
+                        StoreError::new(
+                            StoreErrorKind::Unavailable,
+                            format!("store.redis.tls.{field}: cannot read {}: {e}", p.display()),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let root_cert = read("ca_file", &tls.ca_file)?;
+        let client_tls = match (
+            read("cert_file", &tls.cert_file)?,
+            read("key_file", &tls.key_file)?,
+        ) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            _ => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    #[cfg(not(feature = "redis-tls"))]
+    pub(in crate::store::redis) fn certificates(
+        _config: &RedisStoreConfig,
+    ) -> Result<Certificates, StoreError> {
+        // `RedisStoreConfig::check` refused TLS settings in this build.
+        Ok(None)
+    }
 }
 
 /// Reconnects fast (10 to 100 ms apart): the circuit breaker, not the
 /// connection, decides when to stop trying for a while.
-pub(super) fn manager_config() -> ConnectionManagerConfig {
+fn manager_config(connect_timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_connection_timeout(Some(connect_timeout))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(100))
         .set_number_of_retries(3)
-}
-
-pub(super) fn log_connect_error(e: &redis::RedisError) {
-    #[cfg(feature = "tracing")]
-    tracing::warn!(target: "tierlimit", error = %crate::error::Chain(e), "cannot connect to Redis; retrying");
-    #[cfg(not(feature = "tracing"))]
-    let _ = e;
 }
 
 impl Inner {
@@ -93,48 +250,180 @@ impl Inner {
     pub(super) fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.open_until.store(0, Ordering::Relaxed);
+        self.answering();
     }
 
     pub(super) fn failed(&self) {
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
             let until = self.millis() + OPEN_FOR.as_millis() as u64;
             self.open_until.store(until, Ordering::Relaxed);
+            // The master the Sentinels named stopped answering: ask them
+            // again (after a failover they name another).
+            if matches!(self.target, Target::Sentinel(_)) {
+                self.find_master_again();
+            }
         }
     }
 
-    /// The connection, made now (within the timeout) when there is none;
-    /// decisions arriving meanwhile wait for the same attempt.
-    pub(super) async fn first_connect(&self) -> Result<Conn, StoreError> {
+    /// Drops the connection to the master the Sentinels named and asks
+    /// them again (at most one connection attempt runs at a time).
+    pub(super) fn find_master_again(&self) {
+        if self.connecting.load(Ordering::Acquire) {
+            return;
+        }
+        self.live.store(None);
+        self.start_connecting();
+    }
+
+    /// The connection for a decision: the one in use, or the one being
+    /// made, waited for at most the decision timeout. While Redis cannot
+    /// be reached (an attempt failed) it fails at once, saying why.
+    pub(super) async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let make = self.conn.get_or_try_init(|| async {
-            let conn = match &self.target {
-                Target::Single(client) => {
-                    ConnectionManager::new_with_config(client.clone(), manager_config())
-                        .await
-                        .map(Conn::Single)
-                }
-                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-            }?;
-            self.live.store(Some(Arc::new(conn)));
-            Ok::<(), redis::RedisError>(())
-        });
-        match tokio::time::timeout(self.timeout, make).await {
-            Ok(Ok(())) => {
-                self.check_server_once();
-                self.current()
-                    .ok_or_else(|| unavailable("the connection was dropped"))
-            }
-            Ok(Err(e)) => {
-                self.failed();
-                log_connect_error(&e);
-                Err(StoreError::new(StoreErrorKind::Unavailable, e))
-            }
-            Err(elapsed) => {
-                self.failed();
-                Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
-            }
+        let ready = self.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if let Some(conn) = self.current() {
+            return Ok(conn);
         }
+        self.start_connecting();
+        if self.problem_now().is_none() {
+            let _ = tokio::time::timeout(self.timeout, ready).await;
+        }
+        self.current().ok_or_else(|| self.not_connected())
+    }
+
+    /// Connects now, waiting for the attempt under way or the next one (at
+    /// most the connect timeout and a little).
+    pub(super) async fn connect_now(&self) -> Result<Conn, StoreError> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let ready = self.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        self.start_connecting();
+        let wait = self.connect_timeout + RETRY_AT_MOST;
+        let _ = tokio::time::timeout(wait, ready).await;
+        self.current().ok_or_else(|| self.not_connected())
+    }
+
+    /// Why there is no connection, in plain words.
+    fn not_connected(&self) -> StoreError {
+        let why = match self.problem_now() {
+            Some(p) => format!("not connected to Redis {}: {p}", self.address),
+            None => format!(
+                "not connected to Redis {} yet (connecting, up to {:?})",
+                self.address, self.connect_timeout
+            ),
+        };
+        StoreError::new(StoreErrorKind::Unavailable, why)
+    }
+
+    /// Starts the task that connects (unless one runs): it tries until it
+    /// succeeds or the store is dropped, 100 ms after a failure, then less
+    /// often (up to once a second).
+    pub(super) fn start_connecting(&self) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (Ok(rt), Some(me)) = (tokio::runtime::Handle::try_current(), self.me()) else {
+            self.connecting.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(&me);
+        drop(me);
+        rt.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let attempt = tokio::time::timeout(me.connect_timeout, me.open()).await;
+                let problem = match attempt {
+                    Ok(Ok(conn)) => {
+                        me.live.store(Some(Arc::new(conn)));
+                        me.connecting.store(false, Ordering::Release);
+                        me.failures.store(0, Ordering::Relaxed);
+                        me.open_until.store(0, Ordering::Relaxed);
+                        me.connected_once();
+                        me.ready.notify_waiters();
+                        me.check_server_once();
+                        return;
+                    }
+                    Ok(Err(problem)) => problem,
+                    Err(_) => RedisProblem::TimedOut(me.connect_timeout),
+                };
+                me.trouble(problem, "connecting");
+                // Decisions waiting for this attempt fail now, saying why.
+                me.ready.notify_waiters();
+                drop(me);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_AT_MOST);
+            }
+        });
+    }
+
+    /// Says the first connection (once), or the end of an outage.
+    fn connected_once(&self) {
+        if self.troubled.load(Ordering::Acquire) {
+            self.answering();
+            return;
+        }
+        if !self.said_connected.swap(true, Ordering::Relaxed) {
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("tierlimit_redis_ready").set(1.0);
+            #[cfg(feature = "tracing")]
+            tracing::info!(target: "tierlimit", redis = %self.address, "connected to Redis {}", self.address);
+        }
+    }
+
+    /// One attempt: connect (authenticating), `PING`, load the script.
+    async fn open(&self) -> Result<Conn, RedisProblem> {
+        let of = |e: redis::RedisError| RedisProblem::of(&e);
+        let mut conn = match &self.target {
+            Target::Single(client) => ConnectionManager::new_with_config(
+                (**client).clone(),
+                manager_config(self.connect_timeout),
+            )
+            .await
+            .map(Conn::Single)
+            .map_err(of)?,
+            Target::Sentinel(sentinel) => {
+                let client = sentinel.lock().await.async_get_client().await.map_err(of)?;
+                #[cfg(feature = "tracing")]
+                tracing::debug!(
+                    target: "tierlimit",
+                    master = %client.get_connection_info().addr(),
+                    "the Sentinels name this master"
+                );
+                ConnectionManager::new_with_config(client, manager_config(self.connect_timeout))
+                    .await
+                    .map(Conn::Single)
+                    .map_err(of)?
+            }
+            Target::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(of)?,
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(of)?;
+        let hash = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(super::script::SCRIPT)
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(of)?;
+        if hash != self.script.get_hash() {
+            return Err(RedisProblem::Other(format!(
+                "SCRIPT LOAD answered {hash}, not the script's SHA-1 {}",
+                self.script.get_hash()
+            )));
+        }
+        Ok(conn)
     }
 }

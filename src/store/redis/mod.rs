@@ -159,6 +159,7 @@ mod charges;
 mod cluster;
 mod connection;
 mod plans;
+mod problem;
 mod queue;
 mod refusals;
 mod script;
@@ -173,15 +174,16 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-pub use super::redis_config::{RedisStoreConfig, TimeSource};
+pub use super::redis_config::{RedisSentinel, RedisStoreConfig, RedisTls, TimeSource};
 use super::{
     Answer, Batch, Charge, CounterKey, KeySecret, PostCharge, SharedPlans, Store, StoreError,
     StoreErrorKind,
 };
 use crate::clock::Timestamp;
 use charges::QueuedCharge;
-use cluster::{cluster_client, Health, GROUP_SLOTS, SLOTS};
+use cluster::{Health, GROUP_SLOTS, SLOTS};
 use connection::{Conn, Target};
+pub use problem::RedisProblem;
 use queue::Queue;
 use refusals::{question, Refused};
 use script::{fill_one, SCRIPT};
@@ -207,10 +209,22 @@ struct Inner {
     /// This store, for the tasks it starts.
     me: Weak<Inner>,
     target: Target,
-    /// Set by the first decision that needs a connection; concurrent
-    /// decisions wait for that one attempt; a failed attempt is tried
-    /// again by the next.
-    conn: tokio::sync::OnceCell<()>,
+    /// Where it connects, for logs and errors (no password).
+    address: String,
+    connect_timeout: Duration,
+    /// Whether the task that connects runs (see [`connection`]).
+    connecting: AtomicBool,
+    /// Woken when an attempt to connect ends.
+    ready: tokio::sync::Notify,
+    /// What is wrong now, as last said (see [`problem`]).
+    problem: Mutex<Option<RedisProblem>>,
+    /// Whether `problem` holds one (read on every call, without the lock).
+    troubled: AtomicBool,
+    /// Milliseconds since `epoch` (+1) of the start of the outage; 0 while
+    /// Redis answers.
+    outage_since: AtomicU64,
+    /// Whether the first connection was said.
+    said_connected: AtomicBool,
     /// The connection in use (a cluster's is made anew when it stops
     /// making progress; the old one is dropped with what it held).
     live: arc_swap::ArcSwapOption<Conn>,
@@ -284,25 +298,25 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// The URL is not a Redis URL.
+    /// The settings fail [`RedisStoreConfig::check`], a certificate file
+    /// of `tls` cannot be read, or redis-rs refuses the URLs.
     pub fn new(config: RedisStoreConfig) -> Result<Self, StoreError> {
         config
             .check()
             .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
-        let bad = |e| StoreError::new(StoreErrorKind::Unavailable, e);
-        let target = if config.cluster.is_empty() {
-            Target::Single(redis::Client::open(config.url.as_str()).map_err(bad)?)
-        } else {
-            let nodes = config.cluster.iter().map(String::as_str);
-            Target::Cluster(Box::new(
-                cluster_client(nodes, config.timeout).map_err(bad)?,
-            ))
-        };
+        let target = Target::new(&config)?;
         Ok(RedisStore {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 target,
-                conn: tokio::sync::OnceCell::new(),
+                address: config.address(),
+                connect_timeout: config.connect_timeout,
+                connecting: AtomicBool::new(false),
+                ready: tokio::sync::Notify::new(),
+                problem: Mutex::new(None),
+                troubled: AtomicBool::new(false),
+                outage_since: AtomicU64::new(0),
+                said_connected: AtomicBool::new(false),
                 live: arc_swap::ArcSwapOption::empty(),
                 script: redis::Script::new(SCRIPT),
                 prefix: config.prefix,
@@ -336,14 +350,18 @@ impl RedisStore {
         })
     }
 
-    /// Connects now (within the timeout), so that an unreachable Redis shows
-    /// at start; on failure the store keeps trying in the background.
+    /// Connects now, so that a Redis that cannot be used shows at start:
+    /// waits for an attempt (connect, authenticate, `PING`, load the
+    /// script) of at most [`RedisStoreConfig::connect_timeout`]. On failure
+    /// the store keeps trying in the background.
     ///
     /// # Errors
     ///
-    /// Redis cannot be reached now.
+    /// Redis cannot be used now; the error says why in plain words
+    /// (wrong or missing password, missing permission, connection refused,
+    /// unknown host, TLS, timeout), as [`RedisStore::problem`] does.
     pub async fn connect(&self) -> Result<(), StoreError> {
-        self.inner.first_connect().await.map(|_| ())
+        self.inner.connect_now().await.map(|_| ())
     }
 
     /// Reads the server's `maxmemory-policy`, `maxmemory`, `save` and
@@ -372,6 +390,24 @@ impl RedisStore {
     /// Whether the store holds a connection (it may still be failing).
     pub fn is_connected(&self) -> bool {
         self.inner.live.load().is_some()
+    }
+
+    /// Whether the store is connected and its last call to Redis
+    /// succeeded: for a readiness probe. The metric `tierlimit_redis_ready`
+    /// (feature `metrics`) says the same.
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.inner.problem_now().is_none()
+    }
+
+    /// What is wrong with Redis now, if anything: the cause of the last
+    /// failed connection attempt or call, until a call succeeds again.
+    pub fn problem(&self) -> Option<RedisProblem> {
+        self.inner.problem_now()
+    }
+
+    /// Where the store connects, as its logs say it (no password).
+    pub fn address(&self) -> &str {
+        &self.inner.address
     }
 
     /// Post-charges dropped because too many were waiting.
@@ -490,7 +526,7 @@ impl Store for RedisStore {
             )));
         }
         Answer::Later(Box::pin(async move {
-            let conn = inner.first_connect().await?;
+            let conn = inner.connection().await?;
             inner.start_flusher();
             inner.start_plan_sync();
             if slots.iter().any(|s| *s != slots[0]) {

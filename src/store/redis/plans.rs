@@ -61,7 +61,7 @@ impl Inner {
         if self.circuit_open() {
             return Err(unavailable("Redis failed repeatedly; retrying shortly"));
         }
-        let mut conn = self.first_connect().await?;
+        let mut conn = self.connection().await?;
         let key = self.plans_key();
         let writes = self
             .plan_writes

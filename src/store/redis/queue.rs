@@ -154,7 +154,7 @@ impl Inner {
             if group.is_empty() {
                 return;
             }
-            let conn = match self.first_connect().await {
+            let conn = match self.connection().await {
                 Ok(conn) => conn,
                 Err(e) => {
                     for q in group {

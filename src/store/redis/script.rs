@@ -9,6 +9,7 @@ use crate::store::{Batch, Outcome, Receipt, Refusal, StoreError, StoreErrorKind,
 use super::charges::QueuedCharge;
 use super::cluster::GiveBack;
 use super::connection::Conn;
+use super::problem::RedisProblem;
 use super::{Inner, TimeSource};
 
 pub(super) const SCRIPT: &str = include_str!("script.lua");
@@ -288,11 +289,13 @@ impl Inner {
             }
             Ok(Err(e)) => {
                 book(false);
+                self.trouble(RedisProblem::of(&e), "running the script");
                 self.requeue(charges);
                 Err(StoreError::new(StoreErrorKind::Unavailable, e))
             }
             Err(elapsed) => {
                 book(false);
+                self.trouble(RedisProblem::TimedOut(self.timeout), "running the script");
                 self.uncertain
                     .fetch_add(charges.len() as u64, Ordering::Relaxed);
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))

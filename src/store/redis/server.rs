@@ -76,7 +76,7 @@ impl Inner {
     /// Reads the settings that decide whether Redis can drop counters or
     /// plan assignments; plain-words warnings for those that can.
     pub(super) async fn check_server(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.first_connect().await?;
+        let conn = self.connection().await?;
         let get = |name: &'static str| {
             let mut cmd = redis::cmd("CONFIG");
             cmd.arg("GET").arg(name);
