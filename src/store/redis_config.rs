@@ -432,6 +432,50 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "redis-tls"))]
+    fn tls_is_refused_at_load_without_the_feature() {
+        for c in [
+            RedisStoreConfig::new("rediss://h:1"),
+            RedisStoreConfig::cluster(["redis://a:1", "rediss://b:1"]),
+            RedisStoreConfig::new("redis://h:1").tls(RedisTls::ca("/ca.pem")),
+        ] {
+            let e = c.check().unwrap_err();
+            assert!(e.to_string().contains("`redis-tls` feature"), "{e}");
+        }
+    }
+
+    #[test]
+    fn one_of_url_cluster_or_sentinel() {
+        let s = RedisSentinel::new(["redis://s1:26379", "redis://s2:26379"], "mymaster");
+        let c = RedisStoreConfig::sentinel(s.clone());
+        assert_eq!(
+            c.address(),
+            "master \"mymaster\" of Sentinels s1:26379, s2:26379"
+        );
+        let mut both = c.clone();
+        both.url = "redis://x:1".into();
+        let e = both.check().unwrap_err();
+        assert!(e.to_string().starts_with("store.redis: give one of"), "{e}");
+        let e = RedisStoreConfig::sentinel(RedisSentinel::new(Vec::<String>::new(), "m"))
+            .check()
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("store.redis.sentinel.urls:"),
+            "{e}"
+        );
+        let e = RedisStoreConfig::sentinel(RedisSentinel::new(["redis://s:1"], " "))
+            .check()
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("store.redis.sentinel.master:"),
+            "{e}"
+        );
+        // Passwords never reach the address logs carry.
+        let c = RedisStoreConfig::new("redis://user:pw@h:6379/2");
+        assert_eq!(c.address(), "h:6379");
+    }
+
+    #[test]
     fn secrets_are_shared_by_text() {
         let a = RedisStoreConfig::new("redis://x").secret("s");
         assert_eq!(a.secret, KeySecret::shared("s"));

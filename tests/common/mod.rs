@@ -3,6 +3,7 @@
 
 pub mod external;
 pub mod redis_server;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub enum Backend {
     Redis,
     /// The same on a three-node Redis Cluster of the test's own.
     RedisCluster,
+    /// The same over mutual TLS (certificates made by the test: a private
+    /// CA, a server and a client certificate).
+    RedisTls,
 }
 
 thread_local! {
@@ -41,6 +45,8 @@ thread_local! {
     static SERVER: std::cell::RefCell<Option<redis_server::RedisServer>> =
         const { std::cell::RefCell::new(None) };
     static CLUSTER: std::cell::RefCell<Option<redis_server::RedisCluster>> =
+        const { std::cell::RefCell::new(None) };
+    static CERTS: std::cell::RefCell<Option<tls::TestCerts>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -62,9 +68,16 @@ pub async fn on<F: Future<Output = ()>>(backend: Backend, scenario: F) {
         let cluster = redis_server::RedisCluster::start();
         CLUSTER.with(|s| *s.borrow_mut() = Some(cluster));
     }
+    if backend == Backend::RedisTls {
+        let certs = tls::TestCerts::new();
+        let server = redis_server::RedisServer::start_tls(certs.dir(), true);
+        SERVER.with(|s| *s.borrow_mut() = Some(server));
+        CERTS.with(|c| *c.borrow_mut() = Some(certs));
+    }
     scenario.await;
     SERVER.with(|s| s.borrow_mut().take());
     CLUSTER.with(|s| s.borrow_mut().take());
+    CERTS.with(|c| c.borrow_mut().take());
 }
 
 /// The Redis store of the current scenario's server or cluster.
@@ -75,6 +88,18 @@ pub fn redis_store() -> tierlimit::store::RedisStore {
         Backend::RedisCluster => {
             let urls = CLUSTER.with(|s| s.borrow().as_ref().map(|c| c.urls()));
             RedisStoreConfig::cluster(urls.expect("a cluster scenario"))
+        }
+        #[cfg(feature = "redis-tls")]
+        Backend::RedisTls => {
+            use tierlimit::store::RedisTls;
+            let url = SERVER.with(|s| s.borrow().as_ref().map(|s| s.tls_url()));
+            let tls = CERTS.with(|c| {
+                let c = c.borrow();
+                let c = c.as_ref().expect("a TLS scenario");
+                RedisTls::ca(c.path("ca.pem"))
+                    .client_cert(c.path("client.pem"), c.path("client.key"))
+            });
+            RedisStoreConfig::new(url.expect("a TLS scenario")).tls(tls)
         }
         _ => {
             let url = SERVER.with(|s| s.borrow().as_ref().map(|s| s.url()));
@@ -88,8 +113,8 @@ pub fn redis_store() -> tierlimit::store::RedisStore {
 }
 
 /// Runs each listed scenario (an `async fn name()`) as one test per store:
-/// `memory::name`, `awaited::name`, `external::name`, `redis::name` and
-/// `redis_cluster::name`.
+/// `memory::name`, `awaited::name`, `external::name`, `redis::name`,
+/// `redis_cluster::name` and `redis_tls::name` (mutual TLS).
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -134,6 +159,16 @@ macro_rules! on_every_store {
                 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
                 async fn $name() {
                     $crate::common::on($crate::common::Backend::RedisCluster, super::$name()).await
+                }
+            )*
+        }
+        #[cfg(feature = "redis-tls")]
+        mod redis_tls {
+            $(
+                #[tokio::test]
+                #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+                async fn $name() {
+                    $crate::common::on($crate::common::Backend::RedisTls, super::$name()).await
                 }
             )*
         }
@@ -258,11 +293,13 @@ pub fn demo(config: tierlimit::Config, clock: &ManualClock) -> (Router, Controll
         Backend::Awaited => demo_with(builder.store(AwaitedStore::default()).build(), clock),
         Backend::External => demo_with(builder.store(external::LogStore::default()).build(), clock),
         #[cfg(feature = "redis")]
-        Backend::Redis | Backend::RedisCluster => {
+        Backend::Redis | Backend::RedisCluster | Backend::RedisTls => {
             demo_with(builder.store(redis_store()).build(), clock)
         }
         #[cfg(not(feature = "redis"))]
-        Backend::Redis | Backend::RedisCluster => unreachable!("Redis scenarios need `redis`"),
+        Backend::Redis | Backend::RedisCluster | Backend::RedisTls => {
+            unreachable!("Redis scenarios need `redis`")
+        }
     }
 }
 
@@ -362,11 +399,13 @@ where
                 .layer(inner),
         ),
         #[cfg(feature = "redis")]
-        Backend::Redis | Backend::RedisCluster => {
+        Backend::Redis | Backend::RedisCluster | Backend::RedisTls => {
             tower::util::BoxCloneSyncService::new(builder.store(redis_store()).build().layer(inner))
         }
         #[cfg(not(feature = "redis"))]
-        Backend::Redis | Backend::RedisCluster => unreachable!("Redis scenarios need `redis`"),
+        Backend::Redis | Backend::RedisCluster | Backend::RedisTls => {
+            unreachable!("Redis scenarios need `redis`")
+        }
     }
 }
 

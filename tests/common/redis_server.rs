@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`]
+    /// (its plain port stays open for the test's own commands).
+    pub tls_port: Option<u16>,
+    /// Arguments given after the defaults.
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -42,6 +47,11 @@ impl RedisServer {
     /// A fresh server. Panics when `redis-server` is not installed (the
     /// test should have been ignored; see the module docs).
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A fresh server with these arguments besides the defaults.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         assert!(
             available(),
             "redis-server is not installed: install it to run this test (tests that need it are \
@@ -50,8 +60,32 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
+            tls_port: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.restart();
+        server
+    }
+
+    /// A server that also speaks TLS on a port of its own, with the
+    /// certificates in `certs` (the directory of a `tls::TestCerts`);
+    /// `mutual`: clients must show a certificate from the CA.
+    pub fn start_tls(certs: &std::path::Path, mutual: bool) -> RedisServer {
+        let tls_port = free_port().to_string();
+        let path = |n: &str| certs.join(n).display().to_string();
+        let mut server = Self::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            if mutual { "yes" } else { "no" },
+        ]);
+        server.tls_port = Some(tls_port.parse().unwrap());
         server
     }
 
@@ -59,9 +93,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The `rediss://` URL of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("a TLS server")
+        )
+    }
+
     /// A handle on a server this one did not start (never killed by it).
     pub fn attach(port: u16) -> RedisServer {
-        RedisServer { child: None, port }
+        RedisServer {
+            child: None,
+            port,
+            tls_port: None,
+            args: Vec::new(),
+        }
     }
 
     /// Starts the server on its port again (after [`RedisServer::kill`]).
@@ -69,6 +116,7 @@ impl RedisServer {
         let child = Command::new(server_bin())
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -194,7 +242,7 @@ fn start_node(dir: &std::path::Path, node_timeout_ms: u64) -> (Child, u16) {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let node = RedisServer { child: None, port };
+        let node = RedisServer::attach(port);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if node.ping() {

@@ -217,7 +217,7 @@ struct Inner {
     /// Woken when an attempt to connect ends.
     ready: tokio::sync::Notify,
     /// What is wrong now, as last said (see [`problem`]).
-    problem: Mutex<Option<RedisProblem>>,
+    problem: Mutex<problem::Trouble>,
     /// Whether `problem` holds one (read on every call, without the lock).
     troubled: AtomicBool,
     /// Milliseconds since `epoch` (+1) of the start of the outage; 0 while
@@ -313,7 +313,7 @@ impl RedisStore {
                 connect_timeout: config.connect_timeout,
                 connecting: AtomicBool::new(false),
                 ready: tokio::sync::Notify::new(),
-                problem: Mutex::new(None),
+                problem: Mutex::new(problem::Trouble::default()),
                 troubled: AtomicBool::new(false),
                 outage_since: AtomicU64::new(0),
                 said_connected: AtomicBool::new(false),

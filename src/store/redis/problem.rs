@@ -107,30 +107,94 @@ impl RedisProblem {
         if text.contains("failed to lookup address") || text.contains("Name or service not known") {
             return RedisProblem::UnknownHost(text);
         }
-        if text.contains("certificate")
-            || text.contains("TLS")
-            || text.contains("tls")
-            || text.contains("handshake")
+        let lower = text.to_ascii_lowercase();
+        if ["certificate", "tls", "handshake", "alert"]
+            .iter()
+            .any(|w| lower.contains(w))
         {
-            return RedisProblem::Tls(text);
+            return RedisProblem::Tls(tls_words(&text));
         }
         RedisProblem::Other(text)
     }
 }
 
+/// What is wrong, and what the log said of it in this outage.
+#[derive(Debug, Default)]
+pub(super) struct Trouble {
+    now: Option<RedisProblem>,
+    /// The causes said in this outage.
+    said: Vec<&'static str>,
+}
+
+/// rustls's words for a certificate problem, with what they mean first.
+fn tls_words(text: &str) -> String {
+    let meaning = [
+        (
+            "UnknownIssuer",
+            "the server's certificate is not from a CA this client trusts \
+             (set store.redis.tls.ca_file to the CA that signed it)",
+        ),
+        (
+            "NotValidForName",
+            "the server's certificate is not for the host name in the URL",
+        ),
+        ("Expired", "the server's certificate has expired"),
+        ("NotValidYet", "the server's certificate is not valid yet"),
+        ("Revoked", "the server's certificate was revoked"),
+        (
+            "CertificateRequired",
+            "the server requires a client certificate \
+             (set store.redis.tls.cert_file and key_file)",
+        ),
+        (
+            "UnknownCA",
+            "the server does not trust the client certificate's CA",
+        ),
+        (
+            "BadCertificate",
+            "the server refused the client certificate",
+        ),
+    ]
+    .into_iter()
+    .find(|(k, _)| text.contains(k));
+    match meaning {
+        Some((_, m)) => format!("{m} ({text})"),
+        None => text.to_owned(),
+    }
+}
+
+impl RedisProblem {
+    /// Whether the cause lasts until someone acts (a password, a
+    /// permission, a certificate, a host name, memory), rather than passing
+    /// by itself (a refused connection, a timeout, a dropped connection):
+    /// such a cause is said even when the outage was said already.
+    fn needs_someone(&self) -> bool {
+        matches!(
+            self,
+            RedisProblem::WrongPassword
+                | RedisProblem::PasswordMissing
+                | RedisProblem::NoPermission(_)
+                | RedisProblem::UnknownHost(_)
+                | RedisProblem::Tls(_)
+                | RedisProblem::OutOfMemory
+        )
+    }
+}
+
 impl Inner {
-    /// Books a failure: counted by cause, and logged when the cause differs
-    /// from the one already said for this outage (so an outage is said
-    /// once, however many calls fail).
+    /// Books a failure: counted by cause; the first of an outage is
+    /// logged, and later ones only when their cause needs someone to act
+    /// and was not said yet (an outage is said once, however many calls
+    /// fail).
     pub(super) fn trouble(&self, problem: RedisProblem, while_: &'static str) {
         #[cfg(feature = "metrics")]
         metrics::counter!("tierlimit_redis_errors_total", "cause" => problem.cause()).increment(1);
-        let mut last = self
+        let mut t = self
             .problem
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new = last.as_ref().map(RedisProblem::cause) != Some(problem.cause());
-        if last.is_none() {
+        let first = t.now.is_none() && t.said.is_empty();
+        if first {
             let _ = self.outage_since.compare_exchange(
                 0,
                 self.millis() + 1,
@@ -141,20 +205,21 @@ impl Inner {
             #[cfg(feature = "metrics")]
             metrics::gauge!("tierlimit_redis_ready").set(0.0);
         }
-        if new {
+        if first || (problem.needs_someone() && !t.said.contains(&problem.cause())) {
+            t.said.push(problem.cause());
             #[cfg(feature = "tracing")]
             tracing::warn!(
                 target: "tierlimit",
                 redis = %self.address,
                 cause = problem.cause(),
-                "Redis {} failed while {while_}: {problem}. Until it answers, decisions follow \
-                 on_error; this is said again only if the cause changes",
+                "Redis {} failed while {while_}: {problem} (until it answers, decisions follow \
+                 on_error)",
                 self.address,
             );
             #[cfg(not(feature = "tracing"))]
             let _ = while_;
         }
-        *last = Some(problem);
+        t.now = Some(problem);
     }
 
     /// Books a success: when Redis was failing, says that it answers again
@@ -163,13 +228,14 @@ impl Inner {
         if !self.troubled.load(Ordering::Acquire) {
             return;
         }
-        let mut last = self
+        let mut t = self
             .problem
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(was) = last.take() else {
+        let Some(was) = t.now.take() else {
             return;
         };
+        t.said.clear();
         self.troubled.store(false, Ordering::Release);
         let since = self.outage_since.swap(0, Ordering::Relaxed);
         let lasted = Duration::from_millis(self.millis().saturating_sub(since.saturating_sub(1)));
@@ -191,7 +257,7 @@ impl Inner {
         if !self.troubled.load(Ordering::Acquire) {
             return None;
         }
-        self.problem.lock().ok().and_then(|p| p.clone())
+        self.problem.lock().ok().and_then(|t| t.now.clone())
     }
 }
 
@@ -220,10 +286,13 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             "invalid peer certificate: UnknownIssuer",
         ));
-        assert_eq!(
-            RedisProblem::of(&tls),
-            RedisProblem::Tls("invalid peer certificate: UnknownIssuer".into())
-        );
+        match RedisProblem::of(&tls) {
+            RedisProblem::Tls(w) => {
+                assert!(w.contains("not from a CA this client trusts"), "{w}");
+                assert!(w.contains("UnknownIssuer"), "{w}");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             RedisProblem::of(&err(redis::ErrorKind::Io, "boom")).cause(),
             "other"
