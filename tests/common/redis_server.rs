@@ -404,3 +404,119 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Redis Sentinels watching one master (`mymaster`), each a
+/// `redis-server --sentinel` on a free loopback port with a configuration
+/// file of its own (a sentinel rewrites it); killed when dropped.
+pub struct RedisSentinels {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisSentinels {
+    /// `n` sentinels for the master on `master_port`, agreeing with a
+    /// quorum of 2 that it is down after `down_after_ms` of silence.
+    pub fn start(master_port: u16, n: usize, down_after_ms: u64) -> RedisSentinels {
+        let dir = std::env::temp_dir().join(format!(
+            "tierlimit-sentinel-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = RedisSentinels {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        for _ in 0..n {
+            let port = free_port();
+            let conf = s.dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\n\
+                     sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds mymaster {down_after_ms}\n\
+                     sentinel failover-timeout mymaster 10000\n\
+                     sentinel parallel-syncs mymaster 1\n"
+                ),
+            )
+            .unwrap();
+            let child = Command::new(server_bin())
+                .arg(&conf)
+                .arg("--sentinel")
+                .current_dir(&s.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            s.nodes.push(child);
+            s.ports.push(port);
+        }
+        // Ready: every sentinel knows the master, the other sentinels and
+        // its replica.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = |p: &u16| {
+            let node = RedisServer::attach(*p);
+            if !node.ping() {
+                return false;
+            }
+            let master = node.command(&["SENTINEL", "MASTER", "mymaster"]);
+            master.contains(&master_port.to_string())
+                && field(&master, "num-other-sentinels") == Some(n as u64 - 1)
+                && field(&master, "num-slaves").is_some_and(|r| r >= 1)
+        };
+        while !s.ports.iter().all(ready) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The port of the master the sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = RedisServer::attach(self.ports[0]).command(&[
+            "SENTINEL",
+            "GET-MASTER-ADDR-BY-NAME",
+            "mymaster",
+        ]);
+        reply
+            .lines()
+            .filter(|l| !l.starts_with(['*', '$']))
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// A numeric field of a RESP reply listing names and values in turn.
+fn field(reply: &str, name: &str) -> Option<u64> {
+    let lines: Vec<&str> = reply
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .collect();
+    let i = lines.iter().position(|l| l.trim() == name)?;
+    lines.get(i + 1)?.trim().parse().ok()
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
