@@ -109,6 +109,22 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
         t.await.unwrap();
     }
     let records = records.lock().unwrap();
+    for third in 0..3 {
+        let during: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.1 == third && r.0 >= killed_at && r.0 < healthy_at)
+            .collect();
+        let ok = during.iter().filter(|r| r.2).count();
+        let slow = during.iter().filter(|r| r.3 >= timeout / 2).count();
+        println!(
+            "third {third}: {ok} of {} decided during the outage, {slow} took half the timeout or more",
+            during.len()
+        );
+    }
+    println!(
+        "killed at {killed_at:?}, healthy at {healthy_at:?}, reconnects {}",
+        store.reconnects()
+    );
     // The connection that stopped routing the lost master's slots was
     // made anew (without that, they were never decided again).
     assert!(store.reconnects() >= 1);

@@ -104,7 +104,7 @@ impl Inner {
     pub(super) fn slot_result(&self, slot: u16, ok: bool) {
         let g = self.group(slot);
         if ok {
-            self.answering();
+            self.watch.answering();
             g.failures.store(0, Ordering::Relaxed);
             g.open_until.store(0, Ordering::Relaxed);
             g.failing_since.store(0, Ordering::Relaxed);
@@ -170,7 +170,9 @@ impl Inner {
                          connected to the cluster anew"
                     );
                 }
-                Ok(Err(e)) => me.trouble(RedisProblem::of(&e), "connecting to the cluster anew"),
+                Ok(Err(e)) => me
+                    .watch
+                    .trouble(RedisProblem::of(&e), "connecting to the cluster anew"),
                 Err(_) => {
                     #[cfg(feature = "tracing")]
                     tracing::warn!(

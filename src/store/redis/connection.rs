@@ -250,7 +250,7 @@ impl Inner {
     pub(super) fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.open_until.store(0, Ordering::Relaxed);
-        self.answering();
+        self.watch.answering();
     }
 
     pub(super) fn failed(&self) {
@@ -289,7 +289,7 @@ impl Inner {
             return Ok(conn);
         }
         self.start_connecting();
-        if self.problem_now().is_none() {
+        if self.watch.problem().is_none() {
             let _ = tokio::time::timeout(self.timeout, ready).await;
         }
         self.current().ok_or_else(|| self.not_connected())
@@ -312,11 +312,12 @@ impl Inner {
 
     /// Why there is no connection, in plain words.
     fn not_connected(&self) -> StoreError {
-        let why = match self.problem_now() {
-            Some(p) => format!("not connected to Redis {}: {p}", self.address),
+        let why = match self.watch.problem() {
+            Some(p) => format!("not connected to Redis {}: {p}", self.watch.address()),
             None => format!(
                 "not connected to Redis {} yet (connecting, up to {:?})",
-                self.address, self.connect_timeout
+                self.watch.address(),
+                self.connect_timeout
             ),
         };
         StoreError::new(StoreErrorKind::Unavailable, why)
@@ -346,7 +347,7 @@ impl Inner {
                         me.connecting.store(false, Ordering::Release);
                         me.failures.store(0, Ordering::Relaxed);
                         me.open_until.store(0, Ordering::Relaxed);
-                        me.connected_once();
+                        me.watch.connected();
                         me.ready.notify_waiters();
                         me.check_server_once();
                         return;
@@ -354,7 +355,7 @@ impl Inner {
                     Ok(Err(problem)) => problem,
                     Err(_) => RedisProblem::TimedOut(me.connect_timeout),
                 };
-                me.trouble(problem, "connecting");
+                me.watch.trouble(problem, "connecting");
                 // Decisions waiting for this attempt fail now, saying why.
                 me.ready.notify_waiters();
                 drop(me);
@@ -362,20 +363,6 @@ impl Inner {
                 pause = (pause * 2).min(RETRY_AT_MOST);
             }
         });
-    }
-
-    /// Says the first connection (once), or the end of an outage.
-    fn connected_once(&self) {
-        if self.troubled.load(Ordering::Acquire) {
-            self.answering();
-            return;
-        }
-        if !self.said_connected.swap(true, Ordering::Relaxed) {
-            #[cfg(feature = "metrics")]
-            metrics::gauge!("tierlimit_redis_ready").set(1.0);
-            #[cfg(feature = "tracing")]
-            tracing::info!(target: "tierlimit", redis = %self.address, "connected to Redis {}", self.address);
-        }
     }
 
     /// One attempt: connect (authenticating), `PING`, load the script.

@@ -209,22 +209,13 @@ struct Inner {
     /// This store, for the tasks it starts.
     me: Weak<Inner>,
     target: Target,
-    /// Where it connects, for logs and errors (no password).
-    address: String,
     connect_timeout: Duration,
     /// Whether the task that connects runs (see [`connection`]).
     connecting: AtomicBool,
     /// Woken when an attempt to connect ends.
     ready: tokio::sync::Notify,
-    /// What is wrong now, as last said (see [`problem`]).
-    problem: Mutex<problem::Trouble>,
-    /// Whether `problem` holds one (read on every call, without the lock).
-    troubled: AtomicBool,
-    /// Milliseconds since `epoch` (+1) of the start of the outage; 0 while
-    /// Redis answers.
-    outage_since: AtomicU64,
-    /// Whether the first connection was said.
-    said_connected: AtomicBool,
+    /// What is wrong now, and what the log said (see [`problem`]).
+    watch: problem::Watch,
     /// The connection in use (a cluster's is made anew when it stops
     /// making progress; the old one is dropped with what it held).
     live: arc_swap::ArcSwapOption<Conn>,
@@ -309,14 +300,10 @@ impl RedisStore {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 target,
-                address: config.address(),
                 connect_timeout: config.connect_timeout,
                 connecting: AtomicBool::new(false),
                 ready: tokio::sync::Notify::new(),
-                problem: Mutex::new(problem::Trouble::default()),
-                troubled: AtomicBool::new(false),
-                outage_since: AtomicU64::new(0),
-                said_connected: AtomicBool::new(false),
+                watch: problem::Watch::new(config.address(), true),
                 live: arc_swap::ArcSwapOption::empty(),
                 script: redis::Script::new(SCRIPT),
                 prefix: config.prefix,
@@ -396,18 +383,18 @@ impl RedisStore {
     /// succeeded: for a readiness probe. The metric `tierlimit_redis_ready`
     /// (feature `metrics`) says the same.
     pub fn is_ready(&self) -> bool {
-        self.is_connected() && self.inner.problem_now().is_none()
+        self.is_connected() && self.inner.watch.problem().is_none()
     }
 
     /// What is wrong with Redis now, if anything: the cause of the last
     /// failed connection attempt or call, until a call succeeds again.
     pub fn problem(&self) -> Option<RedisProblem> {
-        self.inner.problem_now()
+        self.inner.watch.problem()
     }
 
     /// Where the store connects, as its logs say it (no password).
     pub fn address(&self) -> &str {
-        &self.inner.address
+        self.inner.watch.address()
     }
 
     /// Post-charges dropped because too many were waiting.

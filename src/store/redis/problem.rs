@@ -1,10 +1,9 @@
 //! What went wrong with Redis, in words a person can act on; said once per
 //! outage (and once when it ends), counted by cause.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use super::Inner;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What is wrong with the store's Redis: the cause of a failed connection
 /// or script call, as [`RedisStore::problem`](super::RedisStore::problem)
@@ -118,12 +117,147 @@ impl RedisProblem {
     }
 }
 
+/// The health of one Redis (a server, or a node of a cluster) as the log
+/// tells it: what is wrong now, and what was said of it in this outage.
+#[derive(Debug)]
+pub(super) struct Watch {
+    /// The address the log names (no password).
+    address: String,
+    /// Whether to move the `tierlimit_redis_ready` gauge (the store's own
+    /// watch; a cluster node's does not).
+    gauge: bool,
+    trouble: Mutex<Trouble>,
+    /// Whether `trouble` holds a problem (read on every call, without the
+    /// lock).
+    troubled: AtomicBool,
+    /// When the outage started (its `Instant`), while there is one.
+    since: Mutex<Option<Instant>>,
+    said_connected: AtomicBool,
+}
+
 /// What is wrong, and what the log said of it in this outage.
 #[derive(Debug, Default)]
-pub(super) struct Trouble {
+struct Trouble {
     now: Option<RedisProblem>,
     /// The causes said in this outage.
     said: Vec<&'static str>,
+}
+
+impl Watch {
+    pub(super) fn new(address: String, gauge: bool) -> Watch {
+        Watch {
+            address,
+            gauge,
+            trouble: Mutex::new(Trouble::default()),
+            troubled: AtomicBool::new(false),
+            since: Mutex::new(None),
+            said_connected: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Books a failure: counted by cause; the first of an outage is
+    /// logged, and later ones only when their cause needs someone to act
+    /// and was not said yet (an outage is said once, however many calls
+    /// fail).
+    pub(super) fn trouble(&self, problem: RedisProblem, while_: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tierlimit_redis_errors_total", "cause" => problem.cause()).increment(1);
+        let mut t = self
+            .trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = t.now.is_none() && t.said.is_empty();
+        if first {
+            if let Ok(mut since) = self.since.lock() {
+                since.get_or_insert_with(Instant::now);
+            }
+            self.troubled.store(true, Ordering::Release);
+            #[cfg(feature = "metrics")]
+            if self.gauge {
+                metrics::gauge!("tierlimit_redis_ready").set(0.0);
+            }
+        }
+        if first || (problem.needs_someone() && !t.said.contains(&problem.cause())) {
+            t.said.push(problem.cause());
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "tierlimit",
+                redis = %self.address,
+                cause = problem.cause(),
+                "Redis {} failed while {while_}: {problem} (until it answers, decisions follow \
+                 on_error)",
+                self.address,
+            );
+            #[cfg(not(feature = "tracing"))]
+            let _ = while_;
+        }
+        t.now = Some(problem);
+    }
+
+    /// Books a success: when Redis was failing, says that it answers again
+    /// (once) and how long it failed.
+    pub(super) fn answering(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut t = self
+            .trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(was) = t.now.take() else {
+            return;
+        };
+        t.said.clear();
+        self.troubled.store(false, Ordering::Release);
+        let lasted = self
+            .since
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .map(|s| s.elapsed())
+            .unwrap_or_default();
+        #[cfg(feature = "metrics")]
+        if self.gauge {
+            metrics::gauge!("tierlimit_redis_ready").set(1.0);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: "tierlimit",
+            redis = %self.address,
+            "Redis {} answers again, after failing for {lasted:.1?} (last cause: {was})",
+            self.address,
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (was, lasted);
+    }
+
+    /// Says the first connection (once), or the end of an outage.
+    pub(super) fn connected(&self) {
+        if self.troubled.load(Ordering::Acquire) {
+            self.answering();
+            return;
+        }
+        if !self.said_connected.swap(true, Ordering::Relaxed) {
+            #[cfg(feature = "metrics")]
+            if self.gauge {
+                metrics::gauge!("tierlimit_redis_ready").set(1.0);
+            }
+            #[cfg(feature = "tracing")]
+            tracing::info!(target: "tierlimit", redis = %self.address, "connected to Redis {}", self.address);
+        }
+    }
+
+    /// The problem now, if any.
+    pub(super) fn problem(&self) -> Option<RedisProblem> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
+        self.trouble.lock().ok().and_then(|t| t.now.clone())
+    }
 }
 
 /// rustls's words for a certificate problem, with what they mean first.
@@ -178,86 +312,6 @@ impl RedisProblem {
                 | RedisProblem::Tls(_)
                 | RedisProblem::OutOfMemory
         )
-    }
-}
-
-impl Inner {
-    /// Books a failure: counted by cause; the first of an outage is
-    /// logged, and later ones only when their cause needs someone to act
-    /// and was not said yet (an outage is said once, however many calls
-    /// fail).
-    pub(super) fn trouble(&self, problem: RedisProblem, while_: &'static str) {
-        #[cfg(feature = "metrics")]
-        metrics::counter!("tierlimit_redis_errors_total", "cause" => problem.cause()).increment(1);
-        let mut t = self
-            .problem
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let first = t.now.is_none() && t.said.is_empty();
-        if first {
-            let _ = self.outage_since.compare_exchange(
-                0,
-                self.millis() + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            self.troubled.store(true, Ordering::Release);
-            #[cfg(feature = "metrics")]
-            metrics::gauge!("tierlimit_redis_ready").set(0.0);
-        }
-        if first || (problem.needs_someone() && !t.said.contains(&problem.cause())) {
-            t.said.push(problem.cause());
-            #[cfg(feature = "tracing")]
-            tracing::warn!(
-                target: "tierlimit",
-                redis = %self.address,
-                cause = problem.cause(),
-                "Redis {} failed while {while_}: {problem} (until it answers, decisions follow \
-                 on_error)",
-                self.address,
-            );
-            #[cfg(not(feature = "tracing"))]
-            let _ = while_;
-        }
-        t.now = Some(problem);
-    }
-
-    /// Books a success: when Redis was failing, says that it answers again
-    /// (once) and how long it failed.
-    pub(super) fn answering(&self) {
-        if !self.troubled.load(Ordering::Acquire) {
-            return;
-        }
-        let mut t = self
-            .problem
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(was) = t.now.take() else {
-            return;
-        };
-        t.said.clear();
-        self.troubled.store(false, Ordering::Release);
-        let since = self.outage_since.swap(0, Ordering::Relaxed);
-        let lasted = Duration::from_millis(self.millis().saturating_sub(since.saturating_sub(1)));
-        #[cfg(feature = "metrics")]
-        metrics::gauge!("tierlimit_redis_ready").set(1.0);
-        #[cfg(feature = "tracing")]
-        tracing::warn!(
-            target: "tierlimit",
-            redis = %self.address,
-            "Redis {} answers again, after failing for {lasted:?} (last cause: {was})",
-            self.address,
-        );
-        #[cfg(not(feature = "tracing"))]
-        let _ = (was, lasted);
-    }
-
-    /// The problem now, if any.
-    pub(super) fn problem_now(&self) -> Option<RedisProblem> {
-        if !self.troubled.load(Ordering::Acquire) {
-            return None;
-        }
-        self.problem.lock().ok().and_then(|t| t.now.clone())
     }
 }
 

@@ -289,13 +289,15 @@ impl Inner {
             }
             Ok(Err(e)) => {
                 book(false);
-                self.trouble(RedisProblem::of(&e), "running the script");
+                self.watch
+                    .trouble(RedisProblem::of(&e), "running the script");
                 self.requeue(charges);
                 Err(StoreError::new(StoreErrorKind::Unavailable, e))
             }
             Err(elapsed) => {
                 book(false);
-                self.trouble(RedisProblem::TimedOut(self.timeout), "running the script");
+                self.watch
+                    .trouble(RedisProblem::TimedOut(self.timeout), "running the script");
                 self.uncertain
                     .fetch_add(charges.len() as u64, Ordering::Relaxed);
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
