@@ -120,14 +120,34 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
             "third {third}: {ok} of {} decided during the outage, {slow} took half the timeout or more",
             during.len()
         );
+        // Failure is tracked per node: the other masters' keys are decided
+        // throughout, and nothing waits on the dead one.
+        if third != 0 {
+            assert!(
+                ok * 100 >= during.len() * 99,
+                "third {third}: {ok} of {}",
+                during.len()
+            );
+        }
+        assert_eq!(slow, 0, "decisions waited on the dead master");
     }
+    // When the dead master's slots were decided again, for good.
+    let last_failure = records
+        .iter()
+        .filter(|r| r.1 == 0 && !r.2)
+        .map(|r| r.0)
+        .max()
+        .unwrap_or(killed_at);
+    println!(
+        "the dead master's slots: decided again {:?} after the kill, {:?} after the cluster \
+         was healthy",
+        last_failure.saturating_sub(killed_at),
+        last_failure.saturating_sub(healthy_at)
+    );
     println!(
         "killed at {killed_at:?}, healthy at {healthy_at:?}, reconnects {}",
         store.reconnects()
     );
-    // The connection that stopped routing the lost master's slots was
-    // made anew (without that, they were never decided again).
-    assert!(store.reconnects() >= 1);
     let before: Vec<&Record> = records.iter().filter(|r| r.0 < killed_at).collect();
     assert!(before.iter().all(|r| r.2), "all decided before the crash");
     // No decision waited much longer than the timeout, ever.
@@ -152,4 +172,6 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
             late.len()
         );
     }
+    // The promoted replica was connected to.
+    assert!(store.reconnects() >= 1, "{}", store.reconnects());
 }

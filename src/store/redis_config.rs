@@ -223,8 +223,10 @@ impl RedisStoreConfig {
             } else if self.cluster.is_empty() {
                 redis::Client::open(self.url.as_str()).map_err(|e| bad("url", e))?;
             } else {
-                redis::cluster::ClusterClient::new(self.cluster.iter().map(String::as_str))
-                    .map_err(|e| bad("cluster", e))?;
+                for (i, u) in self.cluster.iter().enumerate() {
+                    redis::Client::open(u.as_str())
+                        .map_err(|e| bad(&format!("cluster[{i}]"), e))?;
+                }
             }
             Ok(())
         }

@@ -236,6 +236,9 @@ fn start_node(dir: &std::path::Path, node_timeout_ms: u64) -> (Child, u16) {
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
+            // Healthy masters keep serving while one is down (the README
+            // recommends it for the rate-limit store).
+            .args(["--cluster-require-full-coverage", "no"])
             .args(["--save", "", "--appendonly", "no"])
             .current_dir(dir)
             .stdout(Stdio::null())

@@ -1,40 +1,16 @@
-//! Redis Cluster: slot numbers, the health of each node's slots, decisions
-//! across slots with give-backs, and connecting to the cluster anew.
+//! Redis Cluster: slot numbers, and decisions across slots with
+//! give-backs (the nodes themselves: [`nodes`](super::nodes)).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::store::{Batch, CounterKey, LimitSpec, StoreError, StoreErrorKind, Verdict};
 
-use super::connection::{tls, Conn, Target, FAILURES_TO_OPEN, OPEN_FOR};
-use super::problem::RedisProblem;
+use super::connection::{Conn, Target};
 use super::script::fill_one;
 use super::Inner;
 
-/// Failures of a group of cluster slots.
-#[derive(Debug, Default)]
-pub(super) struct Health {
-    /// Failures in a row.
-    pub(super) failures: AtomicU32,
-    /// Milliseconds since `epoch` until which its circuit is open.
-    pub(super) open_until: AtomicU64,
-    /// Milliseconds since `epoch` (+1) of its first failure in a row; 0
-    /// while it succeeds.
-    pub(super) failing_since: AtomicU64,
-}
-
-/// Slots in a cluster, and in one group of [`Health`].
-pub(super) const SLOTS: u16 = 16_384;
-
-pub(super) const GROUP_SLOTS: u16 = 128;
-
-/// A group failing this long (every call in a row) gets the cluster
-/// connection made anew, at most once per [`REBUILD_EVERY`].
-pub(super) const REBUILD_AFTER: Duration = Duration::from_millis(1_000);
-
-pub(super) const REBUILD_EVERY: Duration = Duration::from_millis(1_000);
+pub(super) use super::nodes::SLOTS;
 
 /// A limit's charge given back to the bucket it was charged in.
 #[derive(Clone, Copy, Debug)]
@@ -59,130 +35,14 @@ pub(super) fn group_by<T, K: PartialEq>(
     groups
 }
 
-/// A cluster client whose connection gives up as the store does: each
-/// attempt and each answer within `timeout`, few retries close together
-/// (redis-rs's defaults retry 16 times, waiting up to minutes between
-/// tries: requests then pile up behind a dead master long after its
-/// replica took over).
-pub(super) fn cluster_client<'a>(
-    nodes: impl Iterator<Item = &'a str>,
-    timeout: Duration,
-    certs: tls::Certificates,
-) -> redis::RedisResult<redis::cluster::ClusterClient> {
-    let b = redis::cluster::ClusterClientBuilder::new(nodes.collect::<Vec<_>>())
-        .connection_timeout(timeout)
-        .response_timeout(timeout)
-        .retries(2)
-        .min_retry_wait(10)
-        .max_retry_wait(100);
-    #[cfg(feature = "redis-tls")]
-    let b = match certs {
-        Some(certs) => b.certs(certs),
-        None => b,
-    };
-    #[cfg(not(feature = "redis-tls"))]
-    let _ = certs;
-    b.build()
-}
-
 impl Inner {
-    /// The health of the group of cluster slots holding `slot`.
-    pub(super) fn group(&self, slot: u16) -> &Health {
-        &self.groups[usize::from(slot / GROUP_SLOTS)]
-    }
-
-    /// Whether the circuit of any of these cluster slots is open.
+    /// Whether the master of any of these slots is failing (its breaker
+    /// open).
     pub(super) fn slots_open(&self, slots: &[u16]) -> bool {
-        let now = self.millis();
-        slots
-            .iter()
-            .any(|&s| now < self.group(s).open_until.load(Ordering::Relaxed))
-    }
-
-    /// Books a cluster call to `slot`: its group's circuit, and when the
-    /// group has failed for [`REBUILD_AFTER`], a new connection.
-    pub(super) fn slot_result(&self, slot: u16, ok: bool) {
-        let g = self.group(slot);
-        if ok {
-            self.watch.answering();
-            g.failures.store(0, Ordering::Relaxed);
-            g.open_until.store(0, Ordering::Relaxed);
-            g.failing_since.store(0, Ordering::Relaxed);
-            return;
+        match &self.target {
+            Target::Cluster(nodes) => nodes.failing(slots),
+            _ => false,
         }
-        let now = self.millis();
-        let _ = g
-            .failing_since
-            .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
-        if g.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
-            g.open_until
-                .store(now + OPEN_FOR.as_millis() as u64, Ordering::Relaxed);
-        }
-        let since = g.failing_since.load(Ordering::Relaxed);
-        if since != 0 && now + 1 >= since + REBUILD_AFTER.as_millis() as u64 {
-            self.rebuild();
-        }
-    }
-
-    /// Makes a new cluster connection in the background (at most one at a
-    /// time, one per [`REBUILD_EVERY`]) and uses it from then on; the old
-    /// one is dropped with the requests it still held. redis-rs's cluster
-    /// connection can stop routing a failed master's slots to its promoted
-    /// replica when many requests were in flight at the crash; a new
-    /// connection reads the topology afresh.
-    pub(super) fn rebuild(&self) {
-        let Target::Cluster(client) = &self.target else {
-            return;
-        };
-        let now = self.millis();
-        let last = self.rebuilt_at.load(Ordering::Relaxed);
-        if last != 0 && now < last + REBUILD_EVERY.as_millis() as u64 {
-            return;
-        }
-        if self.rebuilding.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.rebuilt_at.store(now.max(1), Ordering::Relaxed);
-        let (Ok(rt), Some(me)) = (tokio::runtime::Handle::try_current(), self.me()) else {
-            self.rebuilding.store(false, Ordering::Release);
-            return;
-        };
-        let client = client.clone();
-        rt.spawn(async move {
-            let made = tokio::time::timeout(
-                me.timeout.max(Duration::from_millis(500)) * 4,
-                client.get_async_connection(),
-            )
-            .await;
-            match made {
-                Ok(Ok(conn)) => {
-                    me.live.store(Some(Arc::new(Conn::Cluster(conn))));
-                    me.rebuilds.fetch_add(1, Ordering::Relaxed);
-                    // Every group gets its chance on the new connection.
-                    for g in me.groups.iter() {
-                        g.open_until.store(0, Ordering::Relaxed);
-                        g.failing_since.store(0, Ordering::Relaxed);
-                    }
-                    #[cfg(feature = "tracing")]
-                    tracing::warn!(
-                        target: "tierlimit",
-                        "Redis Cluster: some slots failed for a second in a row; \
-                         connected to the cluster anew"
-                    );
-                }
-                Ok(Err(e)) => me
-                    .watch
-                    .trouble(RedisProblem::of(&e), "connecting to the cluster anew"),
-                Err(_) => {
-                    #[cfg(feature = "tracing")]
-                    tracing::warn!(
-                        target: "tierlimit",
-                        "Redis Cluster: connecting anew timed out; trying again shortly"
-                    );
-                }
-            }
-            me.rebuilding.store(false, Ordering::Release);
-        });
     }
 
     pub(super) fn is_cluster(&self) -> bool {

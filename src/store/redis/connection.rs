@@ -20,6 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::store::{StoreError, StoreErrorKind};
 
+use super::nodes::{ClusterConn, Nodes};
 use super::problem::RedisProblem;
 use super::{Inner, RedisStoreConfig};
 
@@ -34,7 +35,7 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -73,7 +74,7 @@ pub(super) enum Target {
     Single(Box<redis::Client>),
     /// The master the Sentinels name: asked again at every connection.
     Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    Cluster(Arc<Nodes>),
 }
 
 impl Target {
@@ -100,10 +101,15 @@ impl Target {
             };
             return client.map(|c| Target::Single(Box::new(c))).map_err(bad);
         }
-        let nodes = config.cluster.iter().map(String::as_str);
-        super::cluster::cluster_client(nodes, config.timeout, certs)
-            .map(|c| Target::Cluster(Box::new(c)))
-            .map_err(bad)
+        Nodes::new(
+            &config.cluster,
+            certs,
+            config.timeout,
+            config.connect_timeout,
+            super::script::SCRIPT,
+        )
+        .map(Target::Cluster)
+        .map_err(bad)
     }
 }
 
@@ -344,6 +350,9 @@ impl Inner {
                 let problem = match attempt {
                     Ok(Ok(conn)) => {
                         me.live.store(Some(Arc::new(conn)));
+                        if me.connected_ever.swap(true, Ordering::Relaxed) {
+                            me.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
                         me.connecting.store(false, Ordering::Release);
                         me.failures.store(0, Ordering::Relaxed);
                         me.open_until.store(0, Ordering::Relaxed);
@@ -389,11 +398,11 @@ impl Inner {
                     .map(Conn::Single)
                     .map_err(of)?
             }
-            Target::Cluster(client) => client
-                .get_async_connection()
-                .await
-                .map(Conn::Cluster)
-                .map_err(of)?,
+            Target::Cluster(nodes) => {
+                // Slots read, every master checked (PING, SCRIPT LOAD).
+                nodes.open().await?;
+                return Ok(Conn::Cluster(ClusterConn(Arc::clone(nodes))));
+            }
         };
         redis::cmd("PING")
             .query_async::<String>(&mut conn)

@@ -158,6 +158,7 @@
 mod charges;
 mod cluster;
 mod connection;
+mod nodes;
 mod plans;
 mod problem;
 mod queue;
@@ -181,7 +182,6 @@ use super::{
 };
 use crate::clock::Timestamp;
 use charges::QueuedCharge;
-use cluster::{Health, GROUP_SLOTS, SLOTS};
 use connection::{Conn, Target};
 pub use problem::RedisProblem;
 use queue::Queue;
@@ -254,14 +254,10 @@ struct Inner {
     /// Milliseconds since `epoch` until which the circuit is open.
     open_until: AtomicU64,
     epoch: Instant,
-    /// Cluster: the health of each group of slots (a node's slots are
-    /// contiguous, so a group is one node's), see
-    /// [failures](self#failures).
-    groups: Box<[Health]>,
-    rebuilding: AtomicBool,
-    /// Milliseconds since `epoch` of the last rebuild started.
-    rebuilt_at: AtomicU64,
-    rebuilds: AtomicU64,
+    /// Whether a connection was ever made, and how many were made after
+    /// the first (Sentinel: to the master named after a failover).
+    connected_ever: AtomicBool,
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -327,12 +323,8 @@ impl RedisStore {
                 failures: AtomicU32::new(0),
                 open_until: AtomicU64::new(0),
                 epoch: Instant::now(),
-                groups: (0..SLOTS / GROUP_SLOTS)
-                    .map(|_| Health::default())
-                    .collect(),
-                rebuilding: AtomicBool::new(false),
-                rebuilt_at: AtomicU64::new(0),
-                rebuilds: AtomicU64::new(0),
+                connected_ever: AtomicBool::new(false),
+                reconnects: AtomicU64::new(0),
             }),
         })
     }
@@ -371,7 +363,11 @@ impl RedisStore {
     /// Cluster connections made anew because some slots stopped making
     /// progress (see [failures](self#failures)).
     pub fn reconnects(&self) -> u64 {
-        self.inner.rebuilds.load(Ordering::Relaxed)
+        let cluster = match &self.inner.target {
+            Target::Cluster(nodes) => nodes.reconnects(),
+            _ => 0,
+        };
+        self.inner.reconnects.load(Ordering::Relaxed) + cluster
     }
 
     /// Whether the store holds a connection (it may still be failing).
@@ -383,13 +379,21 @@ impl RedisStore {
     /// succeeded: for a readiness probe. The metric `tierlimit_redis_ready`
     /// (feature `metrics`) says the same.
     pub fn is_ready(&self) -> bool {
-        self.is_connected() && self.inner.watch.problem().is_none()
+        let nodes = match &self.inner.target {
+            Target::Cluster(nodes) => nodes.all_answering(),
+            _ => true,
+        };
+        self.is_connected() && self.inner.watch.problem().is_none() && nodes
     }
 
     /// What is wrong with Redis now, if anything: the cause of the last
     /// failed connection attempt or call, until a call succeeds again.
     pub fn problem(&self) -> Option<RedisProblem> {
-        self.inner.watch.problem()
+        let nodes = match &self.inner.target {
+            Target::Cluster(nodes) => nodes.problem(),
+            _ => None,
+        };
+        self.inner.watch.problem().or(nodes)
     }
 
     /// Where the store connects, as its logs say it (no password).

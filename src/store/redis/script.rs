@@ -277,10 +277,12 @@ impl Inner {
         charges: Vec<QueuedCharge>,
         slot: Option<u16>,
     ) -> Result<Vec<i64>, StoreError> {
-        let book = |ok: bool| match (slot, ok) {
-            (Some(s), ok) => self.slot_result(s, ok),
-            (None, true) => self.succeeded(),
-            (None, false) => self.failed(),
+        // A cluster's nodes book their own calls (see `nodes`).
+        let cluster = slot.is_some();
+        let book = |ok: bool| match (cluster, ok) {
+            (true, _) => {}
+            (false, true) => self.succeeded(),
+            (false, false) => self.failed(),
         };
         match res {
             Ok(Ok(v)) => {
@@ -296,8 +298,10 @@ impl Inner {
             }
             Err(elapsed) => {
                 book(false);
-                self.watch
-                    .trouble(RedisProblem::TimedOut(self.timeout), "running the script");
+                if !cluster {
+                    self.watch
+                        .trouble(RedisProblem::TimedOut(self.timeout), "running the script");
+                }
                 self.uncertain
                     .fetch_add(charges.len() as u64, Ordering::Relaxed);
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
