@@ -365,8 +365,62 @@ impl RedisCluster {
 
     /// Kills (SIGKILL) the master serving `slot`; its port.
     pub fn kill_master_of(&mut self, slot: u16) -> u16 {
+        let port = self.master_of(slot);
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+        self.killed.push(port);
+        port
+    }
+
+    /// The node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        let reply = RedisServer::attach(port).command(&["CLUSTER", "MYID"]);
+        reply
+            .lines()
+            .find(|l| !l.starts_with('$'))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// The port of a replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let id = self.node_id(master);
         let nodes = RedisServer::attach(self.alive()[0]).command(&["CLUSTER", "NODES"]);
-        let port = nodes
+        nodes
+            .lines()
+            .filter(|l| l.contains("slave") && l.contains(&id) && !l.contains("fail"))
+            .find_map(|l| {
+                l.split(' ')
+                    .nth(1)
+                    .and_then(|a| a.split([':', '@']).nth(1))
+                    .and_then(|p| p.parse().ok())
+            })
+            .expect("the master has a replica")
+    }
+
+    /// Moves `count` slots from the master on `from` to the master on
+    /// `to` with `redis-cli --cluster reshard` (keys and all), waiting
+    /// until it is done.
+    pub fn reshard(&self, from: u16, to: u16, count: u16) {
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &self.node_id(from)])
+            .args(["--cluster-to", &self.node_id(to)])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .args(["--cluster-pipeline", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster reshard failed");
+    }
+
+    /// The port of the master serving `slot`.
+    pub fn master_of(&self, slot: u16) -> u16 {
+        let nodes = RedisServer::attach(self.alive()[0]).command(&["CLUSTER", "NODES"]);
+        nodes
             .lines()
             .filter(|l| l.contains("master") && !l.contains("fail"))
             .find(|l| {
@@ -382,12 +436,7 @@ impl RedisCluster {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|a| a.split([':', '@']).nth(1))
             .and_then(|p| p.parse::<u16>().ok())
-            .expect("a master serves the slot");
-        let i = self.ports.iter().position(|&p| p == port).unwrap();
-        let _ = self.nodes[i].kill();
-        let _ = self.nodes[i].wait();
-        self.killed.push(port);
-        port
+            .expect("a master serves the slot")
     }
 
     pub fn urls(&self) -> Vec<String> {

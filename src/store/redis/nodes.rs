@@ -414,8 +414,10 @@ impl Nodes {
 
     /// The node a `MOVED` or `ASK` names.
     fn redirect(&self, e: &RedisError) -> Option<Arc<Node>> {
-        let (host, port) = e.redirect_node()?;
-        self.node(host, port).ok()
+        // (`host:port`, slot)
+        let (addr, _slot) = e.redirect_node()?;
+        let (host, port) = addr.rsplit_once(':')?;
+        self.node(host, port.parse().ok()?).ok()
     }
 
     /// Whether every master the cluster names answered its last command.
@@ -477,8 +479,12 @@ impl Node {
     /// connection that fails is dropped (made again next time), and the
     /// node's breaker opens after three failures in a row.
     async fn send(&self, nodes: &Nodes, cmd: &Cmd, wait: Duration) -> RedisResult<Value> {
+        // An error answer arrives as a value: made an error here, so that
+        // `MOVED`, `ASK` and `NOSCRIPT` are followed.
         let res = self.exchange(nodes, wait, |mut c| async move {
-            c.req_packed_command(cmd).await
+            c.req_packed_command(cmd)
+                .await
+                .and_then(Value::extract_error)
         });
         res.await
     }
