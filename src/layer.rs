@@ -208,7 +208,6 @@ impl<St: Store> RateLimitLayerBuilder<St> {
     /// The layer.
     pub fn build(self) -> RateLimitLayer<St> {
         let control = Controller::new(self.policy);
-        self.store.attach(control.shared_plans());
         let fallback = (self.on_error == OnStoreError::Fallback)
             .then(|| MemoryStore::new(MemoryStoreConfig::default().max_keys(self.fallback_keys)));
         let engine = Engine::new(

@@ -194,6 +194,7 @@ mod layer;
 mod observe;
 mod plans;
 mod service;
+mod sharing;
 mod setup;
 mod window;
 

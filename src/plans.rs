@@ -207,28 +207,28 @@ impl PlanTable {
     }
 }
 
-/// A layer's runtime plan assignments, as a store that shares them between
-/// instances sees them: it hears every change made here
+/// A layer's runtime plan assignments, as the layer's plan sharing
+/// (`crate::sharing`) sees them: it hears every change made here
 /// ([`SharedPlans::on_change`]) and brings in the shared state
-/// ([`SharedPlans::replace`]). Given to the store by
-/// [`Store::attach`](crate::store::Store::attach).
+/// ([`SharedPlans::replace`]).
 ///
 /// Subjects are spelled `k:<API key>`, `u:<user id>` or `t:<tenant id>`;
 /// a key without one of these prefixes (written by a version before
 /// assignments named their subject) is read as an API key.
 #[derive(Clone, Debug)]
-pub struct SharedPlans(pub(crate) Arc<PlanTable>);
+pub(crate) struct SharedPlans(pub(crate) Arc<PlanTable>);
 
 impl SharedPlans {
     /// Calls `f(key, plan)` on every assignment made here (`None`: removed),
-    /// so the store can share it. Only the first listener is kept.
-    pub fn on_change(&self, f: impl Fn(&str, Option<&str>) + Send + Sync + 'static) {
+    /// so the layer's plan sharing can write it. Only the first listener is
+    /// kept (a layer has one table and one sharing).
+    pub(crate) fn on_change(&self, f: impl Fn(&str, Option<&str>) + Send + Sync + 'static) {
         let _ = self.0.listener.set(Box::new(f));
     }
 
     /// Every assignment here, subjects spelled as shared copies spell them
     /// (so a store can write them back when its copy lost them).
-    pub fn all(&self) -> Vec<(String, String)> {
+    pub(crate) fn all(&self) -> Vec<(String, String)> {
         self.0
             .all()
             .into_iter()
@@ -240,7 +240,7 @@ impl SharedPlans {
     /// keys changed here in the last half second (their change may not have
     /// reached the shared copy yet). Changes made so are not reported to
     /// [`SharedPlans::on_change`].
-    pub fn replace(&self, shared: HashMap<String, String>) {
+    pub(crate) fn replace(&self, shared: HashMap<String, String>) {
         let t = &*self.0;
         let recent = |k: &str| {
             t.local

@@ -163,6 +163,9 @@ pub(crate) struct Engine<St> {
     generation: AtomicU64,
     /// Whether the WARN about anonymous requests was written.
     warned_anonymous: AtomicBool,
+    /// Runtime plan assignments shared through the store's hash, when it
+    /// has one.
+    sharing: Option<Arc<crate::sharing::PlanSharing>>,
 }
 
 impl<St: Store> Engine<St> {
@@ -175,7 +178,14 @@ impl<St: Store> Engine<St> {
         post: PostQueue,
         who: Hooks,
     ) -> Self {
+        let sharing = store
+            .shared_hash()
+            .map(|hash| crate::sharing::PlanSharing::new(&control.shared_plans(), hash));
+        if let Some(s) = &sharing {
+            s.start();
+        }
         Engine {
+            sharing,
             secret: store.key_secret(),
             control,
             hooked: who.identify.is_some() || who.plan.is_some(),
@@ -196,6 +206,10 @@ impl<St: Store> Engine<St> {
     /// answer to await.
     pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Decision<St::Decide> {
         let started = observe::start();
+        if let Some(s) = &self.sharing {
+            // Built outside a runtime: started with the first request.
+            s.start();
+        }
         let generation = self.control.generation();
         if generation != self.generation.load(Ordering::Relaxed) {
             self.generation.store(generation, Ordering::Relaxed);

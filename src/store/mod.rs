@@ -118,13 +118,13 @@ use std::cell::Cell;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
-pub use crate::plans::SharedPlans;
 pub use crate::policy::KeySecret;
 pub use crate::window::{Refusal, View, WindowSpec, DEFAULT_PRECISION, MAX_PRECISION};
 pub use memory::{MemoryStore, MemoryStoreConfig};
@@ -601,13 +601,12 @@ impl Store for AnyStore {
         }
     }
 
-    fn attach(&self, plans: SharedPlans) {
-        #[cfg(feature = "redis")]
-        if let AnyStore::Redis(r) = self {
-            r.attach(plans);
+    fn shared_hash(&self) -> Option<Arc<dyn SharedHash>> {
+        match self {
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.shared_hash(),
+            _ => None,
         }
-        #[cfg(not(feature = "redis"))]
-        let _ = plans;
     }
 
     fn key_secret(&self) -> KeySecret {
@@ -721,6 +720,27 @@ impl StoreError {
     }
 }
 
+/// A hash of text fields every instance sharing a store reads and writes
+/// ([`Store::shared_hash`]): what sharing runtime plan assignments needs.
+pub trait SharedHash: Send + Sync + fmt::Debug + 'static {
+    /// Where it is, for logs (the Redis store: its key).
+    fn name(&self) -> String;
+
+    /// Sets (`Some`) or removes (`None`) these fields, in order.
+    fn write(
+        &self,
+        fields: Vec<(String, Option<String>)>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+    /// Every field and its value.
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<std::collections::HashMap<String, String>, StoreError>> + Send>,
+    >;
+}
+
 /// Storage of counters; see the [contract](self#the-contract).
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The future of a decision that must be awaited.
@@ -740,11 +760,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// before the next decision; the default does nothing.
     fn forget_cached(&self) {}
 
-    /// The layer was built on this store: a store shared by several
-    /// instances may share the layer's runtime plan assignments too
-    /// ([`SharedPlans`]). Called once; the default does nothing.
-    fn attach(&self, plans: SharedPlans) {
-        let _ = plans;
+    /// A hash of text fields that every instance sharing this store reads
+    /// and writes, through which each layer built on the store shares its
+    /// runtime plan assignments (the layer owns that sharing; the store
+    /// only gives the hash). A store whose counters only this process sees
+    /// keeps the default, `None`.
+    fn shared_hash(&self) -> Option<Arc<dyn SharedHash>> {
+        None
     }
 
     /// The key of the hash that names this store's counters (read once,

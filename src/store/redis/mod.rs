@@ -87,9 +87,11 @@
 //!
 //! # Plan assignments
 //!
-//! A layer built on this store shares its runtime plan assignments
-//! ([`Controller::set_plan`](crate::Controller::set_plan)) through the hash
-//! `PREFIX:plans`: a change made on one instance is written there at once
+//! Every layer built on this store (or a clone of it) shares its runtime
+//! plan assignments ([`Controller::set_plan`](crate::Controller::set_plan))
+//! through the hash `PREFIX:plans` ([`Store::shared_hash`]; the sharing is
+//! the layer's own, the store only gives the hash): a change made on one
+//! instance is written there at once
 //! and read by every instance four times a second, so it is in force
 //! everywhere within a second, and a new or restarted instance starts with
 //! them. Every write also sets a marker field that no removal deletes: when
@@ -177,7 +179,7 @@ use dashmap::DashMap;
 
 pub use super::redis_config::{RedisSentinel, RedisStoreConfig, RedisTls, TimeSource};
 use super::{
-    Answer, Batch, Charge, CounterKey, KeySecret, PostCharge, SharedPlans, Store, StoreError,
+    Answer, Batch, Charge, CounterKey, KeySecret, PostCharge, SharedHash, Store, StoreError,
     StoreErrorKind,
 };
 use crate::clock::Timestamp;
@@ -234,16 +236,6 @@ struct Inner {
     dropped: AtomicU64,
     uncertain: AtomicU64,
     flusher: AtomicBool,
-    /// The runtime plan assignments of every layer built on this store (or
-    /// a clone of it), shared through Redis; a dropped layer's table is
-    /// skipped.
-    plans: Mutex<Vec<std::sync::Weak<crate::plans::PlanTable>>>,
-    /// Plan changes made here, waiting to be written to Redis.
-    plan_writes: Mutex<Vec<(String, Option<String>)>>,
-    plan_sync: AtomicBool,
-    /// Whether the plans hash was seen with its marker: its absence after
-    /// that means Redis lost it (see [`PLANS_MARK`]).
-    plans_seen: AtomicBool,
     /// Whether the server's settings were checked (once, see
     /// [`RedisStore::check_server`]).
     server_checked: AtomicBool,
@@ -313,10 +305,6 @@ impl RedisStore {
                 dropped: AtomicU64::new(0),
                 uncertain: AtomicU64::new(0),
                 flusher: AtomicBool::new(false),
-                plans: Mutex::new(Vec::new()),
-                plan_writes: Mutex::new(Vec::new()),
-                plan_sync: AtomicBool::new(false),
-                plans_seen: AtomicBool::new(false),
                 server_checked: AtomicBool::new(false),
                 refusals: DashMap::new(),
                 refusals_served: AtomicU64::new(0),
@@ -519,7 +507,6 @@ impl Store for RedisStore {
         Answer::Later(Box::pin(async move {
             let conn = inner.connection().await?;
             inner.start_flusher();
-            inner.start_plan_sync();
             if slots.iter().any(|s| *s != slots[0]) {
                 let batch = inner.decide_across_slots(&conn, now, batch, slots).await?;
                 if !batch.admitted() {
@@ -543,27 +530,11 @@ impl Store for RedisStore {
         self.inner.refusals.clear();
     }
 
-    fn attach(&self, plans: SharedPlans) {
-        let weak = Arc::downgrade(&self.inner);
-        plans.on_change(move |key, plan| {
-            if let Some(inner) = weak.upgrade() {
-                if let Ok(mut w) = inner.plan_writes.lock() {
-                    w.push((key.to_owned(), plan.map(str::to_owned)));
-                }
-            }
-        });
-        let first = {
-            let mut tables = self
-                .inner
-                .plans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tables.push(Arc::downgrade(&plans.0));
-            tables.len() == 1
-        };
-        if first {
-            self.inner.start_plan_sync();
-        }
+    fn shared_hash(&self) -> Option<Arc<dyn SharedHash>> {
+        Some(Arc::new(plans::PlansHash {
+            key: format!("{}:plans", self.inner.prefix),
+            inner: Arc::clone(&self.inner),
+        }))
     }
 
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {

@@ -164,7 +164,6 @@ impl Inner {
                 }
             };
             self.start_flusher();
-            self.start_plan_sync();
             // The group is decided at its latest instant (each request's
             // decision stamp is the call's).
             let now = group.iter().map(|q| q.now).max();
