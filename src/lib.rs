@@ -194,8 +194,8 @@ mod layer;
 mod observe;
 mod plans;
 mod service;
-mod sharing;
 mod setup;
+mod sharing;
 mod window;
 
 pub use body::RateLimitBody;

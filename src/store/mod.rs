@@ -737,7 +737,10 @@ pub trait SharedHash: Send + Sync + fmt::Debug + 'static {
     fn read(
         &self,
     ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<std::collections::HashMap<String, String>, StoreError>> + Send>,
+        Box<
+            dyn Future<Output = Result<std::collections::HashMap<String, String>, StoreError>>
+                + Send,
+        >,
     >;
 }
 
