@@ -102,6 +102,8 @@
 //! | `tierlimit_post_charge_errors_total` | counter | post-charges the store failed to make |
 //! | `tierlimit_evictions_total` | counter | memory store entries evicted at `max_keys` |
 //! | `tierlimit_refusals_cached_total` | counter | Redis store refusals answered from the local cache |
+//! | `tierlimit_redis_errors_total` (`cause`: `wrong_password`, `password_missing`, `no_permission`, `refused`, `unknown_host`, `tls`, `timeout`, `out_of_memory`, `other`) | counter | Redis store: failed connection attempts and calls, by cause |
+//! | `tierlimit_redis_ready` | gauge | Redis store: 1 while connected and answering, 0 during an outage |
 //! | `tierlimit_decision_seconds` | histogram | time to decide a request |
 //! | `tierlimit_client_retries_total` | counter | client layer: requests sent again |
 //! | `tierlimit_client_waits_total` (`cause`) | counter | client layer: waits before a request |

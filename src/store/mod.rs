@@ -77,9 +77,10 @@
 //! caches refusals until their retry instant); [`Store::forget_cached`]
 //! tells it that the policy or a plan changed.
 //!
-//! **Shared plans.** When a layer is built on a store, the store gets the
-//! layer's runtime plan assignments once ([`Store::attach`]); a store shared
-//! by several instances can share them (the Redis store does).
+//! **Shared plans.** A store shared by several instances can offer a hash
+//! every instance reads and writes ([`Store::shared_hash`]; the Redis store
+//! does): each layer built on it then shares its runtime plan assignments
+//! through it (the sharing is the layer's).
 //!
 //! **Errors.** A store that cannot decide returns a [`StoreError`] (with its
 //! source). What the layer then does is a layer setting: fail open (the

@@ -115,47 +115,95 @@
 //! cascade across slots is refused as a protocol error. Every node uses its
 //! own clock (`TIME`): keep the nodes' clocks synchronised.
 //!
+//! # Connecting, and what is said when it fails
+//!
+//! One task connects, in the background, with its own timeout
+//! ([`RedisStoreConfig::connect_timeout`], 2 s by default): it opens the
+//! connection (authenticating with the URL's user and password), sends
+//! `PING` and loads the script, so that a wrong or missing password, a
+//! missing permission, a refused connection, an unknown host or a TLS
+//! problem is named at once ([`RedisProblem`]) rather than showing as
+//! decisions timing out. [`RedisStore::connect`] waits for that attempt
+//! and returns its error; otherwise the first decision starts it. A failed
+//! attempt is tried again 100 ms later, then less often (up to once a
+//! second), as long as the store lives. Decisions wait for the first
+//! attempt at most their own timeout; once an attempt has failed they fail
+//! at once, saying why, until one succeeds.
+//!
+//! Each outage is logged once, at WARN, with the address (never the
+//! password) and the cause in plain words; a later cause is logged too
+//! when it needs someone to act (a password, a permission, a certificate,
+//! memory) and was not said yet; the end of the outage is logged once,
+//! with how long it lasted. Every failure is counted in
+//! `tierlimit_redis_errors_total{cause}` (feature `metrics`), and
+//! `tierlimit_redis_ready` is 1 while Redis answers.
+//! [`RedisStore::is_ready`] and [`RedisStore::problem`] tell the
+//! application the same (a readiness probe).
+//!
 //! # Failures
 //!
-//! The store connects on its first decision, within the timeout (or at once
-//! with [`RedisStore::connect`]); decisions arriving meanwhile wait for that
-//! same attempt. An unreachable Redis at start is no error: decisions fail,
-//! and the next one tries again. Once made, a single server's connection
-//! reconnects by itself (10 to 100 ms apart); a cluster's, see below. Every
-//! decision has a timeout ([`RedisStoreConfig::timeout`], 50 ms by
-//! default). After three failures in a row the store stops waiting on Redis
-//! for 200 ms and fails at once, so an outage does not add the timeout to
-//! every request; the first success closes the circuit again, so
-//! enforcement returns within a second of Redis coming back
-//! (`tests/redis_gateway.rs` measures about 200 ms). What a failed
-//! decision means for the request is the layer's
-//! [`OnStoreError`](crate::OnStoreError).
+//! Once made, a single server's connection reconnects by itself (10 to
+//! 100 ms apart). Every decision has a timeout
+//! ([`RedisStoreConfig::timeout`], 50 ms by default). After three failures
+//! in a row the store stops waiting on Redis for 200 ms and fails at once,
+//! so an outage does not add the timeout to every request; the first
+//! success closes the circuit again, so enforcement returns within a second
+//! of Redis coming back (`tests/redis_gateway.rs` measures about 200 ms).
+//! What a failed decision means for the request is the layer's
+//! [`OnStoreError`](crate::OnStoreError). A Redis at `maxmemory` with
+//! `noeviction` refuses the script's writes (`OOM`): that is a failure like
+//! any other (`on_error` applies), said as
+//! [`RedisProblem::OutOfMemory`].
 //!
-//! On a cluster, failures are counted per group of 128 slots (a node
-//! serves contiguous slots, so a group is one node's) rather than for the
-//! whole store: a dead master opens the circuit of its own slots only, and
-//! the other nodes' keys are decided as before. The cluster client tries
-//! each connection and answer within the timeout and retries twice, 10 to
-//! 100 ms apart (redis-rs's defaults retry 16 times, up to minutes
-//! apart). When a group's calls have failed for a second in a row, the
-//! store connects to the cluster anew (at most once a second) and drops
-//! the old connection with what it still held: redis-rs's cluster
-//! connection, after a master crashed with hundreds of requests in flight,
-//! kept failing that master's slots after its replica had taken over, and
-//! never recovered; a new connection reads the topology afresh. In
-//! `tests/redis_failover.rs` (6 nodes, 256 decisions in flight, `kill -9`
-//! of a master) every slot is decided again within 4 s of the cluster
-//! being healthy, and no decision waits past the timeout.
-//! [`RedisStore::reconnects`] counts the new connections.
+//! # Sentinel
+//!
+//! With [`RedisStoreConfig::sentinel`] the store asks the Sentinels which
+//! server is the master, connects to it, and when the master stops
+//! answering (three failures in a row) asks them again, so after a failover
+//! it follows the replica they promote. In `tests/redis_sentinel.rs` (a
+//! master, a replica, three sentinels, `down-after-milliseconds` 1 000),
+//! limits were enforced again 2.8 s after the master was killed, with no
+//! 5xx meanwhile in `open` mode.
+//!
+//! # Cluster nodes
+//!
+//! A cluster is reached node by node: the store reads which
+//! master serves which slots, keeps one connection, circuit breaker and
+//! health per node, and sends each script call to the master of its slot,
+//! following `MOVED` (after a failover or a migration) and `ASK` (a key
+//! being migrated). A dead master fails its own slots only, at once once
+//! its connection is refused, and every other node's keys are decided as
+//! before; any failure makes the store read the slots again (at most every
+//! 250 ms), so a promoted replica is used as soon as the cluster names it.
+//! In `tests/redis_failover.rs` (3 masters, 3 replicas,
+//! `cluster-node-timeout` 2 s, 256 decisions in flight, `kill -9` of a
+//! master) the other masters' keys were all decided throughout, no decision
+//! waited even half the timeout, and the dead master's slots were decided
+//! again about 0.2 s after the cluster was healthy (4.5 s after the kill);
+//! in `tests/redis_cluster_moves.rs` a `CLUSTER FAILOVER` and a reshard of
+//! 400 slots under load failed no decision. Run the cluster with
+//! `cluster-require-full-coverage no`, or Redis itself refuses every key
+//! (`CLUSTERDOWN`) while one master is down.
+//!
+//! Replication is asynchronous: a master killed outright can take with it
+//! the last counts it had not yet sent to its replica (typically the last
+//! milliseconds), which the promoted replica then does not have, so those
+//! callers may be admitted that much again. A manual `CLUSTER FAILOVER`
+//! and a Sentinel failover of a live master lose nothing.
+//! [`RedisStore::reconnects`] counts connections made after the first
+//! (to a node again, or to a newly promoted master).
 //!
 //! # Where the code is
 //!
-//! One file per concern: `connection` (connecting, the circuit breaker),
-//! `script` (the Lua script, its arguments and its answer), `queue`
-//! (decisions sharing a call), `cluster` (slots, per-node health,
-//! decisions across slots), `charges` (post-charges waiting to be sent),
-//! `refusals` (the refusal cache), `plans` (plan assignments shared
-//! through Redis) and `server` (what the server's settings let it drop).
+//! One file per concern: `connection` (connecting and checking, the
+//! circuit breaker, TLS certificates, Sentinel), `problem` (causes, and
+//! what the log says), `script` (the Lua script, its arguments and its
+//! answer), `queue` (decisions sharing a call), `nodes` (a cluster's
+//! nodes: slots, connections, health, redirections), `cluster` (slot
+//! numbers, decisions across slots), `charges` (post-charges waiting to be
+//! sent), `refusals` (the refusal cache), `plans` (the hash plan
+//! assignments are shared through) and `server` (what the server's
+//! settings let it drop).
 
 mod charges;
 mod cluster;
