@@ -26,8 +26,10 @@
 //! # identity: x-api-key or Authorization: Bearer (API key), x-user-id, x-tenant-id
 //! curl -si -H 'x-tenant-id: acme' -H 'x-user-id: alice' localhost:3000/api/v1/items
 //!
-//! # Exempt: health and Prometheus metrics.
-//! curl -s localhost:3000/health; curl -s localhost:3000/metrics | grep tierlimit
+//! # Exempt: health, readiness (503 while Redis cannot be used, saying why)
+//! # and Prometheus metrics.
+//! curl -s localhost:3000/health; curl -s localhost:3000/ready
+//! curl -s localhost:3000/metrics | grep tierlimit
 //!
 //! # Admin (set TIERLIMIT_ADMIN_TOKEN before starting; unset, admin routes are 404):
 //! curl -si -X PATCH localhost:3000/admin/api-keys/k1 -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
@@ -260,6 +262,27 @@ fn tokens_header(config: &Config) -> HeaderName {
         .unwrap_or(HeaderName::from_static("x-usage-tokens"))
 }
 
+/// `GET /ready`: 200 when the rate-limit store can decide (the memory
+/// store always; Redis when connected and answering), else 503 with what
+/// is wrong (for a readiness probe).
+async fn ready(State(gw): State<Gateway>) -> Response {
+    let problem = match gw.layer.store() {
+        AnyStore::Redis(redis) if !redis.is_ready() => Some(redis.problem().map_or_else(
+            || "not connected to Redis yet".to_owned(),
+            |p| p.to_string(),
+        )),
+        _ => None,
+    };
+    match problem {
+        None => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Some(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready", "problem": p})),
+        )
+            .into_response(),
+    }
+}
+
 /// Builds the gateway's router.
 ///
 /// # Errors
@@ -347,6 +370,7 @@ pub fn build_full(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(gw.clone())
         .merge(admin_routes(&gw, &config)?)
@@ -742,15 +766,9 @@ async fn main() {
     };
     // An unreachable Redis is no reason not to start: the configured
     // failure mode applies until it answers.
+    // The store logs the outcome itself (the cause, once, when it fails).
     if let AnyStore::Redis(redis) = gw.layer.store() {
-        match redis.connect().await {
-            Ok(()) => tracing::info!(target: "gateway", "connected to Redis"),
-            Err(e) => tracing::warn!(
-                target: "gateway",
-                error = %chain(&e),
-                "Redis is unreachable; its failure mode applies until it answers"
-            ),
-        }
+        let _ = redis.connect().await;
     }
     let listener = match tokio::net::TcpListener::bind(opts.listen).await {
         Ok(l) => l,

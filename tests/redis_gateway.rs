@@ -382,6 +382,46 @@ async fn a_gateway_whose_redis_is_unreachable_at_start_serves_by_its_failure_mod
     // Exempt routes are untouched.
     let health = Request::get("/health").body(Body::empty()).unwrap();
     assert_eq!(send(&app, health).await.status, StatusCode::OK);
+    // Readiness says why not.
+    let ready = Request::get("/ready").body(Body::empty()).unwrap();
+    let r = send(&app, ready).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("connection refused"), "{}", r.body);
+}
+
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test]
+async fn the_gateway_is_ready_once_redis_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let flag = gateway::RedisFlag::Url(format!("redis://127.0.0.1:{port}"));
+    let (app, _) = gateway::build_with(&qarion(), None, None, false, Some(flag)).unwrap();
+    let ready = || Request::get("/ready").body(Body::empty()).unwrap();
+    let _ = send(&app, get("k")).await;
+    assert_eq!(
+        send(&app, ready()).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let _server = RedisServer::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = send(&app, get("k")).await;
+        let r = send(&app, ready()).await;
+        if r.status == StatusCode::OK {
+            assert!(r.body.contains("\"ready\""), "{}", r.body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Enforced through Redis now.
+    assert!(send(&app, get("k"))
+        .await
+        .header("x-ratelimit-limit")
+        .is_some());
 }
 
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]

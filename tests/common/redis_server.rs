@@ -50,6 +50,16 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// A fresh server on `port` (one a test chose, e.g. to start Redis
+    /// where a store already tries to connect).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut server = Self::start_with(&[]);
+        server.kill();
+        server.port = port;
+        server.restart();
+        server
+    }
+
     /// A fresh server with these arguments besides the defaults.
     pub fn start_with(args: &[&str]) -> RedisServer {
         assert!(
