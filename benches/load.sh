@@ -43,6 +43,11 @@
 # compare ratios from one run, never absolute figures across runs.
 #
 #   PIN=1 bash benches/load.sh      # Redis on a core of its own
+#   BASE_BIN=/path/to/older/gateway bash benches/load.sh
+#                                   # also `redis-base`: the same Redis
+#                                   # scenario on another build of the
+#                                   # gateway (e.g. the last release), in the
+#                                   # same run, interleaved
 #   ONLY="bare open gov-open" bash benches/load.sh   # a subset
 #
 # With PIN=1 (and at least 2 cores) redis-server runs alone on the last
@@ -135,10 +140,11 @@ cpu_ticks() { # utime + stime of a process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
-run() { # name keys config extra-args...
+run() { # name keys config extra-args... (RUN_BIN: another gateway binary)
   local name=$1 keys=$2 config=$3; shift 3
   local port; port=$(free_port)
-  "${ON_APP[@]}" "$BIN" --config "$config" --listen "127.0.0.1:$port" --no-metrics "${GW_EXTRA[@]}" "$@" >"$work/$name.log" 2>&1 &
+  local bin=${RUN_BIN:-$BIN}
+  "${ON_APP[@]}" "$bin" --config "$config" --listen "127.0.0.1:$port" --no-metrics "${GW_EXTRA[@]}" "$@" >"$work/$name.log" 2>&1 &
   GW=$!
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -204,6 +210,9 @@ for round in $(seq 1 "$ROUNDS"); do
   wanted gov-rejecting && run gov-rejecting 1 examples/policies/qarion.json --governor 60
   if [ -n "$REDIS_PID" ]; then
     run redis 1 "$work/open-policy.json" --redis "redis://127.0.0.1:$rport"
+    if [ -n "${BASE_BIN:-}" ]; then
+      RUN_BIN=$BASE_BIN run redis-base 1 "$work/open-policy.json" --redis "redis://127.0.0.1:$rport"
+    fi
   fi
 done
 
@@ -221,7 +230,7 @@ gen = f"wrk -t{threads} -c{conns} -d{dur}" if loadgen == "wrk" else f"oha -c{con
 print(f"{gen} (keys scenarios: {keys} keys){pin}: median of {len(next(iter(runs.values())))} interleaved rounds per scenario")
 print(f"{'scenario':<14} {'rps':>8} {'rps min..max':>15} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'429 share':>9}   rps/bare  cpu/bare")
 base = med.get("bare")
-order = ["bare", "open", "gov-open", "open-keys", "gov-keys", "rejecting", "gov-rejecting", "redis"]
+order = ["bare", "open", "gov-open", "open-keys", "gov-keys", "rejecting", "gov-rejecting", "redis", "redis-base"]
 for name in [n for n in order if n in med]:
     r, rs = med[name], runs[name]
     share = sum(x["rej"] for x in rs) / max(1, sum(x["ok"] + x["rej"] + x["other"] for x in rs))
@@ -235,7 +244,8 @@ cmp("open", "gov-open", "admitted path, one key")
 cmp("open-keys", "gov-keys", "admitted path, many keys")
 cmp("rejecting", "gov-rejecting", "rejection path")
 cmp("redis", "open", "Redis store vs memory store")
-if any(x["rej"] for n in ("open", "gov-open", "open-keys", "gov-keys", "redis") if n in runs for x in runs[n]):
+cmp("redis", "redis-base", "this build vs BASE_BIN, on Redis")
+if any(x["rej"] for n in ("open", "gov-open", "open-keys", "gov-keys", "redis", "redis-base") if n in runs for x in runs[n]):
     print("WARNING: an open scenario rejected requests")
 if any(x["other"] for rs in runs.values() for x in rs):
     print("WARNING: some requests failed or got other statuses")

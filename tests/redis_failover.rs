@@ -15,6 +15,20 @@ use tierlimit::store::{
     WindowSpec,
 };
 
+/// Everything logged in this process (one test in this binary).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One decision: when it ended (since the start), which master's third of
 /// the slots its key is in, whether it was decided, how long it took.
 type Record = (Duration, usize, bool, Duration);
@@ -22,6 +36,16 @@ type Record = (Duration, usize, bool, Duration);
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish(),
+    )
+    .unwrap();
     let mut cluster = RedisCluster::start_with(3, 1, 2_000);
     let timeout = Duration::from_millis(500);
     let store = RedisStore::new(
@@ -172,6 +196,16 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
             late.len()
         );
     }
+    // The outage of the dead master was said once, and the end of it (its
+    // slots served by the promoted replica) once.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let dead = format!("cluster node 127.0.0.1:{killed} failed while");
+    assert_eq!(text.matches(&dead).count(), 1, "{text}");
+    let served = text
+        .lines()
+        .filter(|l| l.contains("are served by") && l.contains(&format!("was 127.0.0.1:{killed}")))
+        .count();
+    assert_eq!(served, 1, "{text}");
     // The promoted replica was connected to.
     assert!(store.reconnects() >= 1, "{}", store.reconnects());
 }

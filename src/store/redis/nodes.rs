@@ -298,13 +298,41 @@ impl Nodes {
             let answer = n.send(self, &slots, self.connect_timeout).await;
             match answer.and_then(|v| self.read_slots(&n, v)) {
                 Ok(map) => {
-                    self.map.store(Arc::new(map));
+                    let old = self.map.swap(Arc::new(map));
+                    self.say_moves(&old, &self.map.load());
                     return Ok(());
                 }
                 Err(e) => problem = RedisProblem::of(&e),
             }
         }
         Err(problem)
+    }
+
+    /// Says, once per change, which slots another master serves now (a
+    /// failover, a migration): the end of an outage of those slots.
+    fn say_moves(&self, old: &SlotMap, new: &SlotMap) {
+        if old.ranges.is_empty() {
+            return;
+        }
+        for (first, last, node) in &new.ranges {
+            let before = old.node(*first);
+            if before.is_some_and(|b| Arc::ptr_eq(b, node)) {
+                continue;
+            }
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "tierlimit",
+                slots = %format!("{first}-{last}"),
+                now = %node.addr,
+                was = %before.map_or("none", |b| b.addr.as_str()),
+                "Redis Cluster: slots {first}-{last} are served by {} now (was {}): a failover \
+                 or a migration; decided there from now on",
+                node.addr,
+                before.map_or("none", |b| b.addr.as_str()),
+            );
+            #[cfg(not(feature = "tracing"))]
+            let _ = (first, last, before);
+        }
     }
 
     /// A slot map from a `CLUSTER SLOTS` answer of `from`.
