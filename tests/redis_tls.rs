@@ -134,3 +134,59 @@ fn broken_tls_settings_are_refused_at_load() {
         "{text}"
     );
 }
+
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls() {
+    use common::redis_server::RedisCluster;
+    let certs = TestCerts::new();
+    let cluster = RedisCluster::start_tls(certs.dir(), 3, 0);
+    let store = RedisStore::new(
+        RedisStoreConfig::cluster(cluster.tls_urls())
+            .tls(RedisTls::ca(certs.path("ca.pem")))
+            .timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    store.connect().await.unwrap();
+    let policy = tierlimit::config::Config::new()
+        .tier(
+            "t",
+            tierlimit::config::Tier::new().limit(tierlimit::config::Limit::sliding(
+                "m",
+                3,
+                Duration::from_secs(60),
+            )),
+        )
+        .default_tier("t")
+        .build()
+        .unwrap();
+    let svc = RateLimitLayer::builder(policy)
+        .store(store.clone())
+        .on_store_error(tierlimit::OnStoreError::CLOSED)
+        .build()
+        .layer(Ok200);
+    // Keys on every master (30 keys spread over the slots).
+    for k in 0..30 {
+        let key = format!("key-{k}");
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(get_key(&svc, &key).await.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "{key}");
+    }
+    assert!(store.is_ready());
+    // The counters are on the nodes (read over the plain ports).
+    let keys: usize = cluster
+        .ports
+        .iter()
+        .map(|p| {
+            RedisServer::attach(*p)
+                .command(&["DBSIZE"])
+                .trim()
+                .trim_start_matches(':')
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(keys, 30);
+}

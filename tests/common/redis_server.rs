@@ -212,6 +212,10 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
+    /// The TLS port of each node, for a cluster started with
+    /// [`RedisCluster::start_tls`] (the plain ports stay open for the
+    /// test's own commands; the nodes talk to each other over TLS).
+    pub tls_ports: Vec<u16>,
     /// Ports of the nodes killed.
     killed: Vec<u16>,
     dir: std::path::PathBuf,
@@ -238,10 +242,38 @@ fn cluster_port() -> u16 {
 
 /// Starts a cluster node in `dir` and waits until it answers; a node that
 /// could not bind its port (taken meanwhile) is started again on another.
-fn start_node(dir: &std::path::Path, node_timeout_ms: u64) -> (Child, u16) {
+fn start_node(
+    dir: &std::path::Path,
+    node_timeout_ms: u64,
+    tls: Option<&std::path::Path>,
+) -> (Child, u16, Option<u16>) {
     for _ in 0..20 {
         let port = cluster_port();
+        let tls_port = tls.map(|_| free_port());
+        let mut tls_args: Vec<String> = Vec::new();
+        if let (Some(certs), Some(tp)) = (tls, tls_port) {
+            let path = |n: &str| certs.join(n).display().to_string();
+            for a in [
+                "--tls-port",
+                &tp.to_string(),
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+                "--tls-ca-cert-file",
+                &path("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ] {
+                tls_args.push(a.to_owned());
+            }
+        }
         let mut child = Command::new(server_bin())
+            .args(&tls_args)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -259,7 +291,7 @@ fn start_node(dir: &std::path::Path, node_timeout_ms: u64) -> (Child, u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if node.ping() {
-                return (child, port);
+                return (child, port, tls_port);
             }
             if child.try_wait().ok().flatten().is_some() {
                 break; // exited: its port was taken
@@ -284,6 +316,22 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each, failing over after
     /// `node_timeout_ms` of a master's silence.
     pub fn start_with(masters: usize, replicas: usize, node_timeout_ms: u64) -> RedisCluster {
+        Self::start_inner(masters, replicas, node_timeout_ms, None)
+    }
+
+    /// A cluster whose nodes also speak TLS, to clients and to each other,
+    /// with the certificates in `certs` (the directory of a
+    /// `tls::TestCerts`).
+    pub fn start_tls(certs: &std::path::Path, masters: usize, replicas: usize) -> RedisCluster {
+        Self::start_inner(masters, replicas, 15_000, Some(certs))
+    }
+
+    fn start_inner(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+        tls: Option<&std::path::Path>,
+    ) -> RedisCluster {
         let cli = Command::new("redis-cli")
             .arg("--version")
             .stdout(Stdio::null())
@@ -302,13 +350,15 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
+            tls_ports: Vec::new(),
             killed: Vec::new(),
             dir,
         };
         for _ in 0..masters * (1 + replicas) {
-            let (child, port) = start_node(&cluster.dir, node_timeout_ms);
+            let (child, port, tls_port) = start_node(&cluster.dir, node_timeout_ms, tls);
             cluster.nodes.push(child);
             cluster.ports.push(port);
+            cluster.tls_ports.extend(tls_port);
         }
         let addrs: Vec<String> = cluster
             .ports
@@ -453,6 +503,15 @@ impl RedisCluster {
         self.ports
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The `rediss://` URLs of a cluster started with
+    /// [`RedisCluster::start_tls`].
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
             .collect()
     }
 }
