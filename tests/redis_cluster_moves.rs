@@ -7,16 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster_load::{slot, Key, Load, Record};
 use common::redis_server::{RedisCluster, RedisServer};
-use tierlimit::clock::Timestamp;
-use tierlimit::store::{
-    Answer, Batch, CounterKey, LimitSpec, RedisStore, RedisStoreConfig, Store, TimeSource,
-    WindowSpec,
-};
+use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource, WindowSpec};
 
 /// Capacity of the key at `index` (an hour's window, one instant: nothing
 /// refills): from 40 to 215, so that keys run out at different moments,
@@ -24,23 +19,9 @@ use tierlimit::store::{
 fn capacity(index: usize) -> u64 {
     40 + (index as u64 % 8) * 25
 }
+
 /// Slots the reshard moves (the source master's lowest).
 const MOVED: u16 = 400;
-
-/// One decision: when it ended, its key, decided or not, admitted or not.
-type Record = (Duration, u128, bool, bool);
-
-fn slot(node: &RedisServer, store: &RedisStore, k: u128) -> u16 {
-    node.command(&[
-        "CLUSTER",
-        "KEYSLOT",
-        &store.redis_key(CounterKey::from_u128(k)),
-    ])
-    .trim_start_matches(':')
-    .trim()
-    .parse()
-    .unwrap()
-}
 
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +39,8 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     // master (which the failover moves as a whole).
     let node = RedisServer::attach(cluster.ports[0]);
     let first_master = cluster.master_of(0);
-    let mut keys: Vec<(u128, bool)> = Vec::new();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut moves: Vec<bool> = Vec::new();
     let (mut moving, mut staying) = (0, 0);
     for k in 1u128.. {
         let s = slot(&node, &store, k);
@@ -67,49 +49,22 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
         }
         if s < MOVED && moving < 48 {
             moving += 1;
-            keys.push((k, true));
         } else if s >= MOVED && staying < 48 {
             staying += 1;
-            keys.push((k, false));
+        } else {
+            continue;
         }
+        keys.push((k, capacity(keys.len())));
+        moves.push(s < MOVED);
         if moving == 48 && staying == 48 {
             break;
         }
     }
+    // Paced, so that the keys last the whole test.
     let w = WindowSpec::sliding(Duration::from_secs(3600), 60);
-    let start = Instant::now();
-    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let (store, records, stop, keys) =
-            (store.clone(), records.clone(), stop.clone(), keys.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = t;
-            while !stop.load(Ordering::Relaxed) {
-                let index = i % keys.len();
-                let (k, _) = keys[index];
-                i += 7;
-                let limit =
-                    LimitSpec::new(CounterKey::from_u128(k), w, capacity(index), 1).with_tag(1);
-                let now = Timestamp::from_secs(1_708_200_000);
-                let r = match store.decide(now, Batch::from_limits([limit])) {
-                    Answer::Now(r) => r,
-                    Answer::Later(f) => f.await,
-                };
-                let (ok, admitted) = match &r {
-                    Ok(b) => (true, b.admitted()),
-                    Err(_) => (false, false),
-                };
-                records
-                    .lock()
-                    .unwrap()
-                    .push((start.elapsed(), k, ok, admitted));
-                // Paced, so that the keys last the whole test.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
+    let delay = Duration::from_millis(20);
+    let load = Load::start(&store, keys.clone(), w, 64, delay, delay);
+    let start = load.start;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 1. A replica takes over from its live master.
@@ -132,30 +87,28 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     let resharded_at = start.elapsed();
     assert_eq!(cluster.master_of(0), other);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-
-    let records = records.lock().unwrap();
+    let records: Vec<Record> = load.stop().await;
     // Never more than the capacity admitted per key.
-    let mut admitted: HashMap<u128, u64> = HashMap::new();
-    for r in records.iter().filter(|r| r.3) {
-        *admitted.entry(r.1).or_default() += 1;
+    let mut admitted: HashMap<usize, u64> = HashMap::new();
+    for r in records.iter().filter(|r| r.admitted) {
+        *admitted.entry(r.key).or_default() += 1;
     }
-    let cap = |k: u128| capacity(keys.iter().position(|(x, _)| *x == k).unwrap());
-    for (k, n) in &admitted {
-        assert!(*n <= cap(*k), "key {k}: {n} admitted, capacity {}", cap(*k));
+    for (i, n) in &admitted {
+        assert!(
+            *n <= keys[*i].1,
+            "key {i}: {n} admitted, capacity {}",
+            keys[*i].1
+        );
     }
     // A key refused, whose decisions all got an answer, was admitted
     // exactly its capacity: nothing lost, nothing counted twice.
     let mut exact = 0;
-    for (k, _) in &keys {
-        let mine = || records.iter().filter(|r| r.1 == *k);
-        let refused = mine().any(|r| r.2 && !r.3);
-        let all_answered = mine().all(|r| r.2);
+    for (i, (_, capacity)) in keys.iter().enumerate() {
+        let mine = || records.iter().filter(|r| r.key == i);
+        let refused = mine().any(|r| r.decided && !r.admitted);
+        let all_answered = mine().all(|r| r.decided);
         if refused && all_answered {
-            assert_eq!(admitted.get(k).copied(), Some(cap(*k)), "key {k}");
+            assert_eq!(admitted.get(&i).copied(), Some(*capacity), "key {i}");
             exact += 1;
         }
     }
@@ -166,9 +119,9 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     let gap = |from: Duration, to: Duration, moving_only: bool| {
         let failed: Vec<Duration> = records
             .iter()
-            .filter(|r| r.0 >= from && r.0 < to && !r.2)
-            .filter(|r| !moving_only || keys.iter().any(|(k, m)| *k == r.1 && *m))
-            .map(|r| r.0)
+            .filter(|r| r.at >= from && r.at < to && !r.decided)
+            .filter(|r| !moving_only || moves[r.key])
+            .map(|r| r.at)
             .collect();
         match (failed.first(), failed.last()) {
             (Some(a), Some(b)) => (failed.len(), *b - *a),
@@ -193,9 +146,9 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     assert!(g1 < Duration::from_secs(3), "failover gap {g1:?}");
     assert!(g2 < Duration::from_secs(3), "reshard gap {g2:?}");
     let last = start.elapsed().saturating_sub(Duration::from_secs(1));
-    let late: Vec<&Record> = records.iter().filter(|r| r.0 >= last).collect();
+    let late: Vec<&Record> = records.iter().filter(|r| r.at >= last).collect();
     assert!(
-        !late.is_empty() && late.iter().all(|r| r.2),
+        !late.is_empty() && late.iter().all(|r| r.decided),
         "not every key decided at the end"
     );
 }

@@ -287,15 +287,7 @@ async fn a_full_redis_that_refuses_writes_follows_on_error_and_says_so() {
     // Fill it past a small maxmemory: writes are refused with OOM.
     server.command(&["SETRANGE", "ballast", "4000000", "x"]);
     server.command(&["CONFIG", "SET", "maxmemory", "1mb"]);
-    let policy = Config::new()
-        .tier(
-            "t",
-            Tier::new().limit(Limit::sliding("m", 5, Duration::from_secs(60))),
-        )
-        .default_tier("t")
-        .build()
-        .unwrap();
-    let closed = RateLimitLayer::builder(policy)
+    let closed = RateLimitLayer::builder(five_a_minute())
         .store(store.clone())
         .on_store_error(tierlimit::OnStoreError::CLOSED)
         .build()
@@ -316,16 +308,19 @@ fn layer_on(
     Response = http::Response<impl Sized>,
     Error = impl std::fmt::Debug,
 > + Clone {
-    let policy = Config::new()
+    RateLimitLayer::builder(five_a_minute())
+        .store(store)
+        .build()
+        .layer(Ok200)
+}
+
+fn five_a_minute() -> tierlimit::Policy {
+    Config::new()
         .tier(
             "t",
             Tier::new().limit(Limit::sliding("m", 5, Duration::from_secs(60))),
         )
         .default_tier("t")
         .build()
-        .unwrap();
-    RateLimitLayer::builder(policy)
-        .store(store)
-        .build()
-        .layer(Ok200)
+        .unwrap()
 }

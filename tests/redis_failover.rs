@@ -4,16 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster_load::{slot, Key, Load};
 use common::redis_server::{RedisCluster, RedisServer};
-use tierlimit::clock::Timestamp;
-use tierlimit::store::{
-    Answer, Batch, CounterKey, LimitSpec, RedisStore, RedisStoreConfig, Store, TimeSource,
-    WindowSpec,
-};
+use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource, WindowSpec};
 
 /// Everything logged in this process (one test in this binary).
 #[derive(Clone, Default)]
@@ -57,62 +53,32 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
     store.connect().await.unwrap();
     // 64 keys in each third of the slots (one per master at the start).
     let node = RedisServer::attach(cluster.ports[0]);
-    let mut keys: Vec<(u128, usize)> = Vec::new();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut thirds: Vec<usize> = Vec::new();
     let mut per = [0usize; 3];
     for k in 1u128.. {
-        let slot: u16 = node
-            .command(&[
-                "CLUSTER",
-                "KEYSLOT",
-                &store.redis_key(CounterKey::from_u128(k)),
-            ])
-            .trim_start_matches(':')
-            .trim()
-            .parse()
-            .unwrap();
-        let third = usize::from(slot) * 3 / 16_384;
+        let third = usize::from(slot(&node, &store, k)) * 3 / 16_384;
         if per[third] < 64 {
             per[third] += 1;
-            keys.push((k, third));
+            keys.push((k, 1 << 40));
+            thirds.push(third);
         }
         if per.iter().all(|&n| n == 64) {
             break;
         }
     }
+    // 256 decisions in flight at all times, spread over every slot; after
+    // a failure, a moment before the next try, as a client would.
     let w = WindowSpec::sliding(Duration::from_secs(60), 30);
-    let start = Instant::now();
-    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    // 256 decisions in flight at all times, spread over every slot.
-    let mut tasks = Vec::new();
-    for t in 0..256 {
-        let (store, records, stop, keys) =
-            (store.clone(), records.clone(), stop.clone(), keys.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = t;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, third) = keys[i % keys.len()];
-                i += 7;
-                let limit = LimitSpec::new(CounterKey::from_u128(k), w, 1 << 40, 1).with_tag(1);
-                let now = Timestamp::from_secs(1_708_200_000);
-                let began = Instant::now();
-                let r = match store.decide(now, Batch::from_limits([limit])) {
-                    Answer::Now(r) => r,
-                    Answer::Later(f) => f.await,
-                };
-                let ok = r.is_ok();
-                let took = began.elapsed();
-                records
-                    .lock()
-                    .unwrap()
-                    .push((start.elapsed(), third, ok, took));
-                if !ok {
-                    // As a client would: a moment before the next try.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }));
-    }
+    let load = Load::start(
+        &store,
+        keys,
+        w,
+        256,
+        Duration::ZERO,
+        Duration::from_millis(20),
+    );
+    let start = load.start;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = start.elapsed();
     let killed = cluster.kill_master_of(0);
@@ -128,11 +94,12 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
         );
     };
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let records = records.lock().unwrap();
+    let records: Vec<(Duration, usize, bool, Duration)> = load
+        .stop()
+        .await
+        .into_iter()
+        .map(|r| (r.at, thirds[r.key], r.decided, r.took))
+        .collect();
     for third in 0..3 {
         let during: Vec<&Record> = records
             .iter()

@@ -1,6 +1,8 @@
 #![allow(dead_code, missing_docs)]
 //! Helpers shared by the integration tests.
 
+#[cfg(feature = "redis")]
+pub mod cluster_load;
 pub mod external;
 pub mod redis_server;
 pub mod tls;

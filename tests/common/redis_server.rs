@@ -30,6 +30,17 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A new directory of this process's own under the temporary directory.
+fn scratch_dir(kind: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tierlimit-{kind}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The `redis-server` binary the tests run.
 fn server_bin() -> String {
     std::env::var("TIERLIMIT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
@@ -341,12 +352,7 @@ impl RedisCluster {
             available() && cli,
             "redis-server or redis-cli is not installed: install them to run this test"
         );
-        let dir = std::env::temp_dir().join(format!(
-            "tierlimit-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("cluster");
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
@@ -539,12 +545,7 @@ impl RedisSentinels {
     /// `n` sentinels for the master on `master_port`, agreeing with a
     /// quorum of 2 that it is down after `down_after_ms` of silence.
     pub fn start(master_port: u16, n: usize, down_after_ms: u64) -> RedisSentinels {
-        let dir = std::env::temp_dir().join(format!(
-            "tierlimit-sentinel-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("sentinel");
         let mut s = RedisSentinels {
             nodes: Vec::new(),
             ports: Vec::new(),

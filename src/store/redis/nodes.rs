@@ -541,6 +541,7 @@ impl Node {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<Value>>,
     {
+        let sent = Instant::now();
         if self.is_open() {
             // Not booked (the breaker would never close): the slots may
             // have moved to a promoted replica meanwhile.
@@ -563,34 +564,47 @@ impl Node {
             Err(e) => Err(e),
         };
         match &res {
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                self.conn.store(None);
-                self.failed(RedisProblem::of(e));
-                nodes.refresh();
-            }
             // An answer (even an error: MOVED, NOSCRIPT, NOPERM): the node
             // is up.
-            Err(e) => {
-                self.succeeded();
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
+                self.reachable();
                 let problem = RedisProblem::of(e);
                 if matches!(
                     problem,
                     RedisProblem::NoPermission(_) | RedisProblem::OutOfMemory
                 ) {
+                    // Up, but of no use until someone acts.
                     self.watch.trouble(problem, "running the script");
+                } else {
+                    self.watch.answered(Some(sent));
                 }
             }
-            Ok(_) => self.succeeded(),
+            // Anything else (I/O, a dropped connection, a timeout, a
+            // connection that could not be made): the node failed.
+            Err(e) => {
+                self.conn.store(None);
+                self.failed(RedisProblem::of(e));
+                nodes.refresh();
+            }
+            Ok(_) => {
+                self.reachable();
+                self.watch.answered(Some(sent));
+            }
         }
         res
     }
 
-    fn succeeded(&self) {
+    /// The node answered: its breaker closes.
+    fn reachable(&self) {
         self.failures.store(0, Ordering::Relaxed);
         if let Ok(mut u) = self.open_until.lock() {
             *u = None;
         }
-        self.watch.answering();
     }
 
     fn failed(&self, problem: RedisProblem) {

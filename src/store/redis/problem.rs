@@ -201,8 +201,20 @@ impl Watch {
     /// Books a success: when Redis was failing, says that it answers again
     /// (once) and how long it failed.
     pub(super) fn answering(&self) {
+        self.answered(None);
+    }
+
+    /// [`Watch::answering`] for a call sent at `sent`: an answer to a call
+    /// sent before the outage began (one in flight when the server died)
+    /// does not end it.
+    pub(super) fn answered(&self, sent: Option<Instant>) {
         if !self.troubled.load(Ordering::Acquire) {
             return;
+        }
+        if let (Some(sent), Ok(since)) = (sent, self.since.lock()) {
+            if since.is_some_and(|since| sent < since) {
+                return;
+            }
         }
         let mut t = self
             .trouble

@@ -301,8 +301,10 @@ impl Inner {
             }
             Ok(Err(e)) => {
                 book(false);
-                self.watch
-                    .trouble(RedisProblem::of(&e), "running the script");
+                if !cluster {
+                    self.watch
+                        .trouble(RedisProblem::of(&e), "running the script");
+                }
                 self.requeue(charges);
                 Err(StoreError::new(StoreErrorKind::Unavailable, e))
             }
