@@ -169,7 +169,7 @@ fn sentinel_client(
 
 /// TLS certificates, read from the files `store.redis.tls` names.
 pub(super) mod tls {
-    use crate::store::{RedisStoreConfig, StoreError, StoreErrorKind};
+    use crate::store::{RedisStoreConfig, StoreError};
 
     #[cfg(feature = "redis-tls")]
     pub(in crate::store::redis) type Certificates = Option<redis::TlsCertificates>;
@@ -195,7 +195,7 @@ pub(super) mod tls {
                 .map(|p| {
                     std::fs::read(p).map_err(|e| {
                         StoreError::new(
-                            StoreErrorKind::Unavailable,
+                            crate::store::StoreErrorKind::Unavailable,
                             format!("store.redis.tls.{field}: cannot read {}: {e}", p.display()),
                         )
                     })

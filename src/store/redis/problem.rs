@@ -125,6 +125,7 @@ pub(super) struct Watch {
     address: String,
     /// Whether to move the `tierlimit_redis_ready` gauge (the store's own
     /// watch; a cluster node's does not).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     gauge: bool,
     trouble: Mutex<Trouble>,
     /// Whether `trouble` holds a problem (read on every call, without the
