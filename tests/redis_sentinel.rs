@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::{RedisSentinels, RedisServer};
 use common::{get_key, Ok200};
+use tierlimit::store::{RedisSentinel, RedisStore, RedisStoreConfig};
 use tierlimit::{RateLimitLayer, Setup};
 use tower::Layer;
 
@@ -43,6 +44,18 @@ async fn the_store_follows_the_master_the_sentinels_name_across_a_failover() {
         urls.join(", ")
     );
     let svc = RateLimitLayer::new(Setup::from_json(&text).unwrap()).layer(Ok200);
+    // A master name the sentinels do not know is said so.
+    let wrong = RedisStore::new(RedisStoreConfig::sentinel(RedisSentinel::new(
+        sentinels.urls(),
+        "nope",
+    )))
+    .unwrap();
+    let e = wrong.connect().await.unwrap_err();
+    let text = format!(
+        "{e}: {:?}",
+        std::error::Error::source(&e).map(ToString::to_string)
+    );
+    assert!(text.contains("no master by that name"), "{text}");
 
     // Enforced through the master.
     let burst = |key: String| {

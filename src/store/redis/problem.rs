@@ -79,6 +79,16 @@ impl RedisProblem {
                 return RedisProblem::NoPermission(e.detail().unwrap_or(&text).to_owned())
             }
             (_, Some("OOM")) => return RedisProblem::OutOfMemory,
+            (redis::ErrorKind::MasterNameNotFoundBySentinel, _) => {
+                return RedisProblem::Other(
+                    "the Sentinels name no master by that name that answers as one \
+                     (a failover under way, or a wrong `sentinel.master`)"
+                        .into(),
+                )
+            }
+            (redis::ErrorKind::EmptySentinelList, _) => {
+                return RedisProblem::Other("no Sentinel of `sentinel.urls` answered".into())
+            }
             _ => {}
         }
         if e.is_connection_refusal() {
