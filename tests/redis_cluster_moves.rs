@@ -1,8 +1,9 @@
 //! A Redis Cluster changing under load: a manual `CLUSTER FAILOVER` (a
 //! replica takes over from a live master), then slots migrating to another
-//! master (`redis-cli --cluster reshard`) while decisions flow. Every key
-//! is admitted at most its capacity throughout, and every slot is decided
-//! again within a stated time of each change.
+//! master (`redis-cli --cluster reshard`), then that master killed
+//! outright (`kill -9`; its replica takes over), while decisions flow.
+//! Every key is admitted at most its capacity throughout, and every slot
+//! is decided again within a stated time of each change.
 
 mod common;
 
@@ -14,10 +15,10 @@ use common::redis_server::{RedisCluster, RedisServer};
 use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource, WindowSpec};
 
 /// Capacity of the key at `index` (an hour's window, one instant: nothing
-/// refills): from 40 to 215, so that keys run out at different moments,
+/// refills): from 40 to 390, so that keys run out at different moments,
 /// some of them during each change.
 fn capacity(index: usize) -> u64 {
-    40 + (index as u64 % 8) * 25
+    40 + (index as u64 % 8) * 50
 }
 
 /// Slots the reshard moves (the source master's lowest).
@@ -25,8 +26,8 @@ const MOVED: u16 = 400;
 
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
-    let cluster = RedisCluster::start_with(3, 1, 2_000);
+async fn limits_hold_through_a_manual_failover_a_reshard_and_a_kill_under_load() {
+    let mut cluster = RedisCluster::start_with(3, 1, 2_000);
     let timeout = Duration::from_millis(500);
     let store = RedisStore::new(
         RedisStoreConfig::cluster(cluster.urls())
@@ -87,6 +88,21 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     let resharded_at = start.elapsed();
     assert_eq!(cluster.master_of(0), other);
     tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. The master now serving the moved slots is killed outright; its
+    // replica takes over after the node timeout.
+    let killed_at = start.elapsed();
+    let killed = cluster.kill_master_of(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.healthy() {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never recovered from losing {killed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy_at = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let records: Vec<Record> = load.stop().await;
     // Never more than the capacity admitted per key.
     let mut admitted: HashMap<usize, u64> = HashMap::new();
@@ -130,6 +146,12 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
     };
     let (n1, g1) = gap(failover_at, reshard_at, false);
     let (n2, g2) = gap(reshard_at, resharded_at + Duration::from_secs(2), true);
+    let back = records
+        .iter()
+        .filter(|r| r.at >= killed_at && !r.decided && moves[r.key])
+        .map(|r| r.at)
+        .max()
+        .unwrap_or(killed_at);
     println!(
         "failover: switched {:?} after the command; {n1} decisions failed, over {g1:?}",
         switched_at - failover_at
@@ -142,6 +164,16 @@ async fn limits_hold_through_a_manual_failover_and_a_reshard_under_load() {
         "{} decisions, {total} admitted; {exact} keys ran out with every decision answered, \
          each admitted exactly its capacity",
         records.len()
+    );
+    println!(
+        "kill: the moved slots decided again {:?} after the kill, {:?} after the cluster was \
+         healthy",
+        back.saturating_sub(killed_at),
+        back.saturating_sub(healthy_at)
+    );
+    assert!(
+        back <= healthy_at + Duration::from_secs(2),
+        "the moved slots were not decided again within 2 s of the cluster being healthy"
     );
     assert!(g1 < Duration::from_secs(3), "failover gap {g1:?}");
     assert!(g2 < Duration::from_secs(3), "reshard gap {g2:?}");
