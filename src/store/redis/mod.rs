@@ -181,7 +181,8 @@
 //! waited even half the timeout, and the dead master's slots were decided
 //! again about 0.2 s after the cluster was healthy (4.5 s after the kill);
 //! in `tests/redis_cluster_moves.rs` a `CLUSTER FAILOVER` and a reshard of
-//! 400 slots under load failed no decision. Run the cluster with
+//! 400 slots under load failed no decision, and through those and a
+//! `kill -9` no key was admitted beyond its capacity. Run the cluster with
 //! `cluster-require-full-coverage no`, or Redis itself refuses every key
 //! (`CLUSTERDOWN`) while one master is down.
 //!
