@@ -69,3 +69,70 @@ async fn the_store_runs_as_the_least_privileged_user_of_the_readme() {
     let log = server.command(&["ACL", "LOG"]);
     assert_eq!(log.trim_end(), "*0", "ACL LOG: {log}");
 }
+
+/// A cluster needs one more right: reading the slot map.
+const CLUSTER_RULE: &str = "+cluster|slots";
+
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_readme_rule_and_cluster_slots_are_enough() {
+    let cluster = common::redis_server::RedisCluster::start_with(3, 0, 15_000);
+    for port in &cluster.ports {
+        let mut acl = vec!["ACL", "SETUSER", "limiter", "reset", "on", ">s3cret"];
+        acl.extend(RULE.split(' '));
+        acl.push(CLUSTER_RULE);
+        assert_eq!(RedisServer::attach(*port).command(&acl).trim_end(), "+OK");
+    }
+    let urls: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://limiter:s3cret@127.0.0.1:{p}"))
+        .collect();
+    let store =
+        RedisStore::new(RedisStoreConfig::cluster(urls).timeout(Duration::from_secs(2))).unwrap();
+    store.connect().await.unwrap();
+    let policy = Config::new()
+        .tier(
+            "standard",
+            Tier::new().limit(Limit::sliding("m", 2, Duration::from_secs(60))),
+        )
+        .plans("standard", [("configured", "standard")])
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::builder(policy).store(store.clone()).build();
+    let svc = layer.clone().layer(Ok200);
+    // Keys on every master.
+    for k in 0..12 {
+        let key = format!("k{k}");
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(get_key(&svc, &key).await.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429], "{key}");
+    }
+    // Plan sharing writes and reads the plans hash on its node.
+    layer.set_plan("j", "standard").unwrap();
+    let node = RedisServer::attach(cluster.ports[0]);
+    let slot: u16 = node
+        .command(&["CLUSTER", "KEYSLOT", "tierlimit:plans"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    let owner = RedisServer::attach(cluster.master_of(slot));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !owner
+        .command(&["HGETALL", "tierlimit:plans"])
+        .contains("standard")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for port in &cluster.ports {
+        let log = RedisServer::attach(*port).command(&["ACL", "LOG"]);
+        assert_eq!(log.trim_end(), "*0", "ACL LOG of {port}: {log}");
+    }
+}
