@@ -721,6 +721,9 @@ impl StoreError {
     }
 }
 
+/// What [`SharedHash`] answers: a future of a result.
+pub type HashFuture<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
 /// A hash of text fields every instance sharing a store reads and writes
 /// ([`Store::shared_hash`]): what sharing runtime plan assignments needs.
 pub trait SharedHash: Send + Sync + fmt::Debug + 'static {
@@ -728,21 +731,10 @@ pub trait SharedHash: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> String;
 
     /// Sets (`Some`) or removes (`None`) these fields, in order.
-    fn write(
-        &self,
-        fields: Vec<(String, Option<String>)>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+    fn write(&self, fields: Vec<(String, Option<String>)>) -> HashFuture<()>;
 
     /// Every field and its value.
-    #[allow(clippy::type_complexity)]
-    fn read(
-        &self,
-    ) -> std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<std::collections::HashMap<String, String>, StoreError>>
-                + Send,
-        >,
-    >;
+    fn read(&self) -> HashFuture<std::collections::HashMap<String, String>>;
 }
 
 /// Storage of counters; see the [contract](self#the-contract).

@@ -3,11 +3,9 @@
 //! layer's: see `crate::sharing`).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::store::{SharedHash, StoreError, StoreErrorKind};
+use crate::store::{HashFuture, SharedHash, StoreError, StoreErrorKind};
 
 use super::{unavailable, Inner};
 
@@ -18,14 +16,12 @@ pub(super) struct PlansHash {
     pub(super) key: String,
 }
 
-type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
-
 impl SharedHash for PlansHash {
     fn name(&self) -> String {
         format!("{} on Redis {}", self.key, self.inner.watch.address())
     }
 
-    fn write(&self, fields: Vec<(String, Option<String>)>) -> Boxed<()> {
+    fn write(&self, fields: Vec<(String, Option<String>)>) -> HashFuture<()> {
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
         Box::pin(async move {
             if inner.circuit_open() {
@@ -47,7 +43,7 @@ impl SharedHash for PlansHash {
         })
     }
 
-    fn read(&self) -> Boxed<HashMap<String, String>> {
+    fn read(&self) -> HashFuture<HashMap<String, String>> {
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
         Box::pin(async move {
             if inner.circuit_open() {
