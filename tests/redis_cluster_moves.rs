@@ -10,9 +10,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::cluster_load::{slot, Key, Load, Record};
+use common::cluster_load::{cluster_store, slot, Key, Load, Record};
 use common::redis_server::{RedisCluster, RedisServer};
-use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource, WindowSpec};
+use tierlimit::store::WindowSpec;
 
 /// Capacity of the key at `index` (an hour's window, one instant: nothing
 /// refills): from 40 to 390, so that keys run out at different moments,
@@ -29,13 +29,7 @@ const MOVED: u16 = 400;
 async fn limits_hold_through_a_manual_failover_a_reshard_and_a_kill_under_load() {
     let mut cluster = RedisCluster::start_with(3, 1, 2_000);
     let timeout = Duration::from_millis(500);
-    let store = RedisStore::new(
-        RedisStoreConfig::cluster(cluster.urls())
-            .time(TimeSource::Caller)
-            .timeout(timeout),
-    )
-    .unwrap();
-    store.connect().await.unwrap();
+    let store = cluster_store(&cluster, timeout).await;
     // Keys in the slots the reshard moves, and keys elsewhere on the same
     // master (which the failover moves as a whole).
     let node = RedisServer::attach(cluster.ports[0]);

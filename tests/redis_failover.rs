@@ -7,9 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster_load::{slot, Key, Load};
+use common::cluster_load::{cluster_store, slot, Key, Load};
 use common::redis_server::{RedisCluster, RedisServer};
-use tierlimit::store::{RedisStore, RedisStoreConfig, TimeSource, WindowSpec};
+use tierlimit::store::WindowSpec;
 
 /// Everything logged in this process (one test in this binary).
 #[derive(Clone, Default)]
@@ -44,13 +44,7 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
     .unwrap();
     let mut cluster = RedisCluster::start_with(3, 1, 2_000);
     let timeout = Duration::from_millis(500);
-    let store = RedisStore::new(
-        RedisStoreConfig::cluster(cluster.urls())
-            .time(TimeSource::Caller)
-            .timeout(timeout),
-    )
-    .unwrap();
-    store.connect().await.unwrap();
+    let store = cluster_store(&cluster, timeout).await;
     // 64 keys in each third of the slots (one per master at the start).
     let node = RedisServer::attach(cluster.ports[0]);
     let mut keys: Vec<Key> = Vec::new();

@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tierlimit::clock::Timestamp;
-use tierlimit::store::{Answer, Batch, CounterKey, LimitSpec, RedisStore, Store, WindowSpec};
+use tierlimit::store::{
+    Answer, Batch, CounterKey, LimitSpec, RedisStore, RedisStoreConfig, Store, TimeSource,
+    WindowSpec,
+};
 
-use super::redis_server::RedisServer;
+use super::redis_server::{RedisCluster, RedisServer};
 
 /// One decision.
 #[derive(Clone, Copy, Debug)]
@@ -118,4 +121,16 @@ pub fn slot(node: &RedisServer, store: &RedisStore, k: u128) -> u16 {
     .trim()
     .parse()
     .unwrap()
+}
+
+/// A store on `cluster`, on the caller's clock, connected.
+pub async fn cluster_store(cluster: &RedisCluster, timeout: Duration) -> RedisStore {
+    let store = RedisStore::new(
+        RedisStoreConfig::cluster(cluster.urls())
+            .time(TimeSource::Caller)
+            .timeout(timeout),
+    )
+    .unwrap();
+    store.connect().await.unwrap();
+    store
 }

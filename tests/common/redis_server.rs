@@ -30,6 +30,23 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A server's TLS arguments with the certificates in `certs` (the
+/// directory of a `tls::TestCerts`); `mutual`: clients must show a
+/// certificate from the CA.
+fn tls_args(certs: &std::path::Path, mutual: bool) -> Vec<String> {
+    let path = |n: &str| certs.join(n).display().to_string();
+    vec![
+        "--tls-cert-file".to_owned(),
+        path("server.pem"),
+        "--tls-key-file".to_owned(),
+        path("server.key"),
+        "--tls-ca-cert-file".to_owned(),
+        path("ca.pem"),
+        "--tls-auth-clients".to_owned(),
+        if mutual { "yes" } else { "no" }.to_owned(),
+    ]
+}
+
 /// A new directory of this process's own under the temporary directory.
 fn scratch_dir(kind: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -93,19 +110,10 @@ impl RedisServer {
     /// `mutual`: clients must show a certificate from the CA.
     pub fn start_tls(certs: &std::path::Path, mutual: bool) -> RedisServer {
         let tls_port = free_port().to_string();
-        let path = |n: &str| certs.join(n).display().to_string();
-        let mut server = Self::start_with(&[
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &path("server.pem"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.pem"),
-            "--tls-auth-clients",
-            if mutual { "yes" } else { "no" },
-        ]);
+        let mut args = vec!["--tls-port".to_owned(), tls_port.clone()];
+        args.extend(tls_args(certs, mutual));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(&args);
         server.tls_port = Some(tls_port.parse().unwrap());
         server
     }
@@ -261,30 +269,15 @@ fn start_node(
     for _ in 0..20 {
         let port = cluster_port();
         let tls_port = tls.map(|_| free_port());
-        let mut tls_args: Vec<String> = Vec::new();
+        let mut tls_args_here: Vec<String> = Vec::new();
         if let (Some(certs), Some(tp)) = (tls, tls_port) {
-            let path = |n: &str| certs.join(n).display().to_string();
-            for a in [
-                "--tls-port",
-                &tp.to_string(),
-                "--tls-cluster",
-                "yes",
-                "--tls-replication",
-                "yes",
-                "--tls-cert-file",
-                &path("server.pem"),
-                "--tls-key-file",
-                &path("server.key"),
-                "--tls-ca-cert-file",
-                &path("ca.pem"),
-                "--tls-auth-clients",
-                "no",
-            ] {
-                tls_args.push(a.to_owned());
-            }
+            tls_args_here.extend(["--tls-port".to_owned(), tp.to_string()]);
+            tls_args_here
+                .extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            tls_args_here.extend(tls_args(certs, false));
         }
         let mut child = Command::new(server_bin())
-            .args(&tls_args)
+            .args(&tls_args_here)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
