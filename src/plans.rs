@@ -207,8 +207,8 @@ impl PlanTable {
     }
 }
 
-/// A layer's runtime plan assignments, as the layer's plan sharing
-/// (`crate::sharing`) sees them: it hears every change made here
+/// A layer's runtime plan assignments, as the layer's plan sharing sees
+/// them: it hears every change made here
 /// ([`SharedPlans::on_change`]) and brings in the shared state
 /// ([`SharedPlans::replace`]).
 ///

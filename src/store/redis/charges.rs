@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use crate::clock::Timestamp;
 use crate::store::PostCharge;
 
-use super::cluster::group_by;
 use super::Inner;
 
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -21,6 +20,22 @@ pub(super) struct QueuedCharge {
     pub(super) charge: PostCharge,
     pub(super) at: Timestamp,
     pub(super) queued: Instant,
+}
+
+/// `items` grouped by `key`, groups in order of first appearance.
+pub(super) fn group_by<T, K: PartialEq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups
 }
 
 impl Inner {

@@ -4,36 +4,14 @@
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
-use crate::store::{Batch, CounterKey, LimitSpec, StoreError, StoreErrorKind, Verdict};
+use crate::store::{Batch, CounterKey, StoreError, StoreErrorKind, Verdict};
 
+use super::charges::group_by;
 use super::connection::{Conn, Target};
-use super::script::fill_one;
+use super::script::{fill_one, GiveBack};
 use super::Inner;
 
 pub(super) use super::nodes::SLOTS;
-
-/// A limit's charge given back to the bucket it was charged in.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct GiveBack {
-    pub(super) limit: LimitSpec,
-    pub(super) index: u64,
-}
-
-/// `items` grouped by `key`, groups in order of first appearance.
-pub(super) fn group_by<T, K: PartialEq>(
-    items: impl IntoIterator<Item = T>,
-    key: impl Fn(&T) -> K,
-) -> Vec<(K, Vec<T>)> {
-    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
-    for item in items {
-        let k = key(&item);
-        match groups.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, v)) => v.push(item),
-            None => groups.push((k, vec![item])),
-        }
-    }
-    groups
-}
 
 impl Inner {
     /// Whether the master of any of these slots is failing (its breaker

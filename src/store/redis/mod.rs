@@ -197,7 +197,7 @@
 //! # Where the code is
 //!
 //! One file per concern: `connection` (connecting and checking, the
-//! circuit breaker, TLS certificates, Sentinel), `problem` (causes, and
+//! circuit breaker, Sentinel), `tls` (certificates), `problem` (causes, and
 //! what the log says), `script` (the Lua script, its arguments and its
 //! answer), `queue` (decisions sharing a call), `nodes` (a cluster's
 //! nodes: slots, connections, health, redirections), `cluster` (slot
@@ -216,6 +216,7 @@ mod queue;
 mod refusals;
 mod script;
 mod server;
+mod tls;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -314,6 +315,11 @@ impl std::fmt::Debug for Inner {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Failures in a row that open a circuit (the store's, or a cluster
+/// node's), and how long it stays open.
+const FAILURES_TO_OPEN: u32 = 3;
+const OPEN_FOR: Duration = Duration::from_millis(200);
 
 fn unavailable(why: &'static str) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, why)

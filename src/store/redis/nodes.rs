@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 
-use super::connection::{tls, FAILURES_TO_OPEN, OPEN_FOR};
 use super::problem::{RedisProblem, Watch};
+use super::tls;
+use super::{FAILURES_TO_OPEN, OPEN_FOR};
 
 /// Slots in a cluster.
 pub(super) const SLOTS: u16 = 16_384;

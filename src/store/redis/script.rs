@@ -4,10 +4,11 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use crate::clock::Timestamp;
-use crate::store::{Batch, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View};
+use crate::store::{
+    Batch, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View,
+};
 
 use super::charges::QueuedCharge;
-use super::cluster::GiveBack;
 use super::connection::Conn;
 use super::problem::RedisProblem;
 use super::{Inner, TimeSource};
@@ -149,6 +150,13 @@ pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreE
         ));
     }
     Ok(())
+}
+
+/// A limit's charge given back to the bucket it was charged in.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GiveBack {
+    pub(super) limit: LimitSpec,
+    pub(super) index: u64,
 }
 
 impl Inner {
