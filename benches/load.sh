@@ -43,7 +43,9 @@
 # compare ratios from one run, never absolute figures across runs.
 #
 #   PIN=1 bash benches/load.sh      # Redis on a core of its own
-#   BASE_BIN=/path/to/older/gateway bash benches/load.sh
+#   BASE_BIN=/path/to/older/gateway bash benches/load.sh   (Redis scenarios
+#                                   # also print script calls per admitted
+#                                   # request, from INFO commandstats)
 #                                   # also `redis-base`: the same Redis
 #                                   # scenario on another build of the
 #                                   # gateway (e.g. the last release), in the
@@ -154,6 +156,7 @@ run() { # name keys config extra-args... (RUN_BIN: another gateway binary)
     echo "the gateway did not start:" >&2; cat "$work/$name.log" >&2; exit 1
   fi
   local before; before=$(cpu_ticks "$GW")
+  local calls_before; calls_before=$(script_calls)
   if [ "$LOADGEN" = wrk ]; then
     WRK_KEYS=$keys "${ON_APP[@]}" wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" -s "$work/keys.lua" \
       "http://127.0.0.1:$port/api/items" >"$work/$name.out"
@@ -176,7 +179,9 @@ print(f"RESULT\t{d['summary']['requestsPerSec']:.1f}\t{(p['p50'] or 0) * 1e6:.0f
 PY
   fi
   local after; after=$(cpu_ticks "$GW")
+  local calls_after; calls_after=$(script_calls)
   kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=
+  echo -e "$name\t$((calls_after - calls_before))" >>"$work/calls.tsv"
   python3 - "$work/$name.out" "$name" "$((after - before))" "$(getconf CLK_TCK)" >>"$work/results.tsv" <<'PY'
 import sys
 line = next(l for l in open(sys.argv[1]) if l.startswith("RESULT"))
@@ -189,6 +194,14 @@ PY
 }
 
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+
+# Script calls (EVALSHA) the load's redis-server has run so far: 0 without
+# one. Per admitted request, what a hot key costs Redis.
+script_calls() {
+  [ -n "${REDIS_PID:-}" ] || { echo 0; return; }
+  redis-cli -p "$rport" INFO commandstats 2>/dev/null \
+    | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | head -1 | grep . || echo 0
+}
 
 REDIS_PID=
 if wanted redis && command -v redis-server >/dev/null 2>&1; then
@@ -218,9 +231,13 @@ done
 
 KEYS_SHOWN=$KEYS
 [ "$LOADGEN" = oha ] && KEYS_SHOWN=$(python3 -c "print(10**$DIGITS)")
-python3 - "$work/results.tsv" "$DURATION" "$CONNS" "$THREADS" "$KEYS_SHOWN" "${PIN:+ (PIN=1: redis-server on a core of its own)}" "$LOADGEN" <<'PY'
+python3 - "$work/results.tsv" "$DURATION" "$CONNS" "$THREADS" "$KEYS_SHOWN" "${PIN:+ (PIN=1: redis-server on a core of its own)}" "$LOADGEN" "$work/calls.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+calls = {}
+for l in open(sys.argv[8]):
+    n, c = l.rstrip("\n").split("\t")
+    calls.setdefault(n, []).append(int(c))
 runs = {}
 for name, rps, p50, p99, cpu, ok, rej, other in rows:
     runs.setdefault(name, []).append(dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), ok=int(ok), rej=int(rej), other=int(other)))
@@ -245,6 +262,11 @@ cmp("open-keys", "gov-keys", "admitted path, many keys")
 cmp("rejecting", "gov-rejecting", "rejection path")
 cmp("redis", "open", "Redis store vs memory store")
 cmp("redis", "redis-base", "this build vs BASE_BIN, on Redis")
+for n in ("redis", "redis-base"):
+    if n in runs and n in calls:
+        per = [c / max(1, x["ok"]) for c, x in zip(calls[n], runs[n])]
+        print(f"{n}: Redis script calls per admitted request {statistics.median(per):.3f} "
+              f"({min(per):.3f}..{max(per):.3f}; EVALSHA from INFO commandstats, one key)")
 if any(x["rej"] for n in ("open", "gov-open", "open-keys", "gov-keys", "redis", "redis-base") if n in runs for x in runs[n]):
     print("WARNING: an open scenario rejected requests")
 if any(x["other"] for rs in runs.values() for x in rs):
