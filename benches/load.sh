@@ -43,13 +43,14 @@
 # compare ratios from one run, never absolute figures across runs.
 #
 #   PIN=1 bash benches/load.sh      # Redis on a core of its own
-#   BASE_BIN=/path/to/older/gateway bash benches/load.sh   (Redis scenarios
-#                                   # also print script calls per admitted
-#                                   # request, from INFO commandstats)
+#   BASE_BIN=/path/to/older/gateway bash benches/load.sh
 #                                   # also `redis-base`: the same Redis
 #                                   # scenario on another build of the
 #                                   # gateway (e.g. the last release), in the
 #                                   # same run, interleaved
+#
+# The Redis scenarios also print Redis script calls per admitted request
+# (EVALSHA calls from INFO commandstats over the run / requests admitted).
 #   ONLY="bare open gov-open" bash benches/load.sh   # a subset
 #
 # With PIN=1 (and at least 2 cores) redis-server runs alone on the last
