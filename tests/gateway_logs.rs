@@ -7,11 +7,11 @@ mod gateway;
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Body;
+use common::logs::LogBuffer;
 use common::send;
 use http::{Request, StatusCode};
 
@@ -24,26 +24,12 @@ fn get(path: &str, key: &str) -> Request<Body> {
 
 const PREMIUM: &str = r#"{"rate_limit_tier": "premium"}"#;
 
-/// Collects log output.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Everything logged in this process, from the first call on.
-fn captured() -> Captured {
-    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+fn captured() -> LogBuffer {
+    static CAPTURED: OnceLock<LogBuffer> = OnceLock::new();
     CAPTURED
         .get_or_init(|| {
-            let captured = Captured::default();
+            let captured = LogBuffer::default();
             let sink = captured.clone();
             let subscriber = tracing_subscriber::fmt()
                 .with_max_level(tracing::Level::DEBUG)
@@ -57,7 +43,7 @@ fn captured() -> Captured {
 }
 
 fn logs() -> String {
-    String::from_utf8(captured().0.lock().unwrap().clone()).unwrap()
+    captured().text()
 }
 
 #[tokio::test]

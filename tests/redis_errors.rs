@@ -5,9 +5,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::logs::LogBuffer;
 use common::redis_server::RedisServer;
 use common::{get_key, Ok200};
 use tierlimit::config::{Config, Limit, Tier};
@@ -16,32 +17,8 @@ use tierlimit::store::{RedisStore, RedisStoreConfig};
 use tierlimit::RateLimitLayer;
 use tower::Layer;
 
-/// Log lines written while `f` runs on this thread (the tests run on a
-/// current-thread runtime, so the store's tasks log here too).
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-    fn count(&self, needle: &str) -> usize {
-        self.text().matches(needle).count()
-    }
-}
-
 thread_local! {
-    static SINK: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
+    static SINK: std::cell::RefCell<Option<LogBuffer>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Writes to the lines of the test running on this thread.
@@ -64,7 +41,7 @@ impl std::io::Write for ThisThread {
 /// The lines logged on this thread from now on. One subscriber for the
 /// whole process (scoped subscribers in parallel tests can miss events),
 /// writing to the buffer of the thread's test.
-fn capture() -> Lines {
+fn capture() -> LogBuffer {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let subscriber = tracing_subscriber::fmt()
@@ -74,7 +51,7 @@ fn capture() -> Lines {
             .finish();
         tracing::subscriber::set_global_default(subscriber).unwrap();
     });
-    let lines = Lines::default();
+    let lines = LogBuffer::default();
     SINK.with(|s| *s.borrow_mut() = Some(lines.clone()));
     lines
 }

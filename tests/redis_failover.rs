@@ -4,26 +4,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster_load::{cluster_store, slot, Key, Load};
+use common::logs::LogBuffer;
 use common::redis_server::{RedisCluster, RedisServer};
 use tierlimit::store::WindowSpec;
-
-/// Everything logged in this process (one test in this binary).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// One decision: when it ended (since the start), which master's third of
 /// the slots its key is in, whether it was decided, how long it took.
@@ -32,7 +18,7 @@ type Record = (Duration, usize, bool, Duration);
 #[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
-    let logs = Logs::default();
+    let logs = LogBuffer::default();
     let sink = logs.clone();
     tracing::subscriber::set_global_default(
         tracing_subscriber::fmt()
@@ -159,7 +145,7 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
     }
     // The outage of the dead master was said once, and the end of it (its
     // slots served by the promoted replica) once.
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let dead = format!("cluster node 127.0.0.1:{killed} failed while");
     assert_eq!(text.matches(&dead).count(), 1, "{text}");
     let served = text

@@ -4,6 +4,7 @@
 #[cfg(feature = "redis")]
 pub mod cluster_load;
 pub mod external;
+pub mod logs;
 pub mod redis_server;
 pub mod tls;
 
