@@ -23,7 +23,7 @@ use crate::store::{StoreError, StoreErrorKind};
 use super::nodes::{ClusterConn, Nodes};
 use super::problem::RedisProblem;
 use super::tls;
-use super::{Inner, RedisStoreConfig, FAILURES_TO_OPEN, OPEN_FOR};
+use super::{Inner, RedisStoreConfig};
 
 /// The longest wait between two attempts to connect.
 const RETRY_AT_MOST: Duration = Duration::from_secs(1);
@@ -181,29 +181,20 @@ impl Inner {
         self.live.load_full().map(|c| (*c).clone())
     }
 
-    pub(super) fn millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     pub(super) fn circuit_open(&self) -> bool {
-        self.millis() < self.open_until.load(Ordering::Relaxed)
+        self.breaker.is_open()
     }
 
     pub(super) fn succeeded(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        self.open_until.store(0, Ordering::Relaxed);
+        self.breaker.close();
         self.watch.answering();
     }
 
     pub(super) fn failed(&self) {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
-            let until = self.millis() + OPEN_FOR.as_millis() as u64;
-            self.open_until.store(until, Ordering::Relaxed);
-            // The master the Sentinels named stopped answering: ask them
-            // again (after a failover they name another).
-            if matches!(self.target, Target::Sentinel(_)) {
-                self.find_master_again();
-            }
+        // The master the Sentinels named stopped answering: ask them again
+        // (after a failover they name another).
+        if self.breaker.fail() && matches!(self.target, Target::Sentinel(_)) {
+            self.find_master_again();
         }
     }
 
@@ -290,8 +281,7 @@ impl Inner {
                             me.reconnects.fetch_add(1, Ordering::Relaxed);
                         }
                         me.connecting.store(false, Ordering::Release);
-                        me.failures.store(0, Ordering::Relaxed);
-                        me.open_until.store(0, Ordering::Relaxed);
+                        me.breaker.close();
                         me.watch.connected();
                         me.ready.notify_waiters();
                         me.check_server_once();

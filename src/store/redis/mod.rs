@@ -292,10 +292,9 @@ struct Inner {
     /// Refused batches by [`question`], until they can have room.
     refusals: DashMap<u64, Refused>,
     refusals_served: AtomicU64,
-    failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the circuit is open.
-    open_until: AtomicU64,
-    epoch: Instant,
+    /// The circuit of the single server (or master); a cluster's nodes
+    /// have their own.
+    breaker: Breaker,
     /// Whether a connection was ever made, and how many were made after
     /// the first (Sentinel: to the master named after a failover).
     connected_ever: AtomicBool,
@@ -320,6 +319,65 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// node's), and how long it stays open.
 const FAILURES_TO_OPEN: u32 = 3;
 const OPEN_FOR: Duration = Duration::from_millis(200);
+
+/// A circuit breaker: after [`FAILURES_TO_OPEN`] failures in a row it is
+/// open for [`OPEN_FOR`] (calls fail at once); a success closes it. One
+/// for a single server (or the master Sentinels name), one per cluster
+/// node. Read on every decision: atomics only.
+#[derive(Debug)]
+struct Breaker {
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which it is open.
+    open_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Breaker {
+    fn new() -> Breaker {
+        Breaker {
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_open(&self) -> bool {
+        self.millis() < self.open_until.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Books a failure; whether it opened the breaker (again).
+    fn fail(&self) -> bool {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < FAILURES_TO_OPEN {
+            return false;
+        }
+        let until = self.millis() + OPEN_FOR.as_millis() as u64;
+        self.open_until.store(until, Ordering::Relaxed);
+        true
+    }
+}
+
+/// `call`, given at most `limit`: a Redis error or the timeout as a store
+/// error (for the store's own commands beside the script: the plans hash,
+/// the server check).
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
+        Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
+    }
+}
 
 fn unavailable(why: &'static str) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, why)
@@ -363,9 +421,7 @@ impl RedisStore {
                 server_checked: AtomicBool::new(false),
                 refusals: DashMap::new(),
                 refusals_served: AtomicU64::new(0),
-                failures: AtomicU32::new(0),
-                open_until: AtomicU64::new(0),
-                epoch: Instant::now(),
+                breaker: Breaker::new(),
                 connected_ever: AtomicBool::new(false),
                 reconnects: AtomicU64::new(0),
             }),

@@ -19,7 +19,7 @@
 //! masters' decisions failed during the outage).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisError, RedisFuture, RedisR
 
 use super::problem::{RedisProblem, Watch};
 use super::tls;
-use super::{FAILURES_TO_OPEN, OPEN_FOR};
+use super::Breaker;
 
 /// Slots in a cluster.
 pub(super) const SLOTS: u16 = 16_384;
@@ -71,9 +71,7 @@ pub(super) struct Node {
     client: redis::Client,
     conn: arc_swap::ArcSwapOption<MultiplexedConnection>,
     connecting: tokio::sync::Mutex<()>,
-    failures: AtomicU32,
-    /// Until when its breaker is open.
-    open_until: Mutex<Option<Instant>>,
+    breaker: Breaker,
     watch: Watch,
 }
 
@@ -186,8 +184,7 @@ impl Nodes {
             client,
             conn: arc_swap::ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
-            failures: AtomicU32::new(0),
-            open_until: Mutex::new(None),
+            breaker: Breaker::new(),
         });
         nodes.insert(addr, Arc::clone(&node));
         Ok(node)
@@ -458,11 +455,7 @@ impl Nodes {
 
 impl Node {
     fn is_open(&self) -> bool {
-        self.open_until
-            .lock()
-            .ok()
-            .and_then(|u| *u)
-            .is_some_and(|u| Instant::now() < u)
+        self.breaker.is_open()
     }
 
     /// The connection, made now when there is none (one attempt at a
@@ -602,19 +595,12 @@ impl Node {
 
     /// The node answered: its breaker closes.
     fn reachable(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if let Ok(mut u) = self.open_until.lock() {
-            *u = None;
-        }
+        self.breaker.close();
     }
 
     fn failed(&self, problem: RedisProblem) {
         self.watch.trouble(problem, "deciding");
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
-            if let Ok(mut u) = self.open_until.lock() {
-                *u = Some(Instant::now() + OPEN_FOR);
-            }
-        }
+        self.breaker.fail();
     }
 }
 

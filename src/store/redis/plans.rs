@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::store::{HashFuture, SharedHash, StoreError, StoreErrorKind};
+use crate::store::{HashFuture, SharedHash};
 
-use super::{unavailable, Inner};
+use super::{unavailable, within, Inner};
 
 /// The plans hash of one store.
 #[derive(Debug)]
@@ -35,11 +35,7 @@ impl SharedHash for PlansHash {
                     None => pipe.cmd("HDEL").arg(&key).arg(k).ignore(),
                 };
             }
-            match tokio::time::timeout(inner.timeout, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
-                Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
-            }
+            within(inner.timeout, pipe.query_async::<()>(&mut conn)).await
         })
     }
 
@@ -53,11 +49,7 @@ impl SharedHash for PlansHash {
             let mut hgetall = redis::cmd("HGETALL");
             hgetall.arg(&key);
             let read = hgetall.query_async::<HashMap<String, String>>(&mut conn);
-            match tokio::time::timeout(inner.timeout, read).await {
-                Ok(Ok(all)) => Ok(all),
-                Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
-                Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
-            }
+            within(inner.timeout, read).await
         })
     }
 }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use crate::store::{StoreError, StoreErrorKind};
+use crate::store::StoreError;
 
-use super::Inner;
+use super::{within, Inner};
 
 /// Plain-words warnings for a server whose `maxmemory-policy`,
 /// `maxmemory`, `save` and `appendonly` are these.
@@ -83,11 +83,8 @@ impl Inner {
             let mut conn = conn.clone();
             async move {
                 let read = cmd.query_async::<HashMap<String, String>>(&mut conn);
-                match tokio::time::timeout(self.timeout * 4, read).await {
-                    Ok(Ok(mut m)) => Ok(m.remove(name).unwrap_or_default()),
-                    Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
-                    Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
-                }
+                let mut m = within(self.timeout * 4, read).await?;
+                Ok::<String, StoreError>(m.remove(name).unwrap_or_default())
             }
         };
         let policy = get("maxmemory-policy").await?;
