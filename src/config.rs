@@ -72,6 +72,7 @@
 //! | `store.redis.timeout_ms` / `prefix` | how long a decision waits for Redis; prefix of its keys | 50 / `tierlimit` |
 //! | `store.redis.secret` | the text the key of the hash naming counters in Redis is derived from (give every instance the same) | none (the empty text) |
 //! | `store.redis.max_pending_charges` | most post-charges waiting to be sent to Redis | 100 000 |
+//! | `store.redis.lease_ms` / `lease_max_units` | longest life of a lease on a busy counter (0: none), and most units one holds | 250 / 10 000 |
 //!
 //! The `store` section is the [`Deployment`](crate::Deployment): read the
 //! whole file with [`Setup::from_file`](crate::Setup::from_file) (or

@@ -195,6 +195,10 @@ struct RedisSection {
     secret: Option<String>,
     #[serde(default)]
     max_pending_charges: Option<usize>,
+    #[serde(default)]
+    lease_ms: Option<u64>,
+    #[serde(default)]
+    lease_max_units: Option<u64>,
 }
 
 /// `store.redis.sentinel` as written.
@@ -274,6 +278,12 @@ impl<'de> Deserialize<'de> for Deployment {
             }
             if let Some(n) = r.max_pending_charges {
                 config.max_pending_charges = n;
+            }
+            if let Some(ms) = r.lease_ms {
+                config.lease = std::time::Duration::from_millis(ms);
+            }
+            if let Some(n) = r.lease_max_units {
+                config.lease_max_units = n;
             }
             deployment.redis = Some(config);
             deployment.on_error = r.on_error;

@@ -142,9 +142,23 @@ async fn two_gateway_processes_on_one_redis_admit_exactly_the_plan() {
         assert!(header(&headers, "x-ratelimit-limit").is_some(), "{status}");
         statuses.push(status);
     }
-    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let mut ok = statuses.iter().filter(|&&s| s == 200).count();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
-    assert_eq!((ok, refused), (60, 140), "the standard plan: 60 per minute");
+    assert_eq!(ok + refused, 200);
+    // Never more than the plan; a few units may still sit in a lease of
+    // one process that had no request left to spend them on (each process
+    // holds at most one lease per counter, of at most half the room left).
+    assert!((45..=60).contains(&ok), "{ok} admitted of 60 per minute");
+    // Leases live 250 ms; what they did not use comes back within 10 ms of
+    // their end, and then the plan is spent exactly.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..40 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        if http_get(port, "shared").await.0 == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 60, "the standard plan: 60 per minute");
     // Both processes see the same counter.
     let (ra, rb) = (
         http_get(a.port, "shared").await,

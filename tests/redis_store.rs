@@ -150,6 +150,9 @@ fn run(reqs: &[Req], url: &str, prefix: &str) -> Result<(), TestCaseError> {
         let config = RedisStoreConfig::new(url)
             .prefix(prefix)
             .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO)
             .timeout(Duration::from_secs(2));
         let redis = RedisStore::new(config).unwrap();
         let mut now = Timestamp::from_nanos(START_MS * MS);
@@ -266,6 +269,9 @@ fn run_together(rounds: &[(u64, Vec<Req>)], url: &str, prefix: &str) -> Result<(
         let config = RedisStoreConfig::new(url)
             .prefix(prefix)
             .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO)
             .timeout(Duration::from_secs(2));
         let redis = RedisStore::new(config).unwrap();
         let mut now = Timestamp::from_nanos(START_MS * MS);
@@ -327,6 +333,9 @@ async fn concurrent_decisions_share_calls_and_admit_exactly_the_capacity() {
         RedisStoreConfig::new(server.url())
             .prefix("crowd")
             .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO)
             .timeout(Duration::from_secs(5)),
     )
     .unwrap();
@@ -387,6 +396,9 @@ async fn decisions_queued_as_a_sender_leaves_are_still_sent() {
         RedisStoreConfig::new(server.url())
             .prefix("bursts")
             .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO)
             .timeout(Duration::from_secs(2)),
     )
     .unwrap();
@@ -424,7 +436,10 @@ async fn cost_stops_counting_exactly_one_window_after_its_stamp() {
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("edge")
-            .time(TimeSource::Caller),
+            .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO),
     )
     .unwrap();
     let w = WindowSpec::sliding(Duration::from_millis(1000), 10);
@@ -576,6 +591,9 @@ async fn on_a_cluster_a_refusal_in_one_slot_gives_back_the_others_charges() {
     let store = RedisStore::new(
         RedisStoreConfig::cluster(cluster.urls())
             .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO)
             .timeout(Duration::from_secs(2)),
     )
     .unwrap();
@@ -621,7 +639,10 @@ async fn a_flushed_script_cache_is_loaded_again() {
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .prefix("noscript")
-            .time(TimeSource::Caller),
+            .time(TimeSource::Caller)
+            // The script's own counting, figure for figure: without leases
+            // (tests/redis_leases.rs checks those).
+            .lease(Duration::ZERO),
     )
     .unwrap();
     let w = WindowSpec::sliding(Duration::from_secs(60), 30);

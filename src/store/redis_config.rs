@@ -34,6 +34,8 @@ pub enum TimeSource {
 /// | `connect_timeout_ms` | [`connect_timeout`](Self::connect_timeout) | 2 000 ms |
 /// | `secret` | [`secret`](Self::secret) ([`KeySecret::shared`]) | the empty text |
 /// | `max_pending_charges` | [`max_pending_charges`](Self::max_pending_charges) | 100 000 |
+/// | `lease_ms` | [`lease`](Self::lease) (0: no leases) | 250 ms |
+/// | `lease_max_units` | [`lease_max_units`](Self::lease_max_units) | 10 000 |
 ///
 /// (`store.redis.on_error` is the [`Deployment`](crate::Deployment)'s.)
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,12 @@ pub struct RedisStoreConfig {
     /// The key of the hash naming counters: every instance sharing the
     /// counters must have the same one (default `KeySecret::shared("")`).
     pub secret: KeySecret,
+    /// The longest a lease on a busy counter lives (default 250 ms; zero:
+    /// no leases, every decision is a round trip). See
+    /// [leases](crate::store::redis#leases-for-busy-counters).
+    pub lease: Duration,
+    /// Most units one lease holds (default 10 000).
+    pub lease_max_units: u64,
 }
 
 impl RedisStoreConfig {
@@ -83,7 +91,21 @@ impl RedisStoreConfig {
             time: TimeSource::Server,
             max_pending_charges: 100_000,
             secret: KeySecret::shared(""),
+            lease: Duration::from_millis(250),
+            lease_max_units: 10_000,
         }
+    }
+
+    /// Sets the longest a lease lives (zero: no leases).
+    pub fn lease(mut self, lifetime: Duration) -> Self {
+        self.lease = lifetime;
+        self
+    }
+
+    /// Sets the most units one lease holds.
+    pub fn lease_max_units(mut self, units: u64) -> Self {
+        self.lease_max_units = units;
+        self
     }
 
     /// Settings for a Redis Cluster reached through `nodes` (one is
@@ -206,6 +228,19 @@ impl RedisStoreConfig {
         }
         if self.max_pending_charges == 0 {
             return Err(err("max_pending_charges", "must be greater than zero"));
+        }
+        if self.lease > Duration::from_secs(10) {
+            return Err(err(
+                "lease_ms",
+                "must be at most 10000 (0: no leases); a lease strands what it holds \
+                 for as long as it lives",
+            ));
+        }
+        if self.lease_max_units == 0 {
+            return Err(err(
+                "lease_max_units",
+                "must be greater than zero (turn leases off with lease_ms: 0)",
+            ));
         }
         #[cfg(feature = "redis")]
         {

@@ -6,20 +6,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::Timestamp;
-use crate::store::PostCharge;
+use crate::store::{PostCharge, Receipt};
 
+use super::leases::Back;
 use super::Inner;
 
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(10);
 
 /// A post-charge waiting to be sent, with when it was measured: on the
 /// caller's clock, and on this process's monotonic clock (so that on the
-/// server's clock it lands that long before the server's "now").
+/// server's clock it lands that long before the server's "now"). With
+/// `back`, it is unused units of a lease instead, given back to the bucket
+/// of that index.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct QueuedCharge {
     pub(super) charge: PostCharge,
     pub(super) at: Timestamp,
     pub(super) queued: Instant,
+    pub(super) back: Option<u64>,
+}
+
+impl QueuedCharge {
+    /// Lease units given back.
+    fn back(b: Back) -> QueuedCharge {
+        QueuedCharge {
+            charge: PostCharge::new(b.limit, Receipt::new(b.limit.key, b.index), b.units),
+            at: Timestamp::EPOCH,
+            queued: Instant::now(),
+            back: Some(b.index),
+        }
+    }
 }
 
 /// `items` grouped by `key`, groups in order of first appearance.
@@ -49,16 +65,41 @@ impl Inner {
             let Some(conn) = inner.current() else {
                 return;
             };
+            let mut back = Vec::new();
+            inner.leases.sweep(false, &mut back);
+            inner.give_back(back);
             // One call per slot (a cluster takes one slot per script).
             let all = inner.take_pending();
             for charges in inner.by_slot(all) {
                 let slot = charges
                     .first()
                     .and_then(|w| inner.slot_of(w.charge.receipt.key()));
-                let call = inner.call(&conn, None, &[], &charges, &[]);
+                let call = inner.call(&conn, None, &[], &[], &charges, &[]);
                 let _ = inner.finish_call(call.await, charges, slot);
             }
         });
+    }
+
+    /// Queues unused lease units to be given back (with the next call, or
+    /// the flusher's within 10 ms).
+    pub(super) fn give_back(&self, back: Vec<Back>) {
+        if back.is_empty() {
+            return;
+        }
+        let mut lost = 0;
+        match self.pending.lock() {
+            Ok(mut p) => {
+                for b in back {
+                    if p.len() < self.max_pending {
+                        p.push(QueuedCharge::back(b));
+                    } else {
+                        lost += b.units;
+                    }
+                }
+            }
+            Err(_) => lost = back.iter().map(|b| b.units).sum(),
+        }
+        self.leases.stranded(lost);
     }
 
     pub(super) fn take_pending(&self) -> Vec<QueuedCharge> {
@@ -105,6 +146,8 @@ impl Inner {
             let room = self.max_pending.saturating_sub(p.len());
             let lost = charges.len().saturating_sub(room);
             self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            let stranded = charges.iter().skip(room).filter(|w| w.back.is_some());
+            self.leases.stranded(stranded.map(|w| w.charge.cost).sum());
             let mut back: Vec<QueuedCharge> = charges.into_iter().take(room).collect();
             back.append(&mut p);
             *p = back;

@@ -66,7 +66,7 @@ impl Inner {
         for (slot, idx) in &parts {
             let sub = Batch::from_limits(idx.iter().map(|&i| *batch.limit(i)));
             let charges = self.take_pending_in(Some(*slot));
-            let call = self.call(conn, Some(now), &[&sub], &charges, &[]);
+            let call = self.call(conn, Some(now), &[&sub], &[], &charges, &[]);
             calls.push((sub, charges, tokio::spawn(call)));
         }
         let mut decided = Vec::new();
@@ -133,7 +133,7 @@ impl Inner {
             sub.record(i, o);
         }
         let slot = back.first().and_then(|g| self.slot_of(g.limit.key));
-        let call = self.call(conn, Some(now), &[], &[], &back);
+        let call = self.call(conn, Some(now), &[], &[], &[], &back);
         if self.finish_call(call.await, Vec::new(), slot).is_err() {
             #[cfg(feature = "tracing")]
             tracing::warn!(target: "tierlimit", "a refund across cluster slots failed");

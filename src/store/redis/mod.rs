@@ -57,6 +57,55 @@
 //! (not charged). [`RedisStore::script_calls`] counts the calls. A
 //! cluster decides each request in its own call (its keys' slots differ).
 //!
+//! # Leases for busy counters
+//!
+//! A counter that this instance decides often (at least four requests in
+//! one lease lifetime) is
+//! leased: the script call that admits a request also reserves, in the
+//! same counter, as many units more as this instance used in the last
+//! lifetime (at most [`RedisStoreConfig::lease_max_units`], and never more
+//! than half the room the counter has left, so that the last units of a
+//! budget go one at a time to whoever asks). The following requests of
+//! this instance on that counter take their cost from the lease, with no
+//! round trip; a request all of whose limits are leased is answered at
+//! once. The hard guarantee stays: every unit admitted from a lease was
+//! counted in Redis before, in the bucket it belongs to, for at least as
+//! long as its own charge would count (the proof is in the code's
+//! `leases` module).
+//!
+//! A lease ends after [`RedisStoreConfig::lease`] (250 ms by default), or
+//! at the end of the sub-bucket it was charged in (a fixed window's end),
+//! whichever comes first; what it did not use is given back with this
+//! instance's next script call (the flusher's at the latest, within
+//! 10 ms). A reload or a plan change ends every lease
+//! ([`Store::forget_cached`]): other instances follow within a second
+//! (when they read the change) and their leases of the old limits end
+//! within one lifetime. [`RedisStore::shutdown`] gives back everything at
+//! once; an instance killed outright strands what its leases held until
+//! those units leave their window (at most, per counter, one lease:
+//! `lease_max_units` units, or half of what was left).
+//!
+//! Only request costs outside cascades are leased (post-charged costs are
+//! not known in advance; a cascade's member is chosen per request), and a
+//! request whose limits live in several cluster slots is decided without.
+//!
+//! **What the headers say.** The remaining figures of a request answered
+//! from a lease are the counter's as the lease saw it, minus what this
+//! instance spent since: units other instances hold in their leases count
+//! as used (they may spend them), and what they spent since is not seen
+//! until this instance's next lease, so `Remaining` may be high by what
+//! the others admitted in the last lifetime. A leased counter's reset
+//! and `Retry-After` may be up to one lifetime later than without leases
+//! (the leased units count from the call until the lease's end plus the
+//! window). Turn leases off with `lease_ms: 0`.
+//!
+//! [`RedisStore::leases_taken`], [`RedisStore::lease_decisions`],
+//! [`RedisStore::lease_units_returned`] and
+//! [`RedisStore::lease_units_stranded`] count them, as do the metrics
+//! `tierlimit_leases_taken_total`, `tierlimit_lease_units_taken_total`,
+//! `tierlimit_lease_decisions_total`, `tierlimit_lease_units_returned_total`
+//! and `tierlimit_lease_units_stranded_total`.
+//!
 //! # Post-charges
 //!
 //! Costs measured after responses (latency, tokens, error responses) are
@@ -209,6 +258,7 @@
 mod charges;
 mod cluster;
 mod connection;
+mod leases;
 mod nodes;
 mod plans;
 mod problem;
@@ -235,6 +285,7 @@ use super::{
 use crate::clock::Timestamp;
 use charges::QueuedCharge;
 use connection::{Conn, Target};
+use leases::{Leases, Plan};
 pub use problem::RedisProblem;
 use queue::Queue;
 use refusals::{question, Refused};
@@ -299,6 +350,25 @@ struct Inner {
     /// the first (Sentinel: to the master named after a failover).
     connected_ever: AtomicBool,
     reconnects: AtomicU64,
+    /// This instance's leases on busy counters.
+    leases: Leases,
+}
+
+/// A store dropped gives back what its leases hold and sends its waiting
+/// post-charges, in the background (when a tokio runtime is current).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            let mut back = Vec::new();
+            self.leases.sweep(true, &mut back);
+            self.leases.stranded(back.iter().map(|b| b.units).sum());
+            self.lost(&self.take_pending());
+            return;
+        };
+        for call in self.release_all() {
+            rt.spawn(call);
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -424,6 +494,11 @@ impl RedisStore {
                 breaker: Breaker::new(),
                 connected_ever: AtomicBool::new(false),
                 reconnects: AtomicU64::new(0),
+                leases: Leases::new(
+                    config.lease,
+                    config.lease_max_units,
+                    config.time == TimeSource::Caller,
+                ),
             }),
         })
     }
@@ -516,10 +591,59 @@ impl RedisStore {
         self.inner.refusals_served.load(Ordering::Relaxed)
     }
 
-    /// Forgets every cached refusal (the layer calls this on reloads and
-    /// plan changes).
+    /// Forgets every cached refusal and ends every lease, giving back
+    /// what they hold (the layer calls this on reloads and plan changes).
     pub fn forget_cached(&self) {
-        self.inner.refusals.clear();
+        self.inner.forget_cached();
+    }
+
+    /// Ends every lease and sends what they held, and every waiting
+    /// post-charge, to Redis now: call it when the service shuts down, so
+    /// that no unit stays stranded until its window passes. Dropping the
+    /// store does the same in the background when a tokio runtime is
+    /// current.
+    ///
+    /// # Errors
+    ///
+    /// Redis could not be reached: what was not sent is counted in
+    /// [`RedisStore::lease_units_stranded`] (leases) and
+    /// [`RedisStore::charges_dropped`].
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        for call in self.inner.release_all() {
+            if let Err(e) = call.await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Leases taken on busy counters (see
+    /// [leases](self#leases-for-busy-counters)).
+    pub fn leases_taken(&self) -> u64 {
+        self.inner.leases.counts.taken.load(Ordering::Relaxed)
+    }
+
+    /// Units reserved by those leases.
+    pub fn lease_units_taken(&self) -> u64 {
+        self.inner.leases.counts.units_taken.load(Ordering::Relaxed)
+    }
+
+    /// Decisions answered from leases, without a round trip.
+    pub fn lease_decisions(&self) -> u64 {
+        self.inner.leases.counts.served.load(Ordering::Relaxed)
+    }
+
+    /// Unused lease units given back to Redis.
+    pub fn lease_units_returned(&self) -> u64 {
+        self.inner.leases.counts.returned.load(Ordering::Relaxed)
+    }
+
+    /// Unused lease units that could not be given back (the queue was
+    /// full, the call timed out, no runtime at drop): counted as used
+    /// until they leave their window.
+    pub fn lease_units_stranded(&self) -> u64 {
+        self.inner.leases.counts.stranded.load(Ordering::Relaxed)
     }
 
     /// Script calls made (decisions, post-charges, give-backs): fewer than
@@ -540,6 +664,96 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// Decides `batch` on a cluster: one script call when its limits share
+    /// a slot (with its leases), one per slot otherwise.
+    async fn decide_in_cluster(
+        self: &Arc<Self>,
+        now: Timestamp,
+        batch: &mut Batch,
+        key: u64,
+        plan: &Plan,
+        slots: Vec<u16>,
+        back: &mut Vec<leases::Back>,
+    ) -> Result<(), StoreError> {
+        let conn = self.connection().await?;
+        self.start_flusher();
+        if slots.iter().any(|s| *s != slots[0]) {
+            let decided = self
+                .decide_across_slots(&conn, now, std::mem::take(batch), slots)
+                .await?;
+            *batch = decided;
+        } else {
+            let slot = slots.first().copied();
+            let charges = self.take_pending_in(slot);
+            let asks = [plan.asks.as_slice()];
+            let call = self.call(&conn, Some(now), &[&*batch], &asks, &charges, &[]);
+            let v = self.finish_call(call.await, charges, slot)?;
+            fill_one(batch, &v)?;
+            self.leases
+                .settle(batch, plan, &v[2..], script::ts(v[0]), back);
+        }
+        if !self.leases.rescue(now, batch, back) && !batch.admitted() {
+            self.remember_refusal(key, batch);
+        }
+        Ok(())
+    }
+
+    fn forget_cached(&self) {
+        self.refusals.clear();
+        let mut back = Vec::new();
+        self.leases.sweep(true, &mut back);
+        self.give_back(back);
+    }
+
+    /// Every lease ended, and one call per slot carrying what they held and
+    /// every waiting post-charge (none without a connection: then they
+    /// are counted as stranded or dropped).
+    fn release_all(&self) -> Vec<impl Future<Output = Result<(), StoreError>> + Send + 'static> {
+        let mut back = Vec::new();
+        self.leases.sweep(true, &mut back);
+        self.give_back(back);
+        let all = self.take_pending();
+        let Some(conn) = self.current() else {
+            self.lost(&all);
+            return Vec::new();
+        };
+        self.by_slot(all)
+            .into_iter()
+            .map(|charges| {
+                let call = self.call(&conn, None, &[], &[], &charges, &[]);
+                let me = self.me.clone();
+                async move {
+                    let res = call.await;
+                    match me.upgrade() {
+                        Some(inner) => {
+                            let slot = charges
+                                .first()
+                                .and_then(|w| inner.slot_of(w.charge.receipt.key()));
+                            inner.finish_call(res, charges, slot).map(|_| ())
+                        }
+                        // The store is gone (its drop sent this): nothing
+                        // left to count in.
+                        None => match res {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Unavailable, e)),
+                            Err(e) => Err(StoreError::new(StoreErrorKind::Timeout, e)),
+                        },
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Charges and lease units that could not be sent at all.
+    fn lost(&self, charges: &[QueuedCharge]) {
+        let (backs, costs): (Vec<&QueuedCharge>, Vec<&QueuedCharge>) =
+            charges.iter().partition(|w| w.back.is_some());
+        self.leases
+            .stranded(backs.iter().map(|w| w.charge.cost).sum());
+        self.dropped
+            .fetch_add(costs.len() as u64, Ordering::Relaxed);
+    }
+
     fn redis_key(&self, key: CounterKey) -> String {
         let mut s = String::with_capacity(self.prefix.len() + 36);
         self.write_key(&mut s, key);
@@ -597,48 +811,66 @@ impl Store for RedisStore {
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let inner = Arc::clone(&self.inner);
         let key = question(&batch);
+        let slots: Vec<u16> = if inner.is_cluster() {
+            batch.limits().map(|l| inner.slot_number(l.key)).collect()
+        } else {
+            Vec::new()
+        };
+        // Leases: a batch across cluster slots is decided without (its
+        // slots are decided apart; see `cluster`).
+        let mut back = Vec::new();
+        let plan = if slots.iter().any(|s| *s != slots[0]) {
+            Plan::default()
+        } else {
+            match inner.leases.serve(now, &mut batch, &mut back) {
+                Some(plan) => plan,
+                None => {
+                    inner.give_back(back);
+                    return Answer::Now(Ok(batch));
+                }
+            }
+        };
+        // Leases first: a refusal cached while this instance's lease had
+        // no room says nothing of the lease it holds now.
         if inner.cached_refusal(key, now, &mut batch) {
+            inner.leases.abandon(&batch, &plan, &mut back);
+            inner.give_back(back);
             return Answer::Now(Ok(batch));
         }
-        if inner.circuit_open() {
-            return Answer::Now(Err(unavailable(
-                "Redis failed repeatedly; retrying shortly",
-            )));
-        }
-        if !inner.is_cluster() {
-            return Answer::Later(Box::pin(inner.queued(now, batch, key)));
-        }
-        // Cluster: one script per slot; each slot's node has a circuit.
-        let slots: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
-        if inner.slots_open(&slots) {
-            return Answer::Now(Err(unavailable(
+        let open = if slots.is_empty() {
+            inner
+                .circuit_open()
+                .then_some("Redis failed repeatedly; retrying shortly")
+        } else {
+            // Cluster: one script per slot; each slot's node has a circuit.
+            inner.slots_open(&slots).then_some(
                 "the Redis Cluster node of these keys failed repeatedly; retrying shortly",
-            )));
+            )
+        };
+        if let Some(why) = open {
+            inner.leases.abandon(&batch, &plan, &mut back);
+            inner.give_back(back);
+            return Answer::Now(Err(unavailable(why)));
+        }
+        inner.give_back(back);
+        if !inner.is_cluster() {
+            return Answer::Later(Box::pin(inner.queued(now, batch, key, plan)));
         }
         Answer::Later(Box::pin(async move {
-            let conn = inner.connection().await?;
-            inner.start_flusher();
-            if slots.iter().any(|s| *s != slots[0]) {
-                let batch = inner.decide_across_slots(&conn, now, batch, slots).await?;
-                if !batch.admitted() {
-                    inner.remember_refusal(key, &batch);
-                }
-                return Ok(batch);
+            let mut back = Vec::new();
+            let res = inner
+                .decide_in_cluster(now, &mut batch, key, &plan, slots, &mut back)
+                .await;
+            if res.is_err() {
+                inner.leases.abandon(&batch, &plan, &mut back);
             }
-            let slot = slots.first().copied();
-            let charges = inner.take_pending_in(slot);
-            let call = inner.call(&conn, Some(now), &[&batch], &charges, &[]);
-            let v = inner.finish_call(call.await, charges, slot)?;
-            fill_one(&mut batch, &v)?;
-            if !batch.admitted() {
-                inner.remember_refusal(key, &batch);
-            }
-            Ok(batch)
+            inner.give_back(back);
+            res.map(|()| batch)
         }))
     }
 
     fn forget_cached(&self) {
-        self.inner.refusals.clear();
+        self.inner.forget_cached();
     }
 
     fn shared_hash(&self) -> Option<Arc<dyn SharedHash>> {
@@ -661,6 +893,7 @@ impl Store for RedisStore {
                         charge,
                         at: now,
                         queued,
+                        back: None,
                     });
                 } else {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::clock::Timestamp;
 use crate::store::{Batch, StoreError, StoreErrorKind};
 
-use super::script::{expect_len, fill};
+use super::leases::Plan;
+use super::script::{expect_len, fill, ts, PER_LIMIT};
 use super::Inner;
 
 /// A decision waiting for its script call.
@@ -16,6 +17,8 @@ pub(super) struct Queued {
     pub(super) batch: Batch,
     /// The batch's [`question`], to remember its refusal.
     pub(super) question: u64,
+    /// What it asks of leases.
+    pub(super) plan: Plan,
     pub(super) answer: tokio::sync::oneshot::Sender<Result<Batch, StoreError>>,
 }
 
@@ -78,6 +81,7 @@ impl Inner {
         now: Timestamp,
         batch: Batch,
         question: u64,
+        plan: Plan,
     ) -> Result<Batch, StoreError> {
         let (answer, rx) = tokio::sync::oneshot::channel();
         let start = {
@@ -89,6 +93,7 @@ impl Inner {
                 now,
                 batch,
                 question,
+                plan,
                 answer,
             });
             let start = q.senders < SENDERS;
@@ -131,6 +136,9 @@ impl Inner {
                 break;
             };
             if next.answer.is_closed() {
+                let mut back = Vec::new();
+                self.leases.abandon(&next.batch, &next.plan, &mut back);
+                self.give_back(back);
                 continue;
             }
             limits += next.batch.len();
@@ -157,9 +165,12 @@ impl Inner {
             let conn = match self.connection().await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    let mut back = Vec::new();
                     for q in group {
+                        self.leases.abandon(&q.batch, &q.plan, &mut back);
                         let _ = q.answer.send(Err(copy_error(&e)));
                     }
+                    self.give_back(back);
                     continue;
                 }
             };
@@ -169,26 +180,44 @@ impl Inner {
             let now = group.iter().map(|q| q.now).max();
             let charges = self.take_pending_in(None);
             let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
-            let call = self.call(&conn, now, &batches, &charges, &[]);
+            let asks: Vec<&[_]> = group.iter().map(|q| q.plan.asks.as_slice()).collect();
+            let call = self.call(&conn, now, &batches, &asks, &charges, &[]);
             let answer = self.finish_call(call.await, charges, None).and_then(|v| {
                 expect_len(&v, group.iter().map(|q| &q.batch))?;
                 Ok(v)
             });
             let mut at = 1;
+            let mut back = Vec::new();
             for mut q in group {
                 let here = at;
-                at += 1 + 5 * q.batch.len();
+                at += 1 + PER_LIMIT * q.batch.len();
                 let res = match &answer {
-                    Ok(v) => fill(&mut q.batch, v, here).map(|()| {
-                        if !q.batch.admitted() {
-                            self.remember_refusal(q.question, &q.batch);
+                    Ok(v) => match fill(&mut q.batch, v, here) {
+                        Ok(()) => {
+                            let values = &v[here + 1..at];
+                            let stamp = ts(v[0]);
+                            self.leases
+                                .settle(&mut q.batch, &q.plan, values, stamp, &mut back);
+                            if !self.leases.rescue(q.now, &mut q.batch, &mut back)
+                                && !q.batch.admitted()
+                            {
+                                self.remember_refusal(q.question, &q.batch);
+                            }
+                            Ok(q.batch)
                         }
-                        q.batch
-                    }),
-                    Err(e) => Err(copy_error(e)),
+                        Err(e) => {
+                            self.leases.abandon(&q.batch, &q.plan, &mut back);
+                            Err(e)
+                        }
+                    },
+                    Err(e) => {
+                        self.leases.abandon(&q.batch, &q.plan, &mut back);
+                        Err(copy_error(e))
+                    }
                 };
                 let _ = q.answer.send(res);
             }
+            self.give_back(back);
         }
     }
 }

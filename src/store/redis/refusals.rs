@@ -2,11 +2,12 @@
 //! [refusals](super#refusals-answered-locally)).
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::clock::Timestamp;
 use crate::store::{Batch, Outcome};
 
+use super::charges::FLUSH_EVERY;
 use super::{Inner, TimeSource};
 
 /// Most refusals cached at once.
@@ -73,10 +74,17 @@ impl Inner {
     }
 
     /// Remembers a refused batch until it can have room: other instances
-    /// can only add cost, so nothing can have room before that.
+    /// can only add cost, so nothing can have room before that, except
+    /// units of leases given back: with leases, at most one lease
+    /// lifetime (and the flusher's period), when every lease that held
+    /// units of the counters then has ended and given them back.
     pub(super) fn remember_refusal(&self, key: u64, batch: &Batch) {
         let (Some(retry_at), Some(decided_at)) = (batch.retry_at(), batch.decided_at()) else {
             return;
+        };
+        let retry_at = match self.leases.life_ms {
+            0 => retry_at,
+            ms => retry_at.min(decided_at + Duration::from_millis(ms) + FLUSH_EVERY),
         };
         if self.refusals.len() >= MAX_CACHED_REFUSALS {
             let now = Instant::now();

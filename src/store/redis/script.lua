@@ -14,12 +14,14 @@
 --                   read the server's clock (TIME)
 -- ARGV[3]  R, the number of requests;  ARGV[4]  C, the number of post-charges
 -- ARGV[5]  S, the number of distinct window shapes
--- ARGV[6..5+R]    the number of limits of each request; L, their sum
+-- ARGV[6]  LIFE, the longest a lease lives, in ms (see `want`)
+-- ARGV[7..6+R]    the number of limits of each request; L, their sum
 -- KEYS[1..L]      the counter hash of each limit, request after request
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
 -- then S SHAPEs (each read once, however many limits use it),
--- then per limit, 6 values: tag, shape number (from 1), capacity, check,
---                       charge, cascade group (0: none)
+-- then per limit, 7 values: tag, shape number (from 1), capacity, check,
+--                       charge, cascade group (0: none), want (units to
+--                       reserve for the caller's lease besides the charge)
 -- per post-charge, 5:   tag, shape number, cost (negative: given back),
 --                       when it was measured (microseconds since the epoch
 --                       on the caller's clock, or -N for N microseconds
@@ -36,9 +38,18 @@
 --
 -- Returns, as one string of little-endian doubles: the stamp, then per
 -- request its admission (1 or 0), then per limit: verdict, used, reset,
--- retry, index (instants in ms). verdict: 0 room, 1 passed
+-- retry, index, granted, until (instants in ms). verdict: 0 room, 1 passed
 -- (cascade member after the one charged), 2 full (retry = when it has
--- room), 3 never fits.
+-- room), 3 never fits. `used` counts what was granted.
+--
+-- A lease: an admitted limit asked to `want` units more is charged up to
+-- that many more (`granted`; never more than half the room its charge
+-- leaves), stamped `until`, the latest instant the caller may use them:
+-- at most LIFE after the stamp and never past the last millisecond of the
+-- charged bucket (a fixed window's: of the window). Every unit the caller
+-- later admits locally, at an instant up to `until`, was thus counted in
+-- the bucket it belongs to, for at least as long as its own charge would
+-- count; the caller gives back what it did not use.
 
 -- Globals are table lookups on every use: the ones used per limit are
 -- read once, here.
@@ -58,12 +69,13 @@ end
 local R = tonumber(ARGV[3])
 local C = tonumber(ARGV[4])
 local S = tonumber(ARGV[5])
+local LIFE = tonumber(ARGV[6])
 local L = 0
 for r = 1, R do
-  L = L + tonumber(ARGV[5 + r])
+  L = L + tonumber(ARGV[6 + r])
 end
 -- Where the limits' values start.
-local FIRST = 6 + R + 6 * S
+local FIRST = 7 + R + 6 * S
 
 -- floor(a / b) for integers below 2^53, corrected for rounding.
 local function fdiv(a, b)
@@ -103,7 +115,7 @@ end
 -- The shapes of the call, by number.
 local shapes = {}
 for k = 1, S do
-  local w = shape(6 + R + 6 * (k - 1))
+  local w = shape(7 + R + 6 * (k - 1))
   -- The bucket or window of this call's instant.
   w.now = index(stamp, floor, w)
   shapes[k] = w
@@ -351,7 +363,7 @@ local function write(key, tag)
 end
 
 -- Post-charges first: costs measured after earlier responses.
-local LIMIT, POST = 6, 5
+local LIMIT, POST = 7, 5
 local base = FIRST + LIMIT * L
 for c = 1, C do
   local a = base + POST * (c - 1)
@@ -454,6 +466,7 @@ local function decide(k0, n)
     end
     local o = #out
     out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
+    out[o + 6], out[o + 7] = 0, 0
   end
   if group ~= 0 and not group_room then
     admitted = false
@@ -463,19 +476,38 @@ local function decide(k0, n)
   end
   for i = k0 + 1, k0 + n do
     local a = FIRST + LIMIT * (i - 1)
-    local o = at + 5 * (i - k0 - 1)
+    local o = at + 7 * (i - k0 - 1)
     local charge = tonumber(ARGV[a + 4])
     if out[o + 1] == 0 and charge > 0 then
       local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
       local w, v = shaped[i], values[i]
+      local s = stamp
+      local want = tonumber(ARGV[a + 6])
+      if want > 0 and LIFE > 0 then
+        -- A lease (see the top): half the room left at most, until the
+        -- end of its life or of the bucket, whichever comes first.
+        local grant = min(want, mfloor((tonumber(ARGV[a + 2]) - out[o + 2] - charge) / 2))
+        local last
+        if w.window > 0 then
+          last = (cur + 1) * w.bucket - 1
+        else
+          last = fend(cur, w) - 1
+        end
+        local until_ = min(stamp + LIFE, last)
+        if grant > 0 and until_ >= stamp then
+          charge = charge + grant
+          out[o + 6], out[o + 7] = grant, until_
+          s = until_
+        end
+      end
       local opened = false
       if firsts[i] == 1 and newest[i] == cur and v.s ~= '' then
         -- What `add` does when the charge falls in the newest bucket and
         -- nothing leaves (the check found so): only the pending count and
         -- stamp move.
-        pend(v, charge, stamp_in(cur, stamp, w))
+        pend(v, charge, stamp_in(cur, s, w))
       else
-        opened = add(v, cur, charge, cur - w.reach, stamp, w)
+        opened = add(v, cur, charge, cur - w.reach, s, w)
       end
       write(key, tag)
       out[o + 2] = out[o + 2] + charge
@@ -494,7 +526,7 @@ end
 
 local k0 = 0
 for r = 1, R do
-  local n = tonumber(ARGV[5 + r])
+  local n = tonumber(ARGV[6 + r])
   decide(k0, n)
   k0 = k0 + n
 end

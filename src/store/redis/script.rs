@@ -10,6 +10,7 @@ use crate::store::{
 
 use super::charges::QueuedCharge;
 use super::connection::Conn;
+use super::leases::Ask;
 use super::problem::RedisProblem;
 use super::{Inner, TimeSource};
 
@@ -108,13 +109,19 @@ pub(super) fn fill_one(batch: &mut Batch, v: &[i64]) -> Result<(), StoreError> {
     fill(batch, v, 1)
 }
 
+/// Values the script answers per limit.
+pub(super) const PER_LIMIT: usize = 7;
+
 /// Whether the script's answer `v` has the length an answer for `batches`
-/// has: the stamp, then per batch its admission and five values a limit.
+/// has: the stamp, then per batch its admission and seven values a limit.
 pub(super) fn expect_len<'a>(
     v: &[i64],
     batches: impl IntoIterator<Item = &'a Batch>,
 ) -> Result<(), StoreError> {
-    let want = 1 + batches.into_iter().map(|b| 1 + 5 * b.len()).sum::<usize>();
+    let want = 1 + batches
+        .into_iter()
+        .map(|b| 1 + PER_LIMIT * b.len())
+        .sum::<usize>();
     if v.len() == want {
         Ok(())
     } else {
@@ -127,13 +134,13 @@ pub(super) fn bad_answer(why: &'static str) -> StoreError {
 }
 
 /// Fills `batch` from the script's answer `v` (its stamp first), whose
-/// values for the batch start at `at` (its admission, then five per
+/// values for the batch start at `at` (its admission, then seven per
 /// limit); the caller has checked that they are there.
 pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreError> {
     batch.set_decided_at(ts(v[0]));
     for i in 0..batch.len() {
         let l = *batch.limit(i);
-        let r = &v[at + 1 + 5 * i..at + 6 + 5 * i];
+        let r = &v[at + 1 + PER_LIMIT * i..at + 1 + PER_LIMIT * (i + 1)];
         let view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
         let verdict = match r[0] {
             0 => Verdict::Room(Receipt::new(l.key, u64::try_from(r[4]).unwrap_or(0))),
@@ -162,7 +169,8 @@ pub(super) struct GiveBack {
 impl Inner {
     /// One script call (`EVALSHA`, and `SCRIPT LOAD` then again after a
     /// `NOSCRIPT`): post-charges and give-backs, then the batches, one
-    /// after the other, decided at `now`.
+    /// after the other, decided at `now`, with what each asks of leases
+    /// (`asks[b]`: one [`Ask`] per limit of batch `b`, or none).
     ///
     /// The command is built here, sized once with every key written
     /// through one buffer, rather than through redis-rs's
@@ -178,16 +186,17 @@ impl Inner {
         conn: &Conn,
         now: Option<Timestamp>,
         batches: &[&Batch],
+        asks: &[&[Ask]],
         charges: &[QueuedCharge],
         give_back: &[GiveBack],
     ) -> impl Future<Output = CallResult> + Send + 'static {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let limits: usize = batches.iter().map(|b| b.len()).sum();
         let keys = limits + charges.len() + give_back.len();
-        // Sized once: a key and six short numbers a limit, five a charge.
+        // Sized once: a key and seven short numbers a limit, five a charge.
         let mut cmd = redis::Cmd::with_capacity(
-            8 + batches.len() + 7 * keys + 6 * 4,
-            128 + batches.len() * 4 + keys * (self.prefix.len() + 36 + 6 * 12),
+            9 + batches.len() + 8 * keys + 6 * 4,
+            128 + batches.len() * 4 + keys * (self.prefix.len() + 36 + 7 * 12),
         );
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
         // Every key written through one buffer (no string a key).
@@ -223,7 +232,10 @@ impl Inner {
             .iter()
             .map(|w| {
                 let l = &w.charge.limit;
-                shapes.number(&l.window, || l.window.index(w.at))
+                match w.back {
+                    Some(i) => shapes.number(&l.window, || i),
+                    None => shapes.number(&l.window, || l.window.index(w.at)),
+                }
             })
             .collect();
         let back_shapes: Vec<usize> = give_back
@@ -232,24 +244,47 @@ impl Inner {
             .collect();
         cmd.arg(batches.len())
             .arg(charges.len() + give_back.len())
-            .arg(shapes.0.len());
+            .arg(shapes.0.len())
+            .arg(self.leases.life_ms);
         for b in batches {
             cmd.arg(b.len());
         }
         for shape in &shapes.0 {
             shape.args(&mut cmd);
         }
-        for (l, shape) in batches.iter().flat_map(|b| b.limits()).zip(limit_shapes) {
+        const NONE: Ask = Ask {
+            want: 0,
+            held: None,
+        };
+        let limits = batches.iter().enumerate().flat_map(|(b, batch)| {
+            let asks = asks.get(b).copied().unwrap_or(&[]);
+            batch
+                .limits()
+                .enumerate()
+                .map(move |(i, l)| (l, asks.get(i).unwrap_or(&NONE)))
+        });
+        for ((l, ask), shape) in limits.zip(limit_shapes) {
             let group = l.cascade.map_or(0, u32::from);
+            // A cost taken from this instance's lease is not charged again.
+            let (check, charge) = match ask.held {
+                Some(_) => (0, 0),
+                None => (l.check_cost(), l.charge_cost()),
+            };
             cmd.arg(l.tag)
                 .arg(shape)
                 .arg(l.capacity)
-                .arg(l.check_cost())
-                .arg(l.charge_cost())
-                .arg(group);
+                .arg(check)
+                .arg(charge)
+                .arg(group)
+                .arg(ask.want);
         }
         for (w, shape) in charges.iter().zip(charge_shapes) {
             let c = &w.charge;
+            if let Some(index) = w.back {
+                let units = -i64::try_from(c.cost).unwrap_or(i64::MAX);
+                cmd.arg(c.limit.tag).arg(shape).arg(units).arg(0).arg(index);
+                continue;
+            }
             let at: i64 = match self.time {
                 TimeSource::Caller => {
                     i64::try_from(w.at.as_nanos().div_ceil(1000)).unwrap_or(i64::MAX)
@@ -302,9 +337,17 @@ impl Inner {
             (false, true) => self.succeeded(),
             (false, false) => self.failed(),
         };
+        let backs = || -> u64 {
+            charges
+                .iter()
+                .filter(|w| w.back.is_some())
+                .map(|w| w.charge.cost)
+                .sum()
+        };
         match res {
             Ok(Ok(v)) => {
                 book(true);
+                self.leases.returned(backs());
                 Ok(v)
             }
             Ok(Err(e)) => {
@@ -322,6 +365,7 @@ impl Inner {
                     self.watch
                         .trouble(RedisProblem::TimedOut(self.timeout), "running the script");
                 }
+                self.leases.stranded(backs());
                 self.uncertain
                     .fetch_add(charges.len() as u64, Ordering::Relaxed);
                 Err(StoreError::new(StoreErrorKind::Timeout, elapsed))
