@@ -792,6 +792,13 @@ async fn main() {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await;
+    // What the store's leases hold goes back to Redis now, not when it
+    // leaves its window.
+    if let AnyStore::Redis(redis) = gw.layer.store() {
+        if let Err(e) = redis.shutdown().await {
+            eprintln!("gateway: giving back leases: {}", chain(&e));
+        }
+    }
     if let Err(e) = served {
         eprintln!("gateway: server error: {e}");
         std::process::exit(1);
