@@ -274,9 +274,12 @@ fn main() {
     )
     .unwrap();
     let calls0 = leased_store.script_calls();
-    let leased = rt.block_on(decide_many(leased_store.clone(), Arc::clone(&wide), 1000, || {
-        SystemClock.now()
-    }));
+    let leased = rt.block_on(decide_many(
+        leased_store.clone(),
+        Arc::clone(&wide),
+        1000,
+        || SystemClock.now(),
+    ));
     let leased_calls = leased_store.script_calls() - calls0;
     println!(
         "client CPU per decision (this process, store and runtime): {:.2} us",

@@ -49,10 +49,13 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
     // A generous timeout, as in the other Redis tests: a decision that times
     // out under a loaded machine may still run, and the script calls are
     // counted below.
+    // Without leases: a refusal holds until its retry instant (with them,
+    // at most a lease lifetime: see the test below).
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .time(TimeSource::Caller)
-            .timeout(Duration::from_secs(2)),
+            .timeout(Duration::from_secs(2))
+            .lease(Duration::ZERO),
     )
     .unwrap();
     let layer = RateLimitLayer::builder(policy())
@@ -104,6 +107,47 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
     assert_eq!(call("j").await.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(store.refusals_served(), served);
     assert_eq!(evals(&server), evals_before + 1);
+}
+
+/// With leases (the default), a cached refusal is asked of Redis again
+/// after one lease lifetime (plus the flusher's 10 ms): units another
+/// instance's lease gives back may free room before the retry instant.
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test]
+async fn with_leases_a_refusal_is_cached_for_one_lease_lifetime() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
+    let store = RedisStore::new(
+        RedisStoreConfig::new(server.url())
+            .time(TimeSource::Caller)
+            .timeout(Duration::from_secs(2))
+            .lease(Duration::from_millis(250)),
+    )
+    .unwrap();
+    let layer = RateLimitLayer::builder(policy())
+        .clock(clock.clone())
+        .store(store.clone())
+        .build();
+    let svc = layer.layer(Ok200);
+    let status = |key: &'static str| {
+        let svc = svc.clone();
+        async move { get_key(&svc, key).await.status() }
+    };
+    assert_eq!(status("k").await, StatusCode::OK);
+    assert_eq!(status("k").await, StatusCode::OK);
+    assert_eq!(status("k").await, StatusCode::TOO_MANY_REQUESTS);
+    let before = evals(&server);
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(status("k").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        evals(&server),
+        before,
+        "within the lifetime: from the cache"
+    );
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(status("k").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(evals(&server), before + 1, "past it: asked of Redis again");
+    assert_eq!(store.refusals_served(), 1);
 }
 
 /// An idle store sends no script: the background flusher calls Redis only

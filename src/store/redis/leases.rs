@@ -59,8 +59,9 @@ use crate::store::{Batch, Charge, CounterKey, LimitSpec, Outcome, Receipt, Verdi
 /// are not leased until some are forgotten).
 pub(super) const MAX_TRACKED: usize = 16_384;
 
-/// Requests of one counter in one lease lifetime on this instance before
-/// it is leased.
+/// Requests of one counter on this instance in the last whole lease
+/// lifetime (the one before the current) for it to be leased: demand that
+/// lasts, not one burst at one instant.
 pub(super) const MIN_DEMAND: u64 = 4;
 
 /// An ask that got no answer for this long (in lease lifetimes) is given
@@ -350,7 +351,9 @@ impl Leases {
         if lease.asking != 0 && t.saturating_sub(lease.asking) < ASK_STALE * self.life {
             return Ask::default();
         }
-        let demand = lease.before.max(lease.seen);
+        // As much as the last whole lifetime used (Istio's quota prefetch
+        // sizes its reservation so too).
+        let demand = lease.before;
         if demand < MIN_DEMAND {
             return Ask::default();
         }

@@ -60,7 +60,7 @@
 //! # Leases for busy counters
 //!
 //! A counter that this instance decides often (at least four requests in
-//! one lease lifetime) is
+//! the last whole lease lifetime: demand that lasts, not one burst) is
 //! leased: the script call that admits a request also reserves, in the
 //! same counter, as many units more as this instance used in the last
 //! lifetime (at most [`RedisStoreConfig::lease_max_units`], and never more

@@ -12,26 +12,28 @@
 --
 -- ARGV[1], ARGV[2]  now rounded down and up to the millisecond, or "" to
 --                   read the server's clock (TIME)
--- ARGV[3]  R, the number of requests;  ARGV[4]  C, the number of post-charges
--- ARGV[5]  S, the number of distinct window shapes
--- ARGV[6]  LIFE, the longest a lease lives, in ms (see `want`)
--- ARGV[7..6+R]    the number of limits of each request; L, their sum
+-- ARGV[3]  every number of the call, packed as little-endian doubles
+--          (read with one `struct.unpack` a limit, rather than parsed from
+--          one argument each: `cargo bench --bench redis_store`):
+--   R, the number of requests; C, the number of post-charges; S, the
+--   number of distinct window shapes; LIFE, the longest a lease lives, in
+--   ms (see `want`); then R counts: the number of limits of each request
+--   (L, their sum); then S SHAPEs (each read once, however many limits use
+--   it); then per limit, 7 values: tag, shape number (from 1), capacity,
+--   check, charge, cascade group (0: none), want (units to reserve for the
+--   caller's lease besides the charge); per post-charge, 5: tag, shape
+--   number, cost (negative: given back), when it was measured
+--   (microseconds since the epoch on the caller's clock, or -N for N
+--   microseconds before now), and the bucket index to charge (-1: the
+--   bucket of that instant)
 -- KEYS[1..L]      the counter hash of each limit, request after request
 -- KEYS[L+1..L+C]  the counter hash of each post-charge
--- then S SHAPEs (each read once, however many limits use it),
--- then per limit, 7 values: tag, shape number (from 1), capacity, check,
---                       charge, cascade group (0: none), want (units to
---                       reserve for the caller's lease besides the charge)
--- per post-charge, 5:   tag, shape number, cost (negative: given back),
---                       when it was measured (microseconds since the epoch
---                       on the caller's clock, or -N for N microseconds
---                       before now), and the bucket index to charge ("" :
---                       the bucket of that instant)
 -- SHAPE, 6 values:      bucket, reach, offset, window (0: a fixed window),
 --                       and for a fixed window in a time zone the window
 --                       the caller's clock puts the request in and its end
---                       (else "" ""): zone rules are the caller's, Lua has
+--                       (else -1 -1): zone rules are the caller's, Lua has
 --                       no time zone database
+-- A limit's tag names its field in the counter hash (as text).
 -- bucket, offset, window and ends are milliseconds; a fixed window's
 -- bucket is its length. A fixed window's record keeps its end instant
 -- where a sliding bucket keeps its last stamp.
@@ -55,7 +57,8 @@
 -- read once, here.
 local tonumber, unpack_, pack = tonumber, struct.unpack, struct.pack
 local sub, max, min, mfloor, ceil = string.sub, math.max, math.min, math.floor, math.ceil
-local KEYS, ARGV = KEYS, ARGV
+local KEYS, ARGV, tostring = KEYS, ARGV, tostring
+local P = ARGV[3]
 
 local floor, stamp
 if ARGV[1] == '' then
@@ -66,16 +69,30 @@ if ARGV[1] == '' then
 else
   floor, stamp = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
-local R = tonumber(ARGV[3])
-local C = tonumber(ARGV[4])
-local S = tonumber(ARGV[5])
-local LIFE = tonumber(ARGV[6])
+local R, C, S, LIFE = unpack_('<dddd', P)
+-- The number of limits of each request.
+local counts = {}
 local L = 0
 for r = 1, R do
-  L = L + tonumber(ARGV[6 + r])
+  local n = unpack_('<d', P, 8 * (3 + r) + 1)
+  counts[r] = n
+  L = L + n
 end
--- Where the limits' values start.
-local FIRST = 7 + R + 6 * S
+-- The byte offsets (from 1) of the shapes, the limits and the post-charges.
+local SHAPES = 8 * (4 + R) + 1
+local LIMITS = SHAPES + 48 * S
+local POSTS = LIMITS + 56 * L
+
+-- Field names, by tag.
+local names = {}
+local function name(tag)
+  local n = names[tag]
+  if not n then
+    n = tostring(tag)
+    names[tag] = n
+  end
+  return n
+end
 
 -- floor(a / b) for integers below 2^53, corrected for rounding.
 local function fdiv(a, b)
@@ -88,15 +105,19 @@ local function fdiv(a, b)
   return q
 end
 
--- A limit's shape (see SHAPE above): a table.
-local function shape(a)
+-- Shape `k` (see SHAPE above): a table.
+local function shape(k)
+  local bucket, reach, offset, window, zidx, zend = unpack_('<dddddd', P, SHAPES + 48 * (k - 1))
+  if zidx < 0 then
+    zidx, zend = nil, nil
+  end
   return {
-    bucket = tonumber(ARGV[a]),
-    reach = tonumber(ARGV[a + 1]),
-    offset = tonumber(ARGV[a + 2]),
-    window = tonumber(ARGV[a + 3]),
-    zidx = tonumber(ARGV[a + 4]),
-    zend = tonumber(ARGV[a + 5]),
+    bucket = bucket,
+    reach = reach,
+    offset = offset,
+    window = window,
+    zidx = zidx,
+    zend = zend,
   }
 end
 
@@ -115,7 +136,7 @@ end
 -- The shapes of the call, by number.
 local shapes = {}
 for k = 1, S do
-  local w = shape(7 + R + 6 * (k - 1))
+  local w = shape(k)
   -- The bucket or window of this call's instant.
   w.now = index(stamp, floor, w)
   shapes[k] = w
@@ -362,20 +383,18 @@ local function write(key, tag)
   d[tag] = true
 end
 
+-- The values of limit `i` (see ARGV[3]).
+local function limit(i)
+  return unpack_('<ddddddd', P, LIMITS + 56 * (i - 1))
+end
+
 -- Post-charges first: costs measured after earlier responses.
-local LIMIT, POST = 7, 5
-local base = FIRST + LIMIT * L
 for c = 1, C do
-  local a = base + POST * (c - 1)
-  local key, tag = KEYS[L + c], ARGV[a]
-  local w = shapes[tonumber(ARGV[a + 1])]
-  local cost = tonumber(ARGV[a + 2])
-  local idx
+  local t, sh, cost, at, idx = unpack_('<ddddd', P, POSTS + 40 * (c - 1))
+  local key, tag = KEYS[L + c], name(t)
+  local w = shapes[sh]
   local s = stamp
-  if ARGV[a + 4] ~= '' then
-    idx = tonumber(ARGV[a + 4])
-  else
-    local at = tonumber(ARGV[a + 3])
+  if idx < 0 then
     if at <= 0 then
       at = floor * 1000 + at
     end
@@ -402,11 +421,9 @@ local function decide(k0, n)
   local admitted = true
   local group, group_room = 0, false
   for i = k0 + 1, k0 + n do
-    local a = FIRST + LIMIT * (i - 1)
-    local key, tag = KEYS[i], ARGV[a]
-    local w = shapes[tonumber(ARGV[a + 1])]
-    local cap, check = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local g = tonumber(ARGV[a + 5])
+    local t, sh, cap, check, _, g = limit(i)
+    local key, tag = KEYS[i], name(t)
+    local w = shapes[sh]
     if g ~= group then
       if group ~= 0 and not group_room then
         admitted = false
@@ -475,18 +492,16 @@ local function decide(k0, n)
     return
   end
   for i = k0 + 1, k0 + n do
-    local a = FIRST + LIMIT * (i - 1)
     local o = at + 7 * (i - k0 - 1)
-    local charge = tonumber(ARGV[a + 4])
+    local t, _, cap, _, charge, _, want = limit(i)
     if out[o + 1] == 0 and charge > 0 then
-      local key, tag, cur = KEYS[i], ARGV[a], out[o + 5]
+      local key, tag, cur = KEYS[i], name(t), out[o + 5]
       local w, v = shaped[i], values[i]
       local s = stamp
-      local want = tonumber(ARGV[a + 6])
       if want > 0 and LIFE > 0 then
         -- A lease (see the top): half the room left at most, until the
         -- end of its life or of the bucket, whichever comes first.
-        local grant = min(want, mfloor((tonumber(ARGV[a + 2]) - out[o + 2] - charge) / 2))
+        local grant = min(want, mfloor((cap - out[o + 2] - charge) / 2))
         local last
         if w.window > 0 then
           last = (cur + 1) * w.bucket - 1
@@ -526,7 +541,7 @@ end
 
 local k0 = 0
 for r = 1, R do
-  local n = tonumber(ARGV[6 + r])
+  local n = counts[r]
   decide(k0, n)
   k0 = k0 + n
 end

@@ -40,15 +40,40 @@ pub(super) struct ShapeArgs {
 }
 
 impl ShapeArgs {
-    fn args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(self.bucket)
-            .arg(self.reach)
-            .arg(self.offset)
-            .arg(self.window);
+    fn pack(&self, p: &mut Packed) {
+        p.u(self.bucket).u(self.reach).i(self.offset).u(self.window);
         match self.zoned {
-            Some((i, end)) => cmd.arg(i).arg(end),
-            None => cmd.arg("").arg(""),
+            Some((i, end)) => p.u(i).u(end),
+            None => p.i(-1).i(-1),
         };
+    }
+}
+
+/// The script's numbers, packed as little-endian doubles (one argument:
+/// the script reads a limit's seven with one `struct.unpack`, rather than
+/// parsing seven arguments). Every value is a whole number below 2^53 in
+/// magnitude, exact as a double.
+#[derive(Debug, Default)]
+struct Packed(Vec<u8>);
+
+impl Packed {
+    fn with_capacity(values: usize) -> Packed {
+        Packed(Vec::with_capacity(8 * values))
+    }
+
+    fn f(&mut self, v: f64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn u(&mut self, v: u64) -> &mut Self {
+        self.f(v as f64)
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn i(&mut self, v: i64) -> &mut Self {
+        self.f(v as f64)
     }
 }
 
@@ -193,10 +218,10 @@ impl Inner {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let limits: usize = batches.iter().map(|b| b.len()).sum();
         let keys = limits + charges.len() + give_back.len();
-        // Sized once: a key and seven short numbers a limit, five a charge.
+        // Sized once: a key a limit or charge, and the packed numbers.
         let mut cmd = redis::Cmd::with_capacity(
-            9 + batches.len() + 8 * keys + 6 * 4,
-            128 + batches.len() * 4 + keys * (self.prefix.len() + 36 + 7 * 12),
+            6 + keys,
+            128 + keys * (self.prefix.len() + 36) + 8 * (4 + batches.len() + 7 * keys + 6 * 4),
         );
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
         // Every key written through one buffer (no string a key).
@@ -220,6 +245,7 @@ impl Inner {
                 .arg(t.as_nanos().div_ceil(1_000_000)),
             _ => cmd.arg("").arg(""),
         };
+        let mut p = Packed::with_capacity(4 + batches.len() + 6 * 4 + 7 * keys);
         // Each distinct window shape is sent once, and numbered: the script
         // reads a shape's six values once however many limits use it.
         let mut shapes = Shapes::default();
@@ -242,15 +268,15 @@ impl Inner {
             .iter()
             .map(|g| shapes.number(&g.limit.window, || g.index))
             .collect();
-        cmd.arg(batches.len())
-            .arg(charges.len() + give_back.len())
-            .arg(shapes.0.len())
-            .arg(self.leases.life_ms);
+        p.u(batches.len() as u64)
+            .u((charges.len() + give_back.len()) as u64)
+            .u(shapes.0.len() as u64)
+            .u(self.leases.life_ms);
         for b in batches {
-            cmd.arg(b.len());
+            p.u(b.len() as u64);
         }
         for shape in &shapes.0 {
-            shape.args(&mut cmd);
+            shape.pack(&mut p);
         }
         const NONE: Ask = Ask {
             want: 0,
@@ -270,19 +296,20 @@ impl Inner {
                 Some(_) => (0, 0),
                 None => (l.check_cost(), l.charge_cost()),
             };
-            cmd.arg(l.tag)
-                .arg(shape)
-                .arg(l.capacity)
-                .arg(check)
-                .arg(charge)
-                .arg(group)
-                .arg(ask.want);
+            p.u(u64::from(l.tag))
+                .u(shape as u64)
+                .u(l.capacity)
+                .u(check)
+                .u(charge)
+                .u(u64::from(group))
+                .u(ask.want);
         }
         for (w, shape) in charges.iter().zip(charge_shapes) {
             let c = &w.charge;
+            let (tag, shape) = (u64::from(c.limit.tag), shape as u64);
             if let Some(index) = w.back {
                 let units = -i64::try_from(c.cost).unwrap_or(i64::MAX);
-                cmd.arg(c.limit.tag).arg(shape).arg(units).arg(0).arg(index);
+                p.u(tag).u(shape).i(units).i(0).u(index);
                 continue;
             }
             let at: i64 = match self.time {
@@ -291,15 +318,16 @@ impl Inner {
                 }
                 _ => -i64::try_from(w.queued.elapsed().as_micros()).unwrap_or(i64::MAX),
             };
-            cmd.arg(c.limit.tag).arg(shape).arg(c.cost).arg(at).arg("");
+            p.u(tag).u(shape).u(c.cost).i(at).i(-1);
         }
         for (g, shape) in give_back.iter().zip(back_shapes) {
-            cmd.arg(g.limit.tag)
-                .arg(shape)
-                .arg(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
-                .arg(0)
-                .arg(g.index);
+            p.u(u64::from(g.limit.tag))
+                .u(shape as u64)
+                .i(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
+                .i(0)
+                .u(g.index);
         }
+        cmd.arg(p.0);
         let mut conn = conn.clone();
         let timeout = self.timeout;
         async move {
