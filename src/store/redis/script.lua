@@ -193,7 +193,7 @@ end
 -- Index, cost and last stamp of record k (from 1).
 local function rec(o, k)
   local i, c, l = unpack_('<ddd', o.s, HEAD + 1 + REC * (k - 1))
-  if o.d ~= 0 and k == size(o) then
+  if o.d ~= 0 and HEAD + REC * k == #o.s then
     c = c + o.d
     if o.t > l then
       l = o.t
@@ -209,9 +209,19 @@ end
 -- The value as one string, what was charged since applied.
 local function flat(o)
   if o.d ~= 0 then
-    local i, c, l = rec(o, size(o))
-    o.s = pack('<d', total(o)) .. sub(o.s, HEAD + 1, -(REC + 1))
-      .. pack('<ddd', i, c, l)
+    local s = o.s
+    local n = #s
+    local tot = unpack_('<d', s) + o.d
+    local i, c, l = unpack_('<ddd', s, n - REC + 1)
+    c = c + o.d
+    if o.t > l then
+      l = o.t
+    end
+    if n == HEAD + REC then
+      o.s = pack('<dddd', tot, i, c, l)
+    else
+      o.s = pack('<d', tot) .. sub(s, HEAD + 1, n - REC) .. pack('<ddd', i, c, l)
+    end
     o.d, o.t = 0, 0
   end
   return o.s
@@ -412,7 +422,7 @@ end
 local out = {stamp}
 -- Per limit, from its check: the first record still counting and the
 -- newest record's bucket.
-local firsts, newest, shaped, values = {}, {}, {}, {}
+local firsts, newest, shaped, values, tags = {}, {}, {}, {}, {}
 
 -- Decides request r, whose limits are the n from number k0 + 1 on.
 local function decide(k0, n)
@@ -422,7 +432,7 @@ local function decide(k0, n)
   local group, group_room = 0, false
   for i = k0 + 1, k0 + n do
     local t, sh, cap, check, _, g = limit(i)
-    local key, tag = KEYS[i], name(t)
+    local key, tag = KEYS[i], names[t] or name(t)
     local w = shapes[sh]
     if g ~= group then
       if group ~= 0 and not group_room then
@@ -430,29 +440,46 @@ local function decide(k0, n)
       end
       group, group_room = g, false
     end
-    local v = get(key, tag)
+    -- `get`, its usual case inline.
+    local c = cache[key]
+    local v = c and c[tag] or get(key, tag)
     local cur = w.now
-    local m = size(v)
+    local vs = v.s
+    local m = 0
+    if vs ~= '' then
+      m = (#vs - HEAD) / REC
+    end
     local used, first, ni, nl = 0, 1, 0, 0
     if m > 0 then
       local _
-      ni, _, nl = rec(v, m)
+      -- The total and the oldest record in one read; the newest in
+      -- another when there are several.
+      local tot, i1, c1, l1 = unpack_('<dddd', vs)
+      if m > 1 then
+        ni, _, nl = unpack_('<ddd', vs, HEAD + 1 + REC * (m - 1))
+      else
+        ni, nl = i1, l1
+      end
+      if v.d ~= 0 then
+        if v.t > nl then
+          nl = v.t
+        end
+        if m == 1 then
+          l1 = nl
+        end
+      end
       -- A clock that went back counts in the newest bucket.
       if ni > cur then
         cur = ni
       end
       -- The oldest record still counting (the usual case): nothing leaves.
-      local lo, i1, l1 = cur - w.reach, ni, nl
-      if m > 1 then
-        i1, _, l1 = rec(v, 1)
-      end
-      if i1 >= lo and (w.window == 0 or l1 + w.window > floor) then
-        used = total(v)
+      if i1 >= cur - w.reach and (w.window == 0 or l1 + w.window > floor) then
+        used = tot + v.d
       else
-        used, first = live(v, lo, w.window)
+        used, first = live(v, cur - w.reach, w.window)
       end
     end
-    firsts[i], newest[i], shaped[i], values[i] = first, ni, w, v
+    firsts[i], newest[i], shaped[i], values[i], tags[i] = first, ni, w, v, tag
     local reset = stamp
     if first <= m then
       reset = forget(ni, nl, w)
@@ -493,9 +520,9 @@ local function decide(k0, n)
   end
   for i = k0 + 1, k0 + n do
     local o = at + 7 * (i - k0 - 1)
-    local t, _, cap, _, charge, _, want = limit(i)
+    local _, _, cap, _, charge, _, want = limit(i)
     if out[o + 1] == 0 and charge > 0 then
-      local key, tag, cur = KEYS[i], name(t), out[o + 5]
+      local key, tag, cur = KEYS[i], tags[i], out[o + 5]
       local w, v = shaped[i], values[i]
       local s = stamp
       if want > 0 and LIFE > 0 then
@@ -519,16 +546,39 @@ local function decide(k0, n)
       if firsts[i] == 1 and newest[i] == cur and v.s ~= '' then
         -- What `add` does when the charge falls in the newest bucket and
         -- nothing leaves (the check found so): only the pending count and
-        -- stamp move.
-        pend(v, charge, stamp_in(cur, s, w))
+        -- stamp move. The newest bucket stays the newest: its reset (from
+        -- the check) moves to this stamp's if that is later.
+        -- (`stamp_in`, `pend` and `forget`, inline.)
+        local st, r
+        if w.window > 0 then
+          local b = w.bucket
+          st = min(max(s, cur * b), (cur + 1) * b - 1)
+          r = st + w.window
+        else
+          st = fend(cur, w)
+          r = st
+        end
+        v.d = v.d + charge
+        if st > v.t then
+          v.t = st
+        end
+        if r > out[o + 3] then
+          out[o + 3] = r
+        end
       else
         opened = add(v, cur, charge, cur - w.reach, s, w)
+        -- The newest counted bucket is now the current one.
+        local ni, _, nl = rec(v, (#v.s - HEAD) / REC)
+        out[o + 3] = forget(ni, nl, w)
       end
-      write(key, tag)
+      -- (`write`, inline.)
+      local d = dirty[key]
+      if not d then
+        d = {}
+        dirty[key] = d
+      end
+      d[tag] = true
       out[o + 2] = out[o + 2] + charge
-      -- The newest counted bucket is now the current one.
-      local ni, _, nl = rec(v, size(v))
-      out[o + 3] = forget(ni, nl, w)
       if opened then
         -- The key lives a second past the latest its newest bucket can
         -- count (later charges to the bucket need no new expiry).
