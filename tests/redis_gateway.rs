@@ -46,11 +46,16 @@ impl Process {
     /// qarion.json with its counters in `redis` (a generous decision timeout:
     /// tests share the machine with other tests).
     fn policy_file(redis: &str) -> PathBuf {
-        let mut cfg: serde_json::Value =
+        let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(qarion()).unwrap()).unwrap();
+        Self::write_policy(cfg, redis, "qarion")
+    }
+
+    /// `cfg` with its counters in `redis`, written to a file of its own.
+    fn write_policy(mut cfg: serde_json::Value, redis: &str, name: &str) -> PathBuf {
         cfg["store"] = serde_json::json!({"redis": {"url": redis, "timeout_ms": 2000}});
         let path = std::env::temp_dir().join(format!(
-            "tierlimit-qarion-redis-{}-{}.json",
+            "tierlimit-{name}-redis-{}-{}.json",
             std::process::id(),
             redis.rsplit(':').next().unwrap_or("0")
         ));
@@ -59,13 +64,16 @@ impl Process {
     }
 
     fn start(redis: &str) -> Process {
+        Self::launch(&Self::policy_file(redis))
+    }
+
+    fn launch(policy: &std::path::Path) -> Process {
         let bin = common::gateway_bin();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let policy = Self::policy_file(redis);
         let child = std::process::Command::new(&bin)
             .args(["--config", policy.to_str().unwrap()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -81,6 +89,17 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
         p
+    }
+}
+
+impl Process {
+    /// Stops the process with `signal` (`TERM`: it shuts down and gives
+    /// back its leases; `KILL`: it dies holding them).
+    fn stop(&mut self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
     }
 }
 
@@ -486,5 +505,65 @@ async fn redis_killed_under_load_gives_no_5xx_but_closed_503_and_recovers() {
     // Enforced through Redis again.
     for svc in &svcs {
         assert!(call(svc, "after").await.1.is_some());
+    }
+}
+
+/// 300 per 2 s, by API key, on `redis`.
+fn short_window(redis: &str) -> PathBuf {
+    let cfg = serde_json::json!({
+        "tiers": {"standard": {"limits": [
+            {"name": "burst", "capacity": 300, "window": "2s", "scope": ["caller"]}
+        ]}},
+        "plans": {"default": "standard", "assignments": {}},
+        "headers": "x-ratelimit"
+    });
+    Process::write_policy(cfg, redis, "short")
+}
+
+/// Requests of `key` to `port` one after the other until the first 429;
+/// how many were admitted.
+async fn admitted_until_refused(port: u16, key: &str) -> u64 {
+    let mut n = 0;
+    while http_get(port, key).await.0 == 200 {
+        n += 1;
+    }
+    n
+}
+
+/// What an instance holding leases leaves when it stops: a gateway that
+/// is shut down (SIGTERM) gives back what its leases held, so the other
+/// gets the exact rest of the budget at once; one killed outright
+/// (SIGKILL) strands its last lease, which as far as Redis can tell may
+/// have been spent: it counts until it leaves the window, never longer.
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_gateway_gives_back_its_leases_and_a_killed_one_strands_one() {
+    let server = RedisServer::start();
+    let policy = short_window(&server.url());
+    for (signal, key) in [("TERM", "stopped"), ("KILL", "killed")] {
+        let (mut a, b) = (Process::launch(&policy), Process::launch(&policy));
+        // Steady traffic on a for about half a second (a counter is leased
+        // after a lifetime of at least four requests): 40 requests.
+        let mut spent = 0;
+        for _ in 0..40 {
+            if http_get(a.port, key).await.0 == 200 {
+                spent += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(12)).await;
+        }
+        assert_eq!(spent, 40);
+        a.stop(signal);
+        let got = admitted_until_refused(b.port, key).await;
+        let stranded = 300 - spent - got;
+        eprintln!("{signal}: a spent {spent}, b got {got}, {stranded} stranded");
+        if signal == "TERM" {
+            assert_eq!(stranded, 0, "a gave back everything it did not spend");
+            continue;
+        }
+        // At most one lease: no more than half the room it was taken from.
+        assert!(stranded <= 150, "{stranded} stranded");
+        // They leave with the window (2 s after the lease's end).
+        tokio::time::sleep(Duration::from_millis(2_600)).await;
+        assert_eq!(admitted_until_refused(b.port, key).await, 300);
     }
 }

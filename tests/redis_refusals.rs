@@ -41,27 +41,37 @@ fn evals(server: &RedisServer) -> u64 {
         .sum()
 }
 
-#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
-#[tokio::test]
-async fn refusals_are_answered_locally_until_their_retry_instant() {
-    let server = RedisServer::start();
+/// A store on `server` with leases of `lease` (zero: none), the caller's
+/// clock, and a layer of `policy()` on it with a manual clock.
+fn layered(
+    server: &RedisServer,
+    lease: Duration,
+) -> (RedisStore, RateLimitLayer<RedisStore>, ManualClock) {
     let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
     // A generous timeout, as in the other Redis tests: a decision that times
     // out under a loaded machine may still run, and the script calls are
-    // counted below.
-    // Without leases: a refusal holds until its retry instant (with them,
-    // at most a lease lifetime: see the test below).
+    // counted.
     let store = RedisStore::new(
         RedisStoreConfig::new(server.url())
             .time(TimeSource::Caller)
             .timeout(Duration::from_secs(2))
-            .lease(Duration::ZERO),
+            .lease(lease),
     )
     .unwrap();
     let layer = RateLimitLayer::builder(policy())
         .clock(clock.clone())
         .store(store.clone())
         .build();
+    (store, layer, clock)
+}
+
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test]
+async fn refusals_are_answered_locally_until_their_retry_instant() {
+    let server = RedisServer::start();
+    // Without leases: a refusal holds until its retry instant (with them,
+    // at most a lease lifetime: see the test below).
+    let (store, layer, clock) = layered(&server, Duration::ZERO);
     let svc = layer.layer(Ok200);
     let call = |key: &'static str| {
         let svc = svc.clone();
@@ -116,18 +126,7 @@ async fn refusals_are_answered_locally_until_their_retry_instant() {
 #[tokio::test]
 async fn with_leases_a_refusal_is_cached_for_one_lease_lifetime() {
     let server = RedisServer::start();
-    let clock = ManualClock::new(Duration::from_secs(1_708_200_000));
-    let store = RedisStore::new(
-        RedisStoreConfig::new(server.url())
-            .time(TimeSource::Caller)
-            .timeout(Duration::from_secs(2))
-            .lease(Duration::from_millis(250)),
-    )
-    .unwrap();
-    let layer = RateLimitLayer::builder(policy())
-        .clock(clock.clone())
-        .store(store.clone())
-        .build();
+    let (store, layer, clock) = layered(&server, Duration::from_millis(250));
     let svc = layer.layer(Ok200);
     let status = |key: &'static str| {
         let svc = svc.clone();

@@ -71,7 +71,7 @@ pub struct RedisStoreConfig {
     pub secret: KeySecret,
     /// The longest a lease on a busy counter lives (default 250 ms; zero:
     /// no leases, every decision is a round trip). See
-    /// [leases](crate::store::redis#leases-for-busy-counters).
+    /// "Leases for busy counters" in the Redis store's module docs.
     pub lease: Duration,
     /// Most units one lease holds (default 10 000).
     pub lease_max_units: u64,

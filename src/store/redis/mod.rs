@@ -124,9 +124,13 @@
 //! A refused request remembers, in this instance, the instant its blocking
 //! limits have room again (its `Retry-After`); the same request (same
 //! counters, capacities and costs) is refused again from that memory,
-//! without a round trip, until then. This is exact: other instances can
-//! only add cost, so nothing can have room before that instant (with the
-//! server's clock, the local end is at most one round trip late). Such an
+//! without a round trip, until then. Without leases this is exact: other
+//! instances can only add cost, so nothing can have room before that
+//! instant (with the server's clock, the local end is at most one round
+//! trip late). With leases, a lease that ends gives back what it did not
+//! use, which can make room sooner: a refusal is then remembered for at
+//! most one lease lifetime (plus 10 ms), and asked of Redis again after
+//! that (one call per lifetime for a caller that keeps trying). Such an
 //! answer carries the figures of the refusal it repeats (its remaining
 //! figures may be a little stale; its `Retry-After` counts down to the same
 //! instant, which cost added since can only have pushed later). A reload
@@ -250,8 +254,9 @@
 //! what the log says), `script` (the Lua script, its arguments and its
 //! answer), `queue` (decisions sharing a call), `nodes` (a cluster's
 //! nodes: slots, connections, health, redirections), `cluster` (slot
-//! numbers, decisions across slots), `charges` (post-charges waiting to be
-//! sent), `refusals` (the refusal cache), `plans` (the hash plan
+//! numbers, decisions across slots), `charges` (post-charges and lease
+//! units waiting to be sent), `leases` (leases on busy counters, and why
+//! they never admit too much), `refusals` (the refusal cache), `plans` (the hash plan
 //! assignments are shared through) and `server` (what the server's
 //! settings let it drop).
 
