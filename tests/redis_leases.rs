@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tierlimit::clock::Timestamp;
 use tierlimit::store::{
@@ -532,4 +532,55 @@ async fn a_lease_is_never_spent_after_its_end() {
     assert_eq!(a.lease_decisions(), served, "decided in Redis");
     // What it held went back with that call.
     assert_eq!(a.lease_units_returned(), left);
+}
+
+/// On a Redis Cluster, a request whose limits share a slot is leased as
+/// on one server; one whose limits span slots is decided without leases;
+/// two instances never admit more than the capacity.
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_one_slot_is_leased_and_several_are_not() {
+    let cluster = RedisCluster::start();
+    let on_cluster = || {
+        RedisStore::new(
+            RedisStoreConfig::cluster(cluster.urls())
+                .prefix("cl")
+                .time(TimeSource::Caller)
+                .timeout(Duration::from_secs(5))
+                .lease(Duration::from_millis(250)),
+        )
+        .unwrap()
+    };
+    let (a, b) = (on_cluster(), on_cluster());
+    let hot = sliding(60_000, 200);
+    // The same counter from both, after a busy lifetime each: 400 tries.
+    let t = START_MS + 1000;
+    assert_eq!(warm(&a, hot, t, 250, 10).await, 10);
+    assert_eq!(warm(&b, hot, t, 250, 10).await, 10);
+    let mut admitted = 20;
+    for k in 0..400 {
+        let s = if k % 2 == 0 { &a } else { &b };
+        admitted += u64::from(decide(s, at(t), Batch::from_limits([hot])).await.admitted());
+    }
+    assert_eq!(admitted, 200, "exactly the capacity across both");
+    assert!(a.lease_decisions() + b.lease_decisions() > 0, "leased");
+
+    // A limit in another slot beside it: decided across slots, no lease.
+    let served = a.lease_decisions() + a.leases_taken();
+    let other = LimitSpec::new(
+        CounterKey::from_u128(77),
+        WindowSpec::sliding(Duration::from_secs(60), 10),
+        1000,
+        1,
+    )
+    .with_tag(2);
+    let spread = sliding(60_000, 1000).with_tag(3);
+    assert_ne!(a.redis_key(other.key), a.redis_key(spread.key));
+    let t2 = t + 10_000;
+    warm(&a, spread, t2, 250, 10).await;
+    for _ in 0..20 {
+        let batch = Batch::from_limits([spread, other]);
+        assert!(decide(&a, at(t2), batch).await.admitted());
+    }
+    assert_eq!(a.lease_decisions() + a.leases_taken(), served);
 }
