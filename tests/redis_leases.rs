@@ -584,3 +584,47 @@ async fn on_a_cluster_one_slot_is_leased_and_several_are_not() {
     }
     assert_eq!(a.lease_decisions() + a.leases_taken(), served);
 }
+
+/// A cascade leases the member it charges; the lease of a later member
+/// serves the group only while the members before it still refuse (as
+/// the granting call found them), so the first member with room keeps
+/// taking the charge.
+#[cfg_attr(no_redis_server, ignore = "redis-server is not installed")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_is_leased_on_the_member_it_charges() {
+    let server = RedisServer::start();
+    let a = store(&server.url(), "cascade", 1000, 50);
+    let w = |ms| WindowSpec::sliding(Duration::from_millis(ms), 10);
+    let short = LimitSpec::new(CounterKey::from_u128(5), w(300), 10, 1)
+        .with_tag(1)
+        .in_cascade(Some(1));
+    let long = LimitSpec::new(CounterKey::from_u128(5), w(60_000), 1000, 1)
+        .with_tag(2)
+        .in_cascade(Some(1));
+    let group = || Batch::from_limits([short, long]);
+    let t = START_MS + 2000;
+    // Busy in the lifetime before (those leave the short window by t).
+    for _ in 0..10 {
+        assert!(decide(&a, at(t - 1000), group()).await.admitted());
+    }
+    // At t: the short member first (10), then the long one.
+    let mut from_lease_on_long = 0;
+    for _ in 0..40 {
+        let served = a.lease_decisions();
+        let b = decide(&a, at(t), group()).await;
+        assert!(b.admitted());
+        let on_long = b.outcome(0).unwrap().refusal().is_some() && b.outcome(1).unwrap().has_room();
+        if on_long && a.lease_decisions() > served {
+            from_lease_on_long += 1;
+        }
+    }
+    assert!(
+        from_lease_on_long > 0,
+        "the long member's lease served the group"
+    );
+    // Once the short member has room again, it takes the charge, though the
+    // long member's lease (1 s) still has units.
+    let later = decide(&a, at(t + 400), group()).await;
+    assert!(later.admitted());
+    assert!(later.outcome(0).unwrap().has_room(), "{later:?}");
+}

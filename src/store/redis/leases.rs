@@ -34,6 +34,18 @@
 //! stamped the call later than that, so `sent + (until - stamp)` is never
 //! later, on the server's clock, than `until`.
 //!
+//! # Cascades
+//!
+//! A cascade's members are all asked for a lease; the script grants one
+//! to the member it charges, and the lease records the whole group as that
+//! call decided it. It serves the group only while the group is the same
+//! and every member before the leased one still refuses by the retry
+//! instant the call gave (other instances can only push those later,
+//! except for units given back, and the lease lives one lifetime at
+//! most): the member that takes the charge is the one Redis would pick.
+//! Each admission is counted in the leased member's counter, so the proof
+//! above holds member by member.
+//!
 //! # What this costs
 //!
 //! Leased units count from the call rather than from their use, and the
@@ -76,6 +88,16 @@ pub(super) struct Ask {
     /// The request's cost, taken from this instance's lease: the limit is
     /// sent costing nothing.
     pub(super) held: Option<Held>,
+    /// A cascade member beside the one whose lease serves its group: its
+    /// outcome (as the lease recorded it); sent costing nothing too.
+    pub(super) cover: Option<Outcome>,
+}
+
+impl Ask {
+    /// Whether this instance decides the limit (it is sent costing nothing).
+    pub(super) fn local(&self) -> bool {
+        self.held.is_some() || self.cover.is_some()
+    }
 }
 
 /// Units taken from a lease for one request.
@@ -95,6 +117,10 @@ pub(super) struct Plan {
     /// When it was sent, on the leases' clock (nanoseconds).
     sent: u64,
 }
+
+/// The other members of a cascade group served from one member's lease:
+/// (index in the batch, outcome).
+type Covers = Vec<(usize, Outcome)>;
 
 /// Unused units to give back to the bucket they were charged to.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +154,10 @@ struct Lease {
     before: u64,
     /// When a lease was asked for, not yet answered (0: none).
     asking: u64,
+    /// For a cascade member: every member of its group as the granting
+    /// call decided them (this one at `pos`); empty otherwise.
+    group: Vec<(LimitSpec, Outcome)>,
+    pos: usize,
 }
 
 impl Lease {
@@ -146,6 +176,8 @@ impl Lease {
             seen: 0,
             before: 0,
             asking: 0,
+            group: Vec::new(),
+            pos: 0,
         }
     }
 
@@ -187,13 +219,29 @@ pub(super) struct Leases {
     pub(super) counts: LeaseCounts,
 }
 
-/// The cost a limit may take from a lease: request costs only, outside
-/// cascades.
+/// The cost a limit may take from a lease: request costs only.
 fn leasable(l: &LimitSpec) -> Option<u64> {
     match l.charge {
-        Charge::Now(n) if n > 0 && l.cascade.is_none() => Some(n),
+        Charge::Now(n) if n > 0 => Some(n),
         _ => None,
     }
+}
+
+/// The members of the cascade group of limit `i` of `batch` (`i` alone
+/// outside cascades).
+fn group_of(batch: &Batch, i: usize) -> std::ops::Range<usize> {
+    let Some(g) = batch.limit(i).cascade else {
+        return i..i + 1;
+    };
+    let mut start = i;
+    while start > 0 && batch.limit(start - 1).cascade == Some(g) {
+        start -= 1;
+    }
+    let mut end = i + 1;
+    while end < batch.len() && batch.limit(end).cascade == Some(g) {
+        end += 1;
+    }
+    start..end
 }
 
 fn same(a: &LimitSpec, b: &LimitSpec) -> bool {
@@ -261,31 +309,34 @@ impl Leases {
             asks: Vec::new(),
             sent: t,
         };
-        let mut held = 0;
-        for i in 0..batch.len() {
-            let l = *batch.limit(i);
+        let mut i = 0;
+        while i < batch.len() {
+            let g = group_of(batch, i);
+            i = g.end;
+            if batch.limit(g.start).cascade.is_some() {
+                self.visit_group(batch, g, t, back, &mut plan.asks);
+                continue;
+            }
+            let l = *batch.limit(g.start);
             let Some(cost) = leasable(&l) else { continue };
             let ask = self.visit(&l, cost, t, back);
             if ask != Ask::default() {
                 if plan.asks.is_empty() {
                     plan.asks.resize(batch.len(), Ask::default());
                 }
-                plan.asks[i] = ask;
-                held += usize::from(ask.held.is_some());
+                plan.asks[g.start] = ask;
             }
         }
-        if held == 0 || held < batch.len() {
+        let local = plan.asks.iter().filter(|a| a.local()).count();
+        if local == 0 || local < batch.len() {
             return Some(plan);
         }
         let mut decided_at = None;
         for (i, ask) in plan.asks.iter().enumerate() {
-            let Some(h) = ask.held else { continue };
-            let key = batch.limit(i).key;
-            batch.record(
-                i,
-                Outcome::new(h.view, Verdict::Room(Receipt::new(key, h.index))),
-            );
-            decided_at = decided_at.max(Some(h.decided_at));
+            self.record(batch, i, ask);
+            if let Some(h) = ask.held {
+                decided_at = decided_at.max(Some(h.decided_at));
+            }
         }
         if let Some(at) = decided_at {
             batch.set_decided_at(at);
@@ -299,17 +350,143 @@ impl Leases {
     /// lease if that is in force with room; else a lease asked for when the
     /// demand is high enough and none is being asked for.
     fn visit(&self, l: &LimitSpec, cost: u64, t: u64, back: &mut Vec<Back>) -> Ask {
-        let key = (l.key, l.tag);
-        let mut entry = match self.map.get_mut(&key) {
-            Some(e) => e,
-            None => {
-                if self.map.len() >= MAX_TRACKED {
-                    return Ask::default();
-                }
-                self.map.entry(key).or_insert_with(|| Lease::new(*l))
-            }
+        let Some(mut entry) = self.entry(l) else {
+            return Ask::default();
         };
         let lease = &mut *entry;
+        self.note(lease, l, t, back);
+        if lease.group.is_empty() {
+            if let Some(h) = self.take(lease, l, cost, t) {
+                return Ask {
+                    held: Some(h),
+                    ..Ask::default()
+                };
+            }
+        }
+        Ask {
+            want: self.want(lease, cost, t),
+            ..Ask::default()
+        }
+    }
+
+    /// The members `g` of a cascade group: their demand counted; the
+    /// group served from the lease of its first member whose lease was
+    /// granted for this same group and still stands (every member before
+    /// it still refusing, as the granting call found them, and the lease
+    /// in force with room); else leases asked for every member (the script
+    /// grants one to the member it charges).
+    fn visit_group(
+        &self,
+        batch: &Batch,
+        g: std::ops::Range<usize>,
+        t: u64,
+        back: &mut Vec<Back>,
+        asks: &mut Vec<Ask>,
+    ) {
+        if g.clone().any(|j| leasable(batch.limit(j)).is_none()) {
+            return;
+        }
+        // The member whose lease serves, what it took, the others' outcomes.
+        let mut chosen: Option<(usize, Held, Covers)> = None;
+        for j in g.clone() {
+            let l = *batch.limit(j);
+            let Some(mut entry) = self.entry(&l) else {
+                return;
+            };
+            let lease = &mut *entry;
+            self.note(lease, &l, t, back);
+            if chosen.is_some() {
+                continue;
+            }
+            let Some(covers) = self.stands(lease, batch, g.clone(), j, t) else {
+                continue;
+            };
+            if let Some(h) = self.take(lease, &l, leasable(&l).unwrap_or(1), t) {
+                chosen = Some((j, h, covers));
+            }
+        }
+        if asks.is_empty() {
+            asks.resize(batch.len(), Ask::default());
+        }
+        if let Some((j, h, covers)) = chosen {
+            asks[j].held = Some(h);
+            for (k, o) in covers {
+                asks[k].cover = Some(o);
+            }
+            return;
+        }
+        for j in g {
+            let l = *batch.limit(j);
+            if let Some(mut e) = self.map.get_mut(&(l.key, l.tag)) {
+                asks[j].want = self.want(&mut e, leasable(&l).unwrap_or(1), t);
+            }
+        }
+    }
+
+    /// The outcomes of the other members of group `g` when the lease of
+    /// member `j` may serve it: granted for this very group (same members,
+    /// `j` at the same place), every member before `j` still refusing at
+    /// `t` by what the granting call said (until its retry instant, which
+    /// other instances can only push later, but for units given back:
+    /// the lease lives one lifetime at most).
+    fn stands(
+        &self,
+        lease: &Lease,
+        batch: &Batch,
+        g: std::ops::Range<usize>,
+        j: usize,
+        t: u64,
+    ) -> Option<Covers> {
+        if lease.group.len() != g.len() || lease.pos != j - g.start {
+            return None;
+        }
+        let now = self.server_now(lease, t);
+        let mut covers = Vec::with_capacity(g.len() - 1);
+        for (k, (spec, outcome)) in g.zip(&lease.group) {
+            if spec != batch.limit(k) {
+                return None;
+            }
+            if k == j {
+                continue;
+            }
+            if k < j {
+                match outcome.refusal() {
+                    Some(crate::store::Refusal::Full { retry_at }) if retry_at > now => {}
+                    Some(crate::store::Refusal::NeverFits) => {}
+                    _ => return None,
+                }
+            }
+            covers.push((k, *outcome));
+        }
+        Some(covers)
+    }
+
+    /// Now on Redis's clock, as this instance reckons it from a lease.
+    fn server_now(&self, lease: &Lease, t: u64) -> Timestamp {
+        if self.caller_clock {
+            Timestamp::from_nanos(t)
+        } else {
+            lease.stamp + std::time::Duration::from_nanos(t.saturating_sub(lease.sent))
+        }
+    }
+
+    /// The lease of `l` (made when this instance follows fewer than
+    /// [`MAX_TRACKED`] counters).
+    fn entry(
+        &self,
+        l: &LimitSpec,
+    ) -> Option<dashmap::mapref::one::RefMut<'_, (CounterKey, u16), Lease>> {
+        let key = (l.key, l.tag);
+        match self.map.get_mut(&key) {
+            Some(e) => Some(e),
+            None if self.map.len() >= MAX_TRACKED => None,
+            None => Some(self.map.entry(key).or_insert_with(|| Lease::new(*l))),
+        }
+    }
+
+    /// One request's demand counted; a lease that ended (or was granted
+    /// for another shape of the limit) given back.
+    fn note(&self, lease: &mut Lease, l: &LimitSpec, t: u64, back: &mut Vec<Back>) {
         let period = t / self.life;
         if period != lease.period {
             lease.before = if period == lease.period + 1 {
@@ -321,48 +498,61 @@ impl Leases {
             lease.period = period;
         }
         lease.seen += 1;
-        let fits = same(&lease.limit, l);
-        if lease.left > 0 && (!fits || t > lease.until) {
+        if lease.left > 0 && (!same(&lease.limit, l) || t > lease.until) {
             back.extend(lease.end());
         }
-        if fits && lease.left >= cost {
-            lease.left -= cost;
-            let remaining = lease.free.saturating_add(lease.left);
-            let decided_at = if self.caller_clock {
-                Timestamp::from_nanos(t)
-            } else {
-                lease.stamp + std::time::Duration::from_nanos(t.saturating_sub(lease.sent))
-            };
-            return Ask {
-                want: 0,
-                held: Some(Held {
-                    generation: lease.generation,
-                    index: lease.index,
-                    units: cost,
-                    view: View::new(
-                        l.capacity,
-                        l.capacity.saturating_sub(remaining),
-                        lease.reset,
-                    ),
-                    decided_at,
-                }),
-            };
+    }
+
+    /// `cost` taken from the lease, when it is for `l` and has it.
+    fn take(&self, lease: &mut Lease, l: &LimitSpec, cost: u64, t: u64) -> Option<Held> {
+        if !same(&lease.limit, l) || lease.left < cost || t > lease.until {
+            return None;
         }
+        lease.left -= cost;
+        let remaining = lease.free.saturating_add(lease.left);
+        Some(Held {
+            generation: lease.generation,
+            index: lease.index,
+            units: cost,
+            view: View::new(
+                l.capacity,
+                l.capacity.saturating_sub(remaining),
+                lease.reset,
+            ),
+            decided_at: self.server_now(lease, t),
+        })
+    }
+
+    /// Units to ask for (0: none): as much as the last whole lifetime used
+    /// (Istio's quota prefetch sizes its reservation so too), when that is
+    /// at least [`MIN_DEMAND`] requests and no ask is on the wire.
+    fn want(&self, lease: &mut Lease, cost: u64, t: u64) -> u64 {
         if lease.asking != 0 && t.saturating_sub(lease.asking) < ASK_STALE * self.life {
-            return Ask::default();
+            return 0;
         }
-        // As much as the last whole lifetime used (Istio's quota prefetch
-        // sizes its reservation so too).
         let demand = lease.before;
         if demand < MIN_DEMAND {
-            return Ask::default();
+            return 0;
         }
         let want = demand.saturating_mul(cost).min(self.max_units);
         if want < cost {
-            return Ask::default();
+            return 0;
         }
         lease.asking = t.max(1);
-        Ask { want, held: None }
+        want
+    }
+
+    /// Records the outcome this instance decided for limit `i`.
+    fn record(&self, batch: &mut Batch, i: usize, ask: &Ask) {
+        if let Some(h) = ask.held {
+            let key = batch.limit(i).key;
+            batch.record(
+                i,
+                Outcome::new(h.view, Verdict::Room(Receipt::new(key, h.index))),
+            );
+        } else if let Some(o) = ask.cover {
+            batch.record(i, o);
+        }
     }
 
     /// After the script call for `batch` (decided, `values` its seven
@@ -384,15 +574,10 @@ impl Leases {
         let admitted = batch.admitted();
         for (i, ask) in plan.asks.iter().enumerate() {
             let l = *batch.limit(i);
-            if let Some(h) = ask.held {
-                if admitted {
-                    batch.record(
-                        i,
-                        Outcome::new(h.view, Verdict::Room(Receipt::new(l.key, h.index))),
-                    );
-                } else {
-                    self.put_back(&l, h, back);
-                }
+            if admitted {
+                self.record(batch, i, ask);
+            } else if let Some(h) = ask.held {
+                self.put_back(&l, h, back);
             }
             if ask.want == 0 {
                 if ask.held.is_none() && admitted {
@@ -442,6 +627,20 @@ impl Leases {
             lease.reset = outcome.view.reset_at;
             lease.stamp = stamp;
             lease.sent = plan.sent;
+            // A cascade member's lease serves its group only as this call
+            // decided it (see `stands`).
+            lease.group.clear();
+            lease.pos = 0;
+            if l.cascade.is_some() {
+                let g = group_of(batch, i);
+                lease.pos = i - g.start;
+                for k in g {
+                    match batch.outcome(k) {
+                        Some(o) => lease.group.push((*batch.limit(k), *o)),
+                        None => lease.group.clear(),
+                    }
+                }
+            }
             self.counts.taken.fetch_add(1, Ordering::Relaxed);
             self.counts
                 .units_taken

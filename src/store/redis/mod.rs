@@ -85,9 +85,12 @@
 //! those units leave their window (at most, per counter, one lease:
 //! `lease_max_units` units, or half of what was left).
 //!
-//! Only request costs outside cascades are leased (post-charged costs are
-//! not known in advance; a cascade's member is chosen per request), and a
-//! request whose limits live in several cluster slots is decided without.
+//! Only request costs are leased (post-charged costs are not known in
+//! advance). A cascade is leased on the member its script call charged
+//! (the first with room); that lease serves the group only while every
+//! member before it still refuses, by the retry instants the same call
+//! gave, so the first member with room keeps taking the charge. A request
+//! whose limits live in several cluster slots is decided without leases.
 //!
 //! **What the headers say.** The remaining figures of a request answered
 //! from a lease are the counter's as the lease saw it, minus what this

@@ -281,6 +281,7 @@ impl Inner {
         const NONE: Ask = Ask {
             want: 0,
             held: None,
+            cover: None,
         };
         let limits = batches.iter().enumerate().flat_map(|(b, batch)| {
             let asks = asks.get(b).copied().unwrap_or(&[]);
@@ -292,9 +293,10 @@ impl Inner {
         for ((l, ask), shape) in limits.zip(limit_shapes) {
             let group = l.cascade.map_or(0, u32::from);
             // A cost taken from this instance's lease is not charged again.
-            let (check, charge) = match ask.held {
-                Some(_) => (0, 0),
-                None => (l.check_cost(), l.charge_cost()),
+            let (check, charge) = if ask.local() {
+                (0, 0)
+            } else {
+                (l.check_cost(), l.charge_cost())
             };
             p.u(u64::from(l.tag))
                 .u(shape as u64)
