@@ -258,8 +258,9 @@ local function get(key, tag)
   return o
 end
 
--- Tags rewritten, by key; and the expiry (ms from now) each key must reach.
-local dirty, expire = {}, {}
+-- Keys with a limit to write back (each once, in order: a limit to write
+-- is marked `w`), and the expiry (ms from now) each key must reach.
+local dirty, marked, expire = {}, {}, {}
 local function extend(key, ms)
   if ms <= 0 then
     return
@@ -383,14 +384,13 @@ local function add(o, idx, amount, lo, s, w)
   return opened
 end
 
--- Limit `tag` of `key` is to be written back.
-local function write(key, tag)
-  local d = dirty[key]
-  if not d then
-    d = {}
-    dirty[key] = d
+-- Limit `tag` of `key` (its value `o`) is to be written back.
+local function write(key, o)
+  o.w = true
+  if not marked[key] then
+    marked[key] = true
+    dirty[#dirty + 1] = key
   end
-  d[tag] = true
 end
 
 -- The values of limit `i` (see ARGV[3]).
@@ -412,8 +412,9 @@ for c = 1, C do
     idx = index(s, mfloor(at / 1000), w)
   end
   local lo = index(stamp, floor, w) - w.reach
-  local opened = add(get(key, tag), idx, cost, lo, s, w)
-  write(key, tag)
+  local o = get(key, tag)
+  local opened = add(o, idx, cost, lo, s, w)
+  write(key, o)
   if opened then
     extend(key, latest(idx, w) - floor + 1000)
   end
@@ -572,12 +573,11 @@ local function decide(k0, n)
         out[o + 3] = forget(ni, nl, w)
       end
       -- (`write`, inline.)
-      local d = dirty[key]
-      if not d then
-        d = {}
-        dirty[key] = d
+      v.w = true
+      if not marked[key] then
+        marked[key] = true
+        dirty[#dirty + 1] = key
       end
-      d[tag] = true
       out[o + 2] = out[o + 2] + charge
       if opened then
         -- The key lives a second past the latest its newest bucket can
@@ -597,22 +597,25 @@ for r = 1, R do
 end
 
 -- Every rewritten limit of a key in one HSET (HDEL when nothing is left).
-for key, tags in pairs(dirty) do
-  local c = cache[key]
-  local set, del = {}, {}
-  for tag, _ in pairs(tags) do
-    local v = flat(c[tag])
-    if v ~= '' then
-      set[#set + 1] = tag
-      set[#set + 1] = v
-    else
-      del[#del + 1] = tag
+local set = {}
+for _, key in ipairs(dirty) do
+  local n, del = 0, nil
+  for tag, o in pairs(cache[key]) do
+    if o.w then
+      local v = flat(o)
+      if v ~= '' then
+        set[n + 1], set[n + 2] = tag, v
+        n = n + 2
+      else
+        del = del or {}
+        del[#del + 1] = tag
+      end
     end
   end
-  if #set > 0 then
-    redis.call('HSET', key, unpack(set))
+  if n > 0 then
+    redis.call('HSET', key, unpack(set, 1, n))
   end
-  if #del > 0 then
+  if del then
     redis.call('HDEL', key, unpack(del))
   end
 end
