@@ -17,17 +17,19 @@
 --          one argument each: `cargo bench --bench redis_store`):
 --   R, the number of requests; C, the number of post-charges; S, the
 --   number of distinct window shapes; LIFE, the longest a lease lives, in
---   ms (see `want`); then R counts: the number of limits of each request
---   (L, their sum); then S SHAPEs (each read once, however many limits use
---   it); then per limit, 7 values: tag, shape number (from 1), capacity,
---   check, charge, cascade group (0: none), want (units to reserve for the
---   caller's lease besides the charge); per post-charge, 5: tag, shape
+--   ms (see `want`); K, the number of keys of the limits; then R counts:
+--   the number of limits of each request (L, their sum); then S SHAPEs
+--   (each read once, however many limits use it); then per limit, 8
+--   values: tag, shape number (from 1), capacity, check, charge, cascade
+--   group (0: none), want (units to reserve for the caller's lease besides
+--   the charge), key number (from 1); per post-charge, 5: tag, shape
 --   number, cost (negative: given back), when it was measured
 --   (microseconds since the epoch on the caller's clock, or -N for N
 --   microseconds before now), and the bucket index to charge (-1: the
 --   bucket of that instant)
--- KEYS[1..L]      the counter hash of each limit, request after request
--- KEYS[L+1..L+C]  the counter hash of each post-charge
+-- KEYS[1..K]      the counter hashes of the limits, each once a request
+--                 (a request's limits mostly share their caller's hash)
+-- KEYS[K+1..K+C]  the counter hash of each post-charge
 -- SHAPE, 6 values:      bucket, reach, offset, window (0: a fixed window),
 --                       and for a fixed window in a time zone the window
 --                       the caller's clock puts the request in and its end
@@ -69,19 +71,19 @@ if ARGV[1] == '' then
 else
   floor, stamp = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
-local R, C, S, LIFE = unpack_('<dddd', P)
+local R, C, S, LIFE, K = unpack_('<ddddd', P)
 -- The number of limits of each request.
 local counts = {}
 local L = 0
 for r = 1, R do
-  local n = unpack_('<d', P, 8 * (3 + r) + 1)
+  local n = unpack_('<d', P, 8 * (4 + r) + 1)
   counts[r] = n
   L = L + n
 end
 -- The byte offsets (from 1) of the shapes, the limits and the post-charges.
-local SHAPES = 8 * (4 + R) + 1
+local SHAPES = 8 * (5 + R) + 1
 local LIMITS = SHAPES + 48 * S
-local POSTS = LIMITS + 56 * L
+local POSTS = LIMITS + 64 * L
 
 -- Field names, by tag.
 local names = {}
@@ -395,13 +397,13 @@ end
 
 -- The values of limit `i` (see ARGV[3]).
 local function limit(i)
-  return unpack_('<ddddddd', P, LIMITS + 56 * (i - 1))
+  return unpack_('<dddddddd', P, LIMITS + 64 * (i - 1))
 end
 
 -- Post-charges first: costs measured after earlier responses.
 for c = 1, C do
   local t, sh, cost, at, idx = unpack_('<ddddd', P, POSTS + 40 * (c - 1))
-  local key, tag = KEYS[L + c], name(t)
+  local key, tag = KEYS[K + c], name(t)
   local w = shapes[sh]
   local s = stamp
   if idx < 0 then
@@ -432,8 +434,8 @@ local function decide(k0, n)
   local admitted = true
   local group, group_room = 0, false
   for i = k0 + 1, k0 + n do
-    local t, sh, cap, check, _, g = limit(i)
-    local key, tag = KEYS[i], names[t] or name(t)
+    local t, sh, cap, check, _, g, _, kn = limit(i)
+    local key, tag = KEYS[kn], names[t] or name(t)
     local w = shapes[sh]
     if g ~= group then
       if group ~= 0 and not group_room then
@@ -521,9 +523,9 @@ local function decide(k0, n)
   end
   for i = k0 + 1, k0 + n do
     local o = at + 7 * (i - k0 - 1)
-    local _, _, cap, _, charge, _, want = limit(i)
+    local _, _, cap, _, charge, _, want, kn = limit(i)
     if out[o + 1] == 0 and charge > 0 then
-      local key, tag, cur = KEYS[i], tags[i], out[o + 5]
+      local key, tag, cur = KEYS[kn], tags[i], out[o + 5]
       local w, v = shaped[i], values[i]
       local s = stamp
       if want > 0 and LIFE > 0 then

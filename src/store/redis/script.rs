@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::clock::Timestamp;
 use crate::store::{
-    Batch, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View,
+    Batch, CounterKey, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View,
 };
 
 use super::charges::QueuedCharge;
@@ -217,16 +217,33 @@ impl Inner {
     ) -> impl Future<Output = CallResult> + Send + 'static {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let limits: usize = batches.iter().map(|b| b.len()).sum();
-        let keys = limits + charges.len() + give_back.len();
-        // Sized once: a key a limit or charge, and the packed numbers.
+        // Each request's keys once (its limits mostly share its caller's
+        // counters), and the number of every limit's key.
+        let mut distinct: Vec<CounterKey> = Vec::with_capacity(limits);
+        let mut key_of: Vec<usize> = Vec::with_capacity(limits);
+        for b in batches {
+            let first = distinct.len();
+            for l in b.limits() {
+                let k = match distinct[first..].iter().position(|d| *d == l.key) {
+                    Some(p) => first + p,
+                    None => {
+                        distinct.push(l.key);
+                        distinct.len() - 1
+                    }
+                };
+                key_of.push(k + 1);
+            }
+        }
+        let keys = distinct.len() + charges.len() + give_back.len();
+        // Sized once: the keys, and the packed numbers.
         let mut cmd = redis::Cmd::with_capacity(
             6 + keys,
-            128 + keys * (self.prefix.len() + 36) + 8 * (4 + batches.len() + 7 * keys + 6 * 4),
+            128 + keys * (self.prefix.len() + 36) + 8 * (5 + batches.len() + 8 * limits + 5 * keys + 6 * 4),
         );
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
         // Every key written through one buffer (no string a key).
         let mut key = String::with_capacity(self.prefix.len() + 36);
-        let all = batches.iter().flat_map(|b| b.limits()).map(|l| l.key);
+        let all = distinct.iter().copied();
         let all = all
             .chain(charges.iter().map(|w| w.charge.receipt.key()))
             .chain(give_back.iter().map(|g| g.limit.key));
@@ -271,7 +288,8 @@ impl Inner {
         p.u(batches.len() as u64)
             .u((charges.len() + give_back.len()) as u64)
             .u(shapes.0.len() as u64)
-            .u(self.leases.life_ms);
+            .u(self.leases.life_ms)
+            .u(distinct.len() as u64);
         for b in batches {
             p.u(b.len() as u64);
         }
@@ -290,7 +308,7 @@ impl Inner {
                 .enumerate()
                 .map(move |(i, l)| (l, asks.get(i).unwrap_or(&NONE)))
         });
-        for ((l, ask), shape) in limits.zip(limit_shapes) {
+        for (((l, ask), shape), key) in limits.zip(limit_shapes).zip(key_of) {
             let group = l.cascade.map_or(0, u32::from);
             // A cost taken from this instance's lease is not charged again.
             let (check, charge) = if ask.local() {
@@ -304,7 +322,8 @@ impl Inner {
                 .u(check)
                 .u(charge)
                 .u(u64::from(group))
-                .u(ask.want);
+                .u(ask.want)
+                .u(key as u64);
         }
         for (w, shape) in charges.iter().zip(charge_shapes) {
             let c = &w.charge;
