@@ -242,7 +242,7 @@ local function counters(key)
   for j = 1, #all, 2 do
     local v = all[j + 1]
     if #v > HEAD and (#v - HEAD) % REC == 0 then
-      c[all[j]] = {s = v, d = 0, t = 0}
+      c[all[j]] = {s = v, d = 0, t = 0, k = key}
     end
   end
   cache[key] = c
@@ -254,7 +254,7 @@ local function get(key, tag)
   local c = counters(key)
   local o = c[tag]
   if not o then
-    o = {s = '', d = 0, t = 0}
+    o = {s = '', d = 0, t = 0, k = key}
     c[tag] = o
   end
   return o
@@ -422,19 +422,20 @@ for c = 1, C do
   end
 end
 
-local out = {stamp}
--- Per limit, from its check: the first record still counting and the
--- newest record's bucket.
+local out, nout = {stamp}, 1
+-- Per limit, from its check: the first record still counting, the newest
+-- record's bucket, its shape, value and tag.
 local firsts, newest, shaped, values, tags = {}, {}, {}, {}, {}
 
 -- Decides request r, whose limits are the n from number k0 + 1 on.
 local function decide(k0, n)
-  local at = #out + 1
+  local at = nout + 1
   out[at] = 0
+  nout = at
   local admitted = true
   local group, group_room = 0, false
   for i = k0 + 1, k0 + n do
-    local t, sh, cap, check, _, g, _, kn = limit(i)
+    local t, sh, cap, check, charge, g, want, kn = limit(i)
     local key, tag = KEYS[kn], names[t] or name(t)
     local w = shapes[sh]
     if g ~= group then
@@ -511,26 +512,35 @@ local function decide(k0, n)
     elseif g == 0 and verdict ~= 1 then
       admitted = false
     end
-    local o = #out
+    local o = nout
     out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = verdict, used, reset, retry, cur
-    out[o + 6], out[o + 7] = 0, 0
+    -- The charge and the units wanted, until the charge replaces them with
+    -- what was granted (see below).
+    out[o + 6], out[o + 7] = charge, want
+    nout = o + 7
   end
   if group ~= 0 and not group_room then
     admitted = false
   end
   if not admitted then
+    for o = at + 6, nout, 7 do
+      out[o], out[o + 1] = 0, 0
+    end
     return
   end
   for i = k0 + 1, k0 + n do
     local o = at + 7 * (i - k0 - 1)
-    local _, _, cap, _, charge, _, want, kn = limit(i)
+    local charge, want = out[o + 6], out[o + 7]
+    out[o + 6], out[o + 7] = 0, 0
     if out[o + 1] == 0 and charge > 0 then
-      local key, tag, cur = KEYS[kn], tags[i], out[o + 5]
-      local w, v = shaped[i], values[i]
+      local v = values[i]
+      local key, tag, cur = v.k, tags[i], out[o + 5]
+      local w = shaped[i]
       local s = stamp
       if want > 0 and LIFE > 0 then
         -- A lease (see the top): half the room left at most, until the
         -- end of its life or of the bucket, whichever comes first.
+        local _, _, cap = limit(i)
         local grant = min(want, mfloor((cap - out[o + 2] - charge) / 2))
         local last
         if w.window > 0 then
@@ -632,8 +642,8 @@ end
 -- One string of little-endian doubles (exact integers below 2^53): a
 -- client reads it far faster than an array of integers, value by value.
 local parts = {}
-for k = 1, #out, 64 do
-  local last = min(k + 63, #out)
+for k = 1, nout, 64 do
+  local last = min(k + 63, nout)
   parts[#parts + 1] = pack('<' .. string.rep('d', last - k + 1), unpack(out, k, last))
 end
 return table.concat(parts)
