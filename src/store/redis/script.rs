@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use crate::clock::Timestamp;
 use crate::store::{
-    Batch, CounterKey, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View,
+    Batch, CounterKey, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict,
+    View,
 };
 
 use super::charges::QueuedCharge;
@@ -238,7 +239,8 @@ impl Inner {
         // Sized once: the keys, and the packed numbers.
         let mut cmd = redis::Cmd::with_capacity(
             6 + keys,
-            128 + keys * (self.prefix.len() + 36) + 8 * (5 + batches.len() + 8 * limits + 5 * keys + 6 * 4),
+            128 + keys * (self.prefix.len() + 36)
+                + 8 * (5 + batches.len() + 8 * limits + 5 * keys + 6 * 4),
         );
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
         // Every key written through one buffer (no string a key).
