@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Timestamp;
 use crate::store::{PostCharge, Receipt};
 
-use super::leases::Back;
+use super::script::GiveBack;
 use super::Inner;
 
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -28,7 +28,7 @@ pub(super) struct QueuedCharge {
 
 impl QueuedCharge {
     /// Lease units given back.
-    fn back(b: Back) -> QueuedCharge {
+    fn back(b: GiveBack) -> QueuedCharge {
         QueuedCharge {
             charge: PostCharge::new(b.limit, Receipt::new(b.limit.key, b.index), b.units),
             at: Timestamp::EPOCH,
@@ -82,7 +82,7 @@ impl Inner {
 
     /// Queues unused lease units to be given back (with the next call, or
     /// the flusher's within 10 ms).
-    pub(super) fn give_back(&self, back: Vec<Back>) {
+    pub(super) fn give_back(&self, back: Vec<GiveBack>) {
         if back.is_empty() {
             return;
         }

@@ -128,6 +128,7 @@ impl Inner {
             back.push(GiveBack {
                 limit: l,
                 index: r.data(),
+                units: l.charge_cost(),
             });
             o.view.used = o.view.used.saturating_sub(l.charge_cost());
             sub.record(i, o);

@@ -67,6 +67,8 @@ use dashmap::DashMap;
 use crate::clock::Timestamp;
 use crate::store::{Batch, Charge, CounterKey, LimitSpec, Outcome, Receipt, Verdict, View};
 
+use super::script::GiveBack;
+
 /// Most counters whose demand is followed at once (past that, new ones
 /// are not leased until some are forgotten).
 pub(super) const MAX_TRACKED: usize = 16_384;
@@ -122,14 +124,6 @@ pub(super) struct Plan {
 /// (index in the batch, outcome).
 type Covers = Vec<(usize, Outcome)>;
 
-/// Unused units to give back to the bucket they were charged to.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Back {
-    pub(super) limit: LimitSpec,
-    pub(super) index: u64,
-    pub(super) units: u64,
-}
-
 /// One counter's lease (perhaps spent or ended) and its demand here.
 #[derive(Debug)]
 struct Lease {
@@ -182,9 +176,9 @@ impl Lease {
     }
 
     /// What is left, to give back, leaving it empty.
-    fn end(&mut self) -> Option<Back> {
+    fn end(&mut self) -> Option<GiveBack> {
         let units = std::mem::take(&mut self.left);
-        (units > 0).then_some(Back {
+        (units > 0).then_some(GiveBack {
             limit: self.limit,
             index: self.index,
             units,
@@ -225,6 +219,15 @@ fn leasable(l: &LimitSpec) -> Option<u64> {
         Charge::Now(n) if n > 0 => Some(n),
         _ => None,
     }
+}
+
+/// The ask of limit `j` of a batch of `n` limits (the asks made on first
+/// use: a request without leases has none).
+fn slot(asks: &mut Vec<Ask>, n: usize, j: usize) -> &mut Ask {
+    if asks.is_empty() {
+        asks.resize(n, Ask::default());
+    }
+    &mut asks[j]
 }
 
 /// The members of the cascade group of limit `i` of `batch` (`i` alone
@@ -299,7 +302,7 @@ impl Leases {
         &self,
         now: Timestamp,
         batch: &mut Batch,
-        back: &mut Vec<Back>,
+        back: &mut Vec<GiveBack>,
     ) -> Option<Plan> {
         if self.life == 0 {
             return Some(Plan::default());
@@ -321,10 +324,7 @@ impl Leases {
             let Some(cost) = leasable(&l) else { continue };
             let ask = self.visit(&l, cost, t, back);
             if ask != Ask::default() {
-                if plan.asks.is_empty() {
-                    plan.asks.resize(batch.len(), Ask::default());
-                }
-                plan.asks[g.start] = ask;
+                *slot(&mut plan.asks, batch.len(), g.start) = ask;
             }
         }
         let local = plan.asks.iter().filter(|a| a.local()).count();
@@ -349,7 +349,7 @@ impl Leases {
     /// One limit of a request: its demand counted; its cost taken from its
     /// lease if that is in force with room; else a lease asked for when the
     /// demand is high enough and none is being asked for.
-    fn visit(&self, l: &LimitSpec, cost: u64, t: u64, back: &mut Vec<Back>) -> Ask {
+    fn visit(&self, l: &LimitSpec, cost: u64, t: u64, back: &mut Vec<GiveBack>) -> Ask {
         let Some(mut entry) = self.entry(l) else {
             return Ask::default();
         };
@@ -380,7 +380,7 @@ impl Leases {
         batch: &Batch,
         g: std::ops::Range<usize>,
         t: u64,
-        back: &mut Vec<Back>,
+        back: &mut Vec<GiveBack>,
         asks: &mut Vec<Ask>,
     ) {
         if g.clone().any(|j| leasable(batch.limit(j)).is_none()) {
@@ -405,20 +405,22 @@ impl Leases {
                 chosen = Some((j, h, covers));
             }
         }
-        if asks.is_empty() {
-            asks.resize(batch.len(), Ask::default());
-        }
+        let n = batch.len();
         if let Some((j, h, covers)) = chosen {
-            asks[j].held = Some(h);
+            slot(asks, n, j).held = Some(h);
             for (k, o) in covers {
-                asks[k].cover = Some(o);
+                slot(asks, n, k).cover = Some(o);
             }
             return;
         }
         for j in g {
             let l = *batch.limit(j);
-            if let Some(mut e) = self.map.get_mut(&(l.key, l.tag)) {
-                asks[j].want = self.want(&mut e, leasable(&l).unwrap_or(1), t);
+            let want = match self.map.get_mut(&(l.key, l.tag)) {
+                Some(mut e) => self.want(&mut e, leasable(&l).unwrap_or(1), t),
+                None => 0,
+            };
+            if want > 0 {
+                slot(asks, n, j).want = want;
             }
         }
     }
@@ -486,7 +488,7 @@ impl Leases {
 
     /// One request's demand counted; a lease that ended (or was granted
     /// for another shape of the limit) given back.
-    fn note(&self, lease: &mut Lease, l: &LimitSpec, t: u64, back: &mut Vec<Back>) {
+    fn note(&self, lease: &mut Lease, l: &LimitSpec, t: u64, back: &mut Vec<GiveBack>) {
         let period = t / self.life;
         if period != lease.period {
             lease.before = if period == lease.period + 1 {
@@ -566,7 +568,7 @@ impl Leases {
         plan: &Plan,
         values: &[i64],
         stamp: Timestamp,
-        back: &mut Vec<Back>,
+        back: &mut Vec<GiveBack>,
     ) {
         if plan.asks.is_empty() {
             return;
@@ -591,7 +593,7 @@ impl Leases {
             let Some(mut entry) = self.map.get_mut(&(l.key, l.tag)) else {
                 // Forgotten meanwhile: nothing to keep it in.
                 if granted > 0 {
-                    back.push(Back {
+                    back.push(GiveBack {
                         limit: l,
                         index: u64::try_from(r[4]).unwrap_or(0),
                         units: granted,
@@ -676,7 +678,12 @@ impl Leases {
     /// A request Redis refused, served from this instance's leases if they
     /// hold its cost on every limit (a lease granted in the same call, or
     /// while it was on the wire); whether it was.
-    pub(super) fn rescue(&self, now: Timestamp, batch: &mut Batch, back: &mut Vec<Back>) -> bool {
+    pub(super) fn rescue(
+        &self,
+        now: Timestamp,
+        batch: &mut Batch,
+        back: &mut Vec<GiveBack>,
+    ) -> bool {
         if self.life == 0 || batch.admitted() {
             return false;
         }
@@ -691,7 +698,7 @@ impl Leases {
 
     /// The script call for `plan` failed or was never made: units taken
     /// from leases go back to them, asks are given up.
-    pub(super) fn abandon(&self, batch: &Batch, plan: &Plan, back: &mut Vec<Back>) {
+    pub(super) fn abandon(&self, batch: &Batch, plan: &Plan, back: &mut Vec<GiveBack>) {
         for (i, ask) in plan.asks.iter().enumerate() {
             let l = *batch.limit(i);
             if let Some(h) = ask.held {
@@ -707,14 +714,14 @@ impl Leases {
 
     /// Units of `h` not spent: to their lease if it is the same one, else
     /// back to Redis.
-    fn put_back(&self, l: &LimitSpec, h: Held, back: &mut Vec<Back>) {
+    fn put_back(&self, l: &LimitSpec, h: Held, back: &mut Vec<GiveBack>) {
         if let Some(mut e) = self.map.get_mut(&(l.key, l.tag)) {
             if e.generation == h.generation && e.left + h.units > 0 {
                 e.left += h.units;
                 return;
             }
         }
-        back.push(Back {
+        back.push(GiveBack {
             limit: *l,
             index: h.index,
             units: h.units,
@@ -724,7 +731,7 @@ impl Leases {
     /// Leases that ended (or all of them) given back; counters without
     /// demand for two lifetimes forgotten. At most once a lifetime unless
     /// `all`.
-    pub(super) fn sweep(&self, all: bool, back: &mut Vec<Back>) {
+    pub(super) fn sweep(&self, all: bool, back: &mut Vec<GiveBack>) {
         if self.life == 0 || self.map.is_empty() {
             return;
         }

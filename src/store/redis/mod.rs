@@ -681,7 +681,7 @@ impl Inner {
         key: u64,
         plan: &Plan,
         slots: Vec<u16>,
-        back: &mut Vec<leases::Back>,
+        back: &mut Vec<script::GiveBack>,
     ) -> Result<(), StoreError> {
         let conn = self.connection().await?;
         self.start_flusher();

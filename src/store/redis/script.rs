@@ -76,6 +76,12 @@ impl Packed {
     fn i(&mut self, v: i64) -> &mut Self {
         self.f(v as f64)
     }
+
+    /// A post-charge giving back `units` to bucket `index`.
+    fn give_back(&mut self, tag: u64, shape: u64, units: u64, index: u64) {
+        let units = -i64::try_from(units).unwrap_or(i64::MAX);
+        self.u(tag).u(shape).i(units).i(0).u(index);
+    }
 }
 
 /// The distinct shapes of one call, in order of first use.
@@ -185,11 +191,13 @@ pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreE
     Ok(())
 }
 
-/// A limit's charge given back to the bucket it was charged in.
+/// Units given back to the bucket they were charged in: a charge across
+/// cluster slots refunded, or what a lease did not use.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct GiveBack {
     pub(super) limit: LimitSpec,
     pub(super) index: u64,
+    pub(super) units: u64,
 }
 
 impl Inner {
@@ -331,8 +339,7 @@ impl Inner {
             let c = &w.charge;
             let (tag, shape) = (u64::from(c.limit.tag), shape as u64);
             if let Some(index) = w.back {
-                let units = -i64::try_from(c.cost).unwrap_or(i64::MAX);
-                p.u(tag).u(shape).i(units).i(0).u(index);
+                p.give_back(tag, shape, c.cost, index);
                 continue;
             }
             let at: i64 = match self.time {
@@ -344,11 +351,7 @@ impl Inner {
             p.u(tag).u(shape).u(c.cost).i(at).i(-1);
         }
         for (g, shape) in give_back.iter().zip(back_shapes) {
-            p.u(u64::from(g.limit.tag))
-                .u(shape as u64)
-                .i(-i64::try_from(g.limit.charge_cost()).unwrap_or(i64::MAX))
-                .i(0)
-                .u(g.index);
+            p.give_back(u64::from(g.limit.tag), shape as u64, g.units, g.index);
         }
         cmd.arg(p.0);
         let mut conn = conn.clone();
