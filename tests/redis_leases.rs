@@ -401,6 +401,35 @@ async fn shutdown_gives_back_at_once_and_a_crash_strands_one_lease() {
         "everything a did not spend"
     );
 
+    // Dropped inside a runtime: given back in the background.
+    let other = store(&server.url(), "dropped", 250, 40);
+    let a = store(&server.url(), "dropped", 250, 40);
+    assert_eq!(warm(&a, limit, START_MS, 250, 5).await, 5);
+    for _ in 0..10 {
+        assert!(decide(&a, now, Batch::from_limits([limit]))
+            .await
+            .admitted());
+    }
+    assert!(
+        a.lease_units_taken() > a.lease_decisions(),
+        "a holds a lease"
+    );
+    drop(a);
+    // The give-back is one script call on its way: take what is there
+    // until it lands (in real time, within a second), rather than assume
+    // when it does.
+    let mut got = 0;
+    for _ in 0..100 {
+        got += fill(&other, limit, now).await;
+        if got >= 85 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Its refusal was cached (the clock stands still here).
+        other.forget_cached();
+    }
+    assert_eq!(got, 85, "everything a did not spend");
+
     // A crash (the store never dropped, so nothing is given back): a's
     // last lease stays counted, and no more than that.
     let later = at(START_MS + 20_000);
