@@ -184,7 +184,9 @@ local HEAD, REC = 8, 24
 -- at least `t`. Charges to the newest bucket (nearly all of them) only
 -- move `d` and `t`; the string is rebuilt when another change needs it,
 -- and once before it is written: a call deciding many requests on one key
--- builds it once, not once a request.
+-- builds it once, not once a request. `k` is its key; `w` says it is to
+-- be written back (made with the table, so that setting it never grows
+-- the table).
 local function size(o)
   if o.s == '' then
     return 0
@@ -242,7 +244,7 @@ local function counters(key)
   for j = 1, #all, 2 do
     local v = all[j + 1]
     if #v > HEAD and (#v - HEAD) % REC == 0 then
-      c[all[j]] = {s = v, d = 0, t = 0, k = key}
+      c[all[j]] = {s = v, d = 0, t = 0, k = key, w = false}
     end
   end
   cache[key] = c
@@ -254,7 +256,7 @@ local function get(key, tag)
   local c = counters(key)
   local o = c[tag]
   if not o then
-    o = {s = '', d = 0, t = 0, k = key}
+    o = {s = '', d = 0, t = 0, k = key, w = false}
     c[tag] = o
   end
   return o
@@ -423,9 +425,10 @@ for c = 1, C do
 end
 
 local out, nout = {stamp}, 1
--- Per limit, from its check: the first record still counting, the newest
--- record's bucket, its shape, value and tag.
-local firsts, newest, shaped, values, tags = {}, {}, {}, {}, {}
+-- Per limit, from its check, five values in one table (one table grows,
+-- not five): the first record still counting, the newest record's bucket,
+-- the shape, the value and the tag.
+local scratch = {}
 
 -- Decides request r, whose limits are the n from number k0 + 1 on.
 local function decide(k0, n)
@@ -483,7 +486,8 @@ local function decide(k0, n)
         used, first = live(v, cur - w.reach, w.window)
       end
     end
-    firsts[i], newest[i], shaped[i], values[i], tags[i] = first, ni, w, v, tag
+    local x = 5 * i
+    scratch[x - 4], scratch[x - 3], scratch[x - 2], scratch[x - 1], scratch[x] = first, ni, w, v, tag
     local reset = stamp
     if first <= m then
       reset = forget(ni, nl, w)
@@ -533,9 +537,10 @@ local function decide(k0, n)
     local charge, want = out[o + 6], out[o + 7]
     out[o + 6], out[o + 7] = 0, 0
     if out[o + 1] == 0 and charge > 0 then
-      local v = values[i]
-      local key, tag, cur = v.k, tags[i], out[o + 5]
-      local w = shaped[i]
+      local x = 5 * i
+      local v = scratch[x - 1]
+      local key, tag, cur = v.k, scratch[x], out[o + 5]
+      local w = scratch[x - 2]
       local s = stamp
       if want > 0 and LIFE > 0 then
         -- A lease (see the top): half the room left at most, until the
@@ -556,7 +561,7 @@ local function decide(k0, n)
         end
       end
       local opened = false
-      if firsts[i] == 1 and newest[i] == cur and v.s ~= '' then
+      if scratch[x - 4] == 1 and scratch[x - 3] == cur and v.s ~= '' then
         -- What `add` does when the charge falls in the newest bucket and
         -- nothing leaves (the check found so): only the pending count and
         -- stamp move. The newest bucket stays the newest: its reset (from
