@@ -438,7 +438,8 @@ local function decide(k0, n)
   local admitted = true
   local group, group_room = 0, false
   for i = k0 + 1, k0 + n do
-    local t, sh, cap, check, charge, g, want, kn = limit(i)
+    -- (`limit`, inline.)
+    local t, sh, cap, check, charge, g, want, kn = unpack_('<dddddddd', P, LIMITS + 64 * (i - 1))
     local key, tag = KEYS[kn], names[t] or name(t)
     local w = shapes[sh]
     if g ~= group then
@@ -490,7 +491,11 @@ local function decide(k0, n)
     scratch[x - 4], scratch[x - 3], scratch[x - 2], scratch[x - 1], scratch[x] = first, ni, w, v, tag
     local reset = stamp
     if first <= m then
-      reset = forget(ni, nl, w)
+      -- (`forget`, inline.)
+      reset = nl
+      if w.window > 0 then
+        reset = nl + w.window
+      end
     end
     local verdict, retry = 0, 0
     if g ~= 0 and group_room then
@@ -570,7 +575,13 @@ local function decide(k0, n)
         local st, r
         if w.window > 0 then
           local b = w.bucket
-          st = min(max(s, cur * b), (cur + 1) * b - 1)
+          -- (`stamp_in`: the stamp kept inside the bucket.)
+          st = s
+          if st < cur * b then
+            st = cur * b
+          elseif st > (cur + 1) * b - 1 then
+            st = (cur + 1) * b - 1
+          end
           r = st + w.window
         else
           st = fend(cur, w)
@@ -646,9 +657,13 @@ for key, ms in pairs(expire) do
 end
 -- One string of little-endian doubles (exact integers below 2^53): a
 -- client reads it far faster than an array of integers, value by value.
-local parts = {}
+local parts, FULL = {}, '<' .. string.rep('d', 64)
 for k = 1, nout, 64 do
   local last = min(k + 63, nout)
-  parts[#parts + 1] = pack('<' .. string.rep('d', last - k + 1), unpack(out, k, last))
+  local f = FULL
+  if last - k + 1 < 64 then
+    f = '<' .. string.rep('d', last - k + 1)
+  end
+  parts[#parts + 1] = pack(f, unpack(out, k, last))
 end
 return table.concat(parts)
