@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Timestamp;
 use crate::store::{PostCharge, Receipt};
 
-use super::script::GiveBack;
+use super::GiveBack;
 use super::Inner;
 
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(10);

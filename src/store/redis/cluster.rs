@@ -8,7 +8,8 @@ use crate::store::{Batch, CounterKey, StoreError, StoreErrorKind, Verdict};
 
 use super::charges::group_by;
 use super::connection::{Conn, Target};
-use super::script::{fill_one, GiveBack};
+use super::script::fill_one;
+use super::GiveBack;
 use super::Inner;
 
 pub(super) use super::nodes::SLOTS;

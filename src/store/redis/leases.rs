@@ -67,7 +67,7 @@ use dashmap::DashMap;
 use crate::clock::Timestamp;
 use crate::store::{Batch, Charge, CounterKey, LimitSpec, Outcome, Receipt, Verdict, View};
 
-use super::script::GiveBack;
+use super::GiveBack;
 
 /// Most counters whose demand is followed at once (past that, new ones
 /// are not leased until some are forgotten).

@@ -398,6 +398,15 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 const FAILURES_TO_OPEN: u32 = 3;
 const OPEN_FOR: Duration = Duration::from_millis(200);
 
+/// Units given back to the bucket they were charged in: a charge across
+/// cluster slots refunded, or what a lease did not use.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GiveBack {
+    pub(super) limit: super::LimitSpec,
+    pub(super) index: u64,
+    pub(super) units: u64,
+}
+
 /// A circuit breaker: after [`FAILURES_TO_OPEN`] failures in a row it is
 /// open for [`OPEN_FOR`] (calls fail at once); a success closes it. One
 /// for a single server (or the master Sentinels name), one per cluster
@@ -681,7 +690,7 @@ impl Inner {
         key: u64,
         plan: &Plan,
         slots: Vec<u16>,
-        back: &mut Vec<script::GiveBack>,
+        back: &mut Vec<GiveBack>,
     ) -> Result<(), StoreError> {
         let conn = self.connection().await?;
         self.start_flusher();

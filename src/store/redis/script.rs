@@ -5,15 +5,14 @@ use std::sync::atomic::Ordering;
 
 use crate::clock::Timestamp;
 use crate::store::{
-    Batch, CounterKey, LimitSpec, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict,
-    View,
+    Batch, CounterKey, Outcome, Receipt, Refusal, StoreError, StoreErrorKind, Verdict, View,
 };
 
 use super::charges::QueuedCharge;
 use super::connection::Conn;
 use super::leases::Ask;
 use super::problem::RedisProblem;
-use super::{Inner, TimeSource};
+use super::{GiveBack, Inner, TimeSource};
 
 pub(super) const SCRIPT: &str = include_str!("script.lua");
 
@@ -189,15 +188,6 @@ pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreE
         ));
     }
     Ok(())
-}
-
-/// Units given back to the bucket they were charged in: a charge across
-/// cluster slots refunded, or what a lease did not use.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct GiveBack {
-    pub(super) limit: LimitSpec,
-    pub(super) index: u64,
-    pub(super) units: u64,
 }
 
 impl Inner {
