@@ -367,9 +367,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            let mut back = Vec::new();
-            self.leases.sweep(true, &mut back);
-            self.leases.stranded(back.iter().map(|b| b.units).sum());
+            // Nothing can send them: counted as stranded and dropped.
+            self.end_leases();
             self.lost(&self.take_pending());
             return;
         };
@@ -695,28 +694,49 @@ impl Inner {
         let conn = self.connection().await?;
         self.start_flusher();
         if slots.iter().any(|s| *s != slots[0]) {
+            // Decided across slots: without leases (the plan is empty).
             let decided = self
                 .decide_across_slots(&conn, now, std::mem::take(batch), slots)
                 .await?;
             *batch = decided;
-        } else {
-            let slot = slots.first().copied();
-            let charges = self.take_pending_in(slot);
-            let asks = [plan.asks.as_slice()];
-            let call = self.call(&conn, Some(now), &[&*batch], &asks, &charges, &[]);
-            let v = self.finish_call(call.await, charges, slot)?;
-            fill_one(batch, &v)?;
-            self.leases
-                .settle(batch, plan, &v[2..], script::ts(v[0]), back);
+            self.decided(batch, plan, (&[], now), now, key, back);
+            return Ok(());
         }
-        if !self.leases.rescue(now, batch, back) && !batch.admitted() {
-            self.remember_refusal(key, batch);
-        }
+        let slot = slots.first().copied();
+        let charges = self.take_pending_in(slot);
+        let asks = [plan.asks.as_slice()];
+        let call = self.call(&conn, Some(now), &[&*batch], &asks, &charges, &[]);
+        let v = self.finish_call(call.await, charges, slot)?;
+        fill_one(batch, &v)?;
+        self.decided(batch, plan, (&v[2..], script::ts(v[0])), now, key, back);
         Ok(())
+    }
+
+    /// After the script call that decided `batch` (`answer`: its values
+    /// for the batch's limits and the call's stamp): its leases settled, a
+    /// refusal served from a lease that arrived meanwhile, or remembered.
+    fn decided(
+        &self,
+        batch: &mut Batch,
+        plan: &Plan,
+        answer: (&[i64], Timestamp),
+        now: Timestamp,
+        question: u64,
+        back: &mut Vec<GiveBack>,
+    ) {
+        self.leases.settle(batch, plan, answer.0, answer.1, back);
+        if !self.leases.rescue(now, batch, back) && !batch.admitted() {
+            self.remember_refusal(question, batch);
+        }
     }
 
     fn forget_cached(&self) {
         self.refusals.clear();
+        self.end_leases();
+    }
+
+    /// Every lease ended, what they held queued to be given back.
+    fn end_leases(&self) {
         let mut back = Vec::new();
         self.leases.sweep(true, &mut back);
         self.give_back(back);
@@ -726,9 +746,7 @@ impl Inner {
     /// every waiting post-charge (none without a connection: then they
     /// are counted as stranded or dropped).
     fn release_all(&self) -> Vec<impl Future<Output = Result<(), StoreError>> + Send + 'static> {
-        let mut back = Vec::new();
-        self.leases.sweep(true, &mut back);
-        self.give_back(back);
+        self.end_leases();
         let all = self.take_pending();
         let Some(conn) = self.current() else {
             self.lost(&all);
@@ -827,7 +845,6 @@ impl Store for RedisStore {
 
     fn decide(&self, now: Timestamp, mut batch: Batch) -> Answer<Batch, Self::Decide> {
         let inner = Arc::clone(&self.inner);
-        let key = question(&batch);
         let slots: Vec<u16> = if inner.is_cluster() {
             batch.limits().map(|l| inner.slot_number(l.key)).collect()
         } else {
@@ -849,6 +866,7 @@ impl Store for RedisStore {
         };
         // Leases first: a refusal cached while this instance's lease had
         // no room says nothing of the lease it holds now.
+        let key = question(&batch);
         if inner.cached_refusal(key, now, &mut batch) {
             inner.leases.abandon(&batch, &plan, &mut back);
             inner.give_back(back);

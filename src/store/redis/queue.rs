@@ -195,14 +195,14 @@ impl Inner {
                     Ok(v) => match fill(&mut q.batch, v, here) {
                         Ok(()) => {
                             let values = &v[here + 1..at];
-                            let stamp = ts(v[0]);
-                            self.leases
-                                .settle(&mut q.batch, &q.plan, values, stamp, &mut back);
-                            if !self.leases.rescue(q.now, &mut q.batch, &mut back)
-                                && !q.batch.admitted()
-                            {
-                                self.remember_refusal(q.question, &q.batch);
-                            }
+                            self.decided(
+                                &mut q.batch,
+                                &q.plan,
+                                (values, ts(v[0])),
+                                q.now,
+                                q.question,
+                                &mut back,
+                            );
                             Ok(q.batch)
                         }
                         Err(e) => {
