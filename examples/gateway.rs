@@ -26,6 +26,10 @@
 //! # identity: x-api-key or Authorization: Bearer (API key), x-user-id, x-tenant-id
 //! curl -si -H 'x-tenant-id: acme' -H 'x-user-id: alice' localhost:3000/api/v1/items
 //!
+//! # Where the caller stands on every limit of its plan and tiers, counting
+//! # nothing (identified as the limiter identifies it):
+//! curl -s -H 'x-api-key: k1' localhost:3000/rate-limit
+//!
 //! # Exempt: health, readiness (503 while Redis cannot be used, saying why)
 //! # and Prometheus metrics.
 //! curl -s localhost:3000/health; curl -s localhost:3000/ready
@@ -353,7 +357,11 @@ pub fn build_full(
     };
     let demo = Router::new().fallback(demo).with_state(gw.clone());
     let demo = match limiter {
-        Limiter::Tierlimit => demo.layer(layer),
+        // `GET /rate-limit`: the caller's usage of every limit, outside
+        // the limiter (reading spends nothing), inside the JWT check.
+        Limiter::Tierlimit => demo
+            .layer(layer.clone())
+            .route_service("/rate-limit", layer.usage_service()),
         Limiter::None => demo,
         Limiter::Governor(n) => demo.layer(governor_layer(n)?),
     };

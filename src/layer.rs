@@ -219,9 +219,10 @@ impl<St: Store> RateLimitLayerBuilder<St> {
             PostQueue::new(self.max_post_in_flight),
             self.who,
         );
-        RateLimitLayer {
-            engine: Arc::new(engine),
-        }
+        let engine = Arc::new(engine);
+        let weak: std::sync::Weak<Engine<St>> = Arc::downgrade(&engine);
+        engine.control.attach(weak);
+        RateLimitLayer { engine }
     }
 }
 
@@ -230,6 +231,12 @@ impl<St: Store> RateLimitLayer<St> {
     /// without naming the store type.
     pub fn controller(&self) -> Controller {
         self.engine.control.clone()
+    }
+
+    /// A tower service answering `GET` with the caller's usage of every
+    /// limit as JSON, counting nothing; see [`usage`](crate::usage).
+    pub fn usage_service(&self) -> crate::usage::UsageService {
+        self.engine.control.usage_service()
     }
 
     /// The policy in force now.

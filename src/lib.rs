@@ -186,6 +186,7 @@ pub mod identity;
 pub mod policy;
 pub mod reject;
 pub mod store;
+pub mod usage;
 
 mod body;
 mod engine;

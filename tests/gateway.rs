@@ -741,3 +741,58 @@ mod api_key_query {
         );
     }
 }
+
+#[tokio::test]
+async fn rate_limit_reports_the_callers_usage_and_spends_nothing() {
+    let (router, gw) = app(&policy_path("qarion"), Some("s3cret"));
+    for _ in 0..7 {
+        assert_eq!(
+            send(&router, get("/api/x", "u1")).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..5 {
+        let r = send(&router, get("/rate-limit", "u1")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(
+            r.header("x-ratelimit-limit").is_none(),
+            "not limited itself"
+        );
+        let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let limits = report["limits"].as_array().unwrap();
+        let figures: Vec<(&str, &str, u64, u64)> = limits
+            .iter()
+            .map(|l| {
+                (
+                    l["tier"].as_str().unwrap(),
+                    l["name"].as_str().unwrap(),
+                    l["used"].as_u64().unwrap(),
+                    l["remaining"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                ("standard", "per-minute", 7, 53),
+                ("standard", "per-hour", 7, 993)
+            ]
+        );
+    }
+    let r = send(&router, get("/api/x", "u1")).await;
+    assert_eq!(
+        r.num("x-ratelimit-remaining"),
+        52,
+        "the reads spent nothing"
+    );
+    // A plan changed through the admin API shows at once.
+    let r = send(
+        &router,
+        admin("PATCH", "/admin/api-keys/u1", Some("s3cret"), PREMIUM),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&router, get("/rate-limit", "u1")).await;
+    assert!(r.body.contains(r#""tier":"premium""#), "{}", r.body);
+    assert_eq!(gw.layer.plan_of("u1").as_deref(), Some("premium"));
+}

@@ -2,7 +2,7 @@
 //! a running layer, changed without a restart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::observe::Counters;
 use crate::plans::{PlanSubject, PlanTable, SharedPlans};
 use crate::policy::Policy;
+use crate::usage::{Peek, Usage, UsageError, UsageService};
 
 /// The policy in force and the metric handles of its limits, swapped
 /// together by a reload.
@@ -33,6 +34,9 @@ pub(super) struct ControlInner {
     pub(super) plans: Arc<PlanTable>,
     /// Requests whose plan hook named no plan of the policy in force.
     pub(super) unknown_plans: AtomicU64,
+    /// The engine of the layer, for usage reports (weak: the engine holds
+    /// this controller).
+    pub(super) peek: std::sync::OnceLock<Weak<dyn Peek>>,
 }
 
 /// A handle on a running layer's configuration: swap the policy, assign
@@ -65,6 +69,7 @@ impl Controller {
                 active: ArcSwap::from_pointee(Active::new(policy)),
                 plans: Arc::new(PlanTable::default()),
                 unknown_plans: AtomicU64::new(0),
+                peek: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -183,6 +188,40 @@ impl Controller {
     /// assigned or default plan).
     pub fn unknown_plans(&self) -> u64 {
         self.inner.unknown_plans.load(Ordering::Relaxed)
+    }
+
+    /// Where the caller of a request with head `parts` stands on every
+    /// limit that can apply to it, counting nothing; see
+    /// [`usage`](crate::usage).
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::Anonymous`] when nothing identifies the caller and the
+    /// policy refuses that; [`UsageError::Store`] when the store cannot be
+    /// read; [`UsageError::NoLayer`] when the layer is gone.
+    pub fn usage(
+        &self,
+        parts: &http::request::Parts,
+    ) -> impl std::future::Future<Output = Result<Usage, UsageError>> + Send + 'static {
+        let engine = self.inner.peek.get().and_then(Weak::upgrade);
+        let fut = engine.map(|e| e.usage(parts));
+        async move {
+            match fut {
+                Some(f) => f.await,
+                None => Err(UsageError::NoLayer),
+            }
+        }
+    }
+
+    /// A tower service answering `GET` with the caller's usage as JSON;
+    /// see [`UsageService`].
+    pub fn usage_service(&self) -> UsageService {
+        UsageService::new(self.clone())
+    }
+
+    /// Called once by the layer's builder.
+    pub(crate) fn attach(&self, engine: Weak<dyn Peek>) {
+        let _ = self.inner.peek.set(engine);
     }
 
     /// Every runtime plan assignment (subject, plan), in no particular order.

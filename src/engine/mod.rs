@@ -31,9 +31,9 @@ use http::Response;
 use crate::clock::{Clock, Timestamp};
 use crate::config::{Anonymous, Mode, OnStoreError};
 use crate::headers::{self, LimitInfo, Rendered};
-use crate::identity::{Caller, ChoosePlan, Identify};
+use crate::identity::{Caller, ChoosePlan, Identify, Identity};
 use crate::observe::{self, Start};
-use crate::policy::{KeySecret, RouteTiers, Rules};
+use crate::policy::{KeySecret, Rules};
 use crate::reject::{self, Hook, Rejection};
 use crate::store::{
     Answer, Batch, Charge, MemoryStore, PostCharge, Refusal, Store, StoreError, Verdict,
@@ -267,30 +267,50 @@ impl<St: Store> Engine<St> {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
+        let built = self.identified(policy, parts, first, |plan, id, modifier| {
+            policy.batch(&self.secret, route_tier, plan, id, modifier)
+        });
+        match built {
+            Some((batch, anonymous)) => Lookup::Check { batch, anonymous },
+            None => Lookup::Refused,
+        }
+    }
+
+    /// Who sent a request and on which plan, as every decision reads it:
+    /// `build` makes what is needed of (plan, identity, modifier); with
+    /// whether the caller is anonymous. `None`: anonymous, and the policy
+    /// refuses that.
+    #[inline(always)]
+    fn identified<R>(
+        &self,
+        policy: &Rules,
+        parts: &Parts,
+        first: bool,
+        build: impl FnOnce(Option<usize>, &Identity<'_>, (f64, u32)) -> R,
+    ) -> Option<(R, bool)> {
         // Without hooks, the identity and plan are read directly: the hook
         // path's extra steps cost every request (benches/instructions.sh).
         if self.hooked {
-            return self.batch_by_hooks(policy, parts, route_tier, first);
+            return self.identified_by_hooks(policy, parts, first, build);
         }
         let id = policy.identity.extract(parts);
         let anonymous = id.caller() == Caller::Anonymous;
         if anonymous && policy.anonymous == Anonymous::Refuse {
-            return Lookup::Refused;
+            return None;
         }
         let modifier = policy.modifier_of(&parts.headers);
         let plan = policy.plan(&id, Some(&self.control.inner.plans));
-        let batch = policy.batch(&self.secret, route_tier, plan, &id, modifier);
-        Lookup::Check { batch, anonymous }
+        Some((build(plan, &id, modifier), anonymous))
     }
 
-    /// [`Engine::batch_of`] with the identity and plan hooks.
-    fn batch_by_hooks(
+    /// [`Engine::identified`] with the identity and plan hooks.
+    fn identified_by_hooks<R>(
         &self,
         policy: &Rules,
         parts: &Parts,
-        route_tier: RouteTiers,
         first: bool,
-    ) -> Lookup {
+        build: impl FnOnce(Option<usize>, &Identity<'_>, (f64, u32)) -> R,
+    ) -> Option<(R, bool)> {
         let identified = self.who.identify.as_ref().and_then(|h| h.identify(parts));
         let id = match &identified {
             Some(who) => who.identity(&policy.identity),
@@ -298,7 +318,7 @@ impl<St: Store> Engine<St> {
         };
         let anonymous = id.caller() == Caller::Anonymous;
         if anonymous && policy.anonymous == Anonymous::Refuse {
-            return Lookup::Refused;
+            return None;
         }
         let modifier = policy.modifier_of(&parts.headers);
         let chosen = self.who.plan.as_ref().and_then(|h| h.plan(parts, &id));
@@ -314,8 +334,7 @@ impl<St: Store> Engine<St> {
             plan
         });
         let plan = named.or_else(|| policy.plan(&id, Some(&self.control.inner.plans)));
-        let batch = policy.batch(&self.secret, route_tier, plan, &id, modifier);
-        Lookup::Check { batch, anonymous }
+        Some((build(plan, &id, modifier), anonymous))
     }
 
     /// The caller's identity as [`Engine::batch_of`] reads it (the hook's,
@@ -451,6 +470,21 @@ impl<St: Store> PostSink for Engine<St> {
             }
             Answer::Later(fut) => self.post.spawn(fut),
         }
+    }
+}
+
+impl<St: Store> crate::usage::Peek for Engine<St> {
+    fn usage(&self, parts: &Parts) -> crate::usage::UsageFuture {
+        let active = self.control.inner.active.load_full();
+        let rules = Arc::clone(&active.policy.rules);
+        let built = self.identified(&rules, parts, false, |plan, id, modifier| {
+            rules.usage_batch(&self.secret, plan, id, modifier)
+        });
+        let Some((batch, _)) = built else {
+            return Box::pin(std::future::ready(Err(crate::usage::UsageError::Anonymous)));
+        };
+        let (sent, now) = (batch.len(), self.clock.now());
+        crate::usage::engine_usage(rules, sent, now, self.store.peek(now, batch))
     }
 }
 

@@ -433,6 +433,47 @@ impl Rules {
         (factor, bits)
     }
 
+    /// The limits a usage report covers for a caller on `plan`: its plan
+    /// tier, every route tier, the default tier and the global tier, each
+    /// limit once, each standing alone and charging nothing (see
+    /// [`Store::peek`](crate::store::Store::peek)).
+    pub(crate) fn usage_batch(
+        &self,
+        secret: &KeySecret,
+        plan: Option<usize>,
+        id: &Identity<'_>,
+        modifier: (f64, u32),
+    ) -> Batch {
+        let mut tiers: Vec<usize> = Vec::new();
+        let routes = self.routes.iter().filter_map(|r| match r.target {
+            RouteTarget::Tier(t) => Some(t),
+            RouteTarget::Exempt => None,
+        });
+        for t in plan
+            .into_iter()
+            .chain(routes)
+            .chain(self.default_tier)
+            .chain(self.global)
+        {
+            if !tiers.contains(&t) {
+                tiers.push(t);
+            }
+        }
+        let mut out = Batch::with_capacity(MAX_TIER_LIMITS);
+        let mut seen = std::collections::HashSet::new();
+        for t in tiers {
+            // The tier as a route tier, with no plan: its own limits come
+            // first (the global tier's, after them, in its own turn).
+            let batch = self.batch(secret, [Some(t), None], None, id, modifier);
+            for l in batch.limits().take(self.tiers[t].limit_count) {
+                if seen.insert((l.key, l.tag)) {
+                    out.push(l.with_charge(crate::store::Charge::Now(0)).in_cascade(None));
+                }
+            }
+        }
+        out
+    }
+
     /// The batch of a request with these route tiers, plan, identity and
     /// modifier (factor, matched set), its counter keys made with `secret`.
     pub(crate) fn batch(

@@ -181,6 +181,16 @@ impl Entry {
         }
     }
 
+    /// A copy of the counter tagged `tag` at `now` (ns since the epoch; an
+    /// empty one if absent), a ring of buckets included (it allocates: for
+    /// reads off the request path, such as a usage report).
+    pub(crate) fn cell_clone(&self, tag: u16, now: u64) -> Cell {
+        match self {
+            Entry::Heap(s) => s.cells.get(tag).cloned().unwrap_or_default(),
+            _ => self.copy_cell(tag, now).unwrap_or_default(),
+        }
+    }
+
     /// Runs `f` on the counter tagged `tag` of window `spec` (an empty one
     /// if absent) at `now`, and stores the result back. Inlined: it runs for
     /// every limit of every decision, and a call was about 40 instructions.

@@ -557,6 +557,31 @@ impl MemoryStore {
         self.decide_exclusive(now, batch, hint)
     }
 
+    /// Reads every limit of `batch` at `now` as its own (cascades and
+    /// costs ignored: each is checked for a cost of 0), charging,
+    /// creating and evicting nothing; the same as [`Store::peek`]. A key
+    /// this store does not hold reads as empty.
+    pub fn peek_now(&self, now: Timestamp, mut batch: Batch) -> Batch {
+        let now = now.as_nanos();
+        batch.set_decided_at(Timestamp::from_nanos(stamp_nanos(now)));
+        for (limit, slot) in &mut batch.items {
+            let key = limit.key.as_u128();
+            let mut cell = self
+                .inner
+                .map
+                .get(&MapKey::from(key))
+                .map(|e| e.cell_clone(limit.tag, now))
+                .unwrap_or_default();
+            let (view, fit) = cell.peek(&limit.window, limit.capacity, now, 0);
+            let verdict = match fit {
+                Ok(()) => Verdict::Room(Receipt::new(limit.key, u64::MAX)),
+                Err(refusal) => Verdict::Refused(refusal),
+            };
+            *slot = Some(Outcome::new(view, verdict));
+        }
+        batch
+    }
+
     /// Decides `batch` at `now` (ns; the batch's decision instant set)
     /// under the entries' write locks, charging when every group has room;
     /// remembers a refusal at `hint` (the place and fingerprint of the
@@ -988,6 +1013,10 @@ impl Store for MemoryStore {
 
     fn decide(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
         Answer::Now(Ok(self.decide_now(now, batch)))
+    }
+
+    fn peek(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        Answer::Now(Ok(self.peek_now(now, batch)))
     }
 
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {

@@ -595,6 +595,15 @@ impl Store for AnyStore {
         }
     }
 
+    fn peek(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        match self {
+            AnyStore::Memory(m) => Answer::Now(Ok(m.peek_now(now, batch))),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.peek(now, batch),
+            AnyStore::Broken(why) => Answer::Now(Err(unbuilt(why))),
+        }
+    }
+
     fn forget_cached(&self) {
         #[cfg(feature = "redis")]
         if let AnyStore::Redis(r) = self {
@@ -631,6 +640,16 @@ impl Store for AnyStore {
             Answer::Later(f) => Answer::Later(Box::pin(f)),
         }
     }
+}
+
+/// `batch` with every limit charging nothing, outside any cascade (what
+/// [`Store::peek`] decides).
+pub(crate) fn free_of_charge(batch: Batch) -> Batch {
+    Batch::from_limits(
+        batch
+            .limits()
+            .map(|l| l.with_charge(Charge::Now(0)).in_cascade(None)),
+    )
 }
 
 /// What a store says: answered now, or a future to await.
@@ -750,6 +769,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Charges costs measured after a response, without a capacity check.
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge>;
+
+    /// Reads where every limit of `batch` stands at `now`, for a usage
+    /// report ([`usage`](crate::usage)): an outcome for each limit as if
+    /// it were alone and cost nothing (`Room` while used ≤ capacity), and
+    /// no charge, no new counter, no eviction, nothing cached.
+    ///
+    /// The default decides a copy of the batch whose limits charge 0 and
+    /// stand outside any cascade: right for a store whose decision of a
+    /// zero cost keeps nothing. A store that keeps state on every decision
+    /// (a new key counted against a cap, a local lease) overrides it.
+    fn peek(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        self.decide(now, free_of_charge(batch))
+    }
 
     /// The policy or a plan assignment changed: forget whatever decisions
     /// the store keeps locally (a cache of refusals). Called by the engine

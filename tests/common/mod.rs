@@ -357,6 +357,8 @@ fn demo_with<St: Store>(layer: RateLimitLayer<St>, clock: &ManualClock) -> (Rout
     let router = Router::new()
         .fallback(axum::routing::any(handler))
         .layer(layer.clone())
+        // Outside the limiter, as the example gateway mounts it.
+        .route_service("/rate-limit", layer.usage_service())
         .layer(middleware::from_fn(auth));
     (router, layer.controller())
 }

@@ -904,6 +904,28 @@ impl Store for RedisStore {
         }))
     }
 
+    /// One script call that charges nothing (no lease served or asked, no
+    /// cached refusal): what Redis holds, units leased by any instance
+    /// counted as used.
+    fn peek(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
+        let inner = Arc::clone(&self.inner);
+        let mut batch = crate::store::free_of_charge(batch);
+        if !inner.is_cluster() {
+            let key = question(&batch);
+            return Answer::Later(Box::pin(inner.queued(now, batch, key, Plan::default())));
+        }
+        let slots: Vec<u16> = batch.limits().map(|l| inner.slot_number(l.key)).collect();
+        Answer::Later(Box::pin(async move {
+            let key = question(&batch);
+            let mut back = Vec::new();
+            let res = inner
+                .decide_in_cluster(now, &mut batch, key, &Plan::default(), slots, &mut back)
+                .await;
+            inner.give_back(back);
+            res.map(|()| batch)
+        }))
+    }
+
     fn forget_cached(&self) {
         self.inner.forget_cached();
     }
