@@ -253,6 +253,44 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that follows tokio's time from a starting instant: under
+/// `tokio::time::pause()` it moves only as tokio's paused time advances, so
+/// the limiter and the timers it sets (`delay_up_to`) agree in a test that
+/// sleeps through minutes in no time.
+///
+/// ```
+/// use std::time::Duration;
+/// use tierlimit::clock::{Clock, TokioClock};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let clock = TokioClock::new(Duration::from_secs(1_700_000_000));
+/// tokio::time::sleep(Duration::from_secs(90)).await;
+/// assert_eq!(clock.now().as_nanos(), 1_700_000_090_000_000_000);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    at: Timestamp,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock standing at `at` now (tokio's now; call it inside a runtime
+    /// with time enabled).
+    pub fn new(at: impl Into<Timestamp>) -> Self {
+        TokioClock {
+            at: at.into(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.at + self.start.elapsed()
+    }
+}
+
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()

@@ -57,6 +57,8 @@
 //! | `limit.cost` | a number (units per request, must fit the capacity), `"requests"`, `"latency"` (ms until the body ends), `{"tokens": "<response header>"}`, `{"error_responses": "500-599"}` | 1 |
 //! | `limit.family` | `qstash` header family: `daily`, `burst`, `chat-requests`, `chat-tokens` | none |
 //! | `limit.tenant_aggregate` | also count per tenant with capacity × users in the tenant × this factor | none |
+//! | `tiers.NAME.delay_up_to` | a request this tier's limits refuse, but that has room within this long (at most 10 minutes), waits and is then admitted instead of a 429 (see *Waiting instead of refusing* below) | none |
+//! | `tiers.NAME.queue` | with `delay_up_to`: most requests of one scope waiting at once on one instance, 1 ..= 1 000 000 | the tier's smallest capacity |
 //! | `routes[]` | `methods` (absent, `[]` or `["*"]`: any), `path` pattern, `tier` (a tier name or `exempt`); first match wins | `[]` |
 //! | `default_tier` | route tier of requests no route matches; `null`: none (every tier must be used: by a route, `default_tier`, `global`, or as a plan; an unused one is an error) | `null` |
 //! | `plans.default` / `plans.assignments` / `plans.users` / `plans.tenants` | the plan (a tier) of callers without an assignment / by API key / by user id / by tenant id (a request takes its API key's, else its user's, else its tenant's, else the default); a key that could never match (empty, spaces around it, longer than `identity.max_key_len`) is an error | no plans |
@@ -88,6 +90,30 @@
 //! counts as a 500 for `error_responses`). The hard "never above capacity"
 //! guarantee therefore holds for request costs only; a post-charged limit
 //! can overshoot by the cost of the requests in flight when it fills up.
+//!
+//! # Waiting instead of refusing
+//!
+//! With `"delay_up_to": "2s"` on a tier, a request its limits refuse, but
+//! that the store says has room within two seconds of its arrival, is not
+//! answered 429: it waits (a tokio timer in its response future, no thread
+//! held) until the instant the window has room, is then decided again by
+//! the store and admitted and charged, as nginx `limit_req` without
+//! `nodelay` and Kong's throttling do. Exactness holds: nothing is admitted
+//! before its window has room; a request that loses its slot to another
+//! waits again while its first deadline allows, else gets the 429.
+//!
+//! - Every limit that refuses the request must be in a tier with
+//!   `delay_up_to`; the smallest of their delays applies.
+//! - At most `queue` requests of one scope (the counter of the limit that
+//!   frees last) wait at once on one instance (default: the tier's
+//!   smallest capacity); past it, or when the wait would be longer, 429 as
+//!   before. A waiting request whose client goes away gives its place
+//!   back and charges nothing.
+//! - `RateLimitLayer::requests_delayed` / `requests_waiting` and the
+//!   metrics `tierlimit_delayed_total` and `tierlimit_waiting` count them.
+//! - The timer needs a tokio runtime with time enabled (`#[tokio::main]`
+//!   has it); outside a runtime the request gets its 429. In shadow mode
+//!   nothing waits.
 //!
 //! # Cascades
 //!
@@ -404,6 +430,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl Visitor<'_> for V {
@@ -615,6 +645,16 @@ pub struct Tier {
     /// Further groups.
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// A request this tier's limits refuse, but that would have room
+    /// within this long, waits for its slot and is then admitted (nginx
+    /// `limit_req` without `nodelay`) instead of a 429; see the policy
+    /// docs' *Waiting instead of refusing*.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub delay_up_to: Option<Duration>,
+    /// Most requests of one scope waiting at once on one instance (with
+    /// `delay_up_to`); default: the tier's smallest capacity.
+    #[serde(default)]
+    pub queue: Option<u32>,
 }
 
 impl Tier {
@@ -632,6 +672,19 @@ impl Tier {
     /// Adds a group.
     pub fn group(mut self, group: Group) -> Self {
         self.groups.push(group);
+        self
+    }
+
+    /// Lets a refused request wait up to `wait` for room (see
+    /// [`Tier::delay_up_to`](Tier#structfield.delay_up_to)).
+    pub fn delay_up_to(mut self, wait: Duration) -> Self {
+        self.delay_up_to = Some(wait);
+        self
+    }
+
+    /// Most requests of one scope waiting at once (with `delay_up_to`).
+    pub fn queue(mut self, n: u32) -> Self {
+        self.queue = Some(n);
         self
     }
 }

@@ -13,13 +13,12 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::RateLimitBody;
-use crate::engine::{Action, Decided, Finish, Forwarding, Pending, ShadowRejection};
+use crate::engine::{
+    Action, Again, Decided, Deciding, Finish, Forwarding, Pending, ShadowRejection, WaitFor,
+    Waiting,
+};
 use crate::headers;
 use crate::store::{Batch, StoreError};
-
-/// A store decision being awaited (boxed: only a store that must be awaited
-/// makes one, and the future's type then does not name the store).
-type Deciding = Pin<Box<dyn Future<Output = Result<Batch, StoreError>> + Send>>;
 
 pin_project! {
     /// Response future of [`RateLimit`](crate::RateLimit) around the inner
@@ -53,6 +52,13 @@ pin_project! {
             // cheap to move.
             wait: Box<AwaitingStore<S, B>>,
         },
+        // A refused request waiting for room (`delay_up_to`), then decided
+        // again.
+        Waiting {
+            sleep: Pin<Box<tokio::time::Sleep>>,
+            wait: Box<AwaitingStore<S, B>>,
+            waiting: Option<Waiting>,
+        },
         Done {
             resp: Option<Response<Bytes>>,
         },
@@ -84,6 +90,28 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
     pub(crate) fn answer(resp: Response<Bytes>) -> Self {
         ResponseFuture {
             state: State::Done { resp: Some(resp) },
+        }
+    }
+
+    pub(crate) fn waiting(
+        w: WaitFor,
+        finish: Arc<dyn Finish>,
+        inner: S,
+        parts: Parts,
+        body: B,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: Box::pin(tokio::time::sleep(w.sleep)),
+                wait: Box::new(AwaitingStore {
+                    ctx: None,
+                    finish,
+                    inner: Some(inner),
+                    parts: Some(parts),
+                    body: Some(body),
+                }),
+                waiting: Some(w.waiting),
+            },
         }
     }
 
@@ -155,17 +183,48 @@ where
                         body,
                     } = &mut **wait;
                     let new_state = match (ctx.take(), inner.take(), parts.take(), body.take()) {
-                        (Some(ctx), Some(mut inner), Some(parts), Some(body)) => {
-                            match Arc::clone(finish).finish(ctx, &parts, decided) {
-                                Action::Forward(forwarding) => State::Calling {
-                                    fut: inner.call(Request::from_parts(parts, body)),
-                                    forwarding,
-                                },
-                                Action::Answer(resp) => State::Done { resp: Some(resp) },
-                            }
+                        (Some(ctx), Some(inner), Some(parts), Some(body)) => {
+                            let action = Arc::clone(finish).finish(ctx, &parts, decided);
+                            after(action, finish, (inner, parts, body))
                         }
                         // Only reachable when polled again after `call` of the
                         // inner service panicked: answer rather than hang.
+                        _ => State::Done {
+                            resp: Some(crate::reject::internal_error()),
+                        },
+                    };
+                    this.state.set(new_state);
+                }
+                StateProj::Waiting {
+                    sleep,
+                    wait,
+                    waiting,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let AwaitingStore {
+                        finish,
+                        inner,
+                        parts,
+                        body,
+                        ..
+                    } = &mut **wait;
+                    let new_state = match (waiting.take(), inner.take(), parts.take(), body.take())
+                    {
+                        (Some(waiting), Some(inner), Some(parts), Some(body)) => {
+                            match Arc::clone(finish).again(&parts, waiting) {
+                                Again::Now(action) => after(action, finish, (inner, parts, body)),
+                                Again::Later(fut, ctx) => State::Deciding {
+                                    fut,
+                                    wait: Box::new(AwaitingStore {
+                                        ctx: Some(ctx),
+                                        finish: Arc::clone(finish),
+                                        inner: Some(inner),
+                                        parts: Some(parts),
+                                        body: Some(body),
+                                    }),
+                                },
+                            }
+                        }
                         _ => State::Done {
                             resp: Some(crate::reject::internal_error()),
                         },
@@ -179,6 +238,39 @@ where
                         .unwrap_or_else(|| Response::new(RateLimitBody::full(Bytes::new())));
                     return Poll::Ready(Ok(resp));
                 }
+            }
+        }
+    }
+}
+
+/// The state a decided request moves to: calling the inner service, done
+/// with the layer's answer, or waiting to be decided again.
+fn after<S, B>(
+    action: Action,
+    finish: &Arc<dyn Finish>,
+    (mut inner, parts, body): (S, Parts, B),
+) -> State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    match action {
+        Action::Forward(forwarding) => State::Calling {
+            fut: inner.call(Request::from_parts(parts, body)),
+            forwarding,
+        },
+        Action::Answer(resp) => State::Done { resp: Some(resp) },
+        Action::Wait(w) => {
+            let WaitFor { sleep, waiting } = *w;
+            State::Waiting {
+                sleep: Box::pin(tokio::time::sleep(sleep)),
+                wait: Box::new(AwaitingStore {
+                    ctx: None,
+                    finish: Arc::clone(finish),
+                    inner: Some(inner),
+                    parts: Some(parts),
+                    body: Some(body),
+                }),
+                waiting: Some(waiting),
             }
         }
     }

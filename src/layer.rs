@@ -286,6 +286,23 @@ impl<St: Store> RateLimitLayer<St> {
         self.engine.post.failures()
     }
 
+    /// Requests that waited for room instead of a 429 (`delay_up_to`), each
+    /// counted once.
+    pub fn requests_delayed(&self) -> u64 {
+        self.engine
+            .waits
+            .delayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests waiting for room now.
+    pub fn requests_waiting(&self) -> u64 {
+        self.engine
+            .waits
+            .waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Post-charges running in the background now.
     pub fn post_charges_in_flight(&self) -> usize {
         self.engine.post.in_flight()

@@ -180,6 +180,25 @@ pub(crate) fn store_error(kind: StoreErrorKind, on_error: &'static str) {
     let _ = (kind, on_error);
 }
 
+/// A request started (`true`) or stopped (`false`) waiting for room
+/// (`delay_up_to`): `tierlimit_delayed_total` counts starts, the gauge
+/// `tierlimit_waiting` those waiting now.
+pub(crate) fn delayed(started: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        static WAITING: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+        let gauge = WAITING.get_or_init(|| metrics::gauge!("tierlimit_waiting"));
+        if started {
+            bump!("tierlimit_delayed_total");
+            gauge.increment(1.0);
+        } else {
+            gauge.decrement(1.0);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = started;
+}
+
 pub(crate) fn post_charge_dropped() {
     bump!("tierlimit_post_charges_dropped_total");
 }

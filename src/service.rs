@@ -58,12 +58,20 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        match self.engine.begin(&parts) {
+        match self.engine.begin(&parts, None) {
             Decision::Now(Action::Forward(forwarding)) => ResponseFuture::calling(
                 self.inner.call(Request::from_parts(parts, body)),
                 forwarding,
             ),
             Decision::Now(Action::Answer(resp)) => ResponseFuture::answer(resp),
+            Decision::Now(Action::Wait(w)) => {
+                // As for a store that must be awaited: the ready inner
+                // service goes into the future.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let finish: Arc<dyn Finish> = Arc::clone(&self.engine) as Arc<dyn Finish>;
+                ResponseFuture::waiting(*w, finish, inner, parts, body)
+            }
             Decision::Later(pending) => {
                 // The store must be awaited: the inner service that was made
                 // ready goes into the future, a clone stays here.

@@ -48,7 +48,7 @@ impl<St: Store> Engine<St> {
                     return Action::Forward(Forwarding::default());
                 };
                 let decided = store.decide_now(now, batch);
-                self.next(active, parts, now, decided.len(), Ok(decided))
+                self.next(active, parts, (now, decided.len()), Ok(decided), None)
             }
             _ => Action::Forward(Forwarding::default()),
         }

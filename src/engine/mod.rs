@@ -19,6 +19,7 @@ mod control;
 mod failure;
 mod log;
 mod post;
+mod wait;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub(crate) use control::Active;
 pub use control::Controller;
 use log::{trace_admitted, trace_rejected};
 pub(crate) use post::{PostGuard, PostQueue, PostSink, DEFAULT_POST_IN_FLIGHT};
+pub(crate) use wait::{WaitFor, Waiting, Waits};
 
 /// A request was over a limit while the layer ran in shadow mode: it was
 /// forwarded anyway. Found in the response's extensions.
@@ -65,6 +67,9 @@ pub(crate) enum Action {
     Forward(Forwarding),
     /// Answer with this response; the inner service is not called.
     Answer(Response<Bytes>),
+    /// Wait (a timer in the response future), then decide again with
+    /// [`Finish::again`] (`delay_up_to`).
+    Wait(Box<WaitFor>),
 }
 
 /// What the policy makes of a request before the store.
@@ -103,6 +108,8 @@ pub(crate) struct Decided {
     /// Limits sent to the store.
     sent: usize,
     started: Start,
+    /// The request waited already (`delay_up_to`): its deadline and place.
+    prior: Option<Waiting>,
 }
 
 /// The first step of a request.
@@ -122,6 +129,21 @@ pub(crate) trait Finish: Send + Sync + 'static {
         parts: &Parts,
         decided: Result<Batch, StoreError>,
     ) -> Action;
+
+    /// Decides again a request that waited ([`Action::Wait`]).
+    fn again(self: Arc<Self>, parts: &Parts, waiting: Waiting) -> Again;
+}
+
+/// A store decision being awaited, with the store type erased.
+pub(crate) type Deciding =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Batch, StoreError>> + Send>>;
+
+/// What deciding a request again gives.
+pub(crate) enum Again {
+    /// Decided: do this.
+    Now(Action),
+    /// Await the store, then [`Finish::finish`].
+    Later(Deciding, Decided),
 }
 
 /// The layer's identity and plan hooks (none: the policy's rules).
@@ -166,6 +188,8 @@ pub(crate) struct Engine<St> {
     /// Runtime plan assignments shared through the store's hash, when it
     /// has one.
     sharing: Option<Arc<crate::sharing::PlanSharing>>,
+    /// Requests waiting for room (`delay_up_to`).
+    pub(crate) waits: Arc<Waits>,
 }
 
 impl<St: Store> Engine<St> {
@@ -199,12 +223,17 @@ impl<St: Store> Engine<St> {
             error_log: failure::ErrorLog::default(),
             generation: AtomicU64::new(0),
             warned_anonymous: AtomicBool::new(false),
+            waits: Arc::default(),
         }
     }
 
     /// Decides a request from its head: exempt, decided now, or a store
     /// answer to await.
-    pub(crate) fn begin(self: &Arc<Self>, parts: &Parts) -> Decision<St::Decide> {
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        parts: &Parts,
+        prior: Option<Waiting>,
+    ) -> Decision<St::Decide> {
         let started = observe::start();
         if let Some(s) = &self.sharing {
             // Built outside a runtime: started with the first request.
@@ -240,7 +269,7 @@ impl<St: Store> Engine<St> {
         let now = self.clock.now();
         match self.store.decide(now, batch) {
             Answer::Now(decided) => {
-                let next = self.next(&active, parts, now, sent, decided);
+                let next = self.next(&active, parts, (now, sent), decided, prior);
                 observe::decided(started);
                 Decision::Now(next)
             }
@@ -253,6 +282,7 @@ impl<St: Store> Engine<St> {
                         now,
                         sent,
                         started,
+                        prior,
                     },
                 })
             }
@@ -351,9 +381,9 @@ impl<St: Store> Engine<St> {
         self: &Arc<Self>,
         active: &Active,
         parts: &Parts,
-        now: Timestamp,
-        sent: usize,
+        (now, sent): (Timestamp, usize),
         decided: Result<Batch, StoreError>,
+        prior: Option<Waiting>,
     ) -> Action {
         let policy = &*active.policy.rules;
         let batch = match decided {
@@ -407,6 +437,11 @@ impl<St: Store> Engine<St> {
             let name = &policy.limits[l.label as usize].name;
             return answer(parts, reject::never_fits(name, l.check_cost(), l.capacity));
         };
+        if policy.mode != Mode::Shadow {
+            if let Some(w) = self.wait_for(policy, &batch, (blocking, retry_at), now, prior) {
+                return Action::Wait(Box::new(w));
+            }
+        }
         let Some(rejection) = rejection(policy, &batch, blocking, retry_at, now) else {
             return answer(parts, reject::internal_error());
         };
@@ -428,6 +463,52 @@ impl<St: Store> Engine<St> {
             resp = reject::grpc(resp, Some(&reject::grpc_message(&rejection)));
         }
         Action::Answer(resp)
+    }
+
+    /// Whether a refused request may wait for room (`delay_up_to` on the
+    /// tier of every limit that refuses it), and how long: until
+    /// `retry_at` (the instant the limit `blocking` frees), if that is no
+    /// later than its deadline (its first refusal plus the smallest of
+    /// those delays) and its scope's queue has a free place. `prior`: the
+    /// request waited already.
+    #[cold]
+    fn wait_for(
+        &self,
+        policy: &Rules,
+        batch: &Batch,
+        (blocking, retry_at): (usize, Timestamp),
+        now: Timestamp,
+        prior: Option<Waiting>,
+    ) -> Option<WaitFor> {
+        let delay = |i: usize| policy.limits.get(batch.limit(i).label as usize)?.delay;
+        let mut up_to: Option<Duration> = None;
+        for (_, i) in batch.blockers() {
+            let d = delay(i)?.up_to;
+            up_to = Some(up_to.map_or(d, |u| u.min(d)));
+        }
+        let up_to = up_to?;
+        // The wait is a tokio timer.
+        tokio::runtime::Handle::try_current().ok()?;
+        let (deadline, ticket) = match prior {
+            Some(w) => (w.deadline, w.ticket),
+            None => {
+                let queue = delay(blocking)?.queue;
+                let deadline = now + up_to;
+                if retry_at > deadline {
+                    return None;
+                }
+                (deadline, self.waits.take(batch.limit(blocking).key, queue)?)
+            }
+        };
+        if retry_at > deadline {
+            return None;
+        }
+        // At least a millisecond: a store's instants are whole milliseconds.
+        let sleep = retry_at.saturating_since(now).max(Duration::from_millis(1));
+        Some(WaitFor {
+            sleep,
+            waiting: Waiting { deadline, ticket },
+        })
     }
 
     /// The guard that charges an admitted request's post-charged limits.
@@ -495,9 +576,16 @@ impl<St: Store> Finish for Engine<St> {
         parts: &Parts,
         decided: Result<Batch, StoreError>,
     ) -> Action {
-        let next = self.next(&ctx.active, parts, ctx.now, ctx.sent, decided);
+        let next = self.next(&ctx.active, parts, (ctx.now, ctx.sent), decided, ctx.prior);
         observe::decided(ctx.started);
         next
+    }
+
+    fn again(self: Arc<Self>, parts: &Parts, waiting: Waiting) -> Again {
+        match self.begin(parts, Some(waiting)) {
+            Decision::Now(action) => Again::Now(action),
+            Decision::Later(p) => Again::Later(Box::pin(p.fut), p.ctx),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderName;
 
@@ -148,6 +149,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         cost: l.cost.clone(),
         family: l.family,
         aggregate: None,
+        delay: None,
         scope: l.scope.clone(),
         group_mask: keys::group_fingerprint(b"group\0", tier, &l.scope),
         overflow_key: keys::group_fingerprint(b"overflow\0", tier, &l.scope),
@@ -354,6 +356,10 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
                 limits[i].tag = limits[i].tag.checked_add(1).unwrap_or(1);
             }
         }
+        let delay = tier_delay(tier, &limits[start..], &base)?;
+        for l in &mut limits[start..] {
+            l.delay = delay;
+        }
         tier_index.insert(name.clone(), tiers.len());
         tier_names.push(name.clone());
         tiers.push(CompiledTier {
@@ -547,6 +553,45 @@ pub(super) fn plan_id_ok(id: &str, max_len: usize) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Longest `delay_up_to` a tier may set: a request is held open that long.
+const MAX_DELAY: Duration = Duration::from_secs(600);
+
+/// A tier's `delay_up_to` and `queue`, checked (`base`: the tier's path in
+/// errors).
+fn tier_delay(
+    tier: &crate::config::Tier,
+    limits: &[CompiledLimit],
+    base: &str,
+) -> Result<Option<super::Delay>, ConfigError> {
+    let Some(up_to) = tier.delay_up_to else {
+        if tier.queue.is_some() {
+            return Err(ConfigError::invalid(
+                format!("{base}.queue"),
+                "applies only with `delay_up_to`",
+            ));
+        }
+        return Ok(None);
+    };
+    if up_to.is_zero() || up_to > MAX_DELAY {
+        return Err(ConfigError::invalid(
+            format!("{base}.delay_up_to"),
+            "must be more than 0 and at most 10 minutes",
+        ));
+    }
+    let smallest = limits.iter().map(|l| l.capacity).min().unwrap_or(1);
+    let queue = match tier.queue {
+        Some(0) | Some(1_000_001..) => {
+            return Err(ConfigError::invalid(
+                format!("{base}.queue"),
+                "must be 1 ..= 1000000",
+            ))
+        }
+        Some(n) => n,
+        None => u32::try_from(smallest.clamp(1, 1_000_000)).unwrap_or(1_000_000),
+    };
+    Ok(Some(super::Delay { up_to, queue }))
 }
 
 #[cfg(test)]

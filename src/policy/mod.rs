@@ -58,6 +58,9 @@ pub(crate) struct CompiledLimit {
     /// Set on the tenant-aggregate companion of a limit: capacity is
     /// multiplied by users in the tenant × this factor.
     pub(crate) aggregate: Option<f64>,
+    /// The tier's `delay_up_to` and `queue`, when it lets refused requests
+    /// wait.
+    pub(crate) delay: Option<Delay>,
     scope: Vec<ScopePart>,
     /// Mixed into the scope hash to make the key of the (tier, scope)
     /// counters this limit lives in.
@@ -73,6 +76,14 @@ pub(crate) struct CompiledLimit {
     /// The store limit of a request before its key, cascade group and any
     /// capacity change are filled in (made once the policy is complete).
     template: LimitSpec,
+}
+
+/// How long a tier lets a refused request wait, and how many of one scope
+/// may wait at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Delay {
+    pub(crate) up_to: Duration,
+    pub(crate) queue: u32,
 }
 
 #[derive(Clone, Debug)]

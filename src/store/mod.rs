@@ -485,7 +485,7 @@ impl Batch {
     /// For every group without room: (instant it has room, limit that frees
     /// it). A cascade frees when its first member does; `None` when no
     /// member can ever fit.
-    fn blockers(&self) -> impl Iterator<Item = (Option<Timestamp>, usize)> + '_ {
+    pub(crate) fn blockers(&self) -> impl Iterator<Item = (Option<Timestamp>, usize)> + '_ {
         self.groups()
             .filter(|g| !self.group_has_room(g.clone()))
             .map(|g| {
