@@ -45,6 +45,8 @@
 //! curl -si -X PATCH localhost:3000/admin/tenants/acme -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN" \
 //!      -d '{"rate_limit_tier": "premium"}'
 //! curl -si -X POST localhost:3000/admin/reload -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN"
+//! # lift the blocks (`block_for`) of API key k1:
+//! curl -si -X DELETE localhost:3000/admin/blocks/k1 -H "authorization: Bearer $TIERLIMIT_ADMIN_TOKEN"
 //! # 10 wrong tokens a minute from one address, and every admin call from it
 //! # is answered 429 (with Retry-After) until the oldest leaves the minute.
 //! ```
@@ -420,6 +422,7 @@ fn admin_routes(gw: &Gateway, config: &Config) -> Result<Router, BoxError> {
         .route("/admin/users/{id}", patch(set_tier))
         .route("/admin/tenants/{id}", patch(set_tier))
         .route("/admin/reload", post(reload))
+        .route("/admin/blocks/{id}", axum::routing::delete(lift_blocks))
         .with_state(gw.clone())
         .layer(limiter))
 }
@@ -677,6 +680,29 @@ async fn set_tier(
             Json(serde_json::json!({"rate_limit_tier": patch.rate_limit_tier})).into_response()
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.message()),
+    }
+}
+
+/// `DELETE /admin/blocks/{api key}`: lifts every block (`block_for`) of
+/// that API key at once, for every gateway sharing the store.
+async fn lift_blocks(
+    State(gw): State<Gateway>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = admin_denied(&gw, &headers) {
+        return denied;
+    }
+    let who = Identity {
+        api_key: Some(id.as_bytes()),
+        ..Identity::default()
+    };
+    match gw.layer.controller().lift_blocks(&who).await {
+        Ok(n) => {
+            tracing::info!(target: "gateway", counters = n, "blocks lifted");
+            Json(serde_json::json!({"lifted": n})).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, chain(&e)),
     }
 }
 

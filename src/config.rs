@@ -56,6 +56,7 @@
 //! | `limit.scope` | identity parts keying the counter: `api_key`, `user`, `tenant`, `ip`, `caller`; `[]` is one global counter | `["caller"]` |
 //! | `limit.cost` | a number (units per request, must fit the capacity), `"requests"`, `"latency"` (ms until the body ends), `{"tokens": "<response header>"}`, `{"error_responses": "500-599"}` | 1 |
 //! | `limit.family` | `qstash` header family: `daily`, `burst`, `chat-requests`, `chat-tokens` | none |
+//! | `limit.block_for` | a duration (1 s ..= 30 days): the request that finds this limit exhausted blocks its scope on this tier for that long (see *Blocking an abuser*); not inside a cascade | none |
 //! | `limit.tenant_aggregate` | also count per tenant with capacity × users in the tenant × this factor | none |
 //! | `tiers.NAME.delay_up_to` | a request this tier's limits refuse, but that has room within this long (at most 10 minutes), waits and is then admitted instead of a 429 (see *Waiting instead of refusing* below) | none |
 //! | `tiers.NAME.queue` | with `delay_up_to`: most requests of one scope waiting at once on one instance, 1 ..= 1 000 000 | the tier's smallest capacity |
@@ -90,6 +91,21 @@
 //! counts as a 500 for `error_responses`). The hard "never above capacity"
 //! guarantee therefore holds for request costs only; a post-charged limit
 //! can overshoot by the cost of the requests in flight when it fills up.
+//!
+//! # Blocking an abuser
+//!
+//! With `"block_for": "10m"` on a limit, the request that finds the limit
+//! exhausted (refused by it) starts a block of ten minutes for its scope
+//! on that tier, as Cloudflare's mitigation timeout does: during it every
+//! request of that scope on the tier is refused with 429, `Retry-After`
+//! being what is left of the block, even when the window has room again.
+//! The block is a counter of its own beside the limit's (a window of the
+//! block's length, shared across instances on Redis); the 429 names it
+//! `"<limit> (block)"`, and the usage report lists it. A plan change to
+//! another tier leaves it behind; `Controller::lift_blocks` (the example
+//! gateway: `DELETE /admin/blocks/{api key}`) lifts it at once.
+//! `RateLimitLayer::blocks_started` and the metric
+//! `tierlimit_blocks_started_total{tier, limit}` count blocks started.
 //!
 //! # Waiting instead of refusing
 //!
@@ -513,6 +529,11 @@ pub struct Limit {
     /// factor (the tenant's aggregate limit).
     #[serde(default)]
     pub tenant_aggregate: Option<f64>,
+    /// The request that finds this limit exhausted blocks its scope on
+    /// this tier for this long (Cloudflare's mitigation timeout); see
+    /// *Blocking an abuser* below.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub block_for: Option<Duration>,
 }
 
 impl Limit {
@@ -529,6 +550,7 @@ impl Limit {
             cost: Cost::Requests(1),
             family: None,
             tenant_aggregate: None,
+            block_for: None,
         }
     }
 
@@ -540,6 +562,13 @@ impl Limit {
     /// A clock-aligned (fixed) window limit scoped to the caller, in UTC.
     pub fn fixed(name: impl Into<String>, capacity: u32, window: Duration) -> Self {
         Self::new(name, capacity, window, WindowKind::Fixed)
+    }
+
+    /// Blocks the scope for `block` once this limit is found exhausted
+    /// (see *Blocking an abuser*).
+    pub fn block_for(mut self, block: Duration) -> Self {
+        self.block_for = Some(block);
+        self
     }
 
     /// Sets the sub-bucket count of a sliding window.

@@ -257,6 +257,8 @@ pub(crate) struct LimitInfo<'a> {
     pub(crate) window_secs: u64,
     pub(crate) unit: &'static str,
     pub(crate) family: Option<Family>,
+    /// A block counter (`block_for`): listed only while a block holds.
+    pub(crate) block: bool,
 }
 
 /// An sf-string: printable ASCII, with `"` and `\` escaped.
@@ -323,6 +325,9 @@ pub(crate) fn render<'a>(
                     continue;
                 };
                 let li = info(i);
+                if li.block && v.remaining() > 0 {
+                    continue;
+                }
                 let name = sf_string(li.name);
                 let mut p = format!("{name};q={};w={}", v.capacity, li.window_secs);
                 if li.unit != "request" {

@@ -295,6 +295,14 @@ impl<St: Store> RateLimitLayer<St> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Blocks started so far (`block_for`; a block started by two
+    /// requests at once counts twice).
+    pub fn blocks_started(&self) -> u64 {
+        self.engine
+            .blocks_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests waiting for room now.
     pub fn requests_waiting(&self) -> u64 {
         self.engine

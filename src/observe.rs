@@ -199,6 +199,19 @@ pub(crate) fn delayed(started: bool) {
     let _ = started;
 }
 
+/// A block started (`block_for`) on limit `limit` of tier `tier`.
+pub(crate) fn block_started(tier: &str, limit: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tierlimit_blocks_started_total",
+        "tier" => tier.to_owned(),
+        "limit" => limit.to_owned()
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (tier, limit);
+}
+
 pub(crate) fn post_charge_dropped() {
     bump!("tierlimit_post_charges_dropped_total");
 }

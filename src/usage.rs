@@ -148,6 +148,12 @@ pub(crate) type UsageFuture = Pin<Box<dyn Future<Output = Result<Usage, UsageErr
 /// the store).
 pub(crate) trait Peek: Send + Sync {
     fn usage(&self, parts: &Parts) -> UsageFuture;
+
+    /// Empties every block counter of the caller `id`; how many there are.
+    fn lift_blocks(
+        &self,
+        id: &crate::identity::Identity<'_>,
+    ) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + Send>>;
 }
 
 /// A tower service answering `GET` with the caller's [`Usage`] as JSON

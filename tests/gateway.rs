@@ -796,3 +796,38 @@ async fn rate_limit_reports_the_callers_usage_and_spends_nothing() {
     assert!(r.body.contains(r#""tier":"premium""#), "{}", r.body);
     assert_eq!(gw.layer.plan_of("u1").as_deref(), Some("premium"));
 }
+
+#[tokio::test]
+async fn admin_lifts_the_blocks_of_an_api_key() {
+    let policy = r#"{
+      "tiers": {"api": {"limits": [
+        {"name": "per-minute", "capacity": 2, "window": "1m", "block_for": "10m"}]}},
+      "default_tier": "api"
+    }"#;
+    let path = temp_policy("blocks", policy);
+    let (router, _) = app(&path, Some("s3cret"));
+    for expect in [200, 200, 429, 429] {
+        let r = send(&router, get("/x", "b1")).await;
+        assert_eq!(r.status.as_u16(), expect);
+    }
+    let r = send(&router, get("/x", "b1")).await;
+    assert_eq!(r.num("retry-after"), 600, "blocked for ten minutes");
+    let r = send(
+        &router,
+        admin("DELETE", "/admin/blocks/b1", Some("wrong"), ""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        &router,
+        admin("DELETE", "/admin/blocks/b1", Some("s3cret"), ""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, r#"{"lifted":1}"#);
+    // The block is gone; the window is still spent (2 of 2), so the next
+    // request is refused by the limit itself, for under a minute.
+    let r = send(&router, get("/x", "b1")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.num("retry-after") <= 60, "{:?}", r.header("retry-after"));
+}

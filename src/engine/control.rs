@@ -213,6 +213,55 @@ impl Controller {
         }
     }
 
+    /// Lifts every block (`block_for`) of the caller `id` at once, on every
+    /// tier, for every instance sharing the store (requests under a
+    /// capacity modifier count apart and are not lifted). Returns how many
+    /// block counters were emptied (0: the policy blocks nothing).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierlimit::config::{Config, Limit, Tier};
+    /// use tierlimit::identity::Identity;
+    /// use tierlimit::RateLimitLayer;
+    ///
+    /// let policy = Config::new()
+    ///     .tier("api", Tier::new().limit(
+    ///         Limit::sliding("m", 60, Duration::from_secs(60)).block_for(Duration::from_secs(600))))
+    ///     .default_tier("api")
+    ///     .build()
+    ///     .unwrap();
+    /// let layer = RateLimitLayer::new(policy);
+    /// let id = Identity { api_key: Some(b"k1"), ..Identity::default() };
+    /// let lifted = futures_block_on(layer.controller().lift_blocks(&id)).unwrap();
+    /// assert_eq!(lifted, 1);
+    /// # fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store could not empty the counters (or cannot at all: a store
+    /// of your own must implement [`Store::reset`](crate::store::Store::reset)),
+    /// or the layer is gone.
+    pub fn lift_blocks(
+        &self,
+        id: &crate::identity::Identity<'_>,
+    ) -> impl std::future::Future<Output = Result<usize, crate::store::StoreError>> + Send + 'static
+    {
+        let engine = self.inner.peek.get().and_then(Weak::upgrade);
+        let fut = engine.map(|e| e.lift_blocks(id));
+        async move {
+            match fut {
+                Some(f) => f.await,
+                None => Err(crate::store::StoreError::new(
+                    crate::store::StoreErrorKind::Unavailable,
+                    "the rate-limit layer is gone",
+                )),
+            }
+        }
+    }
+
     /// A tower service answering `GET` with the caller's usage as JSON;
     /// see [`UsageService`].
     pub fn usage_service(&self) -> UsageService {

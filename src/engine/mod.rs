@@ -190,6 +190,8 @@ pub(crate) struct Engine<St> {
     sharing: Option<Arc<crate::sharing::PlanSharing>>,
     /// Requests waiting for room (`delay_up_to`).
     pub(crate) waits: Arc<Waits>,
+    /// Blocks started (`block_for`).
+    pub(crate) blocks_started: AtomicU64,
 }
 
 impl<St: Store> Engine<St> {
@@ -224,6 +226,7 @@ impl<St: Store> Engine<St> {
             generation: AtomicU64::new(0),
             warned_anonymous: AtomicBool::new(false),
             waits: Arc::default(),
+            blocks_started: AtomicU64::new(0),
         }
     }
 
@@ -442,10 +445,16 @@ impl<St: Store> Engine<St> {
                 return Action::Wait(Box::new(w));
             }
         }
+        let shadow = policy.mode == Mode::Shadow;
+        let retry_at = match shadow {
+            false => self
+                .start_blocks(policy, &batch, now)
+                .map_or(retry_at, |end| end.max(retry_at)),
+            true => retry_at,
+        };
         let Some(rejection) = rejection(policy, &batch, blocking, retry_at, now) else {
             return answer(parts, reject::internal_error());
         };
-        let shadow = policy.mode == Mode::Shadow;
         active
             .counters
             .rejected(batch.limit(blocking).label, shadow);
@@ -463,6 +472,48 @@ impl<St: Store> Engine<St> {
             resp = reject::grpc(resp, Some(&reject::grpc_message(&rejection)));
         }
         Action::Answer(resp)
+    }
+
+    /// Starts a block for every limit with `block_for` that refused this
+    /// request while its block counter had room (no block in force): the
+    /// counter is charged the limit's capacity, so that it refuses every
+    /// request of the scope on the tier for the block's length. Returns
+    /// when the longest block started ends.
+    #[cold]
+    fn start_blocks(&self, policy: &Rules, batch: &Batch, now: Timestamp) -> Option<Timestamp> {
+        let mut end: Option<Timestamp> = None;
+        for i in 0..batch.len() {
+            let counter = batch.limit(i);
+            let Some(compiled) = policy.limits.get(counter.label as usize) else {
+                continue;
+            };
+            let Some(of) = compiled.block_of else {
+                continue;
+            };
+            let Some(Verdict::Room(receipt)) = batch.outcome(i).map(|o| o.verdict) else {
+                continue;
+            };
+            let refused = (0..batch.len()).any(|k| {
+                batch.limit(k).label == of
+                    && batch.outcome(k).is_some_and(|o| o.refusal().is_some())
+            });
+            if !refused {
+                continue;
+            }
+            self.blocks_started.fetch_add(1, Ordering::Relaxed);
+            let name = policy
+                .limits
+                .get(of as usize)
+                .map_or("", |l| l.name.as_str());
+            observe::block_started(&compiled.tier, name);
+            self.charge(
+                now,
+                vec![PostCharge::new(*counter, receipt, counter.capacity)],
+            );
+            let ends = now + compiled.window;
+            end = Some(end.map_or(ends, |e| e.max(ends)));
+        }
+        end
     }
 
     /// Whether a refused request may wait for room (`delay_up_to` on the
@@ -520,7 +571,11 @@ impl<St: Store> Engine<St> {
     ) -> Option<PostGuard> {
         let mut items = Vec::new();
         for i in 0..batch.len() {
-            if batch.limit(i).charge != Charge::After {
+            if batch.limit(i).charge != Charge::After
+                || policy.limits[batch.limit(i).label as usize]
+                    .block_of
+                    .is_some()
+            {
                 continue;
             }
             let limit = *batch.limit(i);
@@ -567,6 +622,27 @@ impl<St: Store> crate::usage::Peek for Engine<St> {
         let (sent, now) = (batch.len(), self.clock.now());
         crate::usage::engine_usage(rules, sent, now, self.store.peek(now, batch))
     }
+
+    fn lift_blocks(
+        &self,
+        id: &Identity<'_>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, StoreError>> + Send>>
+    {
+        let counters = self
+            .control
+            .inner
+            .active
+            .load()
+            .policy
+            .rules
+            .block_counters(&self.secret, id);
+        let n = counters.len();
+        if n == 0 {
+            return Box::pin(std::future::ready(Ok(0)));
+        }
+        let reset = self.store.reset(counters);
+        Box::pin(async move { reset.await.map(|()| n) })
+    }
 }
 
 impl<St: Store> Finish for Engine<St> {
@@ -598,6 +674,7 @@ fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rend
             window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
             unit: l.cost.unit(),
             family: l.family,
+            block: l.block_of.is_some(),
         }
     })
 }

@@ -150,6 +150,8 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         family: l.family,
         aggregate: None,
         delay: None,
+        block_for: l.block_for,
+        block_of: None,
         scope: l.scope.clone(),
         group_mask: keys::group_fingerprint(b"group\0", tier, &l.scope),
         overflow_key: keys::group_fingerprint(b"overflow\0", tier, &l.scope),
@@ -173,6 +175,9 @@ fn finish_limits(limits: &mut [CompiledLimit]) {
         };
         l.scope_id = u16::try_from(id).unwrap_or(u16::MAX);
         let charge = match l.cost {
+            // A block counter refuses while a block counts (it is charged
+            // the limit's capacity when one starts) and charges nothing.
+            Cost::Requests(_) if l.block_of.is_some() => Charge::After,
             Cost::Requests(n) => Charge::Now(n),
             _ => Charge::After,
         };
@@ -301,6 +306,12 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
                     ));
                 }
                 names.push(&l.name);
+                if cascade && l.block_for.is_some() {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.block_for"),
+                        "is not supported inside a cascade",
+                    ));
+                }
                 if cascade && l.tenant_aggregate.is_some() {
                     return Err(ConfigError::invalid(
                         format!("{path}.tenant_aggregate"),
@@ -339,6 +350,18 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
         }
         if limits.len() > astart {
             groups.push((astart..limits.len(), false));
+        }
+        // Blocks: a counter beside each limit with `block_for`, in a group
+        // of their own.
+        let bstart = limits.len();
+        for k in start..astart {
+            if let Some(block) = limits[k].block_for {
+                let companion = block_counter(name, &limits[k], k, block, &base)?;
+                limits.push(companion);
+            }
+        }
+        if limits.len() > bstart {
+            groups.push((bstart..limits.len(), false));
         }
         if limits.len() - start > MAX_TIER_LIMITS {
             return Err(ConfigError::invalid(
@@ -553,6 +576,44 @@ pub(super) fn plan_id_ok(id: &str, max_len: usize) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The block counter of limit `l` (label `label`) of tier `tier`, for
+/// blocks of `block` (`base`: the tier's path in errors).
+fn block_counter(
+    tier: &str,
+    l: &CompiledLimit,
+    label: usize,
+    block: Duration,
+    base: &str,
+) -> Result<CompiledLimit, ConfigError> {
+    if block < Duration::from_secs(1) || block > Duration::from_secs(30 * 86_400) {
+        return Err(ConfigError::invalid(
+            format!("{base}: limit `{}`.block_for", l.name),
+            "must be 1 second ..= 30 days",
+        ));
+    }
+    let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+    let spec = WindowSpec::sliding_ms(block_ms, DEFAULT_PRECISION);
+    let mut c = l.clone();
+    c.name = format!("{} (block)", l.name);
+    c.window = block;
+    c.spec = spec;
+    c.cost = Cost::Requests(1);
+    c.family = None;
+    c.delay = None;
+    c.block_for = None;
+    c.block_of = Some(u32::try_from(label).unwrap_or(u32::MAX));
+    // From its definition, as every limit's tag: a reload that keeps it
+    // keeps its blocks.
+    let mut def = Limit::sliding(
+        c.name.clone(),
+        u32::try_from(l.capacity).unwrap_or(u32::MAX),
+        block,
+    );
+    def.scope = l.scope.clone();
+    c.tag = keys::limit_tag(tier, &def, spec);
+    Ok(c)
 }
 
 /// Longest `delay_up_to` a tier may set: a request is held open that long.

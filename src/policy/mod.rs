@@ -61,6 +61,12 @@ pub(crate) struct CompiledLimit {
     /// The tier's `delay_up_to` and `queue`, when it lets refused requests
     /// wait.
     pub(crate) delay: Option<Delay>,
+    /// The limit's `block_for` (a limit that blocks).
+    pub(crate) block_for: Option<Duration>,
+    /// Set on the block counter of a limit with `block_for`: that limit's
+    /// label. Checked as a post-charged limit of the limit's capacity
+    /// (refusing while a block counts), charged only to start a block.
+    pub(crate) block_of: Option<u32>,
     scope: Vec<ScopePart>,
     /// Mixed into the scope hash to make the key of the (tier, scope)
     /// counters this limit lives in.
@@ -479,6 +485,21 @@ impl Rules {
             for l in batch.limits().take(self.tiers[t].limit_count) {
                 if seen.insert((l.key, l.tag)) {
                     out.push(l.with_charge(crate::store::Charge::Now(0)).in_cascade(None));
+                }
+            }
+        }
+        out
+    }
+
+    /// The block counters (`block_for`) of every tier for the caller `id`
+    /// (requests without a capacity modifier).
+    pub(crate) fn block_counters(&self, secret: &KeySecret, id: &Identity<'_>) -> Vec<LimitSpec> {
+        let mut out = Vec::new();
+        for t in 0..self.tiers.len() {
+            let batch = self.batch(secret, [Some(t), None], None, id, (1.0, 0));
+            for l in batch.limits().take(self.tiers[t].limit_count) {
+                if self.limits[l.label as usize].block_of.is_some() {
+                    out.push(*l);
                 }
             }
         }

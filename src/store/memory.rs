@@ -1019,6 +1019,17 @@ impl Store for MemoryStore {
         Answer::Now(Ok(self.peek_now(now, batch)))
     }
 
+    fn reset(&self, limits: Vec<LimitSpec>) -> super::HashFuture<()> {
+        for l in limits {
+            if let Some(mut e) = self.inner.map.get_mut(&MapKey::from(l.key.as_u128())) {
+                if e.has_tag(l.tag) {
+                    e.with_cell(l.tag, &l.window, 0, |c| *c = Cell::default());
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         self.charge_after_sync(now, charges);
         Answer::Now(Ok(()))

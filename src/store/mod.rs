@@ -604,6 +604,15 @@ impl Store for AnyStore {
         }
     }
 
+    fn reset(&self, limits: Vec<LimitSpec>) -> HashFuture<()> {
+        match self {
+            AnyStore::Memory(m) => m.reset(limits),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(r) => r.reset(limits),
+            AnyStore::Broken(why) => Box::pin(std::future::ready(Err(unbuilt(why)))),
+        }
+    }
+
     fn forget_cached(&self) {
         #[cfg(feature = "redis")]
         if let AnyStore::Redis(r) = self {
@@ -781,6 +790,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// (a new key counted against a cap, a local lease) overrides it.
     fn peek(&self, now: Timestamp, batch: Batch) -> Answer<Batch, Self::Decide> {
         self.decide(now, free_of_charge(batch))
+    }
+
+    /// Empties the counters of `limits` (each its key and tag), for
+    /// everyone sharing the store: what lifting a block
+    /// ([`Controller::lift_blocks`](crate::Controller::lift_blocks)) does.
+    /// The default says the store cannot.
+    fn reset(&self, limits: Vec<LimitSpec>) -> HashFuture<()> {
+        let _ = limits;
+        Box::pin(std::future::ready(Err(StoreError::new(
+            StoreErrorKind::Protocol,
+            "this store cannot empty counters",
+        ))))
     }
 
     /// The policy or a plan assignment changed: forget whatever decisions

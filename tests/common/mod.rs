@@ -202,6 +202,10 @@ impl Store for AwaitedStore {
         }))
     }
 
+    fn reset(&self, limits: Vec<tierlimit::store::LimitSpec>) -> tierlimit::store::HashFuture<()> {
+        self.inner.reset(limits)
+    }
+
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let inner = self.inner.clone();
         Answer::Later(Box::pin(async move {

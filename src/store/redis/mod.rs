@@ -926,6 +926,27 @@ impl Store for RedisStore {
         }))
     }
 
+    /// `HDEL` of each limit's field, one command per key (in a cluster,
+    /// each on its node); then this instance's cached refusals are
+    /// forgotten. Other instances may answer from theirs for at most a
+    /// lease lifetime (with leases off, until the refusal's retry instant).
+    fn reset(&self, limits: Vec<crate::store::LimitSpec>) -> crate::store::HashFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if inner.circuit_open() {
+                return Err(unavailable("Redis failed repeatedly; retrying shortly"));
+            }
+            let mut conn = inner.connection().await?;
+            for l in &limits {
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(inner.redis_key(l.key)).arg(l.tag.to_string());
+                within(inner.timeout, hdel.query_async::<()>(&mut conn)).await?;
+            }
+            inner.forget_cached();
+            Ok(())
+        })
+    }
+
     fn forget_cached(&self) {
         self.inner.forget_cached();
     }
