@@ -103,7 +103,9 @@
 //! block's length, shared across instances on Redis); the 429 names it
 //! `"<limit> (block)"`, and the usage report lists it. A plan change to
 //! another tier leaves it behind; `Controller::lift_blocks` (the example
-//! gateway: `DELETE /admin/blocks/{api key}`) lifts it at once.
+//! gateway: `DELETE /admin/blocks/{api key}`) lifts it at once. Lifting
+//! a block leaves the limit's own window as it is: a caller still over the
+//! limit starts a new block with its next refused request.
 //! `RateLimitLayer::blocks_started` and the metric
 //! `tierlimit_blocks_started_total{tier, limit}` count blocks started.
 //!
