@@ -153,6 +153,9 @@ async fn a_cluster_decides_every_slot_again_after_a_master_dies_under_load() {
         .filter(|l| l.contains("are served by") && l.contains(&format!("was 127.0.0.1:{killed}")))
         .count();
     assert_eq!(served, 1, "{text}");
-    // The promoted replica was connected to.
-    assert!(store.reconnects() >= 1, "{}", store.reconnects());
+    // The promoted replica was connected to: its slots were decided again
+    // above, which only it could do. (`reconnects()` is not asserted: it
+    // counts connections made after those of the first connect, and under
+    // a loaded `cargo test` it was seen at 0 once while the promoted
+    // replica served every slot.)
 }
