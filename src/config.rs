@@ -49,7 +49,7 @@
 //! | `limit.name` | unique within the tier | required |
 //! | `limit.capacity` | cost units per window, 1 ..= 4 294 967 295 | required |
 //! | `limit.window` | `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, `"1h 30m"` (read by `humantime`), or whole seconds as a number | required |
-//! | `limit.kind` | `sliding` or `fixed` (clock-aligned) | `sliding` |
+//! | `limit.kind` | `sliding`, `fixed` (clock-aligned) or `concurrent` (requests in flight; `window` is then the longest a unit is held, see *Requests in flight*) | `sliding` |
 //! | `limit.precision` | sub-buckets of a sliding window, 1 ..= 3600, each at least 1 ms (see *Sliding windows*) | 30 |
 //! | `limit.utc_offset` | `fixed` only: `"+HH:MM"`/`"-HH:MM"`, where day windows reset at local midnight | `"+00:00"` |
 //! | `limit.time_zone` | `fixed` only, feature `tz`: an IANA name (`"Europe/Amsterdam"`) or `"local"` (the server's zone: `TZ`, else `/etc/localtime`, else UTC); windows follow its wall clock across daylight saving changes; not with `utc_offset` | none (UTC) |
@@ -91,6 +91,26 @@
 //! counts as a 500 for `error_responses`). The hard "never above capacity"
 //! guarantee therefore holds for request costs only; a post-charged limit
 //! can overshoot by the cost of the requests in flight when it fills up.
+//!
+//! # Requests in flight
+//!
+//! A `"kind": "concurrent"` limit counts requests of one scope in flight
+//! at once (GitHub's 100 concurrent requests; Stripe's concurrent-request
+//! limiter): a request takes `cost` units (1 by default) at admission and
+//! gives them back when its response body ends or is dropped, when the
+//! inner service fails, panics or the request is cancelled. Over capacity
+//! it gets 429 with `Retry-After: 1` (when requests in flight end is not
+//! known). Its `window` is the longest a unit is held: a unit not given
+//! back by then (a request that runs longer, an instance that died
+//! holding it) stops counting, so nothing leaks for longer. Shared across
+//! instances on Redis; never leased. In the rate-limit headers it shows
+//! only while it refuses; the usage report lists it (`unit`
+//! `concurrent-requests`). Not in a cascade, not with `block_for` or
+//! `tenant_aggregate`.
+//!
+//! ```json
+//! { "name": "in-flight", "kind": "concurrent", "capacity": 100, "window": "5m" }
+//! ```
 //!
 //! # Blocking an abuser
 //!
@@ -219,6 +239,10 @@ pub enum WindowKind {
     Sliding,
     /// Resets on clock boundaries (minute at :00, hour at :00, day at midnight).
     Fixed,
+    /// Requests in flight at once: capacity units are taken at admission
+    /// and given back when the response ends; `window` is the longest a
+    /// unit is held (see *Requests in flight*).
+    Concurrent,
 }
 
 /// One identity part of a counter's scope.
@@ -559,6 +583,13 @@ impl Limit {
     /// A sliding-window limit scoped to the caller.
     pub fn sliding(name: impl Into<String>, capacity: u32, window: Duration) -> Self {
         Self::new(name, capacity, window, WindowKind::Sliding)
+    }
+
+    /// At most `capacity` requests of the caller in flight at once; a unit
+    /// not given back (a request still running, an instance that died)
+    /// stops counting after `hold` (see *Requests in flight*).
+    pub fn concurrent(name: impl Into<String>, capacity: u32, hold: Duration) -> Self {
+        Self::new(name, capacity, hold, WindowKind::Concurrent)
     }
 
     /// A clock-aligned (fixed) window limit scoped to the caller, in UTC.

@@ -42,7 +42,7 @@ fn remaining_share(a: &View, b: &View) -> Ordering {
 }
 
 /// Picks the limit to report (see the [module docs](self)).
-fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
+fn pick(batch: &Batch, admitted: bool, aside: impl Fn(usize) -> bool) -> Option<Report> {
     if !admitted {
         let i = batch.blocking()?;
         return batch.outcome(i).map(|o| report_of(&o.view));
@@ -52,7 +52,7 @@ fn pick(batch: &Batch, admitted: bool) -> Option<Report> {
         let Some(v) = batch.outcome(i).map(|o| o.view) else {
             continue;
         };
-        if !batch.reports(i) {
+        if !batch.reports(i) || aside(i) {
             continue;
         }
         let better = match best {
@@ -257,8 +257,9 @@ pub(crate) struct LimitInfo<'a> {
     pub(crate) window_secs: u64,
     pub(crate) unit: &'static str,
     pub(crate) family: Option<Family>,
-    /// A block counter (`block_for`): listed only while a block holds.
-    pub(crate) block: bool,
+    /// A block counter (`block_for`) or a limit on requests in flight:
+    /// reported only while it refuses (no room left).
+    pub(crate) aside: bool,
 }
 
 /// An sf-string: printable ASCII, with `"` and `\` escaped.
@@ -315,7 +316,7 @@ pub(crate) fn render<'a>(
     match style {
         HeaderStyle::None => Rendered::Nothing,
         HeaderStyle::XRateLimit => {
-            pick(batch, admitted).map_or(Rendered::Nothing, Rendered::XRateLimit)
+            pick(batch, admitted, |i| info(i).aside).map_or(Rendered::Nothing, Rendered::XRateLimit)
         }
         HeaderStyle::Ietf => {
             let mut policy = Vec::new();
@@ -325,7 +326,7 @@ pub(crate) fn render<'a>(
                     continue;
                 };
                 let li = info(i);
-                if li.block && v.remaining() > 0 {
+                if li.aside && v.remaining() > 0 {
                     continue;
                 }
                 let name = sf_string(li.name);

@@ -344,7 +344,11 @@ pub(crate) fn report(
             remaining: view.remaining(),
             reset: view.reset_at,
             window: l.window,
-            unit: l.cost.unit(),
+            unit: if l.concurrent {
+                "concurrent-requests"
+            } else {
+                l.cost.unit()
+            },
         });
     }
     Ok(Usage { at, limits })

@@ -30,7 +30,7 @@ use http::request::Parts;
 use http::Response;
 
 use crate::clock::{Clock, Timestamp};
-use crate::config::{Anonymous, Mode, OnStoreError};
+use crate::config::{Anonymous, Cost, Mode, OnStoreError};
 use crate::headers::{self, LimitInfo, Rendered};
 use crate::identity::{Caller, ChoosePlan, Identify, Identity};
 use crate::observe::{self, Start};
@@ -389,7 +389,7 @@ impl<St: Store> Engine<St> {
         prior: Option<Waiting>,
     ) -> Action {
         let policy = &*active.policy.rules;
-        let batch = match decided {
+        let mut batch = match decided {
             // A store hands back the batch it was given, every limit decided;
             // anything else (say, a batch of its own making) is not trusted.
             Ok(b)
@@ -412,6 +412,9 @@ impl<St: Store> Engine<St> {
         // latency (a post-charge) on the local one.
         let local_now = now;
         let now = batch.decided_at().unwrap_or(now);
+        if policy.concurrent {
+            in_flight_figures(policy, &mut batch, now);
+        }
         let admitted = batch.admitted();
         let rendered = render(policy, &batch, admitted, now);
         if admitted {
@@ -571,17 +574,21 @@ impl<St: Store> Engine<St> {
     ) -> Option<PostGuard> {
         let mut items = Vec::new();
         for i in 0..batch.len() {
-            if batch.limit(i).charge != Charge::After
-                || policy.limits[batch.limit(i).label as usize]
-                    .block_of
-                    .is_some()
+            let limit = *batch.limit(i);
+            let held = matches!(limit.charge, Charge::Held(_));
+            if !held && limit.charge != Charge::After
+                || policy.limits[limit.label as usize].block_of.is_some()
             {
                 continue;
             }
-            let limit = *batch.limit(i);
             let Some(Verdict::Room(receipt)) = batch.outcome(i).map(|o| o.verdict) else {
                 continue;
             };
+            if let Charge::Held(n) = limit.charge {
+                // Given back when the response ends, however it ends.
+                items.push((PostCharge::give_back(limit, receipt, n), Cost::Requests(n)));
+                continue;
+            }
             let cost = policy.limits[limit.label as usize].cost.clone();
             items.push((PostCharge::new(limit, receipt, 0), cost));
         }
@@ -665,6 +672,29 @@ impl<St: Store> Finish for Engine<St> {
     }
 }
 
+/// Limits on requests in flight free up when requests end, at instants
+/// nobody knows: their reset and retry instants (from their `window`, the
+/// longest a unit is held) would promise too much, so a second from now
+/// is said instead (`Retry-After: 1`).
+#[cold]
+fn in_flight_figures(policy: &Rules, batch: &mut Batch, now: Timestamp) {
+    let soon = now + Duration::from_secs(1);
+    for i in 0..batch.len() {
+        let label = batch.limit(i).label as usize;
+        if !policy.limits.get(label).is_some_and(|l| l.concurrent) {
+            continue;
+        }
+        let Some(mut o) = batch.outcome(i).copied() else {
+            continue;
+        };
+        o.view.reset_at = if o.view.used > 0 { soon } else { now };
+        if let Verdict::Refused(Refusal::Full { .. }) = o.verdict {
+            o.verdict = Verdict::Refused(Refusal::Full { retry_at: soon });
+        }
+        batch.record(i, o);
+    }
+}
+
 fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rendered {
     let limits = &policy.limits;
     headers::render(policy.headers, batch, admitted, now, |i| {
@@ -674,7 +704,7 @@ fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rend
             window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
             unit: l.cost.unit(),
             family: l.family,
-            block: l.block_of.is_some(),
+            aside: l.block_of.is_some() || l.concurrent,
         }
     })
 }

@@ -83,8 +83,28 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
             ));
         }
     }
+    if l.kind == WindowKind::Concurrent {
+        if !matches!(l.cost, Cost::Requests(_)) {
+            return Err(err(
+                "cost",
+                "a concurrent limit counts requests: a number of units, or `requests`".into(),
+            ));
+        }
+        if l.block_for.is_some() {
+            return Err(err(
+                "block_for",
+                "does not apply to a concurrent limit".into(),
+            ));
+        }
+        if l.tenant_aggregate.is_some() {
+            return Err(err(
+                "tenant_aggregate",
+                "does not apply to a concurrent limit".into(),
+            ));
+        }
+    }
     let spec = match l.kind {
-        WindowKind::Sliding => {
+        WindowKind::Sliding | WindowKind::Concurrent => {
             if l.utc_offset.is_some() {
                 return Err(err("utc_offset", "applies to fixed windows only".into()));
             }
@@ -152,6 +172,7 @@ fn compile_limit(tier: &str, l: &Limit, path: &str) -> Result<CompiledLimit, Con
         delay: None,
         block_for: l.block_for,
         block_of: None,
+        concurrent: l.kind == WindowKind::Concurrent,
         scope: l.scope.clone(),
         group_mask: keys::group_fingerprint(b"group\0", tier, &l.scope),
         overflow_key: keys::group_fingerprint(b"overflow\0", tier, &l.scope),
@@ -178,6 +199,8 @@ fn finish_limits(limits: &mut [CompiledLimit]) {
             // A block counter refuses while a block counts (it is charged
             // the limit's capacity when one starts) and charges nothing.
             Cost::Requests(_) if l.block_of.is_some() => Charge::After,
+            // Held while the request is in flight.
+            Cost::Requests(n) if l.concurrent => Charge::Held(n),
             Cost::Requests(n) => Charge::Now(n),
             _ => Charge::After,
         };
@@ -306,6 +329,12 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
                     ));
                 }
                 names.push(&l.name);
+                if cascade && l.kind == WindowKind::Concurrent {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.kind"),
+                        "a concurrent limit cannot be in a cascade",
+                    ));
+                }
                 if cascade && l.block_for.is_some() {
                     return Err(ConfigError::invalid(
                         format!("{path}.block_for"),
@@ -534,7 +563,11 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
             "no route, `default_tier`, `global` or plan uses this tier, so it limits nothing",
         ));
     }
-    let post_charged = limits.iter().any(|l| !matches!(l.cost, Cost::Requests(_)));
+    // Costs after the response, and units given back when it ends.
+    let post_charged = limits
+        .iter()
+        .any(|l| !matches!(l.cost, Cost::Requests(_)) || l.concurrent);
+    let concurrent = limits.iter().any(|l| l.concurrent);
     Ok(Rules {
         limits,
         tiers,
@@ -554,6 +587,7 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
         modifiers,
         tenant_users: TenantUsersFn(tenant_users),
         post_charged,
+        concurrent,
     })
 }
 

@@ -120,6 +120,9 @@ pub(super) fn limit_tag(tier: &str, l: &Limit, spec: WindowSpec) -> u16 {
     for part in &l.scope {
         h.write_u8(*part as u8);
     }
+    if l.kind == crate::config::WindowKind::Concurrent {
+        h.write(b"concurrent\0");
+    }
     (h.finish128().as_u128() as u16).max(1)
 }
 

@@ -67,6 +67,8 @@ pub(crate) struct CompiledLimit {
     /// label. Checked as a post-charged limit of the limit's capacity
     /// (refusing while a block counts), charged only to start a block.
     pub(crate) block_of: Option<u32>,
+    /// A limit on requests in flight (`"kind": "concurrent"`).
+    pub(crate) concurrent: bool,
     scope: Vec<ScopePart>,
     /// Mixed into the scope hash to make the key of the (tier, scope)
     /// counters this limit lives in.
@@ -164,8 +166,11 @@ pub(crate) struct Rules {
     modifiers: Vec<CompiledModifier>,
     tenant_users: TenantUsersFn,
     /// Whether any limit is charged after the response (latency, tokens,
-    /// error responses): without one, an admitted request needs no guard.
+    /// error responses) or gives units back (requests in flight): without
+    /// one, an admitted request needs no guard.
     pub(crate) post_charged: bool,
+    /// Whether any limit counts requests in flight.
+    pub(crate) concurrent: bool,
 }
 
 #[derive(Clone)]

@@ -823,6 +823,18 @@ impl MemoryStore {
                 continue;
             }
             let key = MapKey::from(c.receipt.key().as_u128());
+            if c.give_back {
+                // Units held for a request that ended; an entry evicted
+                // since holds nothing to give back.
+                if let Some(mut entry) = inner.map.get_mut(&key) {
+                    let spec = c.limit.window;
+                    let idx = c.receipt.data();
+                    entry.with_cell(c.limit.tag, &spec, now, |cell| {
+                        cell.refund(&spec, now, idx, c.cost);
+                    });
+                }
+                continue;
+            }
             // An entry evicted since its admission (at the key cap) is not
             // made again past the cap: its charges went with it.
             let mut entry = match inner.map.get_mut(&key) {

@@ -158,6 +158,12 @@ pub enum Charge {
     /// responses): admit while used < capacity, charge nothing now, charge
     /// later through [`Store::charge_after`].
     After,
+    /// This many units at admission, as [`Charge::Now`], given back when
+    /// the response ends (a limit on requests in flight): the engine then
+    /// sends a [`PostCharge`] with `give_back` set. A store keeps no local
+    /// reservation of such units (no lease) and caches no refusal of them:
+    /// room may come back at any moment.
+    Held(u64),
 }
 
 /// One limit to check for one request: immutable, `Copy`.
@@ -238,7 +244,7 @@ impl LimitSpec {
     /// Units whose room is checked at admission.
     pub fn check_cost(&self) -> u64 {
         match self.charge {
-            Charge::Now(n) => n,
+            Charge::Now(n) | Charge::Held(n) => n,
             Charge::After => 1,
         }
     }
@@ -246,7 +252,7 @@ impl LimitSpec {
     /// Units charged at admission.
     pub fn charge_cost(&self) -> u64 {
         match self.charge {
-            Charge::Now(n) => n,
+            Charge::Now(n) | Charge::Held(n) => n,
             Charge::After => 0,
         }
     }
@@ -673,7 +679,8 @@ pub enum Answer<T, F> {
     Later(F),
 }
 
-/// A cost measured after a response, to charge without a capacity check.
+/// A cost measured after a response, to charge without a capacity check;
+/// or, with `give_back`, units of a [`Charge::Held`] limit to take back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PostCharge {
@@ -681,8 +688,12 @@ pub struct PostCharge {
     pub limit: LimitSpec,
     /// The receipt the store gave for it at admission.
     pub receipt: Receipt,
-    /// Units to charge.
+    /// Units to charge (to give back, with `give_back`).
     pub cost: u64,
+    /// Take `cost` back from the bucket the receipt names (never below
+    /// zero; nothing when that bucket has left the window) rather than
+    /// charge it.
+    pub give_back: bool,
 }
 
 impl PostCharge {
@@ -692,6 +703,18 @@ impl PostCharge {
             limit,
             receipt,
             cost,
+            give_back: false,
+        }
+    }
+
+    /// `cost` units of the [`Charge::Held`] limit `limit` given back to
+    /// the bucket `receipt` names (the request they were held for ended).
+    pub fn give_back(limit: LimitSpec, receipt: Receipt, cost: u64) -> Self {
+        PostCharge {
+            limit,
+            receipt,
+            cost,
+            give_back: true,
         }
     }
 }

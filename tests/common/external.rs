@@ -143,8 +143,17 @@ impl Store for LogStore {
     fn charge_after(&self, now: Timestamp, charges: Vec<PostCharge>) -> Answer<(), Self::Charge> {
         let mut logs = self.logs.lock().unwrap();
         for c in charges {
-            // The receipt names the counter the store charged at admission.
+            // The receipt names the counter the store charged at admission
+            // (and, here, the bucket).
             let log = logs.entry((c.receipt.key(), c.limit.tag)).or_default();
+            if c.give_back {
+                // Units held for a request that ended: out of their bucket,
+                // which keeps its stamp; a bucket gone holds nothing.
+                if let Some(bucket) = log.get_mut(&c.receipt.data()) {
+                    bucket.1 = bucket.1.saturating_sub(c.cost);
+                }
+                continue;
+            }
             charge(log, &c.limit.window, now, c.cost);
         }
         Answer::Now(Ok(()))

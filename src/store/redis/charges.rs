@@ -27,6 +27,11 @@ pub(super) struct QueuedCharge {
 }
 
 impl QueuedCharge {
+    /// Units of a lease given back (not those of a request in flight).
+    pub(super) fn is_lease_unit(&self) -> bool {
+        self.back.is_some() && !self.charge.give_back
+    }
+
     /// Lease units given back.
     fn back(b: GiveBack) -> QueuedCharge {
         QueuedCharge {
@@ -146,7 +151,7 @@ impl Inner {
             let room = self.max_pending.saturating_sub(p.len());
             let lost = charges.len().saturating_sub(room);
             self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-            let stranded = charges.iter().skip(room).filter(|w| w.back.is_some());
+            let stranded = charges.iter().skip(room).filter(|w| w.is_lease_unit());
             self.leases.stranded(stranded.map(|w| w.charge.cost).sum());
             let mut back: Vec<QueuedCharge> = charges.into_iter().take(room).collect();
             back.append(&mut p);

@@ -782,7 +782,7 @@ impl Inner {
     /// Charges and lease units that could not be sent at all.
     fn lost(&self, charges: &[QueuedCharge]) {
         let (backs, costs): (Vec<&QueuedCharge>, Vec<&QueuedCharge>) =
-            charges.iter().partition(|w| w.back.is_some());
+            charges.iter().partition(|w| w.is_lease_unit());
         self.leases
             .stranded(backs.iter().map(|w| w.charge.cost).sum());
         self.dropped
@@ -962,7 +962,7 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let charges = charges
             .into_iter()
-            .filter(|c| c.cost > 0 && c.limit.charge == Charge::After);
+            .filter(|c| c.cost > 0 && (c.limit.charge == Charge::After || c.give_back));
         let queued = Instant::now();
         if let Ok(mut p) = inner.pending.lock() {
             for charge in charges {
@@ -971,7 +971,9 @@ impl Store for RedisStore {
                         charge,
                         at: now,
                         queued,
-                        back: None,
+                        // Units held for a request in flight go back to
+                        // the bucket they were charged in.
+                        back: charge.give_back.then(|| charge.receipt.data()),
                     });
                 } else {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,13 @@ impl Inner {
         let (Some(retry_at), Some(decided_at)) = (batch.retry_at(), batch.decided_at()) else {
             return;
         };
+        // Units held for requests in flight come back whenever they end.
+        if batch
+            .limits()
+            .any(|l| matches!(l.charge, crate::store::Charge::Held(_)))
+        {
+            return;
+        }
         let retry_at = match self.leases.life_ms {
             0 => retry_at,
             ms => retry_at.min(decided_at + Duration::from_millis(ms) + FLUSH_EVERY),

@@ -384,7 +384,7 @@ impl Inner {
         let backs = || -> u64 {
             charges
                 .iter()
-                .filter(|w| w.back.is_some())
+                .filter(|w| w.is_lease_unit())
                 .map(|w| w.charge.cost)
                 .sum()
         };
