@@ -835,3 +835,58 @@ async fn admin_lifts_the_blocks_of_an_api_key() {
     let r = send(&router, get("/x", "b1")).await;
     assert_eq!(r.status, StatusCode::OK, "lifted");
 }
+
+/// `examples/policies/guarded.json`: requests in flight, a block, waiting
+/// instead of refusing and the usage report, through the example gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guarded_policy_uses_all_four() {
+    let (router, _) = app(&policy_path("guarded"), None);
+    // Usage first: every limit of the plan and the route tiers.
+    let r = send(&router, get("/rate-limit", "g1")).await;
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let names: Vec<&str> = report["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["in-flight", "per-minute", "per-hour", "per-minute (block)", "batch-per-second"]
+    );
+    // Eleven slow requests at once: ten in flight, one refused for now.
+    let slow: Vec<_> = (0..11)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { send(&router, get("/work?sleep_ms=400", "g1")).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in slow {
+        let r = t.await.unwrap();
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert!(r.body.contains("in-flight"), "{}", r.body);
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[200; 10].as_slice(), &[429]].concat());
+    // Twelve batch requests at once on ten a second: all pass, two wait.
+    let batch: Vec<_> = (0..12)
+        .map(|_| {
+            let router = router.clone();
+            tokio::spawn(async move { send(&router, get("/batch/job", "g2")).await.status })
+        })
+        .collect();
+    for t in batch {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    // Over the per-minute limit: a ten-minute block.
+    for _ in 0..60 {
+        send(&router, get("/x", "g3")).await;
+    }
+    let r = send(&router, get("/x", "g3")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.num("retry-after"), 600);
+}

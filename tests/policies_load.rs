@@ -3,8 +3,8 @@
 use tierlimit::Config;
 
 #[test]
-fn the_five_vendor_policies_load() {
-    for name in ["qlik", "qarion", "dataapi", "gather", "qstash"] {
+fn the_shipped_policies_load() {
+    for name in ["qlik", "qarion", "dataapi", "gather", "qstash", "guarded"] {
         let path = format!(
             "{}/examples/policies/{name}.json",
             env!("CARGO_MANIFEST_DIR")
