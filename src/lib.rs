@@ -95,6 +95,9 @@
 //! | `tierlimit_rejected_total` (`tier`, `limit`) | counter | requests refused, per refusing limit |
 //! | `tierlimit_shadow_rejected_total` (`tier`, `limit`) | counter | shadow mode: requests that would have been refused |
 //! | `tierlimit_exempt_total` | counter | requests on exempt routes |
+//! | `tierlimit_blocks_started_total` (`tier`, `limit`) | counter | blocks started (`block_for`) |
+//! | `tierlimit_delayed_total` | counter | requests that waited for room instead of a 429 (`delay_up_to`) |
+//! | `tierlimit_waiting` | gauge | requests waiting for room now |
 //! | `tierlimit_anonymous_total` (`action`: `share`, `refuse`) | counter | requests with no API key, user or client address |
 //! | `tierlimit_unknown_plans_total` | counter | requests whose plan hook named no plan of the policy |
 //! | `tierlimit_store_errors_total` (`kind`, `on_error`) | counter | decisions the store could not make |
@@ -103,6 +106,9 @@
 //! | `tierlimit_evictions_total` | counter | memory store entries evicted at `max_keys` |
 //! | `tierlimit_refusals_cached_total` | counter | Redis store refusals answered from the local cache |
 //! | `tierlimit_redis_errors_total` (`cause`: `wrong_password`, `password_missing`, `no_permission`, `refused`, `unknown_host`, `tls`, `timeout`, `out_of_memory`, `other`) | counter | Redis store: failed connection attempts and calls, by cause |
+//! | `tierlimit_leases_taken_total` / `tierlimit_lease_units_taken_total` | counter | Redis store: leases on busy counters taken, and the units they reserved |
+//! | `tierlimit_lease_decisions_total` | counter | Redis store: decisions answered from a lease, without a round trip |
+//! | `tierlimit_lease_units_returned_total` / `tierlimit_lease_units_stranded_total` | counter | Redis store: unused lease units given back, and those that could not be (they leave with their window) |
 //! | `tierlimit_redis_ready` | gauge | Redis store: 1 while connected and answering, 0 during an outage |
 //! | `tierlimit_decision_seconds` | histogram | time to decide a request |
 //! | `tierlimit_client_retries_total` | counter | client layer: requests sent again |
