@@ -201,34 +201,7 @@ where
                     waiting,
                 } => {
                     ready!(sleep.as_mut().poll(cx));
-                    let AwaitingStore {
-                        finish,
-                        inner,
-                        parts,
-                        body,
-                        ..
-                    } = &mut **wait;
-                    let new_state = match (waiting.take(), inner.take(), parts.take(), body.take())
-                    {
-                        (Some(waiting), Some(inner), Some(parts), Some(body)) => {
-                            match Arc::clone(finish).again(&parts, waiting) {
-                                Again::Now(action) => after(action, finish, (inner, parts, body)),
-                                Again::Later(fut, ctx) => State::Deciding {
-                                    fut,
-                                    wait: Box::new(AwaitingStore {
-                                        ctx: Some(ctx),
-                                        finish: Arc::clone(finish),
-                                        inner: Some(inner),
-                                        parts: Some(parts),
-                                        body: Some(body),
-                                    }),
-                                },
-                            }
-                        }
-                        _ => State::Done {
-                            resp: Some(crate::reject::internal_error()),
-                        },
-                    };
+                    let new_state = decide_again(wait, waiting);
                     this.state.set(new_state);
                 }
                 StateProj::Done { resp } => {
@@ -243,8 +216,46 @@ where
     }
 }
 
+/// The state a request that waited moves to once decided again (kept out
+/// of `poll`: rare, and it would make every request's poll larger).
+#[cold]
+#[inline(never)]
+fn decide_again<S, B>(wait: &mut AwaitingStore<S, B>, waiting: &mut Option<Waiting>) -> State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    let AwaitingStore {
+        finish,
+        inner,
+        parts,
+        body,
+        ..
+    } = wait;
+    match (waiting.take(), inner.take(), parts.take(), body.take()) {
+        (Some(waiting), Some(inner), Some(parts), Some(body)) => {
+            match Arc::clone(finish).again(&parts, waiting) {
+                Again::Now(action) => after(action, finish, (inner, parts, body)),
+                Again::Later(fut, ctx) => State::Deciding {
+                    fut,
+                    wait: Box::new(AwaitingStore {
+                        ctx: Some(ctx),
+                        finish: Arc::clone(finish),
+                        inner: Some(inner),
+                        parts: Some(parts),
+                        body: Some(body),
+                    }),
+                },
+            }
+        }
+        _ => State::Done {
+            resp: Some(crate::reject::internal_error()),
+        },
+    }
+}
+
 /// The state a decided request moves to: calling the inner service, done
 /// with the layer's answer, or waiting to be decided again.
+#[inline(never)]
 fn after<S, B>(
     action: Action,
     finish: &Arc<dyn Finish>,

@@ -257,9 +257,6 @@ pub(crate) struct LimitInfo<'a> {
     pub(crate) window_secs: u64,
     pub(crate) unit: &'static str,
     pub(crate) family: Option<Family>,
-    /// A block counter (`block_for`) or a limit on requests in flight:
-    /// reported only while it refuses (no room left).
-    pub(crate) aside: bool,
 }
 
 /// An sf-string: printable ASCII, with `"` and `\` escaped.
@@ -311,12 +308,13 @@ pub(crate) fn render<'a>(
     batch: &Batch,
     admitted: bool,
     now: Timestamp,
+    aside: impl Fn(usize) -> bool,
     info: impl Fn(usize) -> LimitInfo<'a>,
 ) -> Rendered {
     match style {
         HeaderStyle::None => Rendered::Nothing,
         HeaderStyle::XRateLimit => {
-            pick(batch, admitted, |i| info(i).aside).map_or(Rendered::Nothing, Rendered::XRateLimit)
+            pick(batch, admitted, aside).map_or(Rendered::Nothing, Rendered::XRateLimit)
         }
         HeaderStyle::Ietf => {
             let mut policy = Vec::new();
@@ -325,10 +323,12 @@ pub(crate) fn render<'a>(
                 let Some(v) = batch.outcome(i).map(|o| o.view) else {
                     continue;
                 };
-                let li = info(i);
-                if li.aside && v.remaining() > 0 {
+                // A block counter or a limit on requests in flight: only
+                // while it refuses.
+                if v.remaining() > 0 && aside(i) {
                     continue;
                 }
+                let li = info(i);
                 let name = sf_string(li.name);
                 let mut p = format!("{name};q={};w={}", v.capacity, li.window_secs);
                 if li.unit != "request" {

@@ -852,7 +852,13 @@ async fn the_guarded_policy_uses_all_four() {
         .collect();
     assert_eq!(
         names,
-        ["in-flight", "per-minute", "per-hour", "per-minute (block)", "batch-per-second"]
+        [
+            "in-flight",
+            "per-minute",
+            "per-hour",
+            "per-minute (block)",
+            "batch-per-second"
+        ]
     );
     // Eleven slow requests at once: ten in flight, one refused for now.
     let slow: Vec<_> = (0..11)

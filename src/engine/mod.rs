@@ -300,13 +300,27 @@ impl<St: Store> Engine<St> {
         let Some(route_tier) = policy.route_tier(&parts.method, parts.uri.path()) else {
             return Lookup::Exempt;
         };
-        let built = self.identified(policy, parts, first, |plan, id, modifier| {
+        let build = |plan: Option<usize>, id: &Identity<'_>, modifier: (f64, u32)| {
             policy.batch(&self.secret, route_tier, plan, id, modifier)
-        });
-        match built {
-            Some((batch, anonymous)) => Lookup::Check { batch, anonymous },
-            None => Lookup::Refused,
+        };
+        if self.hooked {
+            return match self.identified_by_hooks(policy, parts, first, build) {
+                Some((batch, anonymous)) => Lookup::Check { batch, anonymous },
+                None => Lookup::Refused,
+            };
         }
+        // Without hooks, the identity and plan are read directly (as in
+        // `identified`, written out: this is every request's path,
+        // benches/instructions.sh).
+        let id = policy.identity.extract(parts);
+        let anonymous = id.caller() == Caller::Anonymous;
+        if anonymous && policy.anonymous == Anonymous::Refuse {
+            return Lookup::Refused;
+        }
+        let modifier = policy.modifier_of(&parts.headers);
+        let plan = policy.plan(&id, Some(&self.control.inner.plans));
+        let batch = build(plan, &id, modifier);
+        Lookup::Check { batch, anonymous }
     }
 
     /// Who sent a request and on which plan, as every decision reads it:
@@ -444,16 +458,20 @@ impl<St: Store> Engine<St> {
             return answer(parts, reject::never_fits(name, l.check_cost(), l.capacity));
         };
         if policy.mode != Mode::Shadow {
-            if let Some(w) = self.wait_for(policy, &batch, (blocking, retry_at), now, prior) {
+            let wait = match policy.delays {
+                true => self.wait_for(policy, &batch, (blocking, retry_at), now, prior),
+                false => None,
+            };
+            if let Some(w) = wait {
                 return Action::Wait(Box::new(w));
             }
         }
         let shadow = policy.mode == Mode::Shadow;
-        let retry_at = match shadow {
-            false => self
+        let retry_at = match !shadow && policy.blocks {
+            true => self
                 .start_blocks(policy, &batch, now)
                 .map_or(retry_at, |end| end.max(retry_at)),
-            true => retry_at,
+            false => retry_at,
         };
         let Some(rejection) = rejection(policy, &batch, blocking, retry_at, now) else {
             return answer(parts, reject::internal_error());
@@ -544,7 +562,7 @@ impl<St: Store> Engine<St> {
         // The wait is a tokio timer.
         tokio::runtime::Handle::try_current().ok()?;
         let (deadline, ticket) = match prior {
-            Some(w) => (w.deadline, w.ticket),
+            Some(w) => w.into_parts(),
             None => {
                 let queue = delay(blocking)?.queue;
                 let deadline = now + up_to;
@@ -561,7 +579,7 @@ impl<St: Store> Engine<St> {
         let sleep = retry_at.saturating_since(now).max(Duration::from_millis(1));
         Some(WaitFor {
             sleep,
-            waiting: Waiting { deadline, ticket },
+            waiting: Waiting::new(deadline, ticket),
         })
     }
 
@@ -697,16 +715,25 @@ fn in_flight_figures(policy: &Rules, batch: &mut Batch, now: Timestamp) {
 
 fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rendered {
     let limits = &policy.limits;
-    headers::render(policy.headers, batch, admitted, now, |i| {
+    let info = |i: usize| {
         let l = &limits[batch.limit(i).label as usize];
         LimitInfo {
             name: &l.name,
             window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
             unit: l.cost.unit(),
             family: l.family,
-            aside: l.block_of.is_some() || l.concurrent,
         }
-    })
+    };
+    // Without block counters or limits on requests in flight (most
+    // policies), nothing is set aside: a constant the compiler removes.
+    if !policy.aside {
+        return headers::render(policy.headers, batch, admitted, now, |_| false, info);
+    }
+    let aside = |i: usize| {
+        let l = &limits[batch.limit(i).label as usize];
+        l.block_of.is_some() || l.concurrent
+    };
+    headers::render(policy.headers, batch, admitted, now, aside, info)
 }
 
 /// The rejection of a refused batch, given the limit `Retry-After` waits

@@ -73,11 +73,20 @@ impl Drop for Ticket {
 }
 
 /// A request that waits: its deadline (on the clock its store decides by)
-/// and its place in the queue.
+/// and its place in the queue. Boxed: every decision carries an
+/// `Option<Waiting>`, and a pointer is cheap to move.
 #[derive(Debug)]
-pub(crate) struct Waiting {
-    pub(crate) deadline: Timestamp,
-    pub(crate) ticket: Ticket,
+pub(crate) struct Waiting(Box<(Timestamp, Ticket)>);
+
+impl Waiting {
+    pub(crate) fn new(deadline: Timestamp, ticket: Ticket) -> Self {
+        Waiting(Box::new((deadline, ticket)))
+    }
+
+    /// The deadline and the place.
+    pub(crate) fn into_parts(self) -> (Timestamp, Ticket) {
+        *self.0
+    }
 }
 
 /// What a refused request that may wait does: sleep this long, then be

@@ -568,6 +568,8 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
         .iter()
         .any(|l| !matches!(l.cost, Cost::Requests(_)) || l.concurrent);
     let concurrent = limits.iter().any(|l| l.concurrent);
+    let blocks = limits.iter().any(|l| l.block_of.is_some());
+    let delays = limits.iter().any(|l| l.delay.is_some());
     Ok(Rules {
         limits,
         tiers,
@@ -588,6 +590,9 @@ pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
         tenant_users: TenantUsersFn(tenant_users),
         post_charged,
         concurrent,
+        blocks,
+        delays,
+        aside: concurrent || blocks,
     })
 }
 

@@ -171,6 +171,13 @@ pub(crate) struct Rules {
     pub(crate) post_charged: bool,
     /// Whether any limit counts requests in flight.
     pub(crate) concurrent: bool,
+    /// Whether any limit blocks (`block_for`).
+    pub(crate) blocks: bool,
+    /// Whether any tier lets refused requests wait (`delay_up_to`).
+    pub(crate) delays: bool,
+    /// Whether any limit is reported in headers only while it refuses (a
+    /// block counter, a limit on requests in flight).
+    pub(crate) aside: bool,
 }
 
 #[derive(Clone)]
