@@ -120,8 +120,9 @@
 //! request of that scope on the tier is refused with 429, `Retry-After`
 //! being what is left of the block, even when the window has room again.
 //! The block is a counter of its own beside the limit's (a window of the
-//! block's length, shared across instances on Redis); the 429 names it
-//! `"<limit> (block)"`, and the usage report lists it. A plan change to
+//! block's length, shared across instances on Redis); the 429 names the
+//! limit that was exceeded, and the usage report lists the block as
+//! `"<limit> (block)"`. A plan change to
 //! another tier leaves it behind; `Controller::lift_blocks` (the example
 //! gateway: `DELETE /admin/blocks/{api key}`) lifts it at once. Lifting
 //! a block leaves the limit's own window as it is: a caller still over the

@@ -44,7 +44,12 @@ async fn a_block_outlasts_the_window_and_ends_on_time() {
     assert_eq!(r.num("retry-after"), 60);
     assert_eq!(r.num("x-ratelimit-remaining"), 0);
     assert_eq!(r.num("x-ratelimit-reset"), T0 + 600);
-    assert!(r.body.contains("per-minute (block)"), "{}", r.body);
+    // The 429 names the limit that was exceeded, and the wait the block sets.
+    assert!(
+        r.body.contains("`per-minute` of 60 per minute"),
+        "{}",
+        r.body
+    );
     // The usage report shows it.
     let usage: serde_json::Value =
         serde_json::from_str(&get_as(&app, "k", "/rate-limit").await.body).unwrap();

@@ -746,7 +746,12 @@ fn rejection(
     now: Timestamp,
 ) -> Option<Rejection> {
     let view = batch.outcome(blocking)?.view;
-    let limit = policy.limits.get(batch.limit(blocking).label as usize)?;
+    let mut limit = policy.limits.get(batch.limit(blocking).label as usize)?;
+    // A block names the limit the caller exceeded (its window and
+    // capacity); `Retry-After` is what is left of the block.
+    if let Some(of) = limit.block_of {
+        limit = policy.limits.get(of as usize)?;
+    }
     let wait = retry_at.saturating_since(now).as_nanos();
     let secs = u64::try_from(wait.div_ceil(1_000_000_000)).unwrap_or(u64::MAX);
     Some(Rejection {
