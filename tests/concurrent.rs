@@ -330,3 +330,34 @@ async fn on_redis_two_instances_share_five_and_a_dead_ones_units_expire() {
         assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 }
+
+/// A panic in the inner service (the task running the request unwinds and
+/// drops the response future) gives the unit back too.
+#[tokio::test]
+async fn a_panicking_inner_service_gives_its_unit_back() {
+    let layer = tierlimit::RateLimitLayer::new(policy(1));
+    let svc = tower::Layer::layer(
+        &layer,
+        service_fn(|req: Request<bool>| async move {
+            tokio::task::yield_now().await;
+            if *req.body() {
+                panic!("the inner service panicked");
+            }
+            Ok::<_, &'static str>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        }),
+    );
+    let crashed = tokio::spawn(svc.clone().oneshot(get("k", true))).await;
+    assert!(crashed.unwrap_err().is_panic());
+    let r = svc.clone().oneshot(get("k", false)).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the crashed request's unit came back"
+    );
+    // Capacity 1: while `r` is held the next is refused, then admitted.
+    let refused = svc.clone().oneshot(get("k", false)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(r);
+    let after = svc.clone().oneshot(get("k", false)).await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+}
