@@ -254,9 +254,62 @@ pub(crate) fn apply(rendered: &Rendered, headers: &mut HeaderMap) {
 /// What a limit is called in headers, and what it counts.
 pub(crate) struct LimitInfo<'a> {
     pub(crate) name: &'a str,
-    pub(crate) window_secs: u64,
+    /// The window in whole milliseconds.
+    pub(crate) window_ms: u64,
+    /// What the cost counts: `request`, `concurrent-requests`, `tokens`,
+    /// `latency-ms`.
     pub(crate) unit: &'static str,
     pub(crate) family: Option<Family>,
+}
+
+/// Quota units of the draft's registry, as `qu` says them (`requests`, the
+/// default, is left out).
+fn registered_unit(unit: &str) -> Option<Option<&'static str>> {
+    match unit {
+        "request" => Some(None),
+        "concurrent-requests" => Some(Some("concurrent-requests")),
+        _ => None,
+    }
+}
+
+/// A `RateLimit-Policy` item: name, `q`, then `qu` when a registered unit
+/// other than requests, `w` when the window is whole seconds; a unit
+/// outside the registry and a window of a fraction of a second go in
+/// `tierlimit-` parameters, as the draft asks of service-specific ones.
+fn policy_item(name: &str, capacity: u64, info: &LimitInfo<'_>) -> String {
+    let mut p = format!("{name};q={capacity}");
+    match registered_unit(info.unit) {
+        Some(None) => {}
+        Some(Some(qu)) => p.push_str(&format!(";qu=\"{qu}\"")),
+        None => p.push_str(&format!(";tierlimit-unit=\"{}\"", info.unit)),
+    }
+    if info.window_ms.is_multiple_of(1000) {
+        p.push_str(&format!(";w={}", info.window_ms / 1000));
+    } else {
+        p.push_str(&format!(";tierlimit-window-ms={}", info.window_ms));
+    }
+    p
+}
+
+/// A `RateLimit` item: name, `r`, and `t`, the seconds (rounded up) until
+/// quota is next made available: when some counted cost next leaves the
+/// window (for a refused limit, no later than when the request fits, so
+/// `Retry-After` never points earlier); left out when nothing is counted.
+fn limit_item(name: &str, o: &crate::store::Outcome, now: Timestamp) -> String {
+    let v = &o.view;
+    if v.used == 0 {
+        return format!("{name};r={}", v.remaining());
+    }
+    let next = match (v.frees_at, o.refusal()) {
+        (Some(f), Some(crate::store::Refusal::Full { retry_at })) => f.min(retry_at),
+        (None, Some(crate::store::Refusal::Full { retry_at })) => retry_at.min(v.reset_at),
+        _ => v.next_free(),
+    };
+    let t = next
+        .saturating_since(now)
+        .as_nanos()
+        .div_ceil(1_000_000_000);
+    format!("{name};r={};t={t}", v.remaining())
 }
 
 /// An sf-string: printable ASCII, with `"` and `\` escaped.
@@ -320,27 +373,18 @@ pub(crate) fn render<'a>(
             let mut policy = Vec::new();
             let mut current = Vec::new();
             for i in 0..batch.len() {
-                let Some(v) = batch.outcome(i).map(|o| o.view) else {
+                let Some(o) = batch.outcome(i) else {
                     continue;
                 };
                 // A block counter or a limit on requests in flight: only
                 // while it refuses.
-                if v.remaining() > 0 && aside(i) {
+                if o.view.remaining() > 0 && aside(i) {
                     continue;
                 }
                 let li = info(i);
                 let name = sf_string(li.name);
-                let mut p = format!("{name};q={};w={}", v.capacity, li.window_secs);
-                if li.unit != "request" {
-                    p.push_str(&format!(";qu=\"{}\"", li.unit));
-                }
-                policy.push(p);
-                let t = v
-                    .reset_at
-                    .saturating_since(now)
-                    .as_nanos()
-                    .div_ceil(1_000_000_000);
-                current.push(format!("{name};r={};t={t}", v.remaining()));
+                policy.push(policy_item(&name, o.view.capacity, &li));
+                current.push(limit_item(&name, o, now));
             }
             let mut list = Vec::new();
             for (h, items) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, current)] {

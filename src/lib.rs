@@ -140,10 +140,22 @@
 //!
 //! ### Other styles
 //!
-//! * `ietf`: `RateLimit-Policy` lists every limit the request was checked
-//!   against as `"name";q=<capacity>;w=<window seconds>` (plus
-//!   `qu="latency-ms"` or `qu="tokens"` for those costs), and `RateLimit`
-//!   gives each one's `"name";r=<remaining>;t=<seconds until full capacity>`.
+//! * `ietf` (draft-ietf-httpapi-ratelimit-headers, its latest text):
+//!   `RateLimit-Policy` lists every limit the request was checked against
+//!   as `"name";q=<capacity>;w=<window seconds>`. `qu` is sent only with a
+//!   unit of the draft's registry other than the default `requests`
+//!   (`qu="concurrent-requests"` for requests in flight); other units go in
+//!   a vendor parameter (`tierlimit-unit="tokens"`, `"latency-ms"`). A
+//!   window that is not whole seconds has no `w` (the draft has no
+//!   sub-second windows) but `tierlimit-window-ms=<ms>`. `RateLimit` gives
+//!   each one's `"name";r=<remaining>;t=<seconds>`, `t` being what the
+//!   draft says: the seconds (rounded up) until quota is next made
+//!   available, i.e. until the oldest counted cost of a sliding window
+//!   leaves (the end of a fixed window); for a refused limit never later
+//!   than its `Retry-After`; left out when nothing is counted. Limit names
+//!   are structured-field strings: a policy with `ietf` headers refuses
+//!   names that are not printable ASCII. Block counters and limits on
+//!   requests in flight are listed only while they refuse.
 //! * `qstash`: each limit with a `family` fills that family's headers
 //!   (`RateLimit-*`, `Burst-RateLimit-*`, `x-ratelimit-*-requests`,
 //!   `x-ratelimit-*-tokens`); a family appears only when one of its limits
@@ -155,6 +167,17 @@
 //! being drawn from); when every member is full, the one that frees up
 //! first. The other members are left out of `X-RateLimit-*` and `qstash`
 //! headers, and listed in `ietf` ones.
+//!
+//! ### What the reset figures promise
+//!
+//! `X-RateLimit-Reset` (and the `qstash` families' resets) are, as the
+//! vendor pages say, Unix seconds: the instant the reported limit is back
+//! to full capacity, **rounded up** to a whole second, so the real instant
+//! is up to a second earlier (a client may read it as "no later than"). The
+//! IETF `t` is the seconds until *some* quota is available again (see
+//! above). `Retry-After` is the seconds (rounded up, at least 1) until the
+//! refused request fits, and never earlier than the `t` of a refusing
+//! limit.
 //!
 //! ### `X-RateLimit-Reset`
 //!

@@ -706,6 +706,7 @@ fn in_flight_figures(policy: &Rules, batch: &mut Batch, now: Timestamp) {
             continue;
         };
         o.view.reset_at = if o.view.used > 0 { soon } else { now };
+        o.view.frees_at = None;
         if let Verdict::Refused(Refusal::Full { .. }) = o.verdict {
             o.verdict = Verdict::Refused(Refusal::Full { retry_at: soon });
         }
@@ -719,8 +720,12 @@ fn render(policy: &Rules, batch: &Batch, admitted: bool, now: Timestamp) -> Rend
         let l = &limits[batch.limit(i).label as usize];
         LimitInfo {
             name: &l.name,
-            window_secs: l.window.as_secs() + u64::from(l.window.subsec_nanos() > 0),
-            unit: l.cost.unit(),
+            window_ms: u64::try_from(l.window.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+            unit: if l.concurrent {
+                "concurrent-requests"
+            } else {
+                l.cost.unit()
+            },
             family: l.family,
         }
     };

@@ -13,7 +13,7 @@ use super::{
     CompiledLimit, CompiledModifier, CompiledTier, Policy, Rules, TenantUsers, TenantUsersFn,
     MAX_TIER_LIMITS,
 };
-use crate::config::{Combine, Config, Cost, Limit, ScopePart, WindowKind, EXEMPT};
+use crate::config::{Combine, Config, Cost, HeaderStyle, Limit, ScopePart, WindowKind, EXEMPT};
 use crate::error::ConfigError;
 use crate::identity::IdentityConfig;
 use crate::store::{Charge, CounterKey, LimitSpec};
@@ -279,6 +279,9 @@ impl Config {
 
 /// Checks `c`'s policy (everything but its `store` section) and compiles it.
 pub(super) fn compile(c: &Config) -> Result<Rules, ConfigError> {
+    if c.headers == HeaderStyle::Ietf {
+        ietf_names(c)?;
+    }
     let mut limits = Vec::new();
     let mut tiers = Vec::new();
     let mut tier_index = HashMap::new();
@@ -653,6 +656,31 @@ fn block_counter(
     def.scope = l.scope.clone();
     c.tag = keys::limit_tag(tier, &def, spec);
     Ok(c)
+}
+
+/// With the `ietf` headers every limit name is sent as a structured-field
+/// string, which holds printable ASCII only: other names are refused rather
+/// than sent mangled (two names would become one).
+fn ietf_names(c: &Config) -> Result<(), ConfigError> {
+    for (tier, t) in &c.tiers {
+        let limits = t
+            .limits
+            .iter()
+            .chain(t.groups.iter().flat_map(|g| g.limits.iter()));
+        for l in limits {
+            if let Some(bad) = l.name.chars().find(|ch| !(' '..='~').contains(ch)) {
+                return Err(ConfigError::invalid(
+                    format!("tiers.{tier}: limit `{}`.name", l.name),
+                    format!(
+                        "the `ietf` headers send limit names as structured-field strings, \
+                         printable ASCII only; {bad:?} cannot be sent (rename the limit, or \
+                         choose other headers)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Longest `delay_up_to` a tier may set: a request is held open that long.

@@ -320,10 +320,22 @@ impl Cell {
         let reset = self
             .newest(spec)
             .map_or(at.stamp, |(j, last)| spec.forget_ms(j, last));
+        // A ring's oldest counted bucket leaves first (said only when
+        // before the reset).
+        let frees = match self {
+            Cell::Ring(_) => self
+                .buckets(spec)
+                .next()
+                .map(|(j, last, _)| spec.forget_ms(j, last))
+                .filter(|&f| f < reset)
+                .map(|f| Timestamp::from_nanos(ms_to_ns(f))),
+            Cell::One { .. } => None,
+        };
         View {
             capacity,
             used: self.used(),
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
+            frees_at: frees,
         }
     }
 
@@ -486,6 +498,7 @@ impl Cell {
                     capacity,
                     used: u64::from(*count),
                     reset_at: Timestamp::from_nanos(ms_to_ns(last.saturating_add(window_ms))),
+                    frees_at: None,
                 };
                 let idx = *last / bucket_ms;
                 return Some((view, Mark::new(idx, prev, (*count, *last))));
@@ -517,6 +530,7 @@ impl Cell {
             capacity,
             used: r.total,
             reset_at: Timestamp::from_nanos(ms_to_ns(reset)),
+            frees_at: (ends < reset).then(|| Timestamp::from_nanos(ms_to_ns(ends))),
         };
         Some((view, Mark::new(r.newest, prev, (after, start + offset))))
     }

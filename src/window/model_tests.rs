@@ -10,7 +10,7 @@
 
 use proptest::prelude::*;
 
-use super::{Cell, Refusal, WindowSpec};
+use super::{Cell, Refusal, View, WindowSpec};
 
 const MS: u64 = 1_000_000;
 
@@ -233,16 +233,20 @@ proptest! {
                 cell = before;
                 continue;
             }
+            // (`frees_at`, a hint for headers, may differ: the buckets an
+            // undo leaves can be laid out otherwise, with the same count
+            // and reset.)
+            let plain = |v: View| View::new(v.capacity, v.used, v.reset_at);
             for &(later, check) in &probes {
                 let at = t + later * MS;
                 let (va, fa) = a.peek(&spec, capacity, at, check);
                 let (vb, fb) = b.peek(&spec, capacity, at, check);
-                prop_assert_eq!(va, vb, "{} ms after the undo", later);
+                prop_assert_eq!(plain(va), plain(vb), "{} ms after the undo", later);
                 prop_assert_eq!(fa, fb, "{} ms after the undo", later);
             }
             // And charging goes on the same way.
-            let ra = before.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| v);
-            let rb = cell.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| v);
+            let ra = before.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| plain(v));
+            let rb = cell.clone().try_charge_with(&spec, capacity, t, 1, 1).map(|(v, _)| plain(v));
             prop_assert_eq!(ra, rb);
         }
     }

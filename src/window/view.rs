@@ -15,6 +15,11 @@ pub struct View {
     /// `remaining` is back to `capacity`. Equal to the decision's stamp when
     /// nothing is counted.
     pub reset_at: Timestamp,
+    /// When some of the counted cost next leaves the window (the oldest
+    /// bucket's end), when that is before `reset_at` and the store says;
+    /// `None`: at `reset_at` (one bucket counted, a fixed window, or a
+    /// store that does not say). What the IETF `t` parameter announces.
+    pub frees_at: Option<Timestamp>,
 }
 
 impl View {
@@ -25,7 +30,21 @@ impl View {
             capacity,
             used,
             reset_at,
+            frees_at: None,
         }
+    }
+
+    /// The same view, some of its cost leaving at `at` (see
+    /// [`View::frees_at`]).
+    pub fn with_frees_at(mut self, at: Option<Timestamp>) -> Self {
+        self.frees_at = at;
+        self
+    }
+
+    /// When some counted cost next leaves the window: `frees_at`, else
+    /// `reset_at`.
+    pub fn next_free(&self) -> Timestamp {
+        self.frees_at.unwrap_or(self.reset_at)
     }
 
     /// Capacity minus used cost, never below zero.

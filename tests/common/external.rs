@@ -46,7 +46,9 @@ fn charge(log: &mut Log, w: &WindowSpec, now: Timestamp, cost: u64) {
 fn view(log: &Log, w: &WindowSpec, capacity: u64, now: Timestamp) -> View {
     let live = live(log, w, now);
     let reset = live.iter().map(|(f, _)| *f).max().unwrap_or(w.stamp(now));
-    View::new(capacity, live.iter().map(|(_, c)| c).sum(), reset)
+    // The oldest counted bucket leaves first.
+    let frees = live.iter().map(|(f, _)| *f).min().filter(|f| *f < reset);
+    View::new(capacity, live.iter().map(|(_, c)| c).sum(), reset).with_frees_at(frees)
 }
 
 /// Whether `need` more units fit, and if not, when they will.

@@ -42,9 +42,11 @@
 --
 -- Returns, as one string of little-endian doubles: the stamp, then per
 -- request its admission (1 or 0), then per limit: verdict, used, reset,
--- retry, index, granted, until (instants in ms). verdict: 0 room, 1 passed
--- (cascade member after the one charged), 2 full (retry = when it has
--- room), 3 never fits. `used` counts what was granted.
+-- retry, index, granted, until (instants in ms). verdict: 0 room (retry =
+-- when the oldest counted record of a sliding window leaves, 0 when none
+-- or not known), 1 passed (cascade member after the one charged), 2 full
+-- (retry = when it has room), 3 never fits. `used` counts what was
+-- granted.
 --
 -- A lease: an admitted limit asked to `want` units more is charged up to
 -- that many more (`granted`; never more than half the room its charge
@@ -458,6 +460,9 @@ local function decide(k0, n)
       m = (#vs - HEAD) / REC
     end
     local used, first, ni, nl = 0, 1, 0, 0
+    -- When the oldest record still counting leaves, if before the newest
+    -- (sliding windows; 0: the reset says).
+    local frees = 0
     if m > 0 then
       local _
       -- The total and the oldest record in one read; the newest in
@@ -483,8 +488,15 @@ local function decide(k0, n)
       -- The oldest record still counting (the usual case): nothing leaves.
       if i1 >= cur - w.reach and (w.window == 0 or l1 + w.window > floor) then
         used = tot + v.d
+        if w.window > 0 and m > 1 then
+          frees = l1 + w.window
+        end
       else
         used, first = live(v, cur - w.reach, w.window)
+        if w.window > 0 and first < m then
+          local _, _, lf = rec(v, first)
+          frees = lf + w.window
+        end
       end
     end
     local x = 5 * i
@@ -497,7 +509,7 @@ local function decide(k0, n)
         reset = nl + w.window
       end
     end
-    local verdict, retry = 0, 0
+    local verdict, retry = 0, frees
     if g ~= 0 and group_room then
       verdict = 1
     elseif check > cap then

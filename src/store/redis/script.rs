@@ -172,7 +172,11 @@ pub(super) fn fill(batch: &mut Batch, v: &[i64], at: usize) -> Result<(), StoreE
     for i in 0..batch.len() {
         let l = *batch.limit(i);
         let r = &v[at + 1 + PER_LIMIT * i..at + 1 + PER_LIMIT * (i + 1)];
-        let view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
+        let mut view = View::new(l.capacity, u64::try_from(r[1]).unwrap_or(0), ts(r[2]));
+        if r[0] == 0 && r[3] > 0 {
+            // Room: the retry slot says when the oldest record leaves.
+            view = view.with_frees_at(Some(ts(r[3])));
+        }
         let verdict = match r[0] {
             0 => Verdict::Room(Receipt::new(l.key, u64::try_from(r[4]).unwrap_or(0))),
             1 => Verdict::Passed,
