@@ -77,12 +77,10 @@ impl Advice {
                 .and_then(|s| reset_in(s, now));
             advice.note(left, reset);
         }
-        // IETF draft-11: `RateLimit: "name";r=0;t=30, ...`.
-        for v in headers.get_all("ratelimit") {
-            let Ok(s) = v.to_str() else { continue };
-            for (r, t) in ietf_items(s) {
-                advice.note(r, t.map(secs_f64));
-            }
+        // IETF draft: `RateLimit: "name";r=0;t=30, ...`, a structured-field
+        // list (possibly split over several fields).
+        for (r, t) in ietf_items(headers) {
+            advice.note(r, t.map(secs_f64));
         }
         advice
     }
@@ -207,22 +205,42 @@ pub(crate) fn go_duration(s: &str) -> Option<Duration> {
     total.is_finite().then(|| secs_f64(total))
 }
 
-/// The (remaining, seconds until reset) of each item of an IETF
-/// `RateLimit` field; items without `r` are skipped.
-fn ietf_items(s: &str) -> impl Iterator<Item = (f64, Option<f64>)> + '_ {
-    s.split(',').filter_map(|item| {
-        let mut r = None;
-        let mut t = None;
-        for param in item.split(';').skip(1) {
-            let (k, v) = param.trim().split_once('=')?;
-            match k.trim() {
-                "r" => r = number(v),
-                "t" => t = number(v),
-                _ => {}
-            }
+/// The `(r, t)` of each item of the IETF `RateLimit` field: every
+/// `ratelimit` field of the response joined into one structured-field list
+/// and parsed as one (RFC 9651), so that names with commas, quotes or
+/// semicolons never confuse it. A field that does not parse is ignored
+/// whole, as the draft asks; an item without an integer `r` is skipped; a
+/// `t` that is not a non-negative integer counts as unknown.
+fn ietf_items(headers: &HeaderMap) -> Vec<(f64, Option<f64>)> {
+    let mut joined = String::new();
+    for v in headers.get_all("ratelimit") {
+        let Ok(s) = v.to_str() else { return Vec::new() };
+        if !joined.is_empty() {
+            joined.push_str(", ");
         }
-        Some((r?, t))
-    })
+        joined.push_str(s);
+    }
+    if joined.is_empty() {
+        return Vec::new();
+    }
+    let Ok(list) = sfv::Parser::new(joined.as_str()).parse::<sfv::List>() else {
+        return Vec::new();
+    };
+    let int = |item: &sfv::Item, key: &str| {
+        item.params
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .and_then(|(_, v)| v.as_integer())
+            .map(i64::from)
+            .filter(|n| *n >= 0)
+            .map(|n| n as f64)
+    };
+    list.iter()
+        .filter_map(|entry| match entry {
+            sfv::ListEntry::Item(item) => Some((int(item, "r")?, int(item, "t"))),
+            sfv::ListEntry::InnerList(_) => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -353,9 +371,20 @@ mod tests {
         let a = read(&[("x-ratelimit-remaining", "0")]);
         assert_eq!(a.spent, vec![None]);
         assert_eq!(a.wait(), None);
-        // Broken IETF items are skipped.
+        // A malformed IETF field is ignored whole; items without an integer
+        // `r` are skipped, and a `t` that is no count of seconds is unknown.
         let a = read(&[("ratelimit", r#""a";r=x;t=3, ;;, "b";t=2, "c";r=0;t=-1"#)]);
+        assert!(a.spent.is_empty() && !a.has_room);
+        let a = read(&[("ratelimit", r#""a";r=?1;t=3, "b";t=2, "c";r=0;t=-1"#)]);
         assert_eq!(a.spent, vec![None]);
+        // Names with commas, quotes and semicolons, and a list split over
+        // two fields.
+        let a = read(&[
+            ("ratelimit", r#""per, minute; \"x\"";r=0;t=7"#),
+            ("ratelimit", r#""hour";r=5;t=100"#),
+        ]);
+        assert!(a.has_room);
+        assert_eq!(a.wait(), secs(7.0));
         // Nothing at all.
         assert_eq!(read(&[]), Advice::default());
     }
