@@ -762,3 +762,120 @@ mod header_fuzz {
         }
     }
 }
+
+/// A server that says nothing but a bare 429 past 5 requests in a second
+/// (fixed one-second windows, as a simple limiter keyed by time): eight
+/// workers sharing one client. After the first second, at most two 429s in
+/// any second, and nobody gives up: a bare 429 holds every request of the
+/// key, and later ones are spaced at the rate the server was seen to take.
+#[tokio::test(start_paused = true)]
+async fn bare_429s_hold_every_worker_and_pace_them_at_the_seen_rate() {
+    let start = tokio::time::Instant::now();
+    // Per second since the start: (admitted, refused).
+    let seconds: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let server = {
+        let seconds = Arc::clone(&seconds);
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            let seconds = Arc::clone(&seconds);
+            async move {
+                let s = start.elapsed().as_secs() as usize;
+                let mut all = seconds.lock().unwrap();
+                if all.len() <= s {
+                    all.resize(s + 1, (0, 0));
+                }
+                let status = if all[s].0 < 5 {
+                    all[s].0 += 1;
+                    StatusCode::OK
+                } else {
+                    all[s].1 += 1;
+                    StatusCode::TOO_MANY_REQUESTS
+                };
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = status;
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let layer = RetryLayer::new(RetryPolicy::default());
+    let client = layer.layer(server);
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let resp = client.clone().oneshot(get()).await.expect("never gives up");
+                    assert_eq!(resp.status(), StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seconds = seconds.lock().unwrap().clone();
+    let admitted: u32 = seconds.iter().map(|s| s.0).sum();
+    assert_eq!(admitted, 200);
+    for (i, (_, refused)) in seconds.iter().enumerate().skip(1) {
+        assert!(
+            *refused <= 2,
+            "{refused} refusals in second {i}: {seconds:?}"
+        );
+    }
+    // 200 at 5 a second is 40 s at best.
+    let took = start.elapsed();
+    println!("took {took:?}; (admitted, refused) per second: {seconds:?}");
+    assert!(took < Duration::from_secs(48), "took {took:?}: {seconds:?}");
+    assert_eq!(layer.stats().gave_up, 0);
+}
+
+/// Four workers sharing one client through 10 requests per 3 s (sliding,
+/// `X-RateLimit-*`): requests already in flight count against what the
+/// last response said is left, so the workers do not all try the last
+/// unit; about one 429 per window at most.
+#[tokio::test(start_paused = true)]
+async fn concurrent_workers_count_their_requests_in_flight() {
+    use tierlimit::config::{Config, Limit, Tier};
+    let clock = TokioClock::new();
+    let policy = Config::new()
+        .tier(
+            "t",
+            Tier::new().limit(Limit::sliding("s", 10, Duration::from_secs(3))),
+        )
+        .default_tier("t")
+        .build()
+        .unwrap();
+    let limited = RateLimitLayer::builder(policy)
+        .clock(clock.clone())
+        .build()
+        .layer(service_fn(|_req: Request<Full<Bytes>>| async {
+            // A little work, so that requests overlap.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
+    let layer = RetryLayer::with_clock(RetryPolicy::default(), clock.clone());
+    let client = layer.layer(limited);
+    let start = tokio::time::Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..75 {
+                    let resp = client.clone().oneshot(get()).await.expect("never gives up");
+                    assert_eq!(resp.status(), StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let took = start.elapsed();
+    let stats = layer.stats();
+    println!(
+        "300 through 10 per 3 s, 4 workers: took {took:?}, {} 429s",
+        stats.refusals
+    );
+    assert_eq!(stats.gave_up, 0);
+    // 29 windows after the first burst.
+    assert!(stats.refusals <= 30, "{} 429s", stats.refusals);
+}

@@ -33,6 +33,9 @@ pub struct Advice {
     pub spent: Vec<Option<Duration>>,
     /// Whether the response reports at least one limit with room left.
     pub has_room: bool,
+    /// The least remaining figure the response reports, with how long
+    /// until that limit resets when it says.
+    pub least: Option<(u64, Option<Duration>)>,
 }
 
 impl Advice {
@@ -86,6 +89,10 @@ impl Advice {
     }
 
     fn note(&mut self, remaining: f64, reset: Option<Duration>) {
+        let left = remaining.floor().min(u64::MAX as f64) as u64;
+        if self.least.is_none_or(|(l, _)| left < l) {
+            self.least = Some((left, reset));
+        }
         if remaining < 1.0 {
             self.spent.push(reset);
         } else {

@@ -36,11 +36,25 @@
 //!
 //! # Pacing
 //!
-//! When a response says the caller's budget is spent (a remaining figure of
-//! 0 with a known reset, or a 429), later requests to the same host with
-//! the same credentials (`authorization`, `x-api-key`; see
-//! [`RetryPolicy::key_headers`]) wait until the reset **before** being sent,
-//! instead of earning a 429. Every clone of the layer shares this.
+//! Requests to the same host with the same credentials (`authorization`,
+//! `x-api-key`; see [`RetryPolicy::key_headers`]) share one budget, in
+//! every clone of the layer:
+//!
+//! * When a response says the budget is spent (a remaining figure of 0
+//!   with a known reset, or a 429 with a wait), later requests wait until
+//!   the reset **before** being sent, instead of earning a 429.
+//! * **Requests in flight count against what is left**: when the last
+//!   response said `n` remain until its reset, no more than `n` requests
+//!   are on their way at once before that reset; the others wait for it.
+//!   Concurrent workers then do not all try the last unit.
+//! * **A 429 that says nothing** (no `Retry-After`, no reset) holds every
+//!   request of the key, not only the one refused, and from then on sends
+//!   are spaced at the rate the server was seen to admit in the last
+//!   second (slowed by a quarter at each new refusal, at most once a
+//!   second; quickened by 1 % at each admission, to find the limit again).
+//!
+//! Still to come: resets given in whole seconds are read as exact, so a
+//! window costs up to a second more than the limit needs.
 //!
 //! # Retry budget
 //!
@@ -480,12 +494,74 @@ impl Step {
 /// Pacing entries kept before expired ones are swept.
 const PACE_SWEEP_AT: usize = 4096;
 
+/// Admissions remembered per key, to learn the rate a server takes.
+const ADMITTED_KEPT: usize = 64;
+
+/// What the client knows of one (host, credentials) budget.
+#[derive(Debug)]
+struct Pace {
+    /// Requests wait until then: a reset reported spent, a `Retry-After`,
+    /// or the hold after a bare 429.
+    until: Instant,
+    /// Since a 429 that said nothing: the least time between two sends
+    /// (the rate the server was seen to take), and the next free slot.
+    spacing: Option<Duration>,
+    next_slot: Instant,
+    /// When the last requests were admitted (at most [`ADMITTED_KEPT`]).
+    admitted: std::collections::VecDeque<Instant>,
+    /// When the spacing was last made longer (once per second at most:
+    /// the 429s of one burst are one sign, not several).
+    slowed: Option<Instant>,
+    /// Requests sent and not answered yet.
+    in_flight: u64,
+    /// The least remaining figure of the last response and until when it
+    /// holds (its reset): no more than that many are sent before then.
+    left: Option<(u64, Instant)>,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Pace {
+            until: now,
+            spacing: None,
+            next_slot: now,
+            admitted: std::collections::VecDeque::new(),
+            slowed: None,
+            in_flight: 0,
+            left: None,
+        }
+    }
+
+    /// Whether nothing is known any more that would hold a request.
+    fn idle(&self, now: Instant) -> bool {
+        self.until <= now
+            && self.spacing.is_none()
+            && self.in_flight == 0
+            && self.left.is_none_or(|(_, reset)| reset <= now)
+    }
+}
+
+/// A request of a key counted in flight until dropped (answered, failed or
+/// cancelled).
+pub(crate) struct Flight<'a> {
+    shared: &'a Shared,
+    key: u64,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.shared.pace.get_mut(&self.key) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 /// The state every clone shares.
 pub(crate) struct Shared {
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
-    /// Until when requests of a (host, credentials) key wait.
-    pace: DashMap<u64, Instant>,
+    /// What is known of each (host, credentials) budget.
+    pace: DashMap<u64, Pace>,
     /// Retry budget: (tokens, last refill).
     budget: Mutex<(f64, Instant)>,
     stats: Stats,
@@ -580,14 +656,42 @@ impl Shared {
         }
     }
 
-    /// How long a request with this key must wait before being sent.
-    pub(crate) fn pace_wait(&self, key: u64) -> Option<Duration> {
+    /// How long a request with this key must wait before being sent, and
+    /// its place among the requests in flight (held until dropped). It
+    /// waits while the budget is reported spent or held after a 429; while
+    /// the requests already in flight would use up what the last response
+    /// said is left (until that figure's reset); and, after a 429 that said
+    /// nothing, for its slot at the rate the server was seen to take.
+    pub(crate) fn pace(&self, key: u64) -> (Option<Duration>, Option<Flight<'_>>) {
         if !self.policy.pacing {
-            return None;
+            return (None, None);
         }
-        let until = *self.pace.get(&key)?;
-        let wait = until.saturating_duration_since(Instant::now());
-        (!wait.is_zero()).then_some(wait)
+        let now = Instant::now();
+        if self.pace.len() >= PACE_SWEEP_AT {
+            self.pace.retain(|_, p| !p.idle(now));
+        }
+        let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
+        let mut at = now.max(p.until);
+        if let Some((left, reset)) = p.left {
+            if reset <= at {
+                p.left = None;
+            } else if p.in_flight >= left {
+                // What is left is taken by requests on their way.
+                at = reset;
+            }
+        }
+        if let Some(spacing) = p.spacing {
+            let slot = at.max(p.next_slot);
+            p.next_slot = slot + spacing;
+            at = slot;
+        }
+        p.in_flight += 1;
+        drop(p);
+        let wait = at.saturating_duration_since(now);
+        (
+            (!wait.is_zero()).then_some(wait),
+            Some(Flight { shared: self, key }),
+        )
     }
 
     fn pace_until(&self, key: u64, wait: Duration) {
@@ -598,13 +702,64 @@ impl Shared {
         let Some(until) = now.checked_add(wait) else {
             return;
         };
-        if self.pace.len() >= PACE_SWEEP_AT {
-            self.pace.retain(|_, u| *u > now);
+        let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
+        p.until = p.until.max(until);
+    }
+
+    /// What a response says of the key's budget: what is left until when,
+    /// an admission (which slowly lifts the spacing a bare 429 set), or a
+    /// 429 that said nothing (holds every request of the key, and spaces
+    /// them at the rate admitted in the last second).
+    fn learn(&self, key: u64, status: StatusCode, advice: &Advice) {
+        if !self.policy.pacing {
+            return;
         }
-        self.pace
-            .entry(key)
-            .and_modify(|u| *u = (*u).max(until))
-            .or_insert(until);
+        let now = Instant::now();
+        let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
+        if let Some((left, Some(reset))) = advice.least {
+            if let Some(at) = now.checked_add(reset) {
+                p.left = Some((left, at));
+            }
+        }
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            if p.admitted.len() >= ADMITTED_KEPT {
+                p.admitted.pop_front();
+            }
+            p.admitted.push_back(now);
+            // Probing for more: a little faster after each admission.
+            if let Some(s) = p.spacing {
+                let faster = s.mul_f64(0.99);
+                p.spacing = (faster >= Duration::from_millis(1)).then_some(faster);
+            }
+            return;
+        }
+        if advice.wait().is_some() {
+            return;
+        }
+        let second_ago = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let recent = p
+            .admitted
+            .iter()
+            .filter(|t| **t > second_ago)
+            .count()
+            .max(1);
+        let spacing = Duration::from_secs(1) / u32::try_from(recent).unwrap_or(u32::MAX);
+        // Slower than before it was refused (once a second), and no faster
+        // than what was admitted.
+        let fresh = p
+            .slowed
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        let spacing = match p.spacing {
+            Some(s) if fresh => s.mul_f64(1.25).max(spacing),
+            Some(s) => s.max(spacing),
+            None => spacing,
+        };
+        if fresh {
+            p.slowed = Some(now);
+        }
+        p.spacing = Some(spacing);
+        p.until = p.until.max(now + spacing);
+        p.next_slot = p.next_slot.max(now + spacing);
     }
 
     /// Checks a wait against the cap and the deadline.
@@ -632,6 +787,7 @@ impl Shared {
         started: Instant,
     ) -> Step {
         let advice = Advice::read(headers, self.clock.now().to_system_time());
+        self.learn(key, status, &advice);
         // Pace later requests when a budget is reported spent.
         if let Some(reset) = advice.spent.iter().flatten().max() {
             if !reset.is_zero() {
@@ -831,7 +987,8 @@ where
     let mut first = true;
     shared.begin();
     loop {
-        if let Some(wait) = shared.pace_wait(key) {
+        let (wait, flight) = shared.pace(key);
+        if let Some(wait) = wait {
             if let Err(reason) = shared.admissible(wait, started) {
                 shared.gave_up(reason);
                 return Err(ClientError::GaveUp(GaveUp {
@@ -866,6 +1023,7 @@ where
             attempt,
             started,
         );
+        drop(flight);
         let reason = match step.with(again) {
             Next::Done => return Ok(resp),
             Next::Retry(wait, b) => {

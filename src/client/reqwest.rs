@@ -107,7 +107,8 @@ impl Middleware for RetryMiddleware {
         let mut attempt = 0u32;
         shared.begin();
         loop {
-            if let Some(wait) = shared.pace_wait(key) {
+            let (wait, flight) = shared.pace(key);
+            if let Some(wait) = wait {
                 if let Err(reason) = shared.admissible(wait, started) {
                     return Err(give_up(shared, reason, attempt, None));
                 }
@@ -128,6 +129,7 @@ impl Middleware for RetryMiddleware {
                 attempt,
                 started,
             );
+            drop(flight);
             let reason = match step.with(again) {
                 Then::Done => return Ok(resp),
                 Then::Retry(wait, r) => {
