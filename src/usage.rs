@@ -56,7 +56,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::clock::Timestamp;
-use crate::engine::Controller;
 use crate::store::StoreError;
 
 /// One limit in a [`Usage`] report.
@@ -149,6 +148,9 @@ pub(crate) type UsageFuture = Pin<Box<dyn Future<Output = Result<Usage, UsageErr
 pub(crate) trait Peek: Send + Sync {
     fn usage(&self, parts: &Parts) -> UsageFuture;
 
+    /// The layer's answer to an anonymous caller the policy refuses.
+    fn refused_anonymous(&self) -> Response<Bytes>;
+
     /// Empties every block counter of the caller `id`; how many there are.
     fn lift_blocks(
         &self,
@@ -187,14 +189,22 @@ pub(crate) trait Peek: Send + Sync {
 /// # let _ = app;
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UsageService {
-    control: Controller,
+    /// The layer's engine (weak: the service outliving its layer answers
+    /// 503).
+    engine: Option<std::sync::Weak<dyn Peek>>,
+}
+
+impl std::fmt::Debug for UsageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageService").finish_non_exhaustive()
+    }
 }
 
 impl UsageService {
-    pub(crate) fn new(control: Controller) -> Self {
-        UsageService { control }
+    pub(crate) fn new(engine: Option<std::sync::Weak<dyn Peek>>) -> Self {
+        UsageService { engine }
     }
 }
 
@@ -254,11 +264,15 @@ impl<B> tower_service::Service<Request<B>> for UsageService {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Box::pin(std::future::ready(Ok(resp)));
         }
-        let control = self.control.clone();
         let head = parts.method == http::Method::HEAD;
-        let fut = control.usage(&parts);
+        let engine = self.engine.as_ref().and_then(std::sync::Weak::upgrade);
+        let fut = engine.as_ref().map(|e| e.usage(&parts));
         Box::pin(async move {
-            let resp = match fut.await {
+            let answer = match fut {
+                Some(f) => f.await,
+                None => Err(UsageError::NoLayer),
+            };
+            let resp = match answer {
                 Ok(usage) => {
                     let mut resp = Response::new(UsageBody::new(usage.to_json().to_string()));
                     let h = resp.headers_mut();
@@ -269,10 +283,14 @@ impl<B> tower_service::Service<Request<B>> for UsageService {
                     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     resp
                 }
-                Err(UsageError::Anonymous) => {
-                    let policy = control.policy();
-                    crate::reject::anonymous(&policy.rules.identity).map(UsageBody::new)
-                }
+                Err(UsageError::Anonymous) => match &engine {
+                    Some(e) => e.refused_anonymous().map(UsageBody::new),
+                    None => problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Service Unavailable",
+                        "the rate-limit layer is gone",
+                    ),
+                },
                 Err(UsageError::Store(e)) => {
                     let mut resp = problem(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -265,7 +265,7 @@ impl Controller {
     /// A tower service answering `GET` with the caller's usage as JSON;
     /// see [`UsageService`].
     pub fn usage_service(&self) -> UsageService {
-        UsageService::new(self.clone())
+        UsageService::new(self.inner.peek.get().cloned())
     }
 
     /// Called once by the layer's builder.

@@ -648,6 +648,10 @@ impl<St: Store> crate::usage::Peek for Engine<St> {
         crate::usage::engine_usage(rules, sent, now, self.store.peek(now, batch))
     }
 
+    fn refused_anonymous(&self) -> Response<Bytes> {
+        reject::anonymous(&self.control.inner.active.load().policy.rules.identity)
+    }
+
     fn lift_blocks(
         &self,
         id: &Identity<'_>,
