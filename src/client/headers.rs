@@ -36,6 +36,9 @@ pub struct Advice {
     /// The least remaining figure the response reports, with how long
     /// until that limit resets when it says.
     pub least: Option<(u64, Option<Duration>)>,
+    /// Whether a reset was given as a whole Unix second: the real instant
+    /// may be up to a second earlier.
+    pub whole_second: bool,
 }
 
 impl Advice {
@@ -74,10 +77,13 @@ impl Advice {
                 .and_then(|v| v.to_str().ok())
                 .and_then(number);
             let Some(left) = left else { continue };
-            let reset = headers
-                .get(reset)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| reset_in(s, now));
+            let text = headers.get(reset).and_then(|v| v.to_str().ok());
+            let reset = text.and_then(|s| reset_in(s, now));
+            let unix_second =
+                |v: f64| v.fract() == 0.0 && (EPOCH_SECS_FROM..EPOCH_MS_FROM).contains(&v);
+            if reset.is_some() && text.and_then(number).is_some_and(unix_second) {
+                advice.whole_second = true;
+            }
             advice.note(left, reset);
         }
         // IETF draft: `RateLimit: "name";r=0;t=30, ...`, a structured-field

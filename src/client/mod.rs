@@ -52,9 +52,18 @@
 //!   are spaced at the rate the server was seen to admit in the last
 //!   second (slowed by a quarter at each new refusal, at most once a
 //!   second; quickened by 1 % at each admission, to find the limit again).
-//!
-//! Still to come: resets given in whole seconds are read as exact, so a
-//! window costs up to a second more than the limit needs.
+//! * **Whole-second resets are "no later than".** A reset given as a
+//!   whole Unix second (`X-RateLimit-Reset`, `Burst-RateLimit-Reset`...)
+//!   is rounded up by up to a second. With a window of whole seconds the
+//!   real instant is the newest request's instant plus the window, so it
+//!   has the fraction of a second that request was sent at: the client
+//!   takes the reset as the second before the announced one plus that
+//!   fraction (and 10 ms), never more than a second early. A request
+//!   that earns a 429 at such an instant (a fixed window ending on the
+//!   second, a window that is not whole seconds) turns this off for its
+//!   host and credentials: one 429, then resets are taken as they are.
+//!   A request that must wait sleeps and then asks again, so that what
+//!   responses said meanwhile counts.
 //!
 //! # Retry budget
 //!
@@ -118,7 +127,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, Timestamp};
 
 pub use headers::{Advice, MAX_FIGURE};
 #[cfg(feature = "reqwest")]
@@ -514,6 +523,11 @@ struct Pace {
     slowed: Option<Instant>,
     /// Requests sent and not answered yet.
     in_flight: u64,
+    /// Whether resets given as whole Unix seconds are read earlier (see
+    /// `Shared::learn`); off for good once that earned a 429.
+    early: bool,
+    /// The last instant a request was let go at on that reading.
+    early_until: Option<Instant>,
     /// The least remaining figure of the last response and until when it
     /// holds (its reset): no more than that many are sent before then.
     left: Option<(u64, Instant)>,
@@ -528,6 +542,8 @@ impl Pace {
             admitted: std::collections::VecDeque::new(),
             slowed: None,
             in_flight: 0,
+            early: true,
+            early_until: None,
             left: None,
         }
     }
@@ -662,9 +678,13 @@ impl Shared {
     /// the requests already in flight would use up what the last response
     /// said is left (until that figure's reset); and, after a 429 that said
     /// nothing, for its slot at the rate the server was seen to take.
-    pub(crate) fn pace(&self, key: u64) -> (Option<Duration>, Option<Flight<'_>>) {
+    ///
+    /// A request that must wait is not counted anywhere: it sleeps, then
+    /// asks again with what responses said meanwhile (`Err(wait)`); one
+    /// that may go is counted in flight and takes its slot (`Ok`).
+    pub(crate) fn pace(&self, key: u64) -> Result<Option<Flight<'_>>, Duration> {
         if !self.policy.pacing {
-            return (None, None);
+            return Ok(None);
         }
         let now = Instant::now();
         if self.pace.len() >= PACE_SWEEP_AT {
@@ -680,18 +700,30 @@ impl Shared {
                 at = reset;
             }
         }
+        if p.spacing.is_some() {
+            at = at.max(p.next_slot);
+        }
+        if at > now {
+            return Err(at - now);
+        }
         if let Some(spacing) = p.spacing {
-            let slot = at.max(p.next_slot);
-            p.next_slot = slot + spacing;
-            at = slot;
+            p.next_slot = now + spacing;
         }
         p.in_flight += 1;
         drop(p);
-        let wait = at.saturating_duration_since(now);
-        (
-            (!wait.is_zero()).then_some(wait),
-            Some(Flight { shared: self, key }),
-        )
+        Ok(Some(Flight { shared: self, key }))
+    }
+
+    /// Notes that a request of `key` goes out at `at`: when that is at or
+    /// after an early reading of a whole-second reset, its 429 says the
+    /// reading was wrong (see `learn`).
+    pub(crate) fn mark_sent(&self, key: u64, at: Instant) {
+        if let Some(mut p) = self.pace.get_mut(&key) {
+            let recent = p.until > at.checked_sub(Duration::from_secs(2)).unwrap_or(at);
+            if p.early && recent && p.early_until.is_none_or(|u| u < p.until) {
+                p.early_until = Some(p.until);
+            }
+        }
     }
 
     fn pace_until(&self, key: u64, wait: Duration) {
@@ -710,15 +742,66 @@ impl Shared {
     /// an admission (which slowly lifts the spacing a bare 429 set), or a
     /// 429 that said nothing (holds every request of the key, and spaces
     /// them at the rate admitted in the last second).
-    fn learn(&self, key: u64, status: StatusCode, advice: &Advice) {
-        if !self.policy.pacing {
-            return;
-        }
+    ///
+    /// Returns how to read the response's resets. A reset given as a whole
+    /// Unix second is rounded up, by up to a second: taken as it is, each
+    /// window would cost up to a second more than the limit needs. With a
+    /// window of whole seconds (the usual case) the real instant is the
+    /// newest request's instant plus the window, so it has the fraction
+    /// of a second that request was sent at: the reset is read as the
+    /// second before it plus that fraction (and 10 ms). A request that
+    /// earns a 429 at such an instant turns this off for the key (a window
+    /// that is not whole seconds, a fixed window ending on the second).
+    fn learn(
+        &self,
+        key: u64,
+        status: StatusCode,
+        advice: &Advice,
+        (sent_at, sent_wall): (Instant, Timestamp),
+    ) -> impl Fn(Duration) -> Duration {
         let now = Instant::now();
         let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let early_sent = p.early_until.is_some_and(|at| {
+                sent_at + Duration::from_millis(1) >= at && sent_at <= at + Duration::from_secs(1)
+            });
+            if early_sent {
+                p.early = false;
+            }
+        }
+        let early = self.policy.pacing && p.early && advice.whole_second;
+        // The fraction of a second the request was sent at.
+        let frac = Duration::from_nanos(sent_wall.as_nanos() % 1_000_000_000);
+        let ago = now.saturating_duration_since(sent_at);
+        let read = move |reset: Duration| {
+            // Sent on a whole second: the real instant is the announced one.
+            if !early || reset.is_zero() || frac.is_zero() {
+                return reset;
+            }
+            // The wall clock now is `sent_wall + ago`: the announced whole
+            // second is `reset` after it; the real instant is the second
+            // before that, plus `frac`.
+            let now_frac = Duration::from_nanos((sent_wall + ago).as_nanos() % 1_000_000_000);
+            let whole = Duration::from_secs((reset + now_frac).as_secs_f64().round() as u64);
+            let earlier = (whole + frac + Duration::from_millis(10))
+                .saturating_sub(Duration::from_secs(1))
+                .saturating_sub(now_frac);
+            reset.min(earlier.max(reset.saturating_sub(Duration::from_secs(1))))
+        };
+        if !self.policy.pacing {
+            return read;
+        }
         if let Some((left, Some(reset))) = advice.least {
-            if let Some(at) = now.checked_add(reset) {
-                p.left = Some((left, at));
+            if let Some(at) = now.checked_add(read(reset)) {
+                // Responses of concurrent requests come back in any order:
+                // while the figure known still holds, a larger one is an
+                // older answer and is kept out.
+                p.left = match p.left {
+                    Some((known, until)) if until > now && known <= left => {
+                        Some((known, until.max(at)))
+                    }
+                    _ => Some((left, at)),
+                };
             }
         }
         if status != StatusCode::TOO_MANY_REQUESTS {
@@ -731,10 +814,10 @@ impl Shared {
                 let faster = s.mul_f64(0.99);
                 p.spacing = (faster >= Duration::from_millis(1)).then_some(faster);
             }
-            return;
+            return read;
         }
         if advice.wait().is_some() {
-            return;
+            return read;
         }
         let second_ago = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
         let recent = p
@@ -760,6 +843,7 @@ impl Shared {
         p.spacing = Some(spacing);
         p.until = p.until.max(now + spacing);
         p.next_slot = p.next_slot.max(now + spacing);
+        read
     }
 
     /// Checks a wait against the cap and the deadline.
@@ -784,14 +868,15 @@ impl Shared {
         status: StatusCode,
         headers: &HeaderMap,
         attempt: u32,
-        started: Instant,
+        (started, sent): (Instant, (Instant, Timestamp)),
     ) -> Step {
         let advice = Advice::read(headers, self.clock.now().to_system_time());
-        self.learn(key, status, &advice);
+        let read = self.learn(key, status, &advice, sent);
         // Pace later requests when a budget is reported spent.
         if let Some(reset) = advice.spent.iter().flatten().max() {
+            let reset = read(*reset);
             if !reset.is_zero() {
-                self.pace_until(key, *reset);
+                self.pace_until(key, reset);
             }
         }
         let retryable = status == StatusCode::TOO_MANY_REQUESTS
@@ -987,18 +1072,22 @@ where
     let mut first = true;
     shared.begin();
     loop {
-        let (wait, flight) = shared.pace(key);
-        if let Some(wait) = wait {
-            if let Err(reason) = shared.admissible(wait, started) {
-                shared.gave_up(reason);
-                return Err(ClientError::GaveUp(GaveUp {
-                    reason,
-                    attempts: attempt,
-                    response: None,
-                }));
+        let flight = match shared.pace(key) {
+            Ok(flight) => flight,
+            Err(wait) => {
+                if let Err(reason) = shared.admissible(wait, started) {
+                    shared.gave_up(reason);
+                    return Err(ClientError::GaveUp(GaveUp {
+                        reason,
+                        attempts: attempt,
+                        response: None,
+                    }));
+                }
+                shared.wait(wait, "pace").await;
+                // Asked again: responses may have said more meanwhile.
+                continue;
             }
-            shared.wait(wait, "pace").await;
-        }
+        };
         let Some(this) = body.take() else {
             unreachable!("a body is kept for every attempt that is sent");
         };
@@ -1010,6 +1099,8 @@ where
         }
         shared.sent(!first);
         first = false;
+        let sent = (Instant::now(), shared.clock.now());
+        shared.mark_sent(key, sent.0);
         let resp = inner
             .call(Request::from_parts(parts.clone(), this))
             .await
@@ -1021,7 +1112,7 @@ where
             resp.status(),
             resp.headers(),
             attempt,
-            started,
+            (started, sent),
         );
         drop(flight);
         let reason = match step.with(again) {

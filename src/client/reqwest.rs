@@ -107,18 +107,23 @@ impl Middleware for RetryMiddleware {
         let mut attempt = 0u32;
         shared.begin();
         loop {
-            let (wait, flight) = shared.pace(key);
-            if let Some(wait) = wait {
-                if let Err(reason) = shared.admissible(wait, started) {
-                    return Err(give_up(shared, reason, attempt, None));
+            let flight = match shared.pace(key) {
+                Ok(flight) => flight,
+                Err(wait) => {
+                    if let Err(reason) = shared.admissible(wait, started) {
+                        return Err(give_up(shared, reason, attempt, None));
+                    }
+                    shared.wait(wait, "pace").await;
+                    continue;
                 }
-                shared.wait(wait, "pace").await;
-            }
+            };
             let Some(this) = req.take() else {
                 unreachable!("a request is kept for every attempt that is sent");
             };
             let again = this.try_clone();
             shared.sent(attempt > 0);
+            let sent = (Instant::now(), shared.clock.now());
+            shared.mark_sent(key, sent.0);
             let resp = next.clone().run(this, extensions).await?;
             attempt += 1;
             let step = shared.after(
@@ -127,7 +132,7 @@ impl Middleware for RetryMiddleware {
                 resp.status(),
                 resp.headers(),
                 attempt,
-                started,
+                (started, sent),
             );
             drop(flight);
             let reason = match step.with(again) {
