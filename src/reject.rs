@@ -433,7 +433,8 @@ pub(crate) fn response(
     }
 }
 
-fn problem(status: StatusCode, title: &'static str, detail: String) -> Response<Bytes> {
+/// An RFC 9457 problem response with no rate-limit fields.
+pub(crate) fn problem(status: StatusCode, title: &'static str, detail: String) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::from(json(&ProblemBody::plain(
         title, status, detail,
     ))));

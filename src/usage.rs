@@ -258,7 +258,7 @@ impl<B> tower_service::Service<Request<B>> for UsageService {
             let mut resp = problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method Not Allowed",
-                "the usage report answers GET",
+                "the usage report answers GET".into(),
             );
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -285,27 +285,19 @@ impl<B> tower_service::Service<Request<B>> for UsageService {
                 }
                 Err(UsageError::Anonymous) => match &engine {
                     Some(e) => e.refused_anonymous().map(UsageBody::new),
-                    None => problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Service Unavailable",
-                        "the rate-limit layer is gone",
-                    ),
+                    None => layer_gone(),
                 },
                 Err(UsageError::Store(e)) => {
                     let mut resp = problem(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Service Unavailable",
-                        &format!("the rate-limit store could not be read: {e}"),
+                        format!("the rate-limit store could not be read: {e}"),
                     );
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     resp
                 }
-                Err(UsageError::NoLayer) => problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable",
-                    "the rate-limit layer is gone",
-                ),
+                Err(_) => layer_gone(),
             };
             Ok(if head {
                 resp.map(|_| UsageBody::default())
@@ -316,21 +308,18 @@ impl<B> tower_service::Service<Request<B>> for UsageService {
     }
 }
 
-/// An RFC 9457 problem response.
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response<UsageBody> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut resp = Response::new(UsageBody::new(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
+/// The layer's RFC 9457 problem response, with a usage body.
+fn problem(status: StatusCode, title: &'static str, detail: String) -> Response<UsageBody> {
+    crate::reject::problem(status, title, detail).map(UsageBody::new)
+}
+
+/// 503: the layer this service belonged to is gone.
+fn layer_gone() -> Response<UsageBody> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        "the rate-limit layer is gone".into(),
+    )
 }
 
 /// The figures of a peeked batch (see [`Store::peek`](crate::store::Store::peek)).
