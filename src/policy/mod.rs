@@ -464,7 +464,7 @@ impl Rules {
 
     /// The limits a usage report covers for a caller on `plan`: its plan
     /// tier, every route tier, the default tier and the global tier, each
-    /// limit once, each standing alone and charging nothing (see
+    /// limit once (a peek reads each alone and charges nothing: see
     /// [`Store::peek`](crate::store::Store::peek)).
     pub(crate) fn usage_batch(
         &self,
@@ -496,7 +496,7 @@ impl Rules {
             let batch = self.batch(secret, [Some(t), None], None, id, modifier);
             for l in batch.limits().take(self.tiers[t].limit_count) {
                 if seen.insert((l.key, l.tag)) {
-                    out.push(l.with_charge(crate::store::Charge::Now(0)).in_cascade(None));
+                    out.push(*l);
                 }
             }
         }
