@@ -45,8 +45,10 @@
 //!   the reset **before** being sent, instead of earning a 429.
 //! * **Requests in flight count against what is left**: when the last
 //!   response said `n` remain until its reset, no more than `n` requests
-//!   are on their way at once before that reset; the others wait for it.
-//!   Concurrent workers then do not all try the last unit.
+//!   are on their way at once before that reset; the others wait until
+//!   one of those is answered (and ask again with what it says) or until
+//!   the reset. Concurrent workers then do not all try the last unit, and
+//!   none sleeps through a window that still has room.
 //! * **A 429 that says nothing** (no `Retry-After`, no reset) holds every
 //!   request of the key, not only the one refused, and from then on sends
 //!   are spaced at the rate the server was seen to admit in the last
@@ -531,6 +533,10 @@ struct Pace {
     /// The least remaining figure of the last response and until when it
     /// holds (its reset): no more than that many are sent before then.
     left: Option<(u64, Instant)>,
+    /// Told when a request in flight is answered (or fails): the requests
+    /// held back because the others in flight would use up what is left
+    /// ask again then, not at the reset.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl Pace {
@@ -545,6 +551,7 @@ impl Pace {
             early: true,
             early_until: None,
             left: None,
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -568,8 +575,20 @@ impl Drop for Flight<'_> {
     fn drop(&mut self) {
         if let Some(mut p) = self.shared.pace.get_mut(&self.key) {
             p.in_flight = p.in_flight.saturating_sub(1);
+            // The requests held for this one were registered under the
+            // entry's lock (see `Shared::pace`): none misses this.
+            p.freed.notify_waiters();
         }
     }
+}
+
+/// Why a request may not be sent yet (see [`Shared::pace`]).
+pub(crate) struct Hold {
+    /// Until when, at the latest, it waits.
+    wait: Duration,
+    /// Set when the requests in flight hold it: it asks again as soon as
+    /// one of them is answered.
+    freed: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
 }
 
 /// The state every clone shares.
@@ -679,10 +698,11 @@ impl Shared {
     /// said is left (until that figure's reset); and, after a 429 that said
     /// nothing, for its slot at the rate the server was seen to take.
     ///
-    /// A request that must wait is not counted anywhere: it sleeps, then
-    /// asks again with what responses said meanwhile (`Err(wait)`); one
-    /// that may go is counted in flight and takes its slot (`Ok`).
-    pub(crate) fn pace(&self, key: u64) -> Result<Option<Flight<'_>>, Duration> {
+    /// A request that must wait is not counted anywhere: it sleeps (see
+    /// [`Shared::hold`]), then asks again with what responses said
+    /// meanwhile (`Err`); one that may go is counted in flight and takes
+    /// its slot (`Ok`).
+    pub(crate) fn pace(&self, key: u64) -> Result<Option<Flight<'_>>, Hold> {
         if !self.policy.pacing {
             return Ok(None);
         }
@@ -692,19 +712,28 @@ impl Shared {
         }
         let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
         let mut at = now.max(p.until);
+        let mut freed = None;
         if let Some((left, reset)) = p.left {
             if reset <= at {
                 p.left = None;
             } else if p.in_flight >= left {
-                // What is left is taken by requests on their way.
+                // What is left is taken by requests on their way: wait for
+                // the reset, or for one of them to come back (registered
+                // now, under the entry's lock, so no answer is missed).
                 at = reset;
+                let mut n = Box::pin(p.freed.clone().notified_owned());
+                n.as_mut().enable();
+                freed = Some(n);
             }
         }
         if p.spacing.is_some() {
             at = at.max(p.next_slot);
         }
         if at > now {
-            return Err(at - now);
+            return Err(Hold {
+                wait: at - now,
+                freed,
+            });
         }
         if let Some(spacing) = p.spacing {
             p.next_slot = now + spacing;
@@ -846,6 +875,37 @@ impl Shared {
         read
     }
 
+    /// Waits out a [`Hold`] of a call that started at `started`: until its
+    /// instant, or until a request in flight is answered when that is what
+    /// holds it. Gives up when the wait is longer than the cap or would
+    /// pass the deadline; a hold by requests in flight is only checked
+    /// against the deadline (they are answered long before any cap).
+    pub(crate) async fn hold(&self, hold: Hold, started: Instant) -> Result<(), GiveUpReason> {
+        let Some(freed) = hold.freed else {
+            self.admissible(hold.wait, started)?;
+            self.wait(hold.wait, "pace").await;
+            return Ok(());
+        };
+        let mut wait = hold.wait;
+        if let Some(deadline) = self.policy.deadline {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(GiveUpReason::Deadline { asked: wait });
+            }
+            wait = wait.min(left);
+        }
+        let begun = Instant::now();
+        let mut freed = freed;
+        let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+        std::future::poll_fn(|cx| match freed.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => sleep.as_mut().poll(cx),
+        })
+        .await;
+        self.waited(begun.elapsed(), "pace");
+        Ok(())
+    }
+
     /// Checks a wait against the cap and the deadline.
     pub(crate) fn admissible(&self, wait: Duration, started: Instant) -> Result<(), GiveUpReason> {
         if wait > self.policy.max_wait {
@@ -946,6 +1006,12 @@ impl Shared {
 
     /// Waits `d` (a retry's wait, or pacing), counted.
     pub(crate) async fn wait(&self, d: Duration, cause: &'static str) {
+        self.waited(d, cause);
+        tokio::time::sleep(d).await;
+    }
+
+    /// Counts a wait of `d`.
+    fn waited(&self, d: Duration, cause: &'static str) {
         self.stats.waits.fetch_add(1, Ordering::Relaxed);
         self.stats.waited_ns.fetch_add(
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
@@ -958,9 +1024,8 @@ impl Shared {
                 .record(d.as_secs_f64());
         }
         #[cfg(feature = "tracing")]
-        tracing::debug!(target: "tierlimit::client", cause, wait_ms = d.as_millis() as u64, "waiting");
+        tracing::debug!(target: "tierlimit::client", cause, wait_ms = d.as_millis() as u64, "waited");
         let _ = cause;
-        tokio::time::sleep(d).await;
     }
 }
 
@@ -1074,8 +1139,8 @@ where
     loop {
         let flight = match shared.pace(key) {
             Ok(flight) => flight,
-            Err(wait) => {
-                if let Err(reason) = shared.admissible(wait, started) {
+            Err(hold) => {
+                if let Err(reason) = shared.hold(hold, started).await {
                     shared.gave_up(reason);
                     return Err(ClientError::GaveUp(GaveUp {
                         reason,
@@ -1083,7 +1148,6 @@ where
                         response: None,
                     }));
                 }
-                shared.wait(wait, "pace").await;
                 // Asked again: responses may have said more meanwhile.
                 continue;
             }

@@ -109,11 +109,10 @@ impl Middleware for RetryMiddleware {
         loop {
             let flight = match shared.pace(key) {
                 Ok(flight) => flight,
-                Err(wait) => {
-                    if let Err(reason) = shared.admissible(wait, started) {
+                Err(hold) => {
+                    if let Err(reason) = shared.hold(hold, started).await {
                         return Err(give_up(shared, reason, attempt, None));
                     }
-                    shared.wait(wait, "pace").await;
                     continue;
                 }
             };
