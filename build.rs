@@ -10,10 +10,14 @@ use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_redis_server)");
+    println!("cargo::rustc-check-cfg=cfg(no_nginx)");
+    println!("cargo::rustc-check-cfg=cfg(no_flask_limiter)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CI");
     println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rerun-if-env-changed=TIERLIMIT_TEST_REDIS_SERVER");
+    println!("cargo::rerun-if-env-changed=TIERLIMIT_TEST_NGINX");
+    println!("cargo::rerun-if-env-changed=TIERLIMIT_TEST_PYTHON");
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
     if !Path::new(&dir).join(".ci").join("run").exists() {
         return;
@@ -25,17 +29,39 @@ fn main() {
     // same variable).
     let bin =
         std::env::var("TIERLIMIT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let found = Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
+    if !runs(&bin, &["--version"]) {
         println!("cargo::rustc-cfg=no_redis_server");
         println!(
             "cargo::warning=redis-server not found: the tests that need it are ignored \
              (install redis-server to run them)"
         );
     }
+    // tests/third_party.rs: nginx and Flask-Limiter (the same variables).
+    let nginx = std::env::var("TIERLIMIT_TEST_NGINX").ok();
+    let nginx_found = match nginx {
+        Some(bin) => runs(&bin, &["-v"]),
+        None => runs("nginx", &["-v"]) || runs("/usr/sbin/nginx", &["-v"]),
+    };
+    if !nginx_found {
+        println!("cargo::rustc-cfg=no_nginx");
+        println!("cargo::warning=nginx not found: tests/third_party.rs's nginx tests are ignored");
+    }
+    let python = std::env::var("TIERLIMIT_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    if !runs(&python, &["-c", "import flask_limiter"]) {
+        println!("cargo::rustc-cfg=no_flask_limiter");
+        println!(
+            "cargo::warning=Python's flask_limiter not found: tests/third_party.rs's \
+             Flask-Limiter tests are ignored (pip install flask flask-limiter)"
+        );
+    }
+}
+
+/// Whether `bin args` runs and succeeds.
+fn runs(bin: &str, args: &[&str]) -> bool {
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -120,9 +120,15 @@ impl Advice {
     }
 
     /// The wait the response asks for before trying again: `Retry-After`
-    /// when sent, else when the spent limits reset.
+    /// when sent, else when the spent limits reset. A `Retry-After` of 0
+    /// says nothing (some servers send it with every refusal, e.g.
+    /// Flask-Limiter's sliding-window counter: trying again at once is
+    /// refused again): then the spent limits' reset, else `None`, as for
+    /// a refusal that says nothing.
     pub fn wait(&self) -> Option<Duration> {
-        self.retry_after.or_else(|| self.all_spent_reset())
+        self.retry_after
+            .filter(|w| !w.is_zero())
+            .or_else(|| self.all_spent_reset().filter(|w| !w.is_zero()))
     }
 }
 
@@ -345,7 +351,8 @@ mod tests {
         ] {
             let a = read(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", value)]);
             assert_eq!(a.spent, vec![want], "{value:?}");
-            assert_eq!(a.wait(), want, "{value:?}");
+            // A reset that has passed asks for no wait: as if none was said.
+            assert_eq!(a.wait(), want.filter(|w| !w.is_zero()), "{value:?}");
         }
     }
 
@@ -380,6 +387,15 @@ mod tests {
             ("x-ratelimit-reset", "1708200060"),
         ]);
         assert_eq!(a.wait(), secs(5.0));
+        // `Retry-After: 0` says nothing (Flask-Limiter's sliding-window
+        // counter sends it with its refusals): the reset, else no wait.
+        let a = read(&[
+            ("retry-after", "0"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1708200002"),
+        ]);
+        assert_eq!(a.wait(), secs(2.0));
+        assert_eq!(read(&[("retry-after", "0")]).wait(), None);
         // A spent limit whose reset is unknown: no wait is known.
         let a = read(&[("x-ratelimit-remaining", "0")]);
         assert_eq!(a.spent, vec![None]);

@@ -517,19 +517,24 @@ struct Pace {
     /// Since a 429 that said nothing: the least time between two sends
     /// (the rate the server was seen to take), and the next free slot.
     spacing: Option<Duration>,
+    /// Admissions in a row since the last slowing down: the more, the
+    /// faster the spacing is shortened (see `Shared::learn`).
+    streak: u32,
     next_slot: Instant,
-    /// When the last requests were admitted (at most [`ADMITTED_KEPT`]).
+    /// When the last requests admitted were sent (at most
+    /// [`ADMITTED_KEPT`], in the order their answers came).
     admitted: std::collections::VecDeque<Instant>,
     /// When the spacing was last made longer (once per second at most:
-    /// the 429s of one burst are one sign, not several).
-    slowed: Option<Instant>,
+    /// the 429s of one burst are one sign, not several), and the spacing
+    /// it was then made at least (a quarter more than before).
+    slowed: Option<(Instant, Duration)>,
     /// Requests sent and not answered yet.
     in_flight: u64,
     /// Whether resets given as whole Unix seconds are read earlier (see
     /// `Shared::learn`); off for good once that earned a 429.
     early: bool,
-    /// The last instant a request was let go at on that reading.
-    early_until: Option<Instant>,
+    /// The last reset (or other wait) requests were let go at.
+    released: Option<Instant>,
     /// The least remaining figure of the last response and until when it
     /// holds (its reset): no more than that many are sent before then.
     left: Option<(u64, Instant)>,
@@ -544,12 +549,13 @@ impl Pace {
         Pace {
             until: now,
             spacing: None,
+            streak: 0,
             next_slot: now,
             admitted: std::collections::VecDeque::new(),
             slowed: None,
             in_flight: 0,
             early: true,
-            early_until: None,
+            released: None,
             left: None,
             freed: Arc::new(tokio::sync::Notify::new()),
         }
@@ -562,6 +568,18 @@ impl Pace {
             && self.in_flight == 0
             && self.left.is_none_or(|(_, reset)| reset <= now)
     }
+}
+
+/// The spacing of the rate a server was seen to admit in the second up to
+/// `at`: one over the requests sent then and admitted (at least one).
+fn admitted_rate(admitted: &std::collections::VecDeque<Instant>, at: Instant) -> Duration {
+    let second_before = at.checked_sub(Duration::from_secs(1)).unwrap_or(at);
+    let n = admitted
+        .iter()
+        .filter(|t| **t > second_before && **t <= at)
+        .count()
+        .max(1);
+    Duration::from_secs(1) / u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A request of a key counted in flight until dropped (answered, failed or
@@ -744,13 +762,13 @@ impl Shared {
     }
 
     /// Notes that a request of `key` goes out at `at`: when that is at or
-    /// after an early reading of a whole-second reset, its 429 says the
-    /// reading was wrong (see `learn`).
+    /// just after a reset the key waited for, its 429 says the reset was
+    /// wrong (see `learn`).
     pub(crate) fn mark_sent(&self, key: u64, at: Instant) {
         if let Some(mut p) = self.pace.get_mut(&key) {
             let recent = p.until > at.checked_sub(Duration::from_secs(2)).unwrap_or(at);
-            if p.early && recent && p.early_until.is_none_or(|u| u < p.until) {
-                p.early_until = Some(p.until);
+            if recent && p.released.is_none_or(|u| u < p.until) {
+                p.released = Some(p.until);
             }
         }
     }
@@ -790,12 +808,20 @@ impl Shared {
     ) -> impl Fn(Duration) -> Duration {
         let now = Instant::now();
         let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
+        // Refused when sent at a reset the key waited for: the reset was
+        // read too early (which turns that reading off), or, when it was
+        // not read early, the server's resets do not say when it has room
+        // (e.g. a sliding-window counter announcing its fixed window's
+        // end): then the refusal is taken as one that said nothing.
+        let mut missed = false;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let early_sent = p.early_until.is_some_and(|at| {
+            let at_reset = p.released.is_some_and(|at| {
                 sent_at + Duration::from_millis(1) >= at && sent_at <= at + Duration::from_secs(1)
             });
-            if early_sent {
+            if at_reset && p.early {
                 p.early = false;
+            } else {
+                missed = at_reset;
             }
         }
         let early = self.policy.pacing && p.early && advice.whole_second;
@@ -837,38 +863,61 @@ impl Shared {
             if p.admitted.len() >= ADMITTED_KEPT {
                 p.admitted.pop_front();
             }
-            p.admitted.push_back(now);
-            // Probing for more: a little faster after each admission.
+            p.admitted.push_back(sent_at);
             if let Some(s) = p.spacing {
-                let faster = s.mul_f64(0.99);
+                // Probing for more: a little faster after each admission,
+                // from a second after the last slowing down (before that,
+                // admissions at a fast rate would undo it at once).
+                let settled = p.slowed.is_none_or(|(t, _)| {
+                    now.saturating_duration_since(t) >= Duration::from_secs(1)
+                });
+                // 1 % at first, doubled every 10 admissions in a row (at
+                // most 4 %): a spacing far too slow (set after a burst, or
+                // by a server that had just been refused by others) comes
+                // back within seconds, one near the limit is probed gently.
+                let mut faster = s;
+                if settled {
+                    p.streak = p.streak.saturating_add(1);
+                    let step = 0.01 * f64::from(1u32 << (p.streak / 10).min(2));
+                    faster = s.mul_f64(1.0 - step);
+                }
+                // A request sent before the last slowing down and admitted
+                // after it (a server that queues requests, as nginx's
+                // `limit_req` without `nodelay`, answers them late): the
+                // rate counted then was short of it.
+                if let Some((at, least)) = p.slowed {
+                    if sent_at <= at {
+                        faster = faster.min(least.max(admitted_rate(&p.admitted, at)));
+                    }
+                }
                 p.spacing = (faster >= Duration::from_millis(1)).then_some(faster);
             }
             return read;
         }
-        if advice.wait().is_some() {
+        if advice.wait().is_some() && !missed {
             return read;
         }
-        let second_ago = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        let recent = p
-            .admitted
-            .iter()
-            .filter(|t| **t > second_ago)
-            .count()
-            .max(1);
-        let spacing = Duration::from_secs(1) / u32::try_from(recent).unwrap_or(u32::MAX);
-        // Slower than before it was refused (once a second), and no faster
-        // than what was admitted.
+        let spacing = admitted_rate(&p.admitted, now);
+        // Slower than before it was refused (once a second: the 429s of
+        // one burst, and those earned while the server's window is still
+        // full, are one sign, not several), and no faster than what was
+        // admitted.
         let fresh = p
             .slowed
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            .is_none_or(|(t, _)| now.saturating_duration_since(t) >= Duration::from_secs(1));
         let spacing = match p.spacing {
-            Some(s) if fresh => s.mul_f64(1.25).max(spacing),
+            Some(s) if fresh => {
+                let slower = s.mul_f64(1.25);
+                p.slowed = Some((now, slower));
+                p.streak = 0;
+                slower.max(spacing)
+            }
             Some(s) => s.max(spacing),
-            None => spacing,
+            None => {
+                p.slowed = Some((now, Duration::ZERO));
+                spacing
+            }
         };
-        if fresh {
-            p.slowed = Some(now);
-        }
         p.spacing = Some(spacing);
         p.until = p.until.max(now + spacing);
         p.next_slot = p.next_slot.max(now + spacing);
