@@ -87,7 +87,7 @@ fn nginx(nodelay: bool) -> (Server, u16) {
     let d = dir.display();
     let mode = if nodelay { " nodelay" } else { "" };
     let conf = format!(
-        "worker_processes 1;\n\
+        "master_process off;\n\
          error_log {d}/error.log;\n\
          pid {d}/nginx.pid;\n\
          events {{ worker_connections 256; }}\n\
