@@ -51,9 +51,22 @@
 //!   none sleeps through a window that still has room.
 //! * **A 429 that says nothing** (no `Retry-After`, no reset) holds every
 //!   request of the key, not only the one refused, and from then on sends
-//!   are spaced at the rate the server was seen to admit in the last
-//!   second (slowed by a quarter at each new refusal, at most once a
-//!   second; quickened by 1 % at each admission, to find the limit again).
+//!   are spaced at the rate the server was seen to admit: the requests
+//!   sent in the second before the refusal and admitted, counting those
+//!   answered after it (a server that queues requests, as nginx's
+//!   `limit_req` without `nodelay`, answers them late). The spacing is
+//!   made a quarter longer at each new refusal (at most once a second),
+//!   and shorter at each admission from a second after that, to find the
+//!   limit again: by 1 %, doubled every ten admissions in a row up to 4 %.
+//!   A client that is told nothing cannot find the limit without touching
+//!   it: expect about one 429 every few seconds.
+//! * **A refusal that says to retry at once** (`Retry-After: 0`, which
+//!   Flask-Limiter's sliding-window counter sends) says nothing: the
+//!   client takes the reset of the limits reported spent instead, or
+//!   treats it as a bare 429. So is a refusal earned by a request sent at
+//!   a reset the client waited for (once the early reading below is off):
+//!   that server's resets do not say when it has room, and its requests
+//!   are spaced as above as well.
 //! * **Whole-second resets are "no later than".** A reset given as a
 //!   whole Unix second (`X-RateLimit-Reset`, `Burst-RateLimit-Reset`...)
 //!   is rounded up by up to a second. With a window of whole seconds the
