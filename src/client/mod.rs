@@ -57,7 +57,10 @@
 //!   `limit_req` without `nodelay`, answers them late). The spacing is
 //!   made a quarter longer at each new refusal (at most once a second),
 //!   and shorter at each admission from a second after that, to find the
-//!   limit again: by 1 %, doubled every ten admissions in a row up to 4 %.
+//!   limit again: by 1 %, doubled every ten admissions in a row up to 4 %,
+//!   and as many times more as the spacing is longer than 200 ms (up to
+//!   ten times, 25 % at most), so that a long spacing is not probed for a
+//!   minute.
 //!   A client that is told nothing cannot find the limit without touching
 //!   it: expect about one 429 every few seconds.
 //! * **A refusal that says to retry at once** (`Retry-After: 0`, which
@@ -888,11 +891,16 @@ impl Shared {
                 // most 4 %): a spacing far too slow (set after a burst, or
                 // by a server that had just been refused by others) comes
                 // back within seconds, one near the limit is probed gently.
+                // Spacings longer than 200 ms take steps as much longer (up
+                // to ten times), so that probing goes by time, not by
+                // admissions: at a second apart, 1 % an admission would
+                // take a minute to find a limit five times faster.
                 let mut faster = s;
                 if settled {
                     p.streak = p.streak.saturating_add(1);
                     let step = 0.01 * f64::from(1u32 << (p.streak / 10).min(2));
-                    faster = s.mul_f64(1.0 - step);
+                    let long = (s.as_secs_f64() / 0.2).clamp(1.0, 10.0);
+                    faster = s.mul_f64(1.0 - (step * long).min(0.25));
                 }
                 // A request sent before the last slowing down and admitted
                 // after it (a server that queues requests, as nginx's
