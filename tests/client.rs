@@ -945,11 +945,22 @@ async fn through_nginx_limit_req_at_its_rate_in_both_modes() {
     }
 }
 
+/// A layer whose every request is checked against `limit` alone, on `clock`.
+fn one_limit(limit: tierlimit::config::Limit, clock: &TokioClock) -> RateLimitLayer {
+    use tierlimit::config::{Config, Tier};
+    let policy = Config::new()
+        .tier("t", Tier::new().limit(limit))
+        .default_tier("t")
+        .build()
+        .unwrap();
+    RateLimitLayer::builder(policy).clock(clock.clone()).build()
+}
+
 /// `workers` sharing one client send 300 requests through 10 per 3 s
 /// (`kind`: sliding or fixed; `X-RateLimit-*`, resets in whole Unix
 /// seconds); returns (time taken, 429s).
 async fn ten_per_three_seconds(workers: usize, fixed: bool) -> (Duration, u64) {
-    use tierlimit::config::{Config, Limit, Tier};
+    use tierlimit::config::Limit;
     let clock = TokioClock::new();
     let t0 = tokio::time::Instant::now();
     let limit = if fixed {
@@ -957,15 +968,8 @@ async fn ten_per_three_seconds(workers: usize, fixed: bool) -> (Duration, u64) {
     } else {
         Limit::sliding("s", 10, Duration::from_secs(3))
     };
-    let policy = Config::new()
-        .tier("t", Tier::new().limit(limit))
-        .default_tier("t")
-        .build()
-        .unwrap();
-    let limited = RateLimitLayer::builder(policy)
-        .clock(clock.clone())
-        .build()
-        .layer(service_fn(move |_req: Request<Full<Bytes>>| async move {
+    let limited =
+        one_limit(limit, &clock).layer(service_fn(move |_req: Request<Full<Bytes>>| async move {
             if std::env::var("SHOW_ADMITTED").is_ok() {
                 println!("admitted at {:?}", t0.elapsed());
             }
@@ -1095,29 +1099,19 @@ async fn through_the_qstash_burst_at_the_limits_speed() {
 /// (after 20 ms), instead of giving up on an hour's wait.
 #[tokio::test(start_paused = true)]
 async fn requests_held_by_those_in_flight_go_when_one_is_answered() {
-    use tierlimit::config::{Config, Limit, Tier};
+    use tierlimit::config::Limit;
     let clock = TokioClock::new();
     let admitted = Arc::new(AtomicU32::new(0));
-    let policy = Config::new()
-        .tier(
-            "t",
-            Tier::new().limit(Limit::sliding("h", 10, Duration::from_secs(3600))),
-        )
-        .default_tier("t")
-        .build()
-        .unwrap();
-    let limited = RateLimitLayer::builder(policy)
-        .clock(clock.clone())
-        .build()
-        .layer(service_fn(move |_req: Request<Full<Bytes>>| {
-            let n = admitted.fetch_add(1, Ordering::Relaxed);
-            async move {
-                // Admitted n-th: answered after 20 - 2n ms.
-                let ms = 20u64.saturating_sub(2 * u64::from(n)).max(1);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-            }
-        }));
+    let hourly = Limit::sliding("h", 10, Duration::from_secs(3600));
+    let limited = one_limit(hourly, &clock).layer(service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = admitted.fetch_add(1, Ordering::Relaxed);
+        async move {
+            // Admitted n-th: answered after 20 - 2n ms.
+            let ms = 20u64.saturating_sub(2 * u64::from(n)).max(1);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    }));
     let layer = RetryLayer::with_clock(RetryPolicy::default(), clock.clone());
     let client = layer.layer(limited);
     let start = tokio::time::Instant::now();
