@@ -533,10 +533,10 @@ struct Pace {
     /// Since a 429 that said nothing: the least time between two sends
     /// (the rate the server was seen to take), and the next free slot.
     spacing: Option<Duration>,
+    next_slot: Instant,
     /// Admissions in a row since the last slowing down: the more, the
     /// faster the spacing is shortened (see `Shared::learn`).
     streak: u32,
-    next_slot: Instant,
     /// When the last requests admitted were sent (at most
     /// [`ADMITTED_KEPT`], in the order their answers came).
     admitted: std::collections::VecDeque<Instant>,
@@ -565,8 +565,8 @@ impl Pace {
         Pace {
             until: now,
             spacing: None,
-            streak: 0,
             next_slot: now,
+            streak: 0,
             admitted: std::collections::VecDeque::new(),
             slowed: None,
             in_flight: 0,
@@ -575,6 +575,13 @@ impl Pace {
             left: None,
             freed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Whether a second has passed since the spacing was last made longer
+    /// (or it never was).
+    fn settled(&self, now: Instant) -> bool {
+        self.slowed
+            .is_none_or(|(t, _)| now.saturating_duration_since(t) >= Duration::from_secs(1))
     }
 
     /// Whether nothing is known any more that would hold a request.
@@ -596,6 +603,31 @@ fn admitted_rate(admitted: &std::collections::VecDeque<Instant>, at: Instant) ->
         .count()
         .max(1);
     Duration::from_secs(1) / u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How to read the resets of a response to a request sent at `sent_wall`
+/// and answered `ago` later: as they are, or (`early`, for resets given as
+/// whole Unix seconds) as the second before the announced one plus the
+/// fraction of a second the request was sent at, and 10 ms (see
+/// `Shared::learn`), never more than a second early.
+fn reading(early: bool, sent_wall: Timestamp, ago: Duration) -> impl Fn(Duration) -> Duration {
+    // The fraction of a second the request was sent at.
+    let frac = Duration::from_nanos(sent_wall.as_nanos() % 1_000_000_000);
+    move |reset: Duration| {
+        // Sent on a whole second: the real instant is the announced one.
+        if !early || reset.is_zero() || frac.is_zero() {
+            return reset;
+        }
+        // The wall clock now is `sent_wall + ago`: the announced whole
+        // second is `reset` after it; the real instant is the second
+        // before that, plus `frac`.
+        let now_frac = Duration::from_nanos((sent_wall + ago).as_nanos() % 1_000_000_000);
+        let whole = Duration::from_secs((reset + now_frac).as_secs_f64().round() as u64);
+        let earlier = (whole + frac + Duration::from_millis(10))
+            .saturating_sub(Duration::from_secs(1))
+            .saturating_sub(now_frac);
+        reset.min(earlier.max(reset.saturating_sub(Duration::from_secs(1))))
+    }
 }
 
 /// A request of a key counted in flight until dropped (answered, failed or
@@ -777,18 +809,6 @@ impl Shared {
         Ok(Some(Flight { shared: self, key }))
     }
 
-    /// Notes that a request of `key` goes out at `at`: when that is at or
-    /// just after a reset the key waited for, its 429 says the reset was
-    /// wrong (see `learn`).
-    pub(crate) fn mark_sent(&self, key: u64, at: Instant) {
-        if let Some(mut p) = self.pace.get_mut(&key) {
-            let recent = p.until > at.checked_sub(Duration::from_secs(2)).unwrap_or(at);
-            if recent && p.released.is_none_or(|u| u < p.until) {
-                p.released = Some(p.until);
-            }
-        }
-    }
-
     fn pace_until(&self, key: u64, wait: Duration) {
         if !self.policy.pacing {
             return;
@@ -823,6 +843,11 @@ impl Shared {
         (sent_at, sent_wall): (Instant, Timestamp),
     ) -> impl Fn(Duration) -> Duration {
         let now = Instant::now();
+        let ago = now.saturating_duration_since(sent_at);
+        if !self.policy.pacing {
+            // Nothing is kept for a key, and resets are taken as they are.
+            return reading(false, sent_wall, ago);
+        }
         let mut p = self.pace.entry(key).or_insert_with(|| Pace::new(now));
         // Refused when sent at a reset the key waited for: the reset was
         // read too early (which turns that reading off), or, when it was
@@ -840,28 +865,7 @@ impl Shared {
                 missed = at_reset;
             }
         }
-        let early = self.policy.pacing && p.early && advice.whole_second;
-        // The fraction of a second the request was sent at.
-        let frac = Duration::from_nanos(sent_wall.as_nanos() % 1_000_000_000);
-        let ago = now.saturating_duration_since(sent_at);
-        let read = move |reset: Duration| {
-            // Sent on a whole second: the real instant is the announced one.
-            if !early || reset.is_zero() || frac.is_zero() {
-                return reset;
-            }
-            // The wall clock now is `sent_wall + ago`: the announced whole
-            // second is `reset` after it; the real instant is the second
-            // before that, plus `frac`.
-            let now_frac = Duration::from_nanos((sent_wall + ago).as_nanos() % 1_000_000_000);
-            let whole = Duration::from_secs((reset + now_frac).as_secs_f64().round() as u64);
-            let earlier = (whole + frac + Duration::from_millis(10))
-                .saturating_sub(Duration::from_secs(1))
-                .saturating_sub(now_frac);
-            reset.min(earlier.max(reset.saturating_sub(Duration::from_secs(1))))
-        };
-        if !self.policy.pacing {
-            return read;
-        }
+        let read = reading(p.early && advice.whole_second, sent_wall, ago);
         if let Some((left, Some(reset))) = advice.least {
             if let Some(at) = now.checked_add(read(reset)) {
                 // Responses of concurrent requests come back in any order:
@@ -884,9 +888,7 @@ impl Shared {
                 // Probing for more: a little faster after each admission,
                 // from a second after the last slowing down (before that,
                 // admissions at a fast rate would undo it at once).
-                let settled = p.slowed.is_none_or(|(t, _)| {
-                    now.saturating_duration_since(t) >= Duration::from_secs(1)
-                });
+                let settled = p.settled(now);
                 // 1 % at first, doubled every 10 admissions in a row (at
                 // most 4 %): a spacing far too slow (set after a burst, or
                 // by a server that had just been refused by others) comes
@@ -923,9 +925,7 @@ impl Shared {
         // one burst, and those earned while the server's window is still
         // full, are one sign, not several), and no faster than what was
         // admitted.
-        let fresh = p
-            .slowed
-            .is_none_or(|(t, _)| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        let fresh = p.settled(now);
         let spacing = match p.spacing {
             Some(s) if fresh => {
                 let slower = s.mul_f64(1.25);
@@ -1064,14 +1064,25 @@ impl Shared {
         let _ = reason;
     }
 
-    /// Counts a request sent.
-    pub(crate) fn sent(&self, retry: bool) {
+    /// A request of `key` goes out now: counts it, and returns when (the
+    /// instant and the wall clock, for `after`). When that is at or just
+    /// after a reset the key waited for, its 429 will say the reset was
+    /// wrong (see `learn`).
+    pub(crate) fn sending(&self, key: u64, retry: bool) -> (Instant, Timestamp) {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         if retry {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
             metrics::counter!("tierlimit_client_retries_total").increment(1);
         }
+        let at = Instant::now();
+        if let Some(mut p) = self.pace.get_mut(&key) {
+            let recent = p.until > at.checked_sub(Duration::from_secs(2)).unwrap_or(at);
+            if recent && p.released.is_none_or(|u| u < p.until) {
+                p.released = Some(p.until);
+            }
+        }
+        (at, self.clock.now())
     }
 
     /// Waits `d` (a retry's wait, or pacing), counted.
@@ -1231,10 +1242,8 @@ where
                 .await
                 .map_err(ClientError::Inner)?;
         }
-        shared.sent(!first);
+        let sent = shared.sending(key, !first);
         first = false;
-        let sent = (Instant::now(), shared.clock.now());
-        shared.mark_sent(key, sent.0);
         let resp = inner
             .call(Request::from_parts(parts.clone(), this))
             .await

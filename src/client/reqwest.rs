@@ -120,9 +120,7 @@ impl Middleware for RetryMiddleware {
                 unreachable!("a request is kept for every attempt that is sent");
             };
             let again = this.try_clone();
-            shared.sent(attempt > 0);
-            let sent = (Instant::now(), shared.clock.now());
-            shared.mark_sent(key, sent.0);
+            let sent = shared.sending(key, attempt > 0);
             let resp = next.clone().run(this, extensions).await?;
             attempt += 1;
             let step = shared.after(
