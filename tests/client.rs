@@ -777,6 +777,16 @@ mod header_fuzz {
     }
 }
 
+/// The (admitted, refused) count of the current second since `start`, in
+/// a server's per-second tally.
+fn this_second(all: &mut Vec<(u32, u32)>, start: tokio::time::Instant) -> &mut (u32, u32) {
+    let s = start.elapsed().as_secs() as usize;
+    if all.len() <= s {
+        all.resize(s + 1, (0, 0));
+    }
+    &mut all[s]
+}
+
 /// A server that says nothing but a bare 429 past 5 requests in a second
 /// (fixed one-second windows, as a simple limiter keyed by time): eight
 /// workers sharing one client. After the first second, at most two 429s in
@@ -792,16 +802,13 @@ async fn bare_429s_hold_every_worker_and_pace_them_at_the_seen_rate() {
         service_fn(move |_req: Request<Full<Bytes>>| {
             let seconds = Arc::clone(&seconds);
             async move {
-                let s = start.elapsed().as_secs() as usize;
                 let mut all = seconds.lock().unwrap();
-                if all.len() <= s {
-                    all.resize(s + 1, (0, 0));
-                }
-                let status = if all[s].0 < 5 {
-                    all[s].0 += 1;
+                let this = this_second(&mut all, start);
+                let status = if this.0 < 5 {
+                    this.0 += 1;
                     StatusCode::OK
                 } else {
-                    all[s].1 += 1;
+                    this.1 += 1;
                     StatusCode::TOO_MANY_REQUESTS
                 };
                 let mut resp = Response::new(Full::new(Bytes::new()));
@@ -875,14 +882,11 @@ async fn through_nginx_limit_req(nodelay: bool) -> (Duration, Vec<(u32, u32)>, u
                     excess
                 };
                 {
-                    let s = start.elapsed().as_secs() as usize;
                     let mut all = seconds.lock().unwrap();
-                    if all.len() <= s {
-                        all.resize(s + 1, (0, 0));
-                    }
+                    let this = this_second(&mut all, start);
                     match admitted {
-                        Some(_) => all[s].0 += 1,
-                        None => all[s].1 += 1,
+                        Some(_) => this.0 += 1,
+                        None => this.1 += 1,
                     }
                 }
                 let mut resp = Response::new(Full::new(Bytes::new()));
